@@ -1,0 +1,46 @@
+"""drmpy: distributional regression for meta-analysis.
+
+One formula per distributional parameter (``mu``, ``sigma``, ``sd(group)``), the known
+sampling (co)variance of each effect size through ``meta_V(V = ...)``, exact Gaussian
+marginal likelihoods (ML and REML) in JAX.  Reference semantics: the R package drmTMB.
+
+Importing drmpy enables JAX float64 and a persistent compilation cache (see
+:mod:`drmpy._jax`; ``DRMPY_NO_JAX_CACHE=1`` switches the cache off).
+
+>>> import drmpy as drm
+>>> fit = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat"),
+...               data=drm.datasets.restoration())
+>>> round(fit.loglik, 2)
+-24.77
+"""
+
+from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
+from . import datasets
+from .api import check, clear_cache, fit, gaussian
+from .engine import Control
+from .errors import (BoundaryWarning, ConvergenceWarning, CovarianceError, DataError, DrmError,
+                     DrmWarning, FormulaError, RandomEffectsError)
+from .formula import Formula
+from .result import DrmFit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "fit",
+    "Formula",
+    "gaussian",
+    "check",
+    "clear_cache",
+    "Control",
+    "DrmFit",
+    "datasets",
+    "DrmError",
+    "FormulaError",
+    "DataError",
+    "CovarianceError",
+    "RandomEffectsError",
+    "DrmWarning",
+    "ConvergenceWarning",
+    "BoundaryWarning",
+    "__version__",
+]

@@ -1,0 +1,213 @@
+"""``fit()``: formula + data -> :class:`~drmpy.result.DrmFit`.
+
+Designs and their prepared device arrays are cached by the formula text and a
+fingerprint of the columns (and V, K, weights) they use, so refitting the same model to
+the same data skips formula handling and array set-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .design import ModelDesign, build_design
+from .engine import Control, prepare, run_fit
+from .errors import ConvergenceWarning, DrmError
+from .formula import Formula
+from .result import DrmFit
+
+__all__ = ["fit", "gaussian", "Gaussian", "check"]
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Gaussian family: identity link for mu, log link for sigma and every sd(g)."""
+
+    name: str = "gaussian"
+
+    def __repr__(self) -> str:
+        return "gaussian()"
+
+
+def gaussian() -> Gaussian:
+    return Gaussian()
+
+
+_CACHE_SIZE = 16
+_design_cache: "OrderedDict[tuple, tuple[ModelDesign, dict]]" = OrderedDict()
+_columns_by_formula: dict[tuple, tuple[str, ...]] = {}
+
+
+def _hash_array(h, values: Any) -> None:
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = pd.util.hash_array(arr.astype(str))
+    h.update(str(arr.dtype).encode())
+    h.update(str(arr.shape).encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+
+
+def _hash_object(h, obj: Any) -> None:
+    import scipy.sparse as sp
+
+    if sp.issparse(obj):
+        m = obj.tocsr()
+        for part in (m.data, m.indices, m.indptr):
+            _hash_array(h, part)
+    elif isinstance(obj, pd.DataFrame):
+        _hash_array(h, obj.to_numpy())
+        _hash_array(h, np.asarray([str(i) for i in obj.index], dtype=object))
+        _hash_array(h, np.asarray([str(i) for i in obj.columns], dtype=object))
+    else:
+        _hash_array(h, obj)
+
+
+def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, Any] | None):
+    """Content hash of everything the design depends on, or None when it cannot be formed cheaply."""
+    key = formula.key()
+    cols = _columns_by_formula.get(key)
+    if cols is None or not isinstance(data, pd.DataFrame):
+        return None
+    if any(c not in data.columns for c in cols):
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        for c in cols:
+            s = data[c]
+            h.update(c.encode())
+            if isinstance(s.dtype, pd.CategoricalDtype):
+                _hash_array(h, s.cat.codes.to_numpy())
+                _hash_array(h, np.asarray([str(x) for x in s.cat.categories], dtype=object))
+            else:
+                _hash_array(h, s.to_numpy())
+        _hash_array(h, np.asarray(data.index))
+        names = []
+        if formula.meta_v is not None and formula.meta_v.name not in data.columns:
+            names.append(formula.meta_v.name)
+        names.extend(t.relmat for t in formula.random_terms if t.relmat)
+        for name in names:
+            source = env if env is not None and name in env else formula.env
+            if name not in source:
+                return None
+            _hash_object(h, source[name])
+        if weights is not None and not isinstance(weights, str):
+            _hash_array(h, np.asarray(weights, dtype=np.float64))
+    except (TypeError, ValueError):
+        return None
+    return (key, weights if isinstance(weights, str) else None,
+            h.hexdigest())
+
+
+def _design_for(formula: Formula, data: Any, weights: Any, env) -> tuple[ModelDesign, dict]:
+    fp = _fingerprint(formula, data, weights, env)
+    if fp is not None and fp in _design_cache:
+        _design_cache.move_to_end(fp)
+        return _design_cache[fp]
+    design = build_design(formula, data, weights=weights, env=env)
+    entry = (design, {})
+    key = formula.key()
+    if key not in _columns_by_formula:
+        _columns_by_formula[key] = _used_columns(design, formula, data, weights)
+        fp = _fingerprint(formula, data, weights, env)
+    if fp is not None:
+        _design_cache[fp] = entry
+        while len(_design_cache) > _CACHE_SIZE:
+            _design_cache.popitem(last=False)
+    return entry
+
+
+def _used_columns(design: ModelDesign, formula: Formula, data: Any, weights: Any) -> tuple[str, ...]:
+    import formulaic
+
+    from . import frames
+
+    names = set(frames.column_names(data))
+    cols: set[str] = set()
+    for d in design.designs:
+        cols |= set(d.model_spec.required_variables)
+    cols |= set(formulaic.Formula(f"{formula.response} ~ 1").required_variables) | {formula.response}
+    for t in formula.random_terms:
+        cols |= set(t.group_columns) | set(t.slopes)
+    if formula.meta_v is not None:
+        cols.add(formula.meta_v.name)
+    if isinstance(weights, str):
+        cols.add(weights)
+    return tuple(sorted(c for c in cols if c in names))
+
+
+def clear_cache() -> None:
+    """Forget cached designs (compiled programs stay cached by JAX)."""
+    _design_cache.clear()
+    _columns_by_formula.clear()
+
+
+def fit(
+    formula: Formula | str,
+    data: Any,
+    *,
+    family: Gaussian | None = None,
+    weights: Any = None,
+    method: str = "ML",
+    env: Mapping[str, Any] | None = None,
+    control: Mapping[str, Any] | Control | None = None,
+) -> DrmFit:
+    """Fit a Gaussian distributional (location-scale) meta-regression.
+
+    Parameters
+    ----------
+    formula:
+        A :class:`drmpy.Formula`, or a string taken as the ``mu`` formula alone.
+    data:
+        pandas or polars DataFrame.  Never modified.
+    family:
+        ``drm.gaussian()`` (the only family so far).
+    weights:
+        Column name or array: each row's log-likelihood is multiplied by its weight
+        (not a sampling variance; unlike metafor's ``weights``).
+    method:
+        ``"ML"`` (default) or ``"REML"``.
+    env:
+        Mapping searched (after the data's columns) for ``meta_V(V = name)`` and
+        ``relmat(..., K = name)`` objects, before the namespace where the Formula was built.
+    control:
+        ``{"max_iter": 200, "gtol": 1e-8, "structure": None}``.
+
+    A fit that does not converge is returned with ``converged=False`` and a
+    :class:`~drmpy.ConvergenceWarning`; ``fit.check()`` says why.
+    """
+    formula = Formula.coerce(formula, _env_depth=2)
+    if family is None:
+        family = Gaussian()
+    if not isinstance(family, Gaussian):
+        raise DrmError(f"family must be drm.gaussian(), got {family!r}.")
+    method_u = str(method).upper()
+    if method_u not in ("ML", "REML"):
+        raise DrmError(f"method must be 'ML' or 'REML', got {method!r}.")
+    ctrl = Control.coerce(control)
+    if env is not None and not isinstance(env, Mapping):
+        raise DrmError(f"env must be a mapping (e.g. a dict), got {type(env).__name__}.")
+    design, prepared_cache = _design_for(formula, data, weights, env)
+    pkey = (method_u, ctrl.structure)
+    if pkey not in prepared_cache:
+        prepared_cache[pkey] = prepare(design, method_u, ctrl)
+    prepared, clusters = prepared_cache[pkey]
+    raw = run_fit(prepared, ctrl)
+    result = DrmFit(design, raw, method_u, ctrl, clusters)
+    if not result.converged:
+        warnings.warn(
+            f"drmpy: the optimiser did not converge ({result.convergence_message}); see fit.check().",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def check(fit_result: DrmFit) -> pd.DataFrame:
+    """Same as ``fit_result.check()``."""
+    return fit_result.check()

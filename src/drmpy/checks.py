@@ -1,0 +1,188 @@
+"""``check()``: one row per diagnostic, in the manner of drmTMB's ``check_drm``.
+
+Every row can fail; the thresholds are drmTMB's where it has one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER
+
+__all__ = ["check_fit", "GRADIENT_WARN", "BOUNDARY_SD"]
+
+GRADIENT_WARN = 1e-3
+SE_INFLATED_ABS = 50.0
+SE_INFLATED_REL = 1000.0
+BOUNDARY_SD = 1e-4
+BOUNDARY_VARIANCE_RATIO = 1e-8
+DESIGN_MB_NOTE = 25.0
+DESIGN_COLS_NOTE = 30
+V_CONDITION_WARN = 1e8
+
+
+def _row(rows, check, status, value, message):
+    rows.append({"check": check, "status": status, "value": value, "message": message})
+
+
+def check_fit(fit) -> pd.DataFrame:
+    raw = fit._raw
+    design = fit.design
+    rows: list[dict] = []
+
+    if fit.converged:
+        _row(rows, "optimizer_convergence", "ok", raw.status, f"Optimizer {fit.convergence_message}.")
+    else:
+        _row(rows, "optimizer_convergence", "warning", raw.status,
+             f"Optimizer did not converge: {fit.convergence_message}. Try control={{'max_iter': ...}}, "
+             "simpler sigma/sd formulas, or check for a variance at its boundary.")
+
+    budget = f"iterations={raw.iterations}; max_iter={fit._control.max_iter}; evaluations={raw.evaluations}"
+    if raw.status == MAX_ITER:
+        _row(rows, "optimizer_budget", "note", budget, "The iteration limit was hit before convergence.")
+    else:
+        _row(rows, "optimizer_budget", "ok", budget, "Optimizer finished within its iteration limit.")
+
+    if np.isfinite(fit.loglik):
+        _row(rows, "finite_objective", "ok", round(fit.loglik, 4), "Objective and log-likelihood are finite.")
+    else:
+        _row(rows, "finite_objective", "error", fit.loglik, "The log-likelihood is not finite.")
+
+    names = fit.params.index
+    g = np.abs(raw.gradient)
+    if g.size and np.all(np.isfinite(g)):
+        j = int(np.argmax(g))
+        val = f"max={g[j]:.3g}; component={names[j]}"
+        if g[j] <= GRADIENT_WARN:
+            _row(rows, "fixed_gradient", "ok", val, f"Maximum absolute gradient is <= {GRADIENT_WARN:g}.")
+        else:
+            _row(rows, "fixed_gradient", "warning", val, f"Maximum absolute gradient exceeds {GRADIENT_WARN:g}; the optimum is doubtful.")
+    else:
+        _row(rows, "fixed_gradient", "error", "non-finite", "The gradient at the estimate is not finite.")
+
+    eig = raw.hessian_min_eigenvalue
+    if np.isfinite(eig) and eig > 0:
+        _row(rows, "hessian_positive_definite", "ok", f"min_eigenvalue={eig:.3g}", "The Hessian of the negative log-likelihood is positive definite.")
+    else:
+        _row(rows, "hessian_positive_definite", "warning", f"min_eigenvalue={eig:.3g}",
+             "The Hessian is not positive definite: standard errors are unreliable (a parameter may be at a boundary or not identified).")
+
+    se = fit.std_errors.to_numpy()
+    finite = np.isfinite(se)
+    if finite.all():
+        _row(rows, "standard_errors_finite", "ok", f"range=[{se.min():.4g},{se.max():.4g}]", "All standard errors are finite.")
+    else:
+        bad = ", ".join(names[~finite][:5])
+        _row(rows, "standard_errors_finite", "warning", f"n_nonfinite={int((~finite).sum())}", f"Non-finite standard errors: {bad}.")
+
+    if finite.any():
+        med = float(np.median(se[finite]))
+        inflated = finite & (se >= SE_INFLATED_ABS) & (se >= SE_INFLATED_REL * med)
+        val = f"n_inflated={int(inflated.sum())}; max_se={np.max(se[finite]):.4g}; median_se={med:.4g}"
+        if inflated.any():
+            _row(rows, "standard_errors_inflated", "note", val,
+                 f"Inflated standard errors (>= {SE_INFLATED_ABS:g} and >= {SE_INFLATED_REL:g} x median): {', '.join(names[inflated][:5])}.")
+        else:
+            _row(rows, "standard_errors_inflated", "ok", val, "No standard error is inflated relative to the others.")
+    else:
+        _row(rows, "standard_errors_inflated", "warning", "no finite SE", "No finite standard errors to compare.")
+
+    val = f"nobs={design.nobs}; dropped={design.n_dropped}"
+    if design.n_dropped:
+        why = "; ".join(f"{k}: {v}" for k, v in design.dropped.items())
+        shown = ", ".join(map(repr, design.dropped_labels[:10]))
+        more = " ..." if len(design.dropped_labels) > 10 else ""
+        _row(rows, "dropped_rows", "note", val, f"Rows dropped ({why}); labels: {shown}{more}.")
+    else:
+        _row(rows, "dropped_rows", "ok", val, "No rows were dropped by missing-value or known-covariance filtering.")
+
+    sig = fit.sigma().to_numpy()
+    if np.all(np.isfinite(sig)) and np.all(sig > 0):
+        _row(rows, "positive_scale", "ok", f"min={sig.min():.4g}", "All fitted scale values are finite and positive.")
+    else:
+        _row(rows, "positive_scale", "error", f"min={np.nanmin(sig) if np.isfinite(sig).any() else np.nan}",
+             "Some fitted sigma values are zero, negative or non-finite.")
+
+    _boundary_row(fit, rows)
+    _known_v_row(design, rows)
+    _random_rows(fit, rows)
+    _design_size_row(design, rows)
+    return pd.DataFrame(rows, columns=["check", "status", "value", "message"])
+
+
+def _boundary_row(fit, rows):
+    design = fit.design
+    sig = fit.sigma().to_numpy()
+    v = design.known_v.diag
+    ref = np.where(v > 0, v, np.nan)
+    ratio = sig**2 / ref
+    flagged = []
+    if np.any(sig < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO):
+        flagged.append("sigma")
+    for rd in design.random:
+        sds = fit.sd(rd.group).to_numpy()
+        if np.any(sds < BOUNDARY_SD):
+            flagged.append(f"sd({rd.group})")
+    value = f"min_sigma={sig.min():.3g}"
+    if flagged:
+        _row(rows, "boundary", "note", value,
+             f"{', '.join(flagged)} ran toward a zero SD (log-SD coefficient toward -infinity); the "
+             "log-likelihood is at its boundary value and the SEs of those coefficients are not meaningful.")
+    else:
+        _row(rows, "boundary", "ok", value, "No SD is at its zero boundary.")
+
+
+def _known_v_row(design, rows):
+    kv = design.known_v
+    if kv.kind == "none":
+        _row(rows, "known_sampling_covariance", "ok", "type=none", "No meta_V(): no known sampling covariance.")
+        return
+    val = f"type={kv.kind}; n={len(kv.diag)}; range=[{kv.diag.min():.4g},{kv.diag.max():.4g}]"
+    if kv.matrix is None:
+        _row(rows, "known_sampling_covariance", "ok", val, f"Known sampling covariance is recorded through meta_V(V = {kv.name}).")
+        return
+    val += f"; rank={kv.rank}; condition={kv.condition:.3g}; blocks={len(kv.blocks)}"
+    n = len(kv.diag)
+    if kv.rank < n:
+        _row(rows, "known_sampling_covariance", "warning", val, f"V is rank-deficient (rank {kv.rank} of {n}).")
+    elif kv.condition > V_CONDITION_WARN:
+        _row(rows, "known_sampling_covariance", "warning", val, f"V is ill-conditioned (condition number > {V_CONDITION_WARN:g}).")
+    else:
+        extra = " Evaluated with a dense Cholesky of the n x n covariance (O(n^3))." if (
+            design.known_v.blocks is not None and len(design.known_v.blocks) == 1) else ""
+        _row(rows, "known_sampling_covariance", "ok", val, f"Known sampling covariance is recorded through meta_V(V = {kv.name}).{extra}")
+
+
+def _random_rows(fit, rows):
+    for rd in fit.design.random:
+        sds = fit.sd(rd.group).to_numpy()
+        val = f"min_sd={sds.min():.3g}; max_sd={sds.max():.3g}"
+        if np.any(sds < BOUNDARY_SD):
+            _row(rows, f"sd_boundary[{rd.group}]", "note", val,
+                 f"sd({rd.group}) is at its zero boundary (< {BOUNDARY_SD:g}) for some level.")
+        else:
+            _row(rows, f"sd_boundary[{rd.group}]", "ok", val, f"sd({rd.group}) is away from zero.")
+        single = int(np.sum(rd.level_counts < 2))
+        val = f"levels={rd.n_levels}; singletons={single}; min_rows={int(rd.level_counts.min())}"
+        if single:
+            _row(rows, f"level_replication[{rd.group}]", "note", val,
+                 f"{single} level(s) of {rd.group} have fewer than 2 rows; their effect is separated from sigma only through the model.")
+        else:
+            _row(rows, f"level_replication[{rd.group}]", "ok", val, f"Every level of {rd.group} has at least 2 rows.")
+        k = sum(d.matrix.shape[1] for d in rd.sd_designs)
+        _row(rows, f"sd_predictors_constant[{rd.group}]", "ok", f"sd_coefficients={k}",
+             f"sd() predictors are constant within each level of {rd.group}.")
+
+
+def _design_size_row(design, rows):
+    mats = {d.dpar: d.matrix for d in design.designs}
+    total_mb = sum(m.nbytes for m in mats.values()) / 2**20
+    largest = max(mats, key=lambda k: mats[k].shape[1])
+    max_cols = mats[largest].shape[1]
+    val = f"total_mb={total_mb:.4g}; max_cols={max_cols}; largest={largest}"
+    if total_mb >= DESIGN_MB_NOTE or max_cols >= DESIGN_COLS_NOTE:
+        _row(rows, "fixed_effect_design_size", "note", val,
+             f"Fixed-effect design matrices are large (>= {DESIGN_MB_NOTE:g} MB or >= {DESIGN_COLS_NOTE} columns).")
+    else:
+        _row(rows, "fixed_effect_design_size", "ok", val, "Dense fixed-effect design matrices are modest for this fit.")

@@ -1,0 +1,496 @@
+"""Model spec: formulas + data -> numeric arrays with row bookkeeping.
+
+``build_design`` is the only place where user data are coerced.  It decides which rows
+are retained (complete cases over every variable the formulas use, then rows whose
+vector V is non-finite), materialises every fixed-effect design with formulaic on the
+retained rows, and subsets V by rows and columns together.  The result, a frozen
+:class:`ModelDesign`, holds float64 numpy arrays, formulaic's fitted ModelSpecs (for
+prediction on new data) and the counts of dropped rows by reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import frames
+from .errors import DataError, FormulaError, RandomEffectsError
+from .formula import Formula, RandomTerm
+from .known_v import KnownV, RawV, finalize_v, resolve_v
+
+__all__ = ["ModelDesign", "FixedDesign", "RandomDesign", "build_design", "term_name"]
+
+
+def term_name(column: str) -> str:
+    """drmTMB-style term name of a formulaic column (``Intercept`` -> ``(Intercept)``)."""
+    return "(Intercept)" if column == "Intercept" else column
+
+
+@dataclass(frozen=True)
+class FixedDesign:
+    """The fixed-effect design of one distributional parameter (rows: retained rows or levels)."""
+
+    dpar: str
+    terms: tuple[str, ...]
+    matrix: np.ndarray = field(repr=False)
+    model_spec: Any = field(repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{self.dpar}:{t}" for t in self.terms]
+
+
+@dataclass(frozen=True)
+class RandomDesign:
+    """One random-effect term on the retained rows.
+
+    ``level_index[i]`` is the level of row i; ``z[i]`` its random-effect covariates
+    (1 for an intercept, the slope values); ``sd_designs`` one per-level design per
+    coefficient's SD; ``relmat`` the relatedness matrix among the observed levels.
+    """
+
+    term: RandomTerm
+    levels: tuple[str, ...]
+    level_index: np.ndarray = field(repr=False)
+    z: np.ndarray = field(repr=False)
+    sd_designs: tuple[FixedDesign, ...]
+    relmat: np.ndarray | None = field(default=None, repr=False)
+    level_counts: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def group(self) -> str:
+        return self.term.group
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def n_coef(self) -> int:
+        return self.z.shape[1]
+
+    @property
+    def n_cor(self) -> int:
+        q = self.n_coef
+        return q * (q - 1) // 2 if self.term.correlated else 0
+
+
+@dataclass(frozen=True)
+class ModelDesign:
+    formula: Formula
+    y: np.ndarray = field(repr=False)
+    fixed: Mapping[str, FixedDesign] = field(repr=False)  # "mu", "sigma"
+    random: tuple[RandomDesign, ...]
+    known_v: KnownV
+    weights: np.ndarray | None = field(repr=False)
+    row_labels: pd.Index = field(repr=False)
+    n_data: int
+    dropped: Mapping[str, int]
+    dropped_labels: tuple = field(repr=False)
+
+    @property
+    def nobs(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_dropped(self) -> int:
+        return int(sum(self.dropped.values()))
+
+    @property
+    def designs(self) -> list[FixedDesign]:
+        """Every coefficient block in parameter order: mu, sigma, then each sd(...) design."""
+        out = [self.fixed["mu"], self.fixed["sigma"]]
+        for r in self.random:
+            out.extend(r.sd_designs)
+        return out
+
+
+def _required_variables(rhs: str, dpar: str, text: str) -> set[str]:
+    import formulaic
+
+    try:
+        return set(formulaic.Formula(rhs).required_variables)
+    except Exception as exc:  # formulaic raises several types for syntax errors
+        raise FormulaError(f"Cannot parse the {dpar} formula `{text}`: {exc}") from exc
+
+
+def _materialize(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
+    import formulaic
+
+    try:
+        mm = formulaic.model_matrix(rhs, frame, na_action="ignore", context=dict(context))
+    except Exception as exc:
+        raise FormulaError(f"Cannot build the design of `{text}`: {exc}") from exc
+    values = np.asarray(mm, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    terms = tuple(term_name(str(c)) for c in mm.columns)
+    return values, terms, mm.model_spec
+
+
+def _check_full_rank(design: FixedDesign, text: str) -> None:
+    m = design.matrix
+    if m.shape[1] == 0:
+        return
+    if m.shape[0] < m.shape[1]:
+        raise DataError(
+            f"The {design.dpar} formula `{text}` has {m.shape[1]} coefficients but only "
+            f"{m.shape[0]} rows remain."
+        )
+    rank = np.linalg.matrix_rank(m)
+    if rank < m.shape[1]:
+        # Name the first column that is a combination of the ones before it.
+        for j in range(1, m.shape[1] + 1):
+            if np.linalg.matrix_rank(m[:, :j]) < j:
+                raise DataError(
+                    f"The {design.dpar} design of `{text}` is rank-deficient: column "
+                    f"`{design.terms[j - 1]}` is a linear combination of earlier columns "
+                    "(or constant zero) among the retained rows."
+                )
+
+
+def _response_values(frame: pd.DataFrame, lhs: str, context: Mapping[str, Any]) -> np.ndarray:
+    if lhs in frame.columns:
+        col = frame[lhs]
+        if not frames.is_numeric(col):
+            raise DataError(f"The response `{lhs}` must be numeric, but has dtype {col.dtype}.")
+        return np.asarray(col, dtype=np.float64)
+    import formulaic
+
+    try:
+        mm = formulaic.model_matrix(f"{lhs} ~ 1", frame, na_action="ignore", context=dict(context))
+    except Exception as exc:
+        raise FormulaError(f"Cannot evaluate the response `{lhs}`: {exc}") from exc
+    lhs_m = np.asarray(mm.lhs, dtype=np.float64)
+    if lhs_m.ndim == 2 and lhs_m.shape[1] != 1:
+        raise DataError(f"The response `{lhs}` must be one numeric column, not {lhs_m.shape[1]}.")
+    return lhs_m.reshape(-1)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _group_keys(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Level label of every row and the ordered levels of a (possibly interacted) group.
+
+    Levels follow the categorical order for a categorical column, numeric order for
+    numeric ids, and sorted (code-point) order otherwise.
+    """
+    per_column = []
+    for c in term.group_columns:
+        col = frame[c]
+        values = col.to_numpy()
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            rank = {str(cat): i for i, cat in enumerate(col.cat.categories)}
+            labels = np.array([str(v) for v in values], dtype=object)
+            order_key = [rank[l] for l in labels]
+        elif frames.is_numeric(col):
+            labels = np.array([_label(v) for v in values], dtype=object)
+            order_key = values.astype(np.float64)
+        else:
+            labels = np.array([str(v) for v in values], dtype=object)
+            order_key = labels
+        per_column.append((labels, order_key))
+    if len(per_column) == 1:
+        keys = per_column[0][0]
+    else:
+        keys = np.array([":".join(t) for t in zip(*(p[0] for p in per_column))], dtype=object)
+    first: dict[str, tuple] = {}
+    for i, k in enumerate(keys):
+        if k not in first:
+            first[k] = tuple(p[1][i] for p in per_column)
+    levels = tuple(sorted(first, key=lambda k: first[k]))
+    return keys, levels
+
+
+def _lookup(name: str, env: Mapping[str, Any] | None, namespace: Mapping[str, Any], what: str) -> Any:
+    if env is not None and name in env:
+        return env[name]
+    if name in namespace:
+        return namespace[name]
+    raise RandomEffectsError(
+        f"{what}: `{name}` is not a key of `env=` or a variable in the namespace where the "
+        "Formula was built."
+    )
+
+
+def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> np.ndarray:
+    what = f"`{term.text}`"
+    K = _lookup(term.relmat, env, namespace, what)
+    if isinstance(K, pd.DataFrame):
+        rows = [str(i) for i in K.index]
+        cols = [str(c) for c in K.columns]
+        if rows != cols:
+            raise RandomEffectsError(f"{what}: K's index and columns must hold the same level labels in the same order.")
+        mat = K.to_numpy(dtype=np.float64)
+    else:
+        mat = np.asarray(K, dtype=np.float64)
+        level_attr = getattr(K, "levels", None)
+        rows = [str(x) for x in level_attr] if level_attr is not None else None
+        if rows is None:
+            lv = namespace.get(f"{term.relmat}_levels") if env is None else env.get(f"{term.relmat}_levels", namespace.get(f"{term.relmat}_levels"))
+            if lv is None:
+                raise RandomEffectsError(
+                    f"{what}: K is a plain array; give it as a pandas DataFrame whose index and "
+                    f"columns are the level labels, or provide `{term.relmat}_levels` (the labels "
+                    "of its rows) next to it."
+                )
+            rows = [str(x) for x in lv]
+    if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] != len(rows):
+        raise RandomEffectsError(f"{what}: K must be square with one row per level label, got shape {mat.shape}.")
+    position = {lab: i for i, lab in enumerate(rows)}
+    missing = [lv for lv in levels if lv not in position]
+    if missing:
+        raise RandomEffectsError(
+            f"{what}: level `{missing[0]}` of `{term.group}` is not in K ({len(missing)} observed "
+            "level(s) missing); K must cover every observed level."
+        )
+    idx = np.array([position[lv] for lv in levels])
+    sub = mat[np.ix_(idx, idx)]
+    if not np.all(np.isfinite(sub)):
+        raise RandomEffectsError(f"{what}: K has non-finite entries.")
+    if np.max(np.abs(sub - sub.T)) > np.sqrt(np.finfo(float).eps) * max(np.max(np.abs(sub)), 1e-300):
+        raise RandomEffectsError(f"{what}: K is not symmetric.")
+    try:
+        np.linalg.cholesky(0.5 * (sub + sub.T))
+    except np.linalg.LinAlgError as exc:
+        raise RandomEffectsError(f"{what}: K is not positive definite over the observed levels.") from exc
+    return 0.5 * (sub + sub.T)
+
+
+def build_design(
+    formula: Formula,
+    data: Any,
+    *,
+    weights: Any = None,
+    env: Mapping[str, Any] | None = None,
+) -> ModelDesign:
+    """Resolve every formula against ``data`` and return the numeric model spec."""
+    if data is None:
+        raise DataError("`data` is required.")
+    all_columns = frames.column_names(data)
+    texts = formula.text
+    namespace = formula.env
+    context: dict[str, Any] = dict(namespace)
+    if env:
+        context.update(env)
+
+    # ---- which columns every formula needs
+    needed: list[str] = []
+    response = formula.response
+    if response in all_columns:
+        needed.append(response)
+    else:
+        needed.extend(sorted(_required_variables(f"{response} ~ 1", "mu", texts["mu"]) & set(all_columns)))
+        unknown = _required_variables(f"{response} ~ 1", "mu", texts["mu"]) - set(all_columns) - set(context)
+        if unknown:
+            raise DataError(f"The response `{response}` uses `{sorted(unknown)[0]}`, which is not a column of the data.")
+    fixed_vars: dict[str, set[str]] = {}
+    for dpar, rhs in formula.dpars.items():
+        vars_ = _required_variables(rhs, dpar, texts[dpar])
+        missing = sorted(v for v in vars_ if v not in all_columns and v not in context)
+        if missing:
+            raise DataError(
+                f"Column `{missing[0]}` used in the {dpar} formula `{texts[dpar]}` is not in the data."
+            )
+        fixed_vars[dpar] = {v for v in vars_ if v in all_columns}
+        needed.extend(sorted(fixed_vars[dpar]))
+    for term in formula.random_terms:
+        for c in term.group_columns + term.slopes:
+            if c not in all_columns:
+                raise RandomEffectsError(f"Column `{c}` of the random-effect term `{term.text}` is not in the data.")
+            needed.append(c)
+    weight_col = None
+    if isinstance(weights, str):
+        if weights not in all_columns:
+            raise DataError(f"weights: column `{weights}` is not in the data.")
+        weight_col = weights
+        needed.append(weights)
+    meta_v = formula.meta_v
+    v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
+    frame = frames.as_pandas(data, needed + ([v_col] if v_col else []))
+    n_data = len(frame)
+    labels = frame.index
+
+    if meta_v is not None:
+        raw_v: RawV | None = resolve_v(meta_v.name, all_columns, lambda c: frame[c], env, namespace, n_data)
+    else:
+        raw_v = None
+
+    # ---- rows: complete cases, then non-finite numeric values, then a vector V
+    keep = np.ones(n_data, dtype=bool)
+    dropped: dict[str, int] = {}
+    used_cols = list(dict.fromkeys(needed))
+    complete = ~frame[used_cols].isna().any(axis=1).to_numpy() if used_cols else np.ones(n_data, bool)
+    for term in formula.random_terms:
+        for c in term.group_columns:
+            if not frame[c].notna().any():
+                raise RandomEffectsError(f"Grouping column `{c}` of `{term.text}` is entirely missing.")
+    if (~complete).any():
+        dropped["missing values in model variables"] = int((~complete).sum())
+    keep &= complete
+    finite = np.ones(n_data, dtype=bool)
+    for c in used_cols:
+        col = frame[c]
+        if frames.is_numeric(col):
+            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            finite &= np.isfinite(vals) | np.isnan(vals)
+    newly = keep & ~finite
+    if newly.any():
+        dropped["non-finite values in model variables"] = int(newly.sum())
+    keep &= finite
+    if raw_v is not None and raw_v.is_vector:
+        bad_v = keep & ~np.isfinite(raw_v.vector)
+        if bad_v.any():
+            dropped[f"missing or non-finite sampling variance `{raw_v.name}`"] = int(bad_v.sum())
+        keep &= np.isfinite(raw_v.vector)
+    if isinstance(weights, str):
+        w_all = frame[weights]
+        if not frames.is_numeric(w_all):
+            raise DataError(f"weights: column `{weights}` must be numeric.")
+        w_all = w_all.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif weights is not None:
+        w_all = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if len(w_all) != n_data:
+            raise DataError(f"weights: expected {n_data} values (one per data row), got {len(w_all)}.")
+        bad_w = keep & ~np.isfinite(w_all)
+        if bad_w.any():
+            dropped["missing weights"] = int(bad_w.sum())
+        keep &= np.isfinite(w_all)
+    else:
+        w_all = None
+
+    # transformed predictors (np.log(x) of x <= 0) may produce non-finite values: evaluate on
+    # the complete cases, then drop those rows too and count them.
+    sub = frame.loc[keep]
+    y = _response_values(sub, response, context)
+    mats: dict[str, tuple] = {}
+    for dpar, rhs in formula.dpars.items():
+        mats[dpar] = _materialize(rhs, sub, dpar, texts[dpar], context)
+    ok = np.isfinite(y)
+    for dpar, (m, _, _) in mats.items():
+        ok &= np.all(np.isfinite(m), axis=1)
+    if not ok.all():
+        dropped["non-finite values of transformed variables"] = int((~ok).sum())
+        keep_pos = np.flatnonzero(keep)
+        keep[keep_pos[~ok]] = False
+        sub = frame.loc[keep]
+        y = y[ok]
+        mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
+
+    n = int(keep.sum())
+    if n == 0:
+        raise DataError(
+            f"No rows remain after removing rows with missing or non-finite values "
+            f"({n_data} rows in the data; dropped: {dropped})."
+        )
+    kept_labels = labels[keep]
+    dropped_labels = tuple(labels[~keep])
+
+    weights_arr = None
+    if w_all is not None:
+        w = w_all[keep]
+        neg = np.flatnonzero(w < 0)
+        if neg.size:
+            raise DataError(f"weights must be >= 0; row {kept_labels[neg[0]]!r} has {w[neg[0]]:g}.")
+        if not np.any(w > 0):
+            raise DataError("weights are all zero among the retained rows; nothing to fit.")
+        weights_arr = w
+
+    fixed = {
+        dpar: FixedDesign(dpar, terms, m, spec)
+        for dpar, (m, terms, spec) in mats.items()
+        if dpar in ("mu", "sigma")
+    }
+    for dpar in ("mu", "sigma"):
+        _check_full_rank(fixed[dpar], texts[dpar])
+    known_v = finalize_v(raw_v, np.flatnonzero(keep), kept_labels)
+    if weights_arr is not None and not known_v.is_diagonal and np.any(weights_arr != 1.0):
+        raise DataError(
+            "weights: non-unit weights with a non-diagonal V are not supported (a row's "
+            "log-likelihood is not separable when V correlates rows); drop `weights=` or use a "
+            "diagonal V."
+        )
+
+    random = tuple(
+        _random_design(term, sub, mats, formula, env, namespace, kept_labels)
+        for term in formula.random_terms
+    )
+    if random and weights_arr is not None and np.any(weights_arr != 1.0):
+        raise DataError(
+            "weights: non-unit weights with random effects are not supported (rows sharing a "
+            "random effect have no separate log-likelihoods)."
+        )
+    return ModelDesign(
+        formula=formula,
+        y=y,
+        fixed=fixed,
+        random=random,
+        known_v=known_v,
+        weights=weights_arr,
+        row_labels=kept_labels,
+        n_data=n_data,
+        dropped=dropped,
+        dropped_labels=dropped_labels,
+    )
+
+
+def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple],
+                   formula: Formula, env, namespace, kept_labels) -> RandomDesign:
+    keys, levels = _group_keys(sub, term)
+    position = {lv: i for i, lv in enumerate(levels)}
+    level_index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
+    counts = np.bincount(level_index, minlength=len(levels))
+    cols = []
+    if term.intercept:
+        cols.append(np.ones(len(sub)))
+    for s in term.slopes:
+        col = sub[s]
+        if not frames.is_numeric(col):
+            raise RandomEffectsError(
+                f"Random slope `{s}` in `{term.text}` must be a numeric column, but has dtype {col.dtype}."
+            )
+        cols.append(col.to_numpy(dtype=np.float64))
+    z = np.column_stack(cols)
+    if term.intercept and len(term.slopes) == 0 and term.relmat is None and np.all(counts <= 1):
+        if ":" in term.group:
+            raise RandomEffectsError(
+                f"`{term.text}`: every level of `{term.group}` has a single row, so its SD is the "
+                "row-level `sigma` and cannot be separated from it; drop this level of the nested "
+                f"term (metafor's `~ 1 | {term.group.replace(':', '/')}` with one effect size per "
+                f"`{term.group_columns[-1]}` is drmpy's `(1|{':'.join(term.group_columns[:-1])})` plus sigma)."
+            )
+        raise RandomEffectsError(
+            f"`{term.text}`: every level of `{term.group}` has a single row, so sd({term.group}) is "
+            "confounded with the row-level sigma; drop the term (sigma already models row-level "
+            "heterogeneity)."
+        )
+    first_row = np.full(len(levels), -1, dtype=np.int64)
+    seen = np.zeros(len(levels), dtype=bool)
+    for i, j in enumerate(level_index):
+        if not seen[j]:
+            seen[j] = True
+            first_row[j] = i
+    sd_designs = []
+    for dpar in term.sd_dpars():
+        m, terms, spec = mats[dpar]
+        per_level = m[first_row]
+        diff = np.any(np.abs(m - per_level[level_index]) > 1e-12 * (1 + np.abs(m)), axis=1)
+        if diff.any():
+            bad = levels[level_index[np.flatnonzero(diff)[0]]]
+            raise RandomEffectsError(
+                f"The predictors of `{formula.text[dpar]}` must be constant within each level of "
+                f"`{term.group}`, but level `{bad}` has rows with different values."
+            )
+        design = FixedDesign(dpar, terms, per_level, spec)
+        _check_full_rank(design, formula.text[dpar])
+        sd_designs.append(design)
+    relmat = _relatedness(term, levels, env, namespace) if term.relmat else None
+    return RandomDesign(term, levels, level_index, z, tuple(sd_designs), relmat, counts)

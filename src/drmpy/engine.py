@@ -1,0 +1,403 @@
+"""From a ModelDesign to estimates: structure choice, padding, start values, one compiled program.
+
+The compiled program (one per :class:`~drmpy.likelihood.Structure` and array shapes,
+cached in-process by ``jax.jit`` and across processes by JAX's persistent cache) runs
+the optimiser, then computes the GLS location estimate, the exact Hessian and the
+covariance of all estimates:
+
+* ML: inverse observed Hessian of ``-log L`` in (beta, phi) jointly;
+* REML: ``Cov(phi)`` = inverse Hessian of ``-l_R``; ``Cov(beta) = (X'S^-1X)^-1 + J Cov(phi) J'``
+  with ``J = d beta_hat / d phi``; ``Cov(beta, phi) = J Cov(phi)`` (drmTMB's convention).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .design import ModelDesign
+from .errors import DrmError
+from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure, gram,
+                         variance_objective)
+from .optimize import newton_trust_region
+
+__all__ = ["Control", "RawFit", "run_fit", "choose_structure"]
+
+MAX_BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Control:
+    """Optimiser settings (``control=`` of :func:`drmpy.fit`).
+
+    Attributes:
+        max_iter: iteration limit of the Newton trust-region loop.
+        gtol: stop when ``max|gradient| <= gtol * max(1, |objective|)``.
+        structure: force a likelihood structure (``"dense"`` evaluates the full n x n
+            covariance; useful as an oracle).  None chooses the cheapest exact one.
+    """
+
+    max_iter: int = 200
+    gtol: float = 1e-8
+    structure: str | None = None
+
+    @classmethod
+    def coerce(cls, control: Any) -> "Control":
+        if control is None:
+            return cls()
+        if isinstance(control, cls):
+            return control
+        if isinstance(control, Mapping):
+            unknown = set(control) - {"max_iter", "gtol", "structure"}
+            if unknown:
+                raise DrmError(
+                    f"control: unknown option(s) {sorted(unknown)}; available: max_iter, gtol, structure."
+                )
+            c = cls(**control)
+            if int(c.max_iter) < 0:
+                raise DrmError("control: max_iter must be >= 0.")
+            if c.structure not in (None, "diag", "block", "woodbury", "dense"):
+                raise DrmError(
+                    f"control: structure must be one of diag, block, woodbury, dense; got {c.structure!r}."
+                )
+            return c
+        raise DrmError(f"control must be a dict, got {type(control).__name__}.")
+
+
+@dataclass(frozen=True)
+class RawFit:
+    """Estimates in numpy, link scales, parameter order (mu, sigma, sd(...)..., cor(...)...)."""
+
+    theta: np.ndarray
+    vcov: np.ndarray
+    loglik: float
+    gradient: np.ndarray  # gradient of the objective at the estimate (all estimated parameters)
+    hessian_min_eigenvalue: float
+    status: int
+    iterations: int
+    evaluations: int
+    structure: Structure
+    sigma: np.ndarray  # fitted sigma_i per retained row
+
+
+# ------------------------------------------------------------------------------------------
+# structure
+
+
+def _clusters(design: ModelDesign) -> np.ndarray | None:
+    """Cluster id per row such that S is block-diagonal by cluster, or None if unavailable."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = design.nobs
+    if any(r.relmat is not None for r in design.random):
+        return None
+    rows, cols = [], []
+    offset = n
+    kv = design.known_v
+    if kv.blocks is not None:
+        for b, idx in enumerate(kv.blocks):
+            rows.append(idx)
+            cols.append(np.full(len(idx), offset + b))
+        offset += len(kv.blocks)
+    for r in design.random:
+        rows.append(np.arange(n))
+        cols.append(offset + r.level_index)
+        offset += r.n_levels
+    if not rows:
+        return np.arange(n)
+    rr = np.concatenate(rows)
+    cc = np.concatenate(cols)
+    adj = coo_matrix((np.ones(len(rr)), (rr, cc)), shape=(offset, offset))
+    _, labels = connected_components(adj, directed=False)
+    return labels[:n]
+
+
+def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.ndarray | None]:
+    """Cheapest exact structure for the design (or the forced one) and the row clusters."""
+    kv = design.known_v
+    has_re = bool(design.random)
+    clusters = _clusters(design)
+    if forced is not None:
+        if forced == "diag" and (has_re or not kv.is_diagonal):
+            raise DrmError("control: structure='diag' needs a diagonal V and no random effects.")
+        if forced == "woodbury" and (not has_re or not kv.is_diagonal):
+            raise DrmError("control: structure='woodbury' needs random effects and a diagonal V.")
+        if forced == "block" and clusters is None:
+            raise DrmError("control: structure='block' is not available with relmat() terms.")
+        return forced, clusters
+    if not has_re and kv.is_diagonal:
+        return "diag", None
+    if clusters is not None:
+        sizes = np.bincount(clusters)
+        if sizes.max() <= MAX_BLOCK_ROWS:
+            return "block", clusters
+    if kv.is_diagonal:
+        return "woodbury", clusters
+    return "dense", clusters
+
+
+def _padded_size(n: int) -> int:
+    """Row count padded up a geometric ladder (ratio 2^(1/4)) so nearby sizes share a compile."""
+    if n <= 16:
+        return 16
+    k = math.ceil(4 * math.log2(n))
+    size = int(math.ceil(2 ** (k / 4)))
+    return max(size, n)
+
+
+# ------------------------------------------------------------------------------------------
+# start values
+
+
+def _lstsq_const(Z: np.ndarray, value: float) -> np.ndarray:
+    """Coefficients of design Z that reproduce the constant ``value`` as closely as possible."""
+    if Z.shape[1] == 0:
+        return np.zeros(0)
+    coef, *_ = np.linalg.lstsq(Z, np.full(Z.shape[0], value), rcond=None)
+    return coef
+
+
+def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
+    """(beta_ols, phi0): OLS location, DerSimonian-Laird sigma, group-mean SDs for sd(g)."""
+    X = design.fixed["mu"].matrix
+    y = design.y
+    w = design.weights if design.weights is not None else np.ones_like(y)
+    sw = np.sqrt(w)
+    beta0, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
+    r = y - X @ beta0
+    v = design.known_v.diag
+    n, p = X.shape
+    pos = (v > 0) & (w > 0)
+    if pos.all() and n > p:
+        wi = w / v
+        XtWX = (X * wi[:, None]).T @ X
+        bw = np.linalg.solve(XtWX, (X * wi[:, None]).T @ y)
+        rw = y - X @ bw
+        Q = float(np.sum(wi * rw**2))
+        denom = float(np.sum(wi) - np.trace(np.linalg.solve(XtWX, (X * (wi**2)[:, None]).T @ X)))
+        tau2 = max(0.0, (Q - (n - p)) / denom) if denom > 0 else 0.0
+    else:
+        tau2 = float(np.sum(w * r**2) / max(np.sum(w) - p, 1.0))
+    scale2 = float(np.mean(v)) if np.mean(v) > 0 else float(np.var(r)) + 1e-12
+    n_re = len(design.random)
+    tau2_sigma = max(tau2 / (1 + n_re), 1e-2 * scale2)
+    parts = [_lstsq_const(design.fixed["sigma"].matrix, 0.5 * math.log(tau2_sigma))]
+    for rd in design.random:
+        counts = np.bincount(rd.level_index, minlength=rd.n_levels)
+        means = np.bincount(rd.level_index, weights=r, minlength=rd.n_levels) / np.maximum(counts, 1)
+        sd0 = float(np.std(means[counts > 0])) if np.sum(counts > 0) > 1 else math.sqrt(tau2_sigma)
+        sd0 = max(sd0, math.sqrt(max(tau2 / (1 + n_re), 1e-2 * scale2)))
+        for c, sdd in enumerate(rd.sd_designs):
+            if c == 0 and rd.term.intercept:
+                target = sd0
+            else:
+                spread = float(np.std(rd.z[:, c])) or 1.0
+                target = 0.5 * sd0 / spread
+            parts.append(_lstsq_const(sdd.matrix, math.log(target)))
+        parts.append(np.zeros(rd.n_cor))
+    return beta0, np.concatenate(parts) if parts else np.zeros(0)
+
+
+# ------------------------------------------------------------------------------------------
+# arrays
+
+
+def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
+                 beta0: np.ndarray) -> tuple[Arrays, Structure]:
+    n = design.nobs
+    X = design.fixed["mu"].matrix
+    Zs = design.fixed["sigma"].matrix
+    y = design.y - X @ beta0
+    w = design.weights if design.weights is not None else np.ones(n)
+    kv = design.known_v
+    N = _padded_size(n) if kind in ("diag", "woodbury", "dense") else n
+    pad = N - n
+
+    def padrows(a, fill=0.0):
+        if pad == 0:
+            return a
+        shape = (pad,) + a.shape[1:]
+        return np.concatenate([a, np.full(shape, fill, dtype=a.dtype)], axis=0)
+
+    v = padrows(kv.diag, 1.0)
+    mask = padrows(np.ones(n), 0.0)
+    if kind == "dense":
+        Vd = np.eye(N)
+        Vd[:n, :n] = kv.matrix if kv.matrix is not None else np.diag(kv.diag)
+    else:
+        Vd = np.zeros((0, 0))
+    random_arrays = []
+    random_static = []
+    for rd in design.random:
+        lev = padrows(rd.level_index, rd.n_levels)
+        Kchol = np.linalg.cholesky(rd.relmat) if rd.relmat is not None else np.zeros((0, 0))
+        random_arrays.append(RandomArrays(jnp.asarray(lev), jnp.asarray(padrows(rd.z)),
+                                          tuple(jnp.asarray(d.matrix) for d in rd.sd_designs),
+                                          jnp.asarray(Kchol)))
+        random_static.append(RandomStatic(rd.n_levels, rd.n_coef,
+                                          tuple(d.matrix.shape[1] for d in rd.sd_designs),
+                                          rd.n_cor, rd.relmat is not None))
+    buckets = []
+    if kind == "block":
+        buckets = _buckets(design, clusters)
+    arrs = Arrays(
+        y=jnp.asarray(padrows(y)),
+        X=jnp.asarray(padrows(X)),
+        Z_sigma=jnp.asarray(padrows(Zs)),
+        w=jnp.asarray(padrows(w, 0.0)),
+        mask=jnp.asarray(mask),
+        n_obs=jnp.asarray(float(np.sum(w))),
+        v=jnp.asarray(v),
+        V_dense=jnp.asarray(Vd),
+        buckets=tuple(buckets),
+        random=tuple(random_arrays),
+    )
+    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static))
+    return arrs, struct
+
+
+def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
+    """Group clusters by size; each bucket is (nb, m) row positions with padding -> n."""
+    n = design.nobs
+    order = np.argsort(clusters, kind="stable")
+    labels_sorted = clusters[order]
+    splits = np.flatnonzero(np.diff(labels_sorted)) + 1
+    members = np.split(order, splits)
+    sizes = np.array([len(m) for m in members])
+    V = design.known_v.matrix
+    diag_ext = np.concatenate([design.known_v.diag, [1.0]])
+    slot_sizes = _slot_sizes(sizes)
+    out = []
+    for m in np.unique(slot_sizes):
+        sel = [members[i] for i in np.flatnonzero(slot_sizes == m)]
+        rows = np.full((len(sel), m), n, dtype=np.int64)
+        for b, idx in enumerate(sel):
+            rows[b, : len(idx)] = idx
+        real = rows < n
+        Vb = np.zeros((len(sel), m, m))
+        Vb[:, np.arange(m), np.arange(m)] = diag_ext[rows]
+        if V is not None:
+            safe = np.where(real, rows, 0)
+            full = V[safe[:, :, None], safe[:, None, :]]
+            both = real[:, :, None] & real[:, None, :]
+            Vb = np.where(both, full, Vb)
+        levels = tuple(
+            jnp.asarray(np.where(real, np.concatenate([rd.level_index, [rd.n_levels]])[rows], rd.n_levels))
+            for rd in design.random
+        )
+        out.append(BlockBucket(jnp.asarray(rows), jnp.asarray(Vb), levels))
+    return out
+
+
+_BUCKET_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def _slot_sizes(sizes: np.ndarray) -> np.ndarray:
+    """Padded size of every block.
+
+    Each extra bucket is another batched Cholesky in the compiled program (compile time
+    grows with the number of buckets), so all blocks share the largest size unless that
+    costs over 4x the flops of the unpadded blocks (and more than 1e7 flops).
+    """
+    m_max = int(sizes.max())
+    exact = float(np.sum(sizes.astype(float) ** 3))
+    if len(sizes) * float(m_max) ** 3 <= max(4.0 * exact, 1e7):
+        return np.full(len(sizes), _bucket_size(m_max))
+    return np.array([_bucket_size(int(s)) for s in sizes])
+
+
+def _bucket_size(m: int) -> int:
+    """Block size padded up a short ladder, so a design compiles a handful of bucket shapes."""
+    for size in _BUCKET_SIZES:
+        if m <= size:
+            return size
+    return int(m)
+
+
+# ------------------------------------------------------------------------------------------
+# the compiled program
+
+
+@functools.lru_cache(maxsize=64)
+def _program(struct: Structure):
+    objective = variance_objective(struct)
+    p = struct.p
+
+    def run(arrs: Arrays, phi0, max_iter, gtol):
+        sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
+                                  max_iter=max_iter, gtol=gtol)
+        phi = sol.x
+        H_phi = sol.hess
+
+        def location_pieces(ph):
+            _, M = gram(ph, arrs, struct)
+            return M[:p, :p], M[:p, p]
+
+        A, b = location_pieces(phi)
+        A_inv = jnp.linalg.inv(A)
+        beta = A_inv @ b
+        if struct.method == "REML":
+            # J = d beta_hat / d phi, from the derivatives of A and b (forward mode only).
+            dA, db = jax.jacfwd(location_pieces)(phi)  # (p, p, k), (p, k)
+            J = A_inv @ (db - jnp.einsum("ijk,j->ik", dA, beta))
+            C = jnp.linalg.inv(H_phi)
+            cross = J @ C
+            vcov = jnp.block([[A_inv + J @ C @ J.T, cross], [cross.T, C]])
+            full_grad = jnp.concatenate([jnp.zeros(p), sol.grad])
+            min_eig = jnp.min(jnp.linalg.eigvalsh(H_phi))
+        else:
+            # Joint Hessian of -log L at (beta_hat, phi) from the profiled one: the profiled
+            # Hessian is the Schur complement H_pp - H_pb A^-1 H_bp, and H_bp = d(A beta - b)/d phi.
+            dA, db = jax.jacfwd(location_pieces)(phi)
+            H_bp = jnp.einsum("ijk,j->ik", dA, beta) - db
+            H = jnp.block([[A, H_bp], [H_bp.T, H_phi + H_bp.T @ A_inv @ H_bp]])
+            vcov = jnp.linalg.inv(H)
+            min_eig = jnp.min(jnp.linalg.eigvalsh(H))
+            full_grad = jnp.concatenate([A @ beta - b, sol.grad])
+        f = sol.f
+        gamma = phi[: struct.k_sigma]
+        sigma = jnp.exp(arrs.Z_sigma @ gamma)
+        return dict(beta=beta, phi=phi, f=f, grad=full_grad, vcov=vcov, min_eig=min_eig,
+                    status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
+                    sigma=sigma)
+
+    return jax.jit(run)
+
+
+def prepare(design: ModelDesign, method: str, control: Control):
+    """((arrays, structure, beta0, phi0), row clusters) for a design, cacheable per method."""
+    kind, clusters = choose_structure(design, control.structure)
+    beta0, phi0 = start_values(design)
+    arrs, struct = build_arrays(design, kind, clusters, beta0)
+    struct = Structure(struct.kind, struct.p, struct.k_sigma, struct.random, method)
+    return (arrs, struct, beta0, phi0), clusters
+
+
+def run_fit(prepared, control: Control) -> RawFit:
+    arrs, struct, beta0, phi0 = prepared
+    program = _program(struct)
+    out = program(arrs, jnp.asarray(phi0), jnp.asarray(int(control.max_iter)),
+                  jnp.asarray(float(control.gtol)))
+    out = jax.device_get(out)
+    n = int(round(float(np.sum(np.asarray(arrs.mask)))))
+    beta = np.asarray(out["beta"]) + beta0
+    theta = np.concatenate([beta, np.asarray(out["phi"])])
+    return RawFit(
+        theta=theta,
+        vcov=np.asarray(out["vcov"]),
+        loglik=-float(out["f"]),
+        gradient=np.asarray(out["grad"]),
+        hessian_min_eigenvalue=float(out["min_eig"]),
+        status=int(out["status"]),
+        iterations=int(out["iterations"]),
+        evaluations=int(out["evaluations"]),
+        structure=struct,
+        sigma=np.asarray(out["sigma"])[:n],
+    )

@@ -1,0 +1,413 @@
+"""Formulas: one per distributional parameter, parsed into fixed and special terms.
+
+``Formula("yi ~ x + (1|study) + meta_V(V=vi)", "sigma ~ habitat", "sd(study) ~ habitat")``
+holds, per distributional parameter (``mu``, ``sigma``, ``sd(<group>)``), the fixed-effect
+right-hand side handed to formulaic.  The ``mu`` formula also carries the response, the
+known-sampling-covariance marker ``meta_V(V=name)`` and the random-effect terms
+``(1|g)``, ``(0 + x|g)``, ``(1 + x||g)``, ``(1 + x|g)``, ``(1|a/b)`` and
+``relmat(1|g, K=name)``; formulaic never sees those.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import FormulaError
+
+__all__ = ["Formula", "RandomTerm", "MetaV"]
+
+_SD_DPAR = re.compile(r"^sd\((?P<inner>.+)\)$")
+_KNOWN_SCALAR_DPARS = ("mu", "sigma")
+
+
+@dataclass(frozen=True)
+class MetaV:
+    """The ``meta_V(V=name)`` marker: ``name`` resolves to the known sampling (co)variance."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effect term of the ``mu`` formula.
+
+    Attributes:
+        group: grouping expression after expansion (``"study"``, ``"district:school"``).
+        intercept: whether the term has a random intercept.
+        slopes: names of numeric columns with random slopes.
+        correlated: intercept and slopes share a correlated covariance (``|``) rather than
+            independent SDs (``||``).  Irrelevant with a single coefficient.
+        relmat: name of a known relatedness matrix K among the levels, or None.
+        text: the term as written, for messages.
+    """
+
+    group: str
+    intercept: bool
+    slopes: tuple[str, ...]
+    correlated: bool
+    relmat: str | None
+    text: str
+
+    @property
+    def group_columns(self) -> tuple[str, ...]:
+        return tuple(self.group.split(":"))
+
+    @property
+    def coefficient_names(self) -> tuple[str, ...]:
+        return (("(Intercept)",) if self.intercept else ()) + self.slopes
+
+    def sd_dpars(self) -> tuple[str, ...]:
+        """Names of the SD parameters this term owns: ``sd(g)`` for the intercept, ``sd(g|x)`` for slopes."""
+        names = []
+        for coef in self.coefficient_names:
+            names.append(f"sd({self.group})" if coef == "(Intercept)" else f"sd({self.group}|{coef})")
+        return tuple(names)
+
+    def cor_dpars(self) -> tuple[str, ...]:
+        """Correlation parameters (atanh scale) of a correlated term, ``cor(g|a,b)`` per pair."""
+        if not self.correlated:
+            return ()
+        coefs = self.coefficient_names
+        return tuple(
+            f"cor({self.group}|{coefs[i]},{coefs[j]})"
+            for i in range(len(coefs))
+            for j in range(i + 1, len(coefs))
+        )
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    """Split ``text`` at ``sep`` where it is not inside parentheses or brackets."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise FormulaError(f"Unbalanced parentheses in formula `{text}`.")
+        elif depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            i += len(sep)
+            start = i
+            continue
+        i += 1
+    if depth != 0:
+        raise FormulaError(f"Unbalanced parentheses in formula `{text}`.")
+    parts.append(text[start:])
+    return parts
+
+
+def _split_tilde(text: str) -> tuple[str, str]:
+    pieces = _split_top_level(text, "~")
+    if len(pieces) == 1:
+        raise FormulaError(f"Formula `{text}` has no `~`.")
+    if len(pieces) > 2:
+        raise FormulaError(f"Formula `{text}` has more than one `~`.")
+    return pieces[0].strip(), pieces[1].strip()
+
+
+def _is_dpar_name(lhs: str) -> bool:
+    return lhs in ("sigma", "mu") or bool(_SD_DPAR.match(lhs))
+
+
+def _parse_meta_v(term: str) -> MetaV:
+    try:
+        call = ast.parse(term, mode="eval").body
+    except SyntaxError as exc:
+        raise FormulaError(f"Cannot parse `{term}`: {exc.msg}.") from exc
+    assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+    fname = call.func.id
+    if call.args:
+        raise FormulaError(
+            f"`{term}`: {fname}() takes its covariance by name only, as `{fname}(V = vi)`; "
+            "positional arguments are not accepted."
+        )
+    if not call.keywords:
+        raise FormulaError(f"`{term}`: {fname}() needs `V = <name>`.")
+    names = [kw.arg for kw in call.keywords]
+    for kw in call.keywords:
+        if kw.arg in ("w", "scale"):
+            raise FormulaError(
+                f"`{term}`: the argument `{kw.arg}=` is reserved for the proportional (scaled) "
+                "sampling-variance model, which drmpy does not support yet; give only `V = <name>`."
+            )
+        if kw.arg != "V":
+            raise FormulaError(
+                f"`{term}`: unknown argument `{kw.arg}=`; {fname}() accepts only `V = <name>`."
+            )
+    if len(names) != 1:
+        raise FormulaError(f"`{term}`: give `V =` exactly once.")
+    value = call.keywords[0].value
+    if not isinstance(value, ast.Name):
+        raise FormulaError(
+            f"`{term}`: V must be a bare name (a data column or a variable), not an expression; "
+            "compute it first and pass its name."
+        )
+    if fname == "meta_known_V":
+        warnings.warn(
+            "meta_known_V() is deprecated; use meta_V(V = ...).", DeprecationWarning, stacklevel=4
+        )
+    return MetaV(value.id)
+
+
+_RANDOM_BAR = re.compile(r"^\((?P<lhs>[^|]*?)(?P<bar>\|\|?)(?P<group>[^|]*)\)$", re.S)
+
+
+def _parse_random_lhs(lhs: str, text: str) -> tuple[bool, tuple[str, ...]]:
+    pieces = [p.strip() for p in _split_top_level(lhs.replace("-", "+-"), "+") if p.strip()]
+    intercept = True
+    slopes: list[str] = []
+    for piece in pieces:
+        if piece == "1":
+            intercept = True
+        elif piece in ("0", "-1", "+0"):
+            intercept = False
+        elif piece.isidentifier():
+            slopes.append(piece)
+        else:
+            raise FormulaError(
+                f"Random-effect term `{text}`: `{piece}` is not supported; random slopes must be "
+                "plain numeric column names (compute transformed columns first)."
+            )
+    if not intercept and not slopes:
+        raise FormulaError(f"Random-effect term `{text}` has no coefficient.")
+    return intercept, tuple(slopes)
+
+
+def _parse_group(group: str, text: str) -> list[str]:
+    """Expand ``a/b/c`` into ``["a", "a:b", "a:b:c"]``; validate names."""
+    levels = [g.strip() for g in group.split("/")]
+    for part in levels:
+        for name in part.split(":"):
+            if not name.strip().isidentifier():
+                raise FormulaError(
+                    f"Random-effect term `{text}`: grouping factor `{name.strip()}` must be a "
+                    "column name."
+                )
+    expanded = []
+    for i in range(len(levels)):
+        expanded.append(":".join(":".join(n.strip() for n in lv.split(":")) for lv in levels[: i + 1]))
+    return expanded
+
+
+def _parse_bar_term(inner: str, text: str, relmat: str | None) -> list[RandomTerm]:
+    match = _RANDOM_BAR.match(inner.strip())
+    if match is None:
+        raise FormulaError(f"Cannot parse random-effect term `{text}`; expected `(1 | group)`.")
+    intercept, slopes = _parse_random_lhs(match["lhs"], text)
+    correlated = match["bar"] == "|"
+    groups = _parse_group(match["group"], text)
+    if relmat is not None and len(groups) > 1:
+        raise FormulaError(f"`{text}`: relmat() takes a single grouping factor, not a nested one.")
+    return [RandomTerm(g, intercept, slopes, correlated, relmat, text) for g in groups]
+
+
+def _parse_relmat(term: str) -> list[RandomTerm]:
+    body = term[len("relmat") :].strip()
+    if not (body.startswith("(") and body.endswith(")")):
+        raise FormulaError(f"Cannot parse `{term}`; expected `relmat(1 | group, K = name)`.")
+    args = _split_top_level(body[1:-1], ",")
+    if len(args) != 2:
+        raise FormulaError(f"`{term}`: expected `relmat(1 | group, K = name)`.")
+    kw = args[1].strip()
+    m = re.match(r"^K\s*=\s*([A-Za-z_][A-Za-z0-9_]*)$", kw)
+    if m is None:
+        raise FormulaError(f"`{term}`: the relatedness matrix must be given as `K = <name>`.")
+    return _parse_bar_term("(" + args[0].strip() + ")", term, m.group(1))
+
+
+@dataclass(frozen=True)
+class ParsedMu:
+    response: str
+    fixed_rhs: str
+    meta_v: MetaV | None
+    random_terms: tuple[RandomTerm, ...]
+
+
+def _parse_mu(lhs: str, rhs: str, text: str) -> ParsedMu:
+    if not lhs:
+        raise FormulaError(f"The mu formula `{text}` needs a response on its left side.")
+    meta_v: MetaV | None = None
+    random_terms: list[RandomTerm] = []
+    fixed: list[str] = []
+    for raw in _split_top_level(rhs, "+"):
+        term = raw.strip()
+        if not term:
+            continue
+        if term.startswith(("meta_V(", "meta_known_V(")) or re.match(r"^meta_(known_)?V\s*\(", term):
+            if meta_v is not None:
+                raise FormulaError(f"Formula `{text}` has two meta_V() markers; give one.")
+            meta_v = _parse_meta_v(term)
+        elif term.startswith("(") and "|" in term and _split_top_level(term[1:-1], "|") != [term[1:-1]]:
+            random_terms.extend(_parse_bar_term(term, term, None))
+        elif re.match(r"^relmat\s*\(", term):
+            random_terms.extend(_parse_relmat(term))
+        elif "meta_V" in term or "meta_known_V" in term:
+            raise FormulaError(f"`{term}`: meta_V() must stand alone as a term of the mu formula.")
+        else:
+            fixed.append(term)
+    groups = [t.group for t in random_terms]
+    dup = {g for g in groups if groups.count(g) > 1}
+    if dup:
+        raise FormulaError(
+            f"Formula `{text}` has more than one random-effect term for group `{sorted(dup)[0]}`; "
+            "combine them into one term."
+        )
+    fixed_rhs = " + ".join(fixed) if fixed else "1"
+    return ParsedMu(lhs, fixed_rhs, meta_v, tuple(random_terms))
+
+
+def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
+    if "meta_V" in rhs or "meta_known_V" in rhs:
+        raise FormulaError(
+            f"`{text}`: meta_V() belongs in the mu formula only, not in the {dpar} formula."
+        )
+    for raw in _split_top_level(rhs, "+"):
+        term = raw.strip()
+        if (term.startswith("(") and "|" in term) or term.startswith("relmat"):
+            raise FormulaError(
+                f"`{text}`: random-effect terms such as `{term}` belong in the mu formula."
+            )
+
+
+def _capture_env(depth: int) -> dict[str, Any]:
+    frame = inspect.currentframe()
+    try:
+        for _ in range(depth):
+            assert frame is not None
+            frame = frame.f_back
+        if frame is None:
+            return {}
+        env = dict(frame.f_globals)
+        env.update(frame.f_locals)
+        return env
+    finally:
+        del frame
+
+
+@dataclass(frozen=True, eq=False)
+class Formula:
+    """A set of formulas, one per distributional parameter.
+
+    Positional strings: the one whose left side is a response is the ``mu`` formula;
+    the others name their parameter on the left (``"sigma ~ habitat"``,
+    ``"sd(study) ~ habitat"``).  Keywords take one- or two-sided strings
+    (``sigma="~ habitat"``).  ``sigma`` defaults to ``~ 1`` and every ``sd(g)`` of a
+    random-effect term to ``~ 1``.
+
+    The namespace where the Formula is built (locals, then globals) is captured, so
+    ``meta_V(V=name)`` and ``relmat(..., K=name)`` may name variables of the caller.
+    """
+
+    dpars: Mapping[str, str]
+    mu: ParsedMu
+    text: Mapping[str, str]
+    env: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    def __init__(self, *formulas: str, _env_depth: int = 1, **named: str) -> None:
+        collected: dict[str, tuple[str, str, str]] = {}  # dpar -> (lhs, rhs, text)
+
+        def add(dpar: str, lhs: str, rhs: str, text: str) -> None:
+            if dpar in collected:
+                raise FormulaError(f"Two formulas given for `{dpar}`: `{collected[dpar][2]}` and `{text}`.")
+            collected[dpar] = (lhs, rhs, text)
+
+        for f in formulas:
+            if isinstance(f, Formula):
+                raise FormulaError("Formula() takes strings; pass the Formula itself to drm.fit().")
+            if not isinstance(f, str):
+                raise FormulaError(f"Formulas must be strings, got {type(f).__name__}.")
+            lhs, rhs = _split_tilde(f)
+            if not lhs:
+                raise FormulaError(
+                    f"One-sided formula `{f}` given positionally; name its parameter on the left "
+                    "(`sigma ~ x`) or pass it as a keyword (sigma='~ x')."
+                )
+            if _is_dpar_name(lhs) and lhs != "mu":
+                add(lhs, "", rhs, f)
+            else:
+                add("mu", lhs, rhs, f)
+        for key, f in named.items():
+            if not isinstance(f, str):
+                raise FormulaError(f"Formula for `{key}` must be a string, got {type(f).__name__}.")
+            if not _is_dpar_name(key):
+                raise FormulaError(
+                    f"Unknown distributional parameter `{key}`; use mu, sigma or sd(<group>)."
+                )
+            lhs, rhs = _split_tilde(f) if "~" in f else ("", f)
+            if key == "mu":
+                add("mu", lhs, rhs, f)
+            else:
+                if lhs and lhs != key:
+                    raise FormulaError(f"Keyword `{key}` was given formula `{f}` for `{lhs}`.")
+                add(key, "", rhs, f)
+        if "mu" not in collected:
+            raise FormulaError("No formula with a response (the mu formula, e.g. `yi ~ x`) was given.")
+        mu_lhs, mu_rhs, mu_text = collected["mu"]
+        mu = _parse_mu(mu_lhs, mu_rhs, mu_text)
+        dpars: dict[str, str] = {"mu": mu.fixed_rhs}
+        texts: dict[str, str] = {"mu": mu_text}
+        sd_names = [n for t in mu.random_terms for n in t.sd_dpars()]
+        for dpar, (_, rhs, text) in collected.items():
+            if dpar == "mu":
+                continue
+            _check_no_specials(dpar, rhs, text)
+            if dpar.startswith("sd(") and dpar not in sd_names:
+                have = ", ".join(sd_names) if sd_names else "none"
+                raise FormulaError(
+                    f"`{text}`: there is no random-effect term for `{dpar}` in the mu formula "
+                    f"(random-effect SDs in this model: {have}); add e.g. `(1|{dpar[3:-1]})`."
+                )
+            dpars[dpar] = rhs.strip() or "1"
+            texts[dpar] = text
+        dpars.setdefault("sigma", "1")
+        texts.setdefault("sigma", "sigma ~ 1")
+        for name in sd_names:
+            dpars.setdefault(name, "1")
+            texts.setdefault(name, f"{name} ~ 1")
+        ordered = {"mu": dpars["mu"], "sigma": dpars["sigma"]}
+        for name in sd_names:
+            ordered[name] = dpars[name]
+        object.__setattr__(self, "dpars", ordered)
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "text", texts)
+        object.__setattr__(self, "env", _capture_env(_env_depth + 1))
+
+    @classmethod
+    def coerce(cls, formula: "Formula | str", _env_depth: int = 2) -> "Formula":
+        """A Formula as is; a plain string as the ``mu`` formula alone."""
+        if isinstance(formula, Formula):
+            return formula
+        if isinstance(formula, str):
+            return cls(formula, _env_depth=_env_depth + 1)
+        raise FormulaError(f"Expected a drm.Formula or a formula string, got {type(formula).__name__}.")
+
+    @property
+    def response(self) -> str:
+        return self.mu.response
+
+    @property
+    def meta_v(self) -> MetaV | None:
+        return self.mu.meta_v
+
+    @property
+    def random_terms(self) -> tuple[RandomTerm, ...]:
+        return self.mu.random_terms
+
+    def key(self) -> tuple:
+        """Hashable identity of the formula text (not of the captured namespace)."""
+        return tuple(sorted(self.text.items()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(self.text[d]) for d in self.text)
+        return f"Formula({inner})"

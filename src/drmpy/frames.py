@@ -1,0 +1,78 @@
+"""Data-frame adapter: pandas as is, polars (or any narwhals-supported eager frame) column by column.
+
+Only the columns a model uses are converted, into a new pandas DataFrame; the caller's
+frame is never modified.  Categorical order is kept: pandas ``Categorical`` as is,
+polars ``Enum`` with its declared categories.  A polars ``Categorical`` is ordered
+lexically, as polars itself orders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+__all__ = ["as_pandas", "column_names"]
+
+
+def _is_pandas(data: Any) -> bool:
+    return isinstance(data, pd.DataFrame)
+
+
+def column_names(data: Any) -> list[str]:
+    """Column names of a pandas or narwhals-compatible frame."""
+    if _is_pandas(data):
+        return [str(c) for c in data.columns]
+    return list(_narwhals_frame(data).columns)
+
+
+def _narwhals_frame(data: Any):
+    import narwhals as nw
+
+    try:
+        return nw.from_native(data, eager_only=True)
+    except TypeError as exc:
+        raise DataError(
+            f"`data` must be a pandas or polars DataFrame, got {type(data).__name__}."
+        ) from exc
+
+
+def as_pandas(data: Any, columns: Iterable[str]) -> pd.DataFrame:
+    """A pandas frame with the named columns of ``data`` (a view-safe selection, never the original)."""
+    columns = list(dict.fromkeys(columns))
+    if _is_pandas(data):
+        missing = [c for c in columns if c not in data.columns]
+        if missing:
+            raise DataError(_missing_message(missing[0], data.columns))
+        return data.loc[:, columns]
+    import narwhals as nw
+
+    frame = _narwhals_frame(data)
+    out: dict[str, Any] = {}
+    for name in columns:
+        if name not in frame.columns:
+            raise DataError(_missing_message(name, frame.columns))
+        series = frame[name]
+        dtype = series.dtype
+        if dtype == nw.Enum:
+            out[name] = pd.Categorical(series.to_numpy(), categories=list(dtype.categories))
+        elif dtype == nw.Categorical:
+            values = series.to_numpy()
+            levels = sorted({v for v in values if v is not None and v == v})
+            out[name] = pd.Categorical(values, categories=levels)
+        else:
+            out[name] = series.to_numpy()
+    return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
+
+
+def _missing_message(name: str, available: Iterable[Any]) -> str:
+    avail = ", ".join(map(str, list(available)[:20]))
+    return f"Column `{name}` is not in the data (columns: {avail})."
+
+
+def is_numeric(values: np.ndarray | pd.Series) -> bool:
+    dtype = getattr(values, "dtype", None)
+    return dtype is not None and (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype))

@@ -1,0 +1,325 @@
+"""The fit result: estimates with names, fitted values, predictions, summaries and checks.
+
+All coefficients are on their link scales (identity for ``mu``, log-SD for ``sigma`` and
+``sd(g)``, guarded atanh for ``cor(...)``), indexed ``"dpar:term"`` as in drmTMB.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .design import ModelDesign
+from .engine import Control, RawFit
+from .errors import DrmError
+from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
+
+__all__ = ["DrmFit", "parameter_names"]
+
+
+def parameter_names(design: ModelDesign) -> list[str]:
+    """``dpar:term`` names in theta order: mu, sigma, then per random term its SDs and correlations."""
+    names = list(design.fixed["mu"].names) + list(design.fixed["sigma"].names)
+    for rd in design.random:
+        for d in rd.sd_designs:
+            names.extend(d.names)
+        names.extend(f"{c}:(Intercept)" for c in rd.term.cor_dpars())
+    return names
+
+
+def _dpar_of(name: str) -> str:
+    # "sd(g):x" -> "sd(g)"; the dpar never contains ":" outside parentheses.
+    depth = 0
+    for i, ch in enumerate(name):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            return name[:i]
+    return name
+
+
+class DrmFit:
+    """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
+
+    def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
+                 clusters: np.ndarray | None) -> None:
+        self._design = design
+        self._raw = raw
+        self._method = method
+        self._control = control
+        self._clusters = clusters
+
+    # ---------------------------------------------------------------- basic quantities
+    @property
+    def design(self) -> ModelDesign:
+        return self._design
+
+    @property
+    def formula(self):
+        return self._design.formula
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood at the estimate (REML: drmTMB's convention, metafor's minus 0.5 log|X'X|)."""
+        return self._raw.loglik
+
+    @property
+    def nobs(self) -> int:
+        return self._design.nobs
+
+    @property
+    def df(self) -> int:
+        """Number of estimated parameters (location coefficients included, under REML too)."""
+        return len(self._raw.theta)
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.df
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + math.log(self.nobs) * self.df
+
+    @property
+    def converged(self) -> bool:
+        return self._raw.status in (CONVERGED, CONVERGED_FLAT)
+
+    @property
+    def convergence_message(self) -> str:
+        return STATUS_MESSAGES[self._raw.status]
+
+    @property
+    def iterations(self) -> int:
+        return self._raw.iterations
+
+    @property
+    def evaluations(self) -> int:
+        return self._raw.evaluations
+
+    @property
+    def structure(self) -> str:
+        """Likelihood structure used: diag, block, woodbury or dense."""
+        return self._raw.structure.kind
+
+    @cached_property
+    def _names(self) -> list[str]:
+        return parameter_names(self._design)
+
+    @cached_property
+    def params(self) -> pd.Series:
+        return pd.Series(self._raw.theta, index=self._names, name="estimate")
+
+    @cached_property
+    def std_errors(self) -> pd.Series:
+        d = np.diag(self._raw.vcov)
+        se = np.where(d >= 0, np.sqrt(np.abs(d)), np.nan)
+        return pd.Series(se, index=self._names, name="std_error")
+
+    def vcov(self) -> pd.DataFrame:
+        """Covariance of the estimates (link scales), from the exact observed information."""
+        return pd.DataFrame(self._raw.vcov, index=self._names, columns=self._names)
+
+    @cached_property
+    def dpars(self) -> list[str]:
+        return list(dict.fromkeys(_dpar_of(n) for n in self._names))
+
+    def coef(self, dpar: str | None = None):
+        """Coefficients of one distributional parameter (Series, index = term), or a dict of all."""
+        groups: dict[str, pd.Series] = {}
+        for d in self.dpars:
+            sel = [n for n in self._names if _dpar_of(n) == d]
+            groups[d] = pd.Series(self.params[sel].to_numpy(), index=[n[len(d) + 1 :] for n in sel], name=d)
+        if dpar is None:
+            return groups
+        if dpar not in groups:
+            raise DrmError(f"Unknown dpar `{dpar}`; this model has {', '.join(groups)}.")
+        return groups[dpar]
+
+    # ---------------------------------------------------------------- fitted values
+    def _series(self, values: np.ndarray, name: str) -> pd.Series:
+        return pd.Series(values, index=self._design.row_labels, name=name)
+
+    @cached_property
+    def _sigma_values(self) -> np.ndarray:
+        return self._raw.sigma
+
+    def sigma(self) -> pd.Series:
+        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2)."""
+        return self._series(self._sigma_values, "sigma")
+
+    @cached_property
+    def _fixed_mu(self) -> np.ndarray:
+        X = self._design.fixed["mu"].matrix
+        return X @ self._raw.theta[: X.shape[1]]
+
+    @cached_property
+    def _random_mu(self) -> np.ndarray:
+        """Z b_hat per retained row (0 without random effects)."""
+        out = np.zeros(self.nobs)
+        for rd, table in zip(self._design.random, self._ranef_tables):
+            for c, name in enumerate(rd.term.coefficient_names):
+                est = table.loc[table["term"] == name, "estimate"].to_numpy()
+                out += est[rd.level_index] * rd.z[:, c]
+        return out
+
+    def fitted(self) -> pd.Series:
+        """Fitted mean per retained row (with random effects' conditional modes when present)."""
+        return self._series(self._fixed_mu + self._random_mu, "fitted")
+
+    def residuals(self, type: str = "response") -> pd.Series:
+        """``response``: y - fitted; ``pearson``: whitened by the Cholesky factor of V + diag(sigma^2)."""
+        r = self._design.y - (self._fixed_mu + self._random_mu)
+        if type == "response":
+            return self._series(r, "residual")
+        if type != "pearson":
+            raise DrmError(f"residuals(type=...) must be 'response' or 'pearson', got {type!r}.")
+        kv = self._design.known_v
+        s2 = self._sigma_values**2
+        if kv.matrix is None:
+            return self._series(r / np.sqrt(kv.diag + s2), "pearson")
+        from scipy.linalg import solve_triangular
+
+        out = np.empty_like(r)
+        for rows in kv.blocks:
+            S = kv.matrix[np.ix_(rows, rows)] + np.diag(s2[rows])
+            L = np.linalg.cholesky(S)
+            out[rows] = solve_triangular(L, r[rows], lower=True)
+        return self._series(out, "pearson")
+
+    def heterogeneity(self) -> pd.DataFrame:
+        """Per retained row: known sampling variance, fitted extra heterogeneity SD/variance, total."""
+        v = self._design.known_v.diag
+        s = self._sigma_values
+        return pd.DataFrame(
+            {
+                "known_sampling_variance": v,
+                "fitted_extra_heterogeneity_sd": s,
+                "fitted_extra_heterogeneity_variance": s**2,
+                "total_observation_variance": v + s**2,
+            },
+            index=self._design.row_labels,
+        )
+
+    # ---------------------------------------------------------------- random effects
+    @cached_property
+    def _ranef_tables(self) -> list[pd.DataFrame]:
+        if not self._design.random:
+            return []
+        from .random_effects import conditional_modes
+
+        return conditional_modes(self._design, self._raw.theta, self._sigma_values, self._clusters)
+
+    def ranef(self) -> pd.DataFrame:
+        """Conditional modes (BLUPs) of the random effects with their conditional SDs.
+
+        Columns: group, level, term, estimate, cond_sd, n_rows.
+        """
+        if not self._design.random:
+            return pd.DataFrame(columns=["group", "level", "term", "estimate", "cond_sd", "n_rows"])
+        return pd.concat(self._ranef_tables, ignore_index=True)
+
+    def sd(self, group: str) -> pd.DataFrame:
+        """Fitted random-effect SD per level of ``group`` (response scale)."""
+        from .random_effects import level_sd_table
+
+        return level_sd_table(self._design, self._raw.theta, group)
+
+    # ---------------------------------------------------------------- prediction
+    def predict(self, newdata: Any = None, dpar: str = "mu", type: str = "response",
+                re_form: Any = None) -> pd.Series:
+        """Predictions of ``mu`` or ``sigma`` (``type='link'`` for log sigma).
+
+        On the fitted rows (``newdata=None``) ``mu`` includes the random effects' conditional
+        modes; on new data only the fixed effects, unless ``re_form=True`` (levels seen in
+        the fit get their conditional modes, new levels 0).  ``re_form=False`` excludes them.
+        """
+        if type not in ("response", "link"):
+            raise DrmError(f"predict(type=...) must be 'response' or 'link', got {type!r}.")
+        if dpar not in ("mu", "sigma"):
+            raise DrmError(f"predict(dpar=...) must be 'mu' or 'sigma', got {dpar!r}.")
+        include_re = (newdata is None) if re_form is None else bool(re_form)
+        if newdata is None:
+            if dpar == "sigma":
+                eta = np.log(self._sigma_values)
+            else:
+                eta = self._fixed_mu + (self._random_mu if include_re else 0.0)
+            index = self._design.row_labels
+        else:
+            design = self._design.fixed[dpar]
+            from . import frames
+
+            spec = design.model_spec
+            cols = sorted(set(spec.required_variables) & set(frames.column_names(newdata)))
+            missing = sorted(set(spec.required_variables) - set(frames.column_names(newdata)) - set(self.formula.env))
+            if missing:
+                raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula.")
+            frame = frames.as_pandas(newdata, cols) if cols else frames.as_pandas(newdata, [])
+            if not cols:
+                frame = pd.DataFrame(index=pd.RangeIndex(_nrows(newdata)))
+            try:
+                mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
+            except Exception as exc:
+                raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
+            X = np.asarray(mm, dtype=np.float64)
+            start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
+            coef = self._raw.theta[start : start + X.shape[1]]
+            eta = X @ coef
+            if dpar == "mu" and include_re and self._design.random:
+                eta = eta + self._newdata_random(newdata, len(eta))
+            index = frame.index
+        if dpar == "sigma" and type == "response":
+            eta = np.exp(eta)
+        return pd.Series(eta, index=index, name=dpar)
+
+    def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
+        from . import frames
+        from .design import _group_keys
+
+        out = np.zeros(n)
+        for rd, table in zip(self._design.random, self._ranef_tables):
+            cols = list(rd.term.group_columns) + list(rd.term.slopes)
+            frame = frames.as_pandas(newdata, cols)
+            keys, _ = _group_keys(frame, rd.term)
+            for c, name in enumerate(rd.term.coefficient_names):
+                sub = table[table["term"] == name]
+                lookup = dict(zip(sub["level"], sub["estimate"]))
+                b = np.array([lookup.get(k, 0.0) for k in keys])
+                z = np.ones(n) if name == "(Intercept)" else frame[name].to_numpy(dtype=np.float64)
+                out += b * z
+        return out
+
+    # ---------------------------------------------------------------- reports
+    def summary(self):
+        """Coefficient table (estimate, std_error, z, p, Wald CI, exp(estimate) for log-scale
+        coefficients), fitted sigma range, logLik and convergence.  Printing shows the table;
+        ``.coefficients`` is the DataFrame."""
+        from .summary import Summary
+
+        return Summary.from_fit(self)
+
+    def check(self) -> pd.DataFrame:
+        """Diagnostics in the manner of drmTMB's ``check_drm``: columns check, status, value, message."""
+        from .checks import check_fit
+
+        return check_fit(self)
+
+    def __repr__(self) -> str:
+        return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
+                f"converged={self.converged}>")
+
+
+def _nrows(data: Any) -> int:
+    try:
+        return len(data)
+    except TypeError:
+        return int(data.shape[0])
