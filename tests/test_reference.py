@@ -122,7 +122,7 @@ def test_metafor_scale_coefficients_are_twice_ours(fitted):
 
 
 def test_metafor_variance_components(fitted):
-    spec, _, fit = fitted
+    spec, data, fit = fitted
     mf = spec["expected"].get("metafor") or {}
     sig = fit.sigma().to_numpy()
     name = spec["name"]
@@ -137,6 +137,12 @@ def test_metafor_variance_components(fitted):
     elif name == "seed_denseV_ml":
         by_habitat = pd.Series(sig**2).groupby(fit.design.fixed["sigma"].matrix[:, 1]).first()
         assert by_habitat.to_numpy() == pytest.approx(mf["tau2"], rel=1e-4)
+    elif name == "sd_study_habitat_ml":
+        sd = fit.sd("study")["(Intercept)"]
+        habitat = data.groupby(data["study"].astype(str))["habitat"].first()
+        per_habitat = (sd**2).groupby(habitat.loc[sd.index].to_numpy(), observed=True).first()
+        assert per_habitat[HABITAT_ORDER].to_numpy() == pytest.approx(mf["tau2"], rel=1e-4)
+        assert sig[0] ** 2 == pytest.approx(mf["sigma2"], rel=1e-4)
     else:
         pytest.skip("variance components compared through coefficients")
 
