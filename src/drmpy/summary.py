@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from statistics import NormalDist
 
 __all__ = ["Summary"]
 
@@ -34,8 +34,10 @@ class Summary:
         est = fit.params
         se = fit.std_errors
         z = est / se
-        p = 2.0 * norm.sf(np.abs(z))
-        q = norm.ppf(0.5 + level / 2.0)
+        from scipy.special import ndtr
+
+        p = 2.0 * ndtr(-np.abs(z.to_numpy()))
+        q = NormalDist().inv_cdf(0.5 + level / 2.0)
         table = pd.DataFrame(
             {
                 "estimate": est,

@@ -1,0 +1,353 @@
+"""Bad input: every problem raises the right DrmError subclass with a message that names it."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pandas as pd
+import pandas.testing as pdt
+import pytest
+
+import drmpy as drm
+from drmpy.errors import CovarianceError, DataError, FormulaError, RandomEffectsError
+
+MU = "yi ~ habitat + duration + meta_V(V=vi)"
+
+
+@pytest.fixture(scope="module")
+def dat() -> pd.DataFrame:
+    return drm.datasets.restoration()
+
+
+@pytest.fixture(scope="module")
+def grouped() -> pd.DataFrame:
+    """Restoration data with 20 groups of 4 rows (numeric ids 0..19) and a few helper columns."""
+    d = drm.datasets.restoration()
+    d["g"] = np.arange(len(d)) // 4
+    d["gx"] = d["g"].astype(float)  # constant within g
+    d["label"] = np.where(np.arange(len(d)) % 2 == 0, "a", "b")  # non-numeric
+    return d
+
+
+@pytest.fixture(scope="module")
+def pair_v(dat) -> np.ndarray:
+    """A valid dense V: rows (2k, 2k+1) correlated 0.5 within pairs."""
+    vi = dat["vi"].to_numpy()
+    n = len(vi)
+    V = np.diag(vi)
+    for k in range(0, n, 2):
+        c = 0.5 * np.sqrt(vi[k] * vi[k + 1])
+        V[k, k + 1] = V[k + 1, k] = c
+    return V
+
+
+# --------------------------------------------------------------------------- meta_V parsing
+
+
+def test_meta_v_positional_argument_rejected():
+    with pytest.raises(FormulaError, match=r"positional arguments are not accepted"):
+        drm.Formula("yi ~ habitat + meta_V(vi)")
+
+
+def test_meta_v_unknown_argument_rejected():
+    with pytest.raises(FormulaError, match=r"unknown argument `W=`.*only `V = <name>`"):
+        drm.Formula("yi ~ habitat + meta_V(W=vi)")
+
+
+@pytest.mark.parametrize("extra", ["w=x", "scale=x"])
+def test_meta_v_reserved_arguments(extra):
+    arg = extra.split("=")[0]
+    with pytest.raises(FormulaError, match=rf"`{arg}=` is reserved.*proportional"):
+        drm.Formula(f"yi ~ habitat + meta_V(V=vi, {extra})")
+
+
+def test_meta_v_expression_rejected():
+    with pytest.raises(FormulaError, match=r"bare name.*not an expression"):
+        drm.Formula("yi ~ habitat + meta_V(V=np.sqrt(vi))")
+
+
+def test_meta_v_in_sigma_formula_rejected():
+    with pytest.raises(FormulaError, match=r"meta_V\(\) belongs in the mu formula only.*sigma formula"):
+        drm.Formula("yi ~ habitat", "sigma ~ habitat + meta_V(V=vi)")
+
+
+def test_two_meta_v_markers_rejected():
+    with pytest.raises(FormulaError, match=r"two meta_V\(\) markers"):
+        drm.Formula("yi ~ habitat + meta_V(V=vi) + meta_V(V=vi)")
+
+
+def test_meta_v_inside_another_term_rejected():
+    with pytest.raises(FormulaError, match=r"must stand alone"):
+        drm.Formula("yi ~ habitat + habitat:meta_V(V=vi)")
+
+
+# --------------------------------------------------------------------------- V resolution/validation
+
+
+def test_unknown_v_name(dat):
+    with pytest.raises(CovarianceError, match=r"`v_nowhere_xyz` is not a column of the data"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=v_nowhere_xyz)"), data=dat)
+
+
+def test_v_vector_wrong_length(dat):
+    short = dat["vi"].to_numpy()[:-1]
+    with pytest.raises(CovarianceError, match=r"length 79 but the data have 80 rows"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vshort)"), data=dat, env={"Vshort": short})
+
+
+def test_v_matrix_wrong_shape(dat):
+    V = np.eye(79) * 0.05
+    with pytest.raises(CovarianceError, match=r"shape \(79, 79\).*expected \(80, 80\)"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": V})
+
+
+def test_v_matrix_not_square(dat):
+    V = np.ones((80, 2))
+    with pytest.raises(CovarianceError, match=r"shape \(80, 2\)"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": V})
+
+
+def test_v_not_symmetric(dat, pair_v):
+    V = pair_v.copy()
+    V[2, 3] += 0.01
+    with pytest.raises(CovarianceError, match=r"not symmetric.*rows \(2, 3\)"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": V})
+
+
+def test_v_negative_diagonal(dat, pair_v):
+    V = pair_v.copy()
+    V[5, 5] = -0.01
+    with pytest.raises(CovarianceError, match=r"diagonal of V must be >= 0; row 5 has -0\.01"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": V})
+
+
+def test_v_indefinite_fails_even_when_tiny(dat, pair_v):
+    # eigenvalues of [[1, 2], [2, 1]] are 3 and -1: indefinite at any scale
+    V = pair_v.copy()
+    V[0:2, 0:2] = [[1.0, 2.0], [2.0, 1.0]]
+    with pytest.raises(CovarianceError, match=r"not positive semidefinite"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": V * 1e-6})
+
+
+def test_v_huge_scale_passes_and_fits_equivariantly(dat, pair_v):
+    """A valid V scaled by 1e8 (with y scaled by 1e4) is accepted and gives the equivalent fit."""
+    f = drm.Formula("yi ~ habitat + meta_V(V=Vm)")
+    fit1 = drm.fit(f, data=dat, env={"Vm": pair_v})
+    big = dat.copy()
+    big["yi"] = big["yi"] * 1e4
+    fit2 = drm.fit(f, data=big, env={"Vm": pair_v * 1e8})
+    assert fit1.converged and fit2.converged
+    assert fit2.design.known_v.kind == "dense"
+    n = len(dat)
+    assert fit2.loglik == pytest.approx(fit1.loglik - n * np.log(1e4), abs=1e-6)
+    np.testing.assert_allclose(fit2.params["mu:(Intercept)"], 1e4 * fit1.params["mu:(Intercept)"], rtol=1e-6)
+    np.testing.assert_allclose(fit2.params["sigma:(Intercept)"],
+                               fit1.params["sigma:(Intercept)"] + np.log(1e4), atol=1e-5)
+
+
+def test_negative_vi_column(dat):
+    d = dat.copy()
+    d.loc[3, "vi"] = -0.2
+    d.loc[7, "vi"] = -0.1
+    with pytest.raises(CovarianceError, match=r"must be >= 0; row 3 has -0\.2 \(2 negative in all\)"):
+        drm.fit(drm.Formula(MU), data=d)
+
+
+def test_non_numeric_vi_column(dat):
+    d = dat.copy()
+    d["vs"] = "x"
+    with pytest.raises(CovarianceError, match=r"meta_V\(V = vs\): V must be numeric"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=vs)"), data=d)
+
+
+# --------------------------------------------------------------------------- data problems
+
+
+def test_non_numeric_response(dat):
+    d = dat.copy()
+    d["ytxt"] = d["yi"].astype(str)
+    with pytest.raises(DataError, match=r"response `ytxt` must be numeric"):
+        drm.fit(drm.Formula("ytxt ~ habitat + meta_V(V=vi)"), data=d)
+
+
+def test_missing_column_in_mu_formula(dat):
+    with pytest.raises(DataError, match=r"Column `nocol` used in the mu formula"):
+        drm.fit(drm.Formula("yi ~ habitat + nocol + meta_V(V=vi)"), data=dat)
+
+
+def test_missing_column_in_sigma_formula(dat):
+    with pytest.raises(DataError, match=r"Column `nocol2` used in the sigma formula `sigma ~ nocol2`"):
+        drm.fit(drm.Formula(MU, "sigma ~ nocol2"), data=dat)
+
+
+def test_empty_model_after_filtering(dat):
+    d = dat.copy()
+    d["yi"] = np.nan
+    with pytest.raises(DataError, match=r"No rows remain.*80 rows in the data"):
+        drm.fit(drm.Formula(MU), data=d)
+
+
+def test_all_zero_weights(dat):
+    with pytest.raises(DataError, match=r"weights are all zero"):
+        drm.fit(drm.Formula(MU), data=dat, weights=np.zeros(len(dat)))
+
+
+def test_negative_weights_name_the_row_label(dat):
+    d = dat.copy()
+    d.index = [f"es{i}" for i in range(len(d))]
+    d["w"] = 1.0
+    d.loc["es17", "w"] = -2.0
+    with pytest.raises(DataError, match=r"weights must be >= 0; row 'es17' has -2"):
+        drm.fit(drm.Formula(MU), data=d, weights="w")
+
+
+def test_weights_wrong_length(dat):
+    with pytest.raises(DataError, match=r"expected 80 values"):
+        drm.fit(drm.Formula(MU), data=dat, weights=np.ones(10))
+
+
+def test_missing_weights_column(dat):
+    with pytest.raises(DataError, match=r"column `wt_missing` is not in the data"):
+        drm.fit(drm.Formula(MU), data=dat, weights="wt_missing")
+
+
+def test_non_unit_weights_with_dense_v_rejected(dat, pair_v):
+    w = np.ones(len(dat))
+    w[4] = 2.0
+    with pytest.raises(DataError, match=r"non-unit weights with a non-diagonal V"):
+        drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": pair_v}, weights=w)
+
+
+def test_meta_known_v_deprecated_but_equivalent(dat):
+    with pytest.warns(DeprecationWarning, match=r"meta_known_V\(\) is deprecated"):
+        f_old = drm.Formula("yi ~ habitat + duration + meta_known_V(V=vi)")
+    assert f_old.meta_v is not None and f_old.meta_v.name == "vi"
+    fit_old = drm.fit(f_old, data=dat)
+    fit_new = drm.fit(drm.Formula(MU), data=dat)
+    assert fit_old.design.known_v.kind == "diagonal"
+    assert fit_old.loglik == pytest.approx(fit_new.loglik, abs=1e-10)
+    pdt.assert_series_equal(fit_old.params, fit_new.params, atol=1e-10, rtol=0)
+
+
+def test_sd_formula_without_random_term():
+    with pytest.raises(FormulaError, match=r"no random-effect term for `sd\(study\)`.*\(1\|study\)"):
+        drm.Formula("yi ~ duration + meta_V(V=vi)", "sd(study) ~ duration")
+
+
+def test_unknown_dpar_keyword():
+    with pytest.raises(FormulaError, match=r"Unknown distributional parameter `tau`"):
+        drm.Formula("yi ~ duration", tau="~ x")
+
+
+def test_bad_method_and_control(dat):
+    with pytest.raises(drm.DrmError, match=r"method must be 'ML' or 'REML'"):
+        drm.fit(drm.Formula(MU), data=dat, method="OLS")
+    with pytest.raises(drm.DrmError, match=r"unknown option\(s\) \['maxit'\]"):
+        drm.fit(drm.Formula(MU), data=dat, control={"maxit": 3})
+
+
+# --------------------------------------------------------------------------- random effects
+
+
+def test_grouping_column_missing(dat):
+    with pytest.raises(RandomEffectsError, match=r"Column `nogroup` of the random-effect term `\(1\|nogroup\)`"):
+        drm.fit(drm.Formula("yi ~ habitat + (1|nogroup) + meta_V(V=vi)"), data=dat)
+
+
+def test_grouping_column_all_missing(dat):
+    d = dat.copy()
+    d["gna"] = np.nan
+    with pytest.raises(RandomEffectsError, match=r"Grouping column `gna`.*entirely missing"):
+        drm.fit(drm.Formula("yi ~ habitat + (1|gna) + meta_V(V=vi)"), data=d)
+
+
+def test_random_slope_non_numeric(grouped):
+    with pytest.raises(RandomEffectsError, match=r"Random slope `label`.*must be a numeric column"):
+        drm.fit(drm.Formula("yi ~ habitat + (1 + label|g) + meta_V(V=vi)"), data=grouped)
+
+
+def test_random_slope_expression_rejected():
+    with pytest.raises(FormulaError, match=r"random slopes must be plain numeric column names"):
+        drm.Formula("yi ~ habitat + (1 + log(x)|g) + meta_V(V=vi)")
+
+
+def _k_frame(levels, rng_seed=0):
+    rng = np.random.default_rng(rng_seed)
+    A = rng.normal(size=(len(levels), len(levels)))
+    K = A @ A.T / len(levels) + np.eye(len(levels))
+    return pd.DataFrame(K, index=levels, columns=levels)
+
+
+def test_relmat_k_missing_level(grouped):
+    levels = [str(i) for i in range(20)]
+    K = _k_frame(levels).drop(index="7", columns="7")
+    with pytest.raises(RandomEffectsError, match=r"level `7` of `g` is not in K \(1 observed"):
+        drm.fit(drm.Formula("yi ~ habitat + relmat(1|g, K=Kg) + meta_V(V=vi)"), data=grouped, env={"Kg": K})
+
+
+def test_relmat_k_not_symmetric(grouped):
+    levels = [str(i) for i in range(20)]
+    K = _k_frame(levels)
+    K.iloc[0, 1] += 0.5
+    with pytest.raises(RandomEffectsError, match=r"K is not symmetric"):
+        drm.fit(drm.Formula("yi ~ habitat + relmat(1|g, K=Kg) + meta_V(V=vi)"), data=grouped, env={"Kg": K})
+
+
+def test_relmat_k_not_positive_definite(grouped):
+    levels = [str(i) for i in range(20)]
+    K = _k_frame(levels)
+    K.iloc[:, :] = K.to_numpy() - 10.0 * np.eye(20)  # symmetric, with negative eigenvalues
+    with pytest.raises(RandomEffectsError, match=r"K is not positive definite"):
+        drm.fit(drm.Formula("yi ~ habitat + relmat(1|g, K=Kg) + meta_V(V=vi)"), data=grouped, env={"Kg": K})
+
+
+def test_relmat_k_unknown_name(grouped):
+    with pytest.raises(RandomEffectsError, match=r"`K_nowhere_xyz` is not a key of `env=`"):
+        drm.fit(drm.Formula("yi ~ habitat + relmat(1|g, K=K_nowhere_xyz) + meta_V(V=vi)"), data=grouped)
+
+
+def test_non_constant_sd_predictors_name_first_level(grouped):
+    d = grouped.copy()
+    d.loc[d.index[13], "gx"] = 99.0  # row 13 is in level 3
+    d.loc[d.index[29], "gx"] = 98.0  # row 29 is in level 7
+    with pytest.raises(RandomEffectsError, match=r"constant within each level of `g`, but level `3` has"):
+        drm.fit(drm.Formula("yi ~ habitat + (1|g) + meta_V(V=vi)", "sd(g) ~ gx"), data=d)
+
+
+def test_singleton_group_confounded_with_sigma(dat):
+    # restoration has one row per study
+    with pytest.raises(RandomEffectsError, match=r"single row.*confounded with the row-level sigma; drop the term"):
+        drm.fit(drm.Formula("yi ~ habitat + (1|study) + meta_V(V=vi)"), data=dat)
+
+
+def test_singleton_nested_inner_level(dat):
+    d = dat.copy()
+    d["district"] = np.arange(len(d)) // 8
+    d["school"] = np.arange(len(d))  # one row per school
+    with pytest.raises(RandomEffectsError, match=r"`district:school` has a single row.*sigma.*drop this level"):
+        drm.fit(drm.Formula("yi ~ habitat + (1|district/school) + meta_V(V=vi)"), data=d)
+
+
+def test_duplicate_random_terms_for_one_group():
+    with pytest.raises(FormulaError, match=r"more than one random-effect term for group `g`"):
+        drm.Formula("yi ~ x + (1|g) + (0 + x|g)")
+
+
+# --------------------------------------------------------------------------- data never modified
+
+
+def test_caller_frame_unchanged_after_fit_with_missing_values(dat):
+    d = dat.copy()
+    d.loc[[2, 11], "yi"] = np.nan
+    d.loc[5, "duration"] = np.nan
+    d.loc[20, "vi"] = np.nan
+    before = copy.deepcopy(d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", drm.ConvergenceWarning)
+        fit = drm.fit(drm.Formula(MU, "sigma ~ habitat"), data=d)
+    assert fit.nobs == 76
+    assert set(fit.design.dropped_labels) == {2, 5, 11, 20}
+    pdt.assert_frame_equal(d, before)
+    assert d["habitat"].cat.categories.tolist() == ["grassland", "forest"]
