@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pandas.testing as pdt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import drmpy as drm
+from drmpy.design import build_design
 from drmpy.errors import CovarianceError, DataError, FormulaError, RandomEffectsError
 
 MU = "yi ~ habitat + duration + meta_V(V=vi)"
@@ -147,6 +150,43 @@ def test_v_huge_scale_passes_and_fits_equivariantly(dat, pair_v):
                                fit1.params["sigma:(Intercept)"] + np.log(1e4), atol=1e-5)
 
 
+@settings(max_examples=10, deadline=None)
+@given(log10_scale=st.integers(min_value=-10, max_value=10), rho=st.floats(min_value=-0.95, max_value=0.95))
+def test_v_check_is_scale_free(dat, pair_v, log10_scale, rho):
+    """Positive semidefiniteness is judged relative to V's own scale: valid V passes at any scale,
+    an indefinite V fails at any scale."""
+    vi = dat["vi"].to_numpy()
+    V = pair_v.copy()
+    V[0, 1] = V[1, 0] = rho * np.sqrt(vi[0] * vi[1])
+    scale = 10.0**log10_scale
+    design = build_design(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), dat, env={"Vm": V * scale})
+    assert design.known_v.kind == "dense"
+    assert design.known_v.rank == len(vi)
+    bad = V.copy()
+    bad[0, 1] = bad[1, 0] = 1.5 * np.sqrt(vi[0] * vi[1])  # |correlation| > 1: indefinite block
+    with pytest.raises(CovarianceError, match=r"not positive semidefinite"):
+        build_design(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), dat, env={"Vm": bad * scale})
+
+
+def test_v_matrix_non_finite_entry_in_retained_rows(dat, pair_v):
+    V = pair_v.copy()
+    V[10, 11] = V[11, 10] = np.nan
+    with pytest.raises(CovarianceError, match=r"non-finite entry at rows \(10, 11\)"):
+        build_design(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), dat, env={"Vm": V})
+
+
+def test_v_matrix_non_finite_entry_in_dropped_row_is_ignored(dat, pair_v):
+    """V is subset by the retained rows and columns together: NaN in a dropped row does not matter."""
+    V = pair_v.copy()
+    V[10, :] = V[:, 10] = np.nan
+    d = dat.copy()
+    d.loc[10, "yi"] = np.nan
+    design = build_design(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), d, env={"Vm": V})
+    assert design.nobs == 79 and 10 not in set(design.row_labels)
+    keep = np.delete(np.arange(80), 10)
+    np.testing.assert_array_equal(design.known_v.matrix, pair_v[np.ix_(keep, keep)])
+
+
 def test_negative_vi_column(dat):
     d = dat.copy()
     d.loc[3, "vi"] = -0.2
@@ -220,6 +260,26 @@ def test_non_unit_weights_with_dense_v_rejected(dat, pair_v):
         drm.fit(drm.Formula("yi ~ habitat + meta_V(V=Vm)"), data=dat, env={"Vm": pair_v}, weights=w)
 
 
+def test_non_unit_weights_with_random_effects_rejected(dat):
+    d = dat.copy()
+    d["g"] = np.arange(len(d)) // 4
+    w = np.ones(len(d))
+    w[0] = 3.0
+    with pytest.raises(DataError, match=r"non-unit weights with random effects"):
+        drm.fit(drm.Formula("yi ~ habitat + (1|g) + meta_V(V=vi)"), data=d, weights=w)
+
+
+def test_meta_known_v_deprecation_points_at_caller(dat):
+    """The DeprecationWarning is attributed to the user's line (so Python's default filters show it),
+    whether the Formula is built directly or drm.fit() is given a formula string."""
+    with pytest.warns(DeprecationWarning) as rec:
+        drm.Formula("yi ~ habitat + meta_known_V(V=vi)")
+    assert rec[0].filename == __file__
+    with pytest.warns(DeprecationWarning) as rec:
+        drm.fit("yi ~ habitat + duration + meta_known_V(V=vi)", data=dat)
+    assert [r.filename for r in rec if issubclass(r.category, DeprecationWarning)][0] == __file__
+
+
 def test_meta_known_v_deprecated_but_equivalent(dat):
     with pytest.warns(DeprecationWarning, match=r"meta_known_V\(\) is deprecated"):
         f_old = drm.Formula("yi ~ habitat + duration + meta_known_V(V=vi)")
@@ -248,7 +308,26 @@ def test_bad_method_and_control(dat):
         drm.fit(drm.Formula(MU), data=dat, control={"maxit": 3})
 
 
+@pytest.mark.parametrize("control, words", [
+    (drm.Control(structure="bogus"), r"structure must be one of"),
+    (drm.Control(max_iter=-1), r"max_iter must be >= 0"),
+])
+def test_control_instance_validated_like_dict(dat, control, words):
+    """A Control object is checked exactly as the equivalent dict, before any work is done."""
+    as_dict = {"structure": control.structure, "max_iter": control.max_iter}
+    with pytest.raises(drm.DrmError, match=words):
+        drm.fit(drm.Formula(MU), data=dat, control=as_dict)
+    with pytest.raises(drm.DrmError, match=words):
+        drm.fit(drm.Formula(MU), data=dat, control=control)
+
+
 # --------------------------------------------------------------------------- random effects
+
+
+def test_random_term_in_sigma_formula_rejected():
+    with pytest.raises(FormulaError, match=r"`\(1\|study\)` belong in the mu formula"):
+        drm.Formula("yi ~ habitat", "sigma ~ habitat + (1|study)")
+
 
 
 def test_grouping_column_missing(dat):

@@ -51,23 +51,24 @@ class Control:
     def coerce(cls, control: Any) -> "Control":
         if control is None:
             return cls()
-        if isinstance(control, cls):
-            return control
         if isinstance(control, Mapping):
             unknown = set(control) - {"max_iter", "gtol", "structure"}
             if unknown:
                 raise DrmError(
                     f"control: unknown option(s) {sorted(unknown)}; available: max_iter, gtol, structure."
                 )
-            c = cls(**control)
-            if int(c.max_iter) < 0:
-                raise DrmError("control: max_iter must be >= 0.")
-            if c.structure not in (None, "diag", "block", "woodbury", "dense"):
-                raise DrmError(
-                    f"control: structure must be one of diag, block, woodbury, dense; got {c.structure!r}."
-                )
-            return c
-        raise DrmError(f"control must be a dict, got {type(control).__name__}.")
+            control = cls(**control)
+        if not isinstance(control, cls):
+            raise DrmError(f"control must be a dict or drm.Control, got {type(control).__name__}.")
+        if int(control.max_iter) < 0:
+            raise DrmError("control: max_iter must be >= 0.")
+        if not float(control.gtol) > 0:
+            raise DrmError("control: gtol must be > 0.")
+        if control.structure not in (None, "diag", "block", "woodbury", "dense"):
+            raise DrmError(
+                f"control: structure must be one of diag, block, woodbury, dense; got {control.structure!r}."
+            )
+        return control
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,12 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
     has_re = bool(design.random)
     clusters = _clusters(design)
     if forced is not None:
+        weighted = design.weights is not None and np.any(design.weights != 1.0)
+        if weighted and forced in ("block", "dense"):
+            raise DrmError(
+                f"control: structure='{forced}' does not take row weights; non-unit weights need "
+                "structure='diag' (a diagonal V without random effects)."
+            )
         if forced == "diag" and (has_re or not kv.is_diagonal):
             raise DrmError("control: structure='diag' needs a diagonal V and no random effects.")
         if forced == "woodbury" and (not has_re or not kv.is_diagonal):

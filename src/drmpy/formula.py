@@ -120,6 +120,23 @@ def _is_dpar_name(lhs: str) -> bool:
     return lhs in ("sigma", "mu") or bool(_SD_DPAR.match(lhs))
 
 
+def _user_stacklevel() -> int:
+    """stacklevel that attributes a warning to the first frame outside drmpy."""
+    import os
+
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    frame = inspect.currentframe()
+    level = 1
+    try:
+        frame = frame.f_back if frame is not None else None  # the caller of this helper
+        while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package_dir):
+            frame = frame.f_back
+            level += 1
+        return level
+    finally:
+        del frame
+
+
 def _parse_meta_v(term: str) -> MetaV:
     try:
         call = ast.parse(term, mode="eval").body
@@ -155,7 +172,8 @@ def _parse_meta_v(term: str) -> MetaV:
         )
     if fname == "meta_known_V":
         warnings.warn(
-            "meta_known_V() is deprecated; use meta_V(V = ...).", DeprecationWarning, stacklevel=4
+            "meta_known_V() is deprecated; use meta_V(V = ...).", DeprecationWarning,
+            stacklevel=_user_stacklevel(),
         )
     return MetaV(value.id)
 

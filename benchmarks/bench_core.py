@@ -1,0 +1,109 @@
+"""Speed of the core location-scale model (issue 2). Run: python3 benchmarks/bench_core.py
+
+Measures
+1. warm single fit of the seed (restoration) example, same data (design cache hit) and with
+   fresh response values each time (formula handling and array set-up included);
+2. a whole fresh process that imports drmpy, fits the seed example and prints its summary;
+3. diagonal-V location-scale fits at n = 1e3 .. 1e6: first call (compile, or persistent-cache
+   load) and warm.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+import drmpy as drm
+
+SEED_FORMULA = ("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat")
+
+
+def warm_seed(repeats: int = 200) -> tuple[float, float]:
+    dat = drm.datasets.restoration()
+    drm.fit(drm.Formula(*SEED_FORMULA), data=dat)
+    same = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        drm.fit(drm.Formula(*SEED_FORMULA), data=dat)
+        same.append(time.perf_counter() - t)
+    rng = np.random.default_rng(0)
+    fresh = []
+    for _ in range(repeats // 4):
+        d = dat.copy()
+        d["yi"] = d["yi"] + rng.normal(0, 0.01, len(d))
+        t = time.perf_counter()
+        drm.fit(drm.Formula(*SEED_FORMULA), data=d)
+        fresh.append(time.perf_counter() - t)
+    return statistics.median(same), statistics.median(fresh)
+
+
+FRESH_SCRIPT = (
+    "import drmpy as drm\n"
+    "fit = drm.fit(drm.Formula('yi ~ habitat + duration + meta_V(V=vi)', 'sigma ~ habitat'), "
+    "data=drm.datasets.restoration())\n"
+    "print(fit.summary())\n"
+)
+
+
+def fresh_process(repeats: int = 5) -> list[float]:
+    subprocess.run([sys.executable, "-c", FRESH_SCRIPT], check=True, capture_output=True)  # fill cache
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", FRESH_SCRIPT], check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def simulate(n: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    g = rng.choice(["a", "b"], size=n)
+    vi = rng.uniform(0.01, 0.1, size=n)
+    sigma = np.exp(-1.5 + 0.5 * (g == "b"))
+    yi = 0.2 + 0.3 * x + rng.normal(size=n) * np.sqrt(vi + sigma**2)
+    return pd.DataFrame({"yi": yi, "vi": vi, "x": x, "g": g})
+
+
+def scale(ns=(1_000, 10_000, 100_000, 1_000_000)) -> list[tuple[int, float, float, float]]:
+    out = []
+    for n in ns:
+        d = simulate(n)
+        f = drm.Formula("yi ~ x + meta_V(V=vi)", "sigma ~ g")
+        t = time.perf_counter()
+        fit = drm.fit(f, data=d)
+        first = time.perf_counter() - t
+        d2 = simulate(n, seed=2)
+        warm = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fit2 = drm.fit(f, data=d2)
+            warm.append(time.perf_counter() - t)
+            drm.clear_cache()
+        assert fit.converged and fit2.converged
+        out.append((n, first, statistics.median(warm), fit2.params["sigma:g[T.b]"]))
+    return out
+
+
+def main() -> None:
+    print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; drmpy {drm.__version__}")
+    same, fresh = warm_seed()
+    print(f"seed example warm fit, same data (design cached):      {same * 1e3:7.2f} ms (median)")
+    print(f"seed example warm fit, new values (formula handling):  {fresh * 1e3:7.2f} ms (median)")
+    times = fresh_process()
+    print(f"fresh process import+fit+print: median {statistics.median(times):.3f} s "
+          f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
+    print("diagonal-V location-scale, yi ~ x + meta_V(V=vi), sigma ~ g:")
+    print(f"{'n':>9} {'first call s':>13} {'warm s':>9}  sigma:g[T.b] (true 0.5)")
+    for n, first, warm, est in scale():
+        print(f"{n:>9} {first:13.3f} {warm:9.3f}  {est:.4f}")
+
+
+if __name__ == "__main__":
+    main()
