@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import cho_solve
 
 __all__ = ["Structure", "RandomStatic", "Arrays", "BlockBucket", "RandomArrays",
            "negloglik_joint", "negloglik_profiled", "neg_reml", "gls_beta"]
@@ -152,13 +152,41 @@ def _gram_diag(sigma2, arrs: Arrays, B):
     return logdet, M
 
 
-def _chol_gram(S, Bb):
-    """Batched: log|S| and B'S^-1B from one Cholesky per matrix."""
+@jax.custom_jvp
+def _spd_solve_terms(S, B):
+    """For SPD S (batched): per-matrix log|S|, S^-1 and S^-1 B, from one Cholesky factor.
+
+    The derivative rule is written out (d log|S| = tr(S^-1 dS), d S^-1 = -S^-1 dS S^-1,
+    d S^-1B = -S^-1 dS S^-1 B + S^-1 dB) so that second derivatives never differentiate
+    XLA's Cholesky and triangular-solve kernels: on CPU those hang for some batch sizes
+    (1024 or 2000 blocks) once differentiated twice, and they compile slowly.
+    """
     L = jnp.linalg.cholesky(S)
-    Q = solve_triangular(L, Bb, lower=True)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
-    M = jnp.einsum("...mi,...mj->ij", Q, Q)
-    return logdet, M
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    eye = jnp.broadcast_to(jnp.eye(S.shape[-1], dtype=S.dtype), S.shape)
+    P = cho_solve((L, True), eye)
+    W = cho_solve((L, True), B)
+    return logdet, P, W
+
+
+@_spd_solve_terms.defjvp
+def _spd_solve_terms_jvp(primals, tangents):
+    S, B = primals
+    dS, dB = tangents
+    logdet, P, W = _spd_solve_terms(S, B)
+    dlogdet = jnp.einsum("...ij,...ji->...", P, dS)
+    PdS = P @ dS
+    dP = -PdS @ P
+    dW = -PdS @ W + P @ dB
+    return (logdet, P, W), (dlogdet, dP, dW)
+
+
+def _chol_gram(S, Bb):
+    """log|S| (summed over a batch) and sum of B'S^-1B, from one Cholesky per matrix."""
+    logdet, _, W = _spd_solve_terms(S, Bb)
+    M = jnp.einsum("...mi,...mj->ij", Bb, W)
+    M = 0.5 * (M + M.T)
+    return jnp.sum(logdet), M
 
 
 def _gram_block(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
@@ -184,6 +212,20 @@ def _gram_block(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     return logdet, M
 
 
+def _small_cholesky(G):
+    """Lower Cholesky factor of a batch of small (q x q) matrices, unrolled over columns
+    (elementwise operations only, so it differentiates twice cheaply)."""
+    q = G.shape[-1]
+    L = [[jnp.zeros(G.shape[:-2], G.dtype) for _ in range(q)] for _ in range(q)]
+    for j in range(q):
+        d = G[..., j, j] - sum((L[j][k] ** 2 for k in range(j)), jnp.zeros(G.shape[:-2], G.dtype))
+        L[j][j] = jnp.sqrt(d)
+        for i in range(j + 1, q):
+            e = G[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)), jnp.zeros(G.shape[:-2], G.dtype))
+            L[i][j] = e / L[j][j]
+    return jnp.stack([jnp.stack(row, axis=-1) for row in L], axis=-2)
+
+
 def _lambda(re_terms, arrs: Arrays, struct: Structure):
     """Block-diagonal factor L of G = LL' over all random-effect columns (level-major)."""
     blocks = []
@@ -193,7 +235,7 @@ def _lambda(re_terms, arrs: Arrays, struct: Structure):
             blocks.append(sd[:, None] * ra.relmat_chol)
         else:
             G = level_covariances(alphas, etas, ra, rs)  # (L, q, q)
-            Lg = jnp.linalg.cholesky(G)  # (L, q, q)
+            Lg = _small_cholesky(G)  # (L, q, q)
             L, q = rs.n_levels, rs.n_coef
             eye = jnp.eye(L, dtype=Lg.dtype)
             blocks.append((eye[:, None, :, None] * Lg[:, :, None, :]).reshape(L * q, L * q))
@@ -216,11 +258,10 @@ def _gram_woodbury(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     logdet_R, M_all = _gram_diag(sigma2, arrs, jnp.concatenate([ZL, B], axis=1))
     Q = ZL.shape[1]
     Cap = jnp.eye(Q) + M_all[:Q, :Q]
-    Lc = jnp.linalg.cholesky(Cap)
-    U = solve_triangular(Lc, M_all[:Q, Q:], lower=True)
-    M = M_all[Q:, Q:] - U.T @ U
-    logdet = logdet_R + 2.0 * jnp.sum(jnp.log(jnp.diag(Lc)))
-    return logdet, M
+    U = M_all[:Q, Q:]
+    logdet_cap, _, W = _spd_solve_terms(Cap, U)
+    M = M_all[Q:, Q:] - U.T @ W
+    return logdet_R + logdet_cap, 0.5 * (M + M.T)
 
 
 def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
@@ -251,11 +292,17 @@ def _split_gram(M, p):
     return M[:p, :p], M[:p, p], M[p, p]
 
 
+def _location_terms(A, b):
+    """(log|A|, A^-1 b) for the p x p information A = X'S^-1X."""
+    logdet, _, beta = _spd_solve_terms(A, b[:, None])
+    return logdet, beta[:, 0]
+
+
 def gls_beta(phi, arrs: Arrays, struct: Structure):
     """GLS estimate (X'S^-1X)^-1 X'S^-1 y at phi (in the centred-y coordinates of ``arrs``)."""
     _, M = gram(phi, arrs, struct)
     A, b, _ = _split_gram(M, struct.p)
-    return cho_solve((jnp.linalg.cholesky(A), True), b)
+    return _location_terms(A, b)[1]
 
 
 def negloglik_joint(beta, phi, arrs: Arrays, struct: Structure):
@@ -272,19 +319,16 @@ def negloglik_profiled(phi, arrs: Arrays, struct: Structure):
     A, b, c = _split_gram(M, struct.p)
     if struct.p == 0:
         return 0.5 * (arrs.n_obs * LOG_2PI + logdet + c)
-    La = jnp.linalg.cholesky(A)
-    u = solve_triangular(La, b, lower=True)
-    return 0.5 * (arrs.n_obs * LOG_2PI + logdet + c - u @ u)
+    _, beta = _location_terms(A, b)
+    return 0.5 * (arrs.n_obs * LOG_2PI + logdet + c - b @ beta)
 
 
 def neg_reml(phi, arrs: Arrays, struct: Structure):
     """-l_R(phi) = 0.5[(n-p) log 2pi + log|S| + log|X'S^-1X| + r'S^-1 r] (drmTMB's REML)."""
     logdet, M = gram(phi, arrs, struct)
     A, b, c = _split_gram(M, struct.p)
-    La = jnp.linalg.cholesky(A)
-    u = solve_triangular(La, b, lower=True)
-    logdet_A = 2.0 * jnp.sum(jnp.log(jnp.diag(La)))
-    return 0.5 * ((arrs.n_obs - struct.p) * LOG_2PI + logdet + logdet_A + c - u @ u)
+    logdet_A, beta = _location_terms(A, b)
+    return 0.5 * ((arrs.n_obs - struct.p) * LOG_2PI + logdet + logdet_A + c - b @ beta)
 
 
 def variance_objective(struct: Structure):
