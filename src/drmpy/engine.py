@@ -150,6 +150,11 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
     return "dense", clusters
 
 
+def padded_levels(n_levels: int) -> int:
+    """Number of random-effect levels after padding (as rows, for larger designs)."""
+    return _padded_size(n_levels) if n_levels > 16 else n_levels
+
+
 def _padded_size(n: int) -> int:
     """Row count padded up a geometric ladder (ratio 2^(1/4)) so nearby sizes share a compile."""
     if n <= 16:
@@ -224,7 +229,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
     y = design.y - X @ beta0
     w = design.weights if design.weights is not None else np.ones(n)
     kv = design.known_v
-    N = _padded_size(n) if kind in ("diag", "woodbury", "dense") else n
+    N = _padded_size(n)
     pad = N - n
 
     def padrows(a, fill=0.0):
@@ -243,12 +248,23 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
     random_arrays = []
     random_static = []
     for rd in design.random:
-        lev = padrows(rd.level_index, rd.n_levels)
-        Kchol = np.linalg.cholesky(rd.relmat) if rd.relmat is not None else np.zeros((0, 0))
+        # levels are padded like rows; padded levels are referenced by no row, and index
+        # L_pad is the "no level" of padding rows and slots
+        L_pad = padded_levels(rd.n_levels)
+        lev = padrows(rd.level_index, L_pad)
+        if rd.relmat is not None:
+            Kchol = np.eye(L_pad)
+            Kchol[: rd.n_levels, : rd.n_levels] = np.linalg.cholesky(rd.relmat)
+        else:
+            Kchol = np.zeros((0, 0))
+        sd_designs = []
+        for d in rd.sd_designs:
+            W = np.zeros((L_pad, d.matrix.shape[1]))
+            W[: rd.n_levels] = d.matrix
+            sd_designs.append(jnp.asarray(W))
         random_arrays.append(RandomArrays(jnp.asarray(lev), jnp.asarray(padrows(rd.z)),
-                                          tuple(jnp.asarray(d.matrix) for d in rd.sd_designs),
-                                          jnp.asarray(Kchol)))
-        random_static.append(RandomStatic(rd.n_levels, rd.n_coef,
+                                          tuple(sd_designs), jnp.asarray(Kchol)))
+        random_static.append(RandomStatic(L_pad, rd.n_coef,
                                           tuple(d.matrix.shape[1] for d in rd.sd_designs),
                                           rd.n_cor, rd.relmat is not None))
     buckets = []
@@ -284,11 +300,14 @@ def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
     out = []
     for m in np.unique(slot_sizes):
         sel = [members[i] for i in np.flatnonzero(slot_sizes == m)]
-        rows = np.full((len(sel), m), n, dtype=np.int64)
+        # pad the number of blocks up the same ladder as rows, so new data of a similar
+        # size re-use the compiled program (all-padding blocks are identity matrices)
+        n_blocks = _padded_size(len(sel)) if len(sel) > 16 else len(sel)
+        rows = np.full((n_blocks, m), n, dtype=np.int64)
         for b, idx in enumerate(sel):
             rows[b, : len(idx)] = idx
         real = rows < n
-        Vb = np.zeros((len(sel), m, m))
+        Vb = np.zeros((n_blocks, m, m))
         Vb[:, np.arange(m), np.arange(m)] = diag_ext[rows]
         if V is not None:
             safe = np.where(real, rows, 0)
@@ -296,7 +315,7 @@ def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
             both = real[:, :, None] & real[:, None, :]
             Vb = np.where(both, full, Vb)
         levels = tuple(
-            jnp.asarray(np.where(real, np.concatenate([rd.level_index, [rd.n_levels]])[rows], rd.n_levels))
+            jnp.asarray(np.where(real, np.concatenate([rd.level_index, [0]])[rows], padded_levels(rd.n_levels)))
             for rd in design.random
         )
         out.append(BlockBucket(jnp.asarray(rows), jnp.asarray(Vb), levels))

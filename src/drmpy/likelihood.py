@@ -152,6 +152,47 @@ def _gram_diag(sigma2, arrs: Arrays, B):
     return logdet, M
 
 
+SMALL_BLOCK = 24
+
+
+def _unrolled_cholesky_solve(S, R):
+    """Batched (per leading index) log|S| and S^-1 R for small SPD S, with elementwise operations.
+
+    jaxlib's batched LAPACK kernels (potrf/trsm) split the batch over XLA's CPU thread pool
+    and deadlock when called from inside the compiled optimiser loop on large batches
+    (thousands of study blocks); unrolling the factorisation over the (small) block size
+    keeps every operation vectorised across blocks and free of that pool.
+    """
+    m = S.shape[-1]
+    L = [[None] * m for _ in range(m)]
+    logdet = jnp.zeros(S.shape[:-2], S.dtype)
+    for j in range(m):
+        d = S[..., j, j]
+        for k in range(j):
+            d = d - L[j][k] ** 2
+        L[j][j] = jnp.sqrt(d)
+        logdet = logdet + 2.0 * jnp.log(L[j][j])
+        for i in range(j + 1, m):
+            e = S[..., i, j]
+            for k in range(j):
+                e = e - L[i][k] * L[j][k]
+            L[i][j] = e / L[j][j]
+    # forward substitution L z = R, then backward L' x = z (rows of R: R[..., i, :])
+    z = []
+    for i in range(m):
+        acc = R[..., i, :]
+        for k in range(i):
+            acc = acc - L[i][k][..., None] * z[k]
+        z.append(acc / L[i][i][..., None])
+    x = [None] * m
+    for i in reversed(range(m)):
+        acc = z[i]
+        for k in range(i + 1, m):
+            acc = acc - L[k][i][..., None] * x[k]
+        x[i] = acc / L[i][i][..., None]
+    return logdet, jnp.stack(x, axis=-2)
+
+
 @jax.custom_jvp
 def _spd_solve_terms(S, B):
     """For SPD S (batched): per-matrix log|S|, S^-1 and S^-1 B, from one Cholesky factor.
@@ -161,9 +202,13 @@ def _spd_solve_terms(S, B):
     XLA's Cholesky and triangular-solve kernels: on CPU those hang for some batch sizes
     (1024 or 2000 blocks) once differentiated twice, and they compile slowly.
     """
+    eye = jnp.broadcast_to(jnp.eye(S.shape[-1], dtype=S.dtype), S.shape)
+    if S.ndim == 3 and S.shape[-1] <= SMALL_BLOCK:
+        logdet, X = _unrolled_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
+        m = S.shape[-1]
+        return logdet, X[..., :m], X[..., m:]
     L = jnp.linalg.cholesky(S)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    eye = jnp.broadcast_to(jnp.eye(S.shape[-1], dtype=S.dtype), S.shape)
     P = cho_solve((L, True), eye)
     W = cho_solve((L, True), B)
     return logdet, P, W

@@ -7,7 +7,9 @@ of actual to predicted reduction (classical trust-region constants).
 
 Stopping (status codes, see :data:`STATUS_MESSAGES`):
 
-* ``CONVERGED``: ``max|g| <= gtol * max(1, |f|)``;
+* ``CONVERGED``: ``max|g| <= gtol * max(1, |f|)``, or, at a positive definite Hessian,
+  the Newton decrement ``g'H^-1 g <= 1e-12 * max(1, |f|)`` (for large n the objective's
+  rounding cannot resolve a smaller step);
 * ``CONVERGED_FLAT``: the objective changed by less than ``ftol * max(1, |f|)`` over
   ``flat_steps`` consecutive accepted steps while the Newton decrement is negligible.
   This is how a variance running to zero ends: its log-SD runs toward -infinity where
@@ -23,6 +25,10 @@ import jax
 import jax.numpy as jnp
 
 RUNNING, CONVERGED, CONVERGED_FLAT, MAX_ITER, NONFINITE, RADIUS_COLLAPSED = range(6)
+
+# Converged also when the Newton decrement g'H^-1 g <= DECREMENT_TOL * max(1, |f|): the
+# remaining step is then below 1e-6 standard errors per unit of |f|^(1/2).
+DECREMENT_TOL = 1e-12
 
 STATUS_MESSAGES = {
     RUNNING: "running",
@@ -137,11 +143,16 @@ def newton_trust_region(
         flat = jnp.where(first, 0, jnp.where(accept & tiny_change, s.flat + 1, jnp.where(accept, 0, s.flat)))
         it = s.it + 1
         gmax = jnp.max(jnp.abs(g), initial=0.0)
-        converged = gmax <= gtol * jnp.maximum(1.0, jnp.abs(f))
-        # Newton decrement of the accepted point: tiny when only flat (boundary) directions remain.
+        fscale_new = jnp.maximum(1.0, jnp.abs(f))
+        # Newton decrement g'H^-1 g of the accepted point: tiny when only flat (boundary)
+        # directions remain, or when the remaining Newton step is below what the objective's
+        # rounding (a sum over n rows) can resolve.
         evals, evecs = jnp.linalg.eigh(H)
         gt = evecs.T @ g
         decrement = jnp.sum(gt**2 / jnp.maximum(evals, 1e-12 * jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)))
+        converged = (gmax <= gtol * fscale_new) | (
+            (evals[0] > 0) & (decrement <= DECREMENT_TOL * fscale_new)
+        )
         flat_done = (flat >= flat_steps) & (decrement <= 1e-6 * jnp.maximum(1.0, jnp.abs(f)))
         collapsed = radius < 1e-14
         status = jnp.where(

@@ -128,7 +128,12 @@ def conditional_modes(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray,
     Q = sum(rd.n_levels * rd.n_coef for rd in design.random)
     modes = np.zeros(Q)
     cond_var = np.zeros(Q)
-    groups = [np.arange(design.nobs)] if clusters is None else _members(clusters)
+    if _one_term_per_cluster(design, clusters):
+        rd = design.random[0]
+        modes, cond_var = _single_term_modes(design, theta, sigma, r, rd, *terms[0])
+        groups = []
+    else:
+        groups = [np.arange(design.nobs)] if clusters is None else _members(clusters)
     for rows in groups:
         Zc, Gc, cols, _ = _local_design(design, terms, rows)
         S = row_covariance(design, theta, sigma, rows)
@@ -153,6 +158,46 @@ def conditional_modes(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray,
         out.append(pd.concat(frames, ignore_index=True))
         offset += L * q
     return out
+
+
+def _one_term_per_cluster(design: ModelDesign, clusters: np.ndarray | None) -> bool:
+    """True when there is one (non-relmat) term and the clusters are exactly its levels."""
+    if clusters is None or len(design.random) != 1 or design.random[0].relmat is not None:
+        return False
+    lev = design.random[0].level_index
+    pairs = np.unique(np.stack([lev, clusters]), axis=1)
+    return pairs.shape[1] == design.random[0].n_levels == len(np.unique(clusters))
+
+
+def _single_term_modes(design: ModelDesign, theta, sigma, r, rd: RandomDesign, alphas, etas):
+    """Conditional modes and variances level by level, batched over levels of equal size."""
+    covs = level_covariances(rd, alphas, etas)  # (L, q, q)
+    q = rd.n_coef
+    modes = np.zeros((rd.n_levels, q))
+    cond_var = np.zeros((rd.n_levels, q))
+    members = _members(rd.level_index)
+    sizes = np.array([len(m) for m in members])
+    kv = design.known_v
+    for m in np.unique(sizes):
+        idx = np.flatnonzero(sizes == m)
+        rows = np.stack([members[i] for i in idx])  # (nb, m)
+        levels = rd.level_index[rows[:, 0]]
+        if kv.matrix is not None:
+            S = kv.matrix[rows[:, :, None], rows[:, None, :]].copy()
+        else:
+            S = np.zeros((len(idx), m, m))
+            S[:, np.arange(m), np.arange(m)] = kv.diag[rows]
+        S[:, np.arange(m), np.arange(m)] += sigma[rows] ** 2
+        z = rd.z[rows]  # (nb, m, q)
+        G = covs[levels]  # (nb, q, q)
+        ZG = z @ G
+        S += ZG @ np.swapaxes(z, 1, 2)
+        L = np.linalg.cholesky(S)
+        W = np.linalg.solve(L, ZG)  # L^-1 Z G
+        u = np.linalg.solve(L, r[rows][:, :, None])[:, :, 0]
+        modes[levels] = np.einsum("bmq,bm->bq", W, u)
+        cond_var[levels] = np.diagonal(G, axis1=1, axis2=2) - np.sum(W * W, axis=1)
+    return modes.reshape(-1), cond_var.reshape(-1)
 
 
 def _members(clusters: np.ndarray) -> list[np.ndarray]:
