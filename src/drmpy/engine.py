@@ -351,8 +351,8 @@ def _bucket_size(m: int) -> int:
 # the compiled program
 
 
-@functools.lru_cache(maxsize=64)
-def _program(struct: Structure):
+def _program_fn(struct: Structure):
+    """The whole fit as one pure function of arrays (un-jitted)."""
     objective = variance_objective(struct)
     p = struct.p
 
@@ -394,7 +394,83 @@ def _program(struct: Structure):
                     status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
                     sigma=sigma)
 
-    return jax.jit(run)
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_program(struct: Structure, treedef):
+    """``_program_fn`` taking the flattened argument leaves, jitted."""
+    run = _program_fn(struct)
+
+    def flat(*leaves):
+        return run(*jax.tree_util.tree_unflatten(treedef, leaves))
+
+    return jax.jit(flat)
+
+
+_callables: dict = {}
+
+
+def _source_digest() -> str:
+    """Hash of the numerical modules: a serialized program is only re-used by the same code."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.blake2b(digest_size=12)
+    here = Path(__file__).parent
+    for name in ("likelihood.py", "optimize.py", "engine.py"):
+        h.update((here / name).read_bytes())
+    h.update(jax.__version__.encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _export_dir():
+    from ._jax import cache_enabled_by_drmpy, default_cache_dir
+
+    if not cache_enabled_by_drmpy():
+        return None
+    return default_cache_dir().parent / "programs" / _source_digest()
+
+
+def _compiled(struct: Structure, treedef, leaves):
+    """The compiled program for these shapes.
+
+    Within a process: jax.jit's own cache.  Across processes (when drmpy's persistent cache
+    is on) the program is also kept as a serialized ``jax.export`` module, so a fresh
+    process skips tracing and lowering; XLA's compilation cache then supplies the binary.
+    """
+    signature = (struct, treedef, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves),
+                 jax.default_backend())
+    fn = _callables.get(signature)
+    if fn is not None:
+        return fn
+    folder = _export_dir()
+    path = None
+    if folder is not None:
+        import hashlib
+
+        digest = hashlib.blake2b(repr(signature).encode(), digest_size=16).hexdigest()
+        path = folder / f"{digest}.jaxexport"
+        if path.exists():
+            try:
+                exported = jax.export.deserialize(bytearray(path.read_bytes()))
+                fn = jax.jit(exported.call)
+            except Exception:  # a damaged or incompatible file: rebuild it below
+                fn = None
+    if fn is None:
+        fn = _flat_program(struct, treedef)
+        if path is not None:
+            try:
+                exported = jax.export.export(fn)(*leaves)
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(exported.serialize())
+                tmp.replace(path)
+            except Exception:  # exporting is an optimisation only
+                pass
+    _callables[signature] = fn
+    return fn
 
 
 def prepare(design: ModelDesign, method: str, control: Control):
@@ -408,9 +484,9 @@ def prepare(design: ModelDesign, method: str, control: Control):
 
 def run_fit(prepared, control: Control) -> RawFit:
     arrs, struct, beta0, phi0 = prepared
-    program = _program(struct)
-    out = program(arrs, jnp.asarray(phi0), jnp.asarray(int(control.max_iter)),
-                  jnp.asarray(float(control.gtol)))
+    args = (arrs, jnp.asarray(phi0), jnp.asarray(int(control.max_iter)), jnp.asarray(float(control.gtol)))
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    out = _compiled(struct, treedef, leaves)(*leaves)
     out = jax.device_get(out)
     n = int(round(float(np.sum(np.asarray(arrs.mask)))))
     beta = np.asarray(out["beta"]) + beta0
