@@ -79,3 +79,18 @@ def test_structures_agree_with_dense(fitted):
     assert dense.loglik == pytest.approx(fit.loglik, abs=1e-8)
     assert np.allclose(dense.params, fit.params, atol=1e-6)
     assert np.allclose(dense.std_errors, fit.std_errors, rtol=1e-5)
+
+
+def test_relmat_array_with_levels_equals_dataframe():
+    spec, data, env = load("relmat_ml")
+    K = env["K"]
+    by_frame = drm.fit(drm.Formula(*spec["formulas"]), data=data, env=env)
+    f = drm.Formula("yi ~ x + relmat(1|species, K=Kmat, levels=labels) + meta_V(V=vi)")
+    # reversed label order: the labels, not the positions, must decide
+    order = np.arange(len(K))[::-1]
+    by_array = drm.fit(f, data=data, env={"Kmat": K.to_numpy()[np.ix_(order, order)],
+                                          "labels": list(K.index[order])})
+    assert by_array.loglik == pytest.approx(by_frame.loglik, abs=1e-10)
+    with pytest.raises(drm.RandomEffectsError, match="levels="):
+        drm.fit(drm.Formula("yi ~ x + relmat(1|species, K=Kmat) + meta_V(V=vi)"), data=data,
+                env={"Kmat": K.to_numpy()})

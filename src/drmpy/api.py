@@ -91,6 +91,7 @@ def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, An
         if formula.meta_v is not None and formula.meta_v.name not in data.columns:
             names.append(formula.meta_v.name)
         names.extend(t.relmat for t in formula.random_terms if t.relmat)
+        names.extend(t.relmat_levels for t in formula.random_terms if t.relmat_levels)
         for name in names:
             source = env if env is not None and name in env else formula.env
             if name not in source:

@@ -232,17 +232,13 @@ def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> n
         mat = K.to_numpy(dtype=np.float64)
     else:
         mat = np.asarray(K, dtype=np.float64)
-        level_attr = getattr(K, "levels", None)
-        rows = [str(x) for x in level_attr] if level_attr is not None else None
-        if rows is None:
-            lv = namespace.get(f"{term.relmat}_levels") if env is None else env.get(f"{term.relmat}_levels", namespace.get(f"{term.relmat}_levels"))
-            if lv is None:
-                raise RandomEffectsError(
-                    f"{what}: K is a plain array; give it as a pandas DataFrame whose index and "
-                    f"columns are the level labels, or provide `{term.relmat}_levels` (the labels "
-                    "of its rows) next to it."
-                )
-            rows = [str(x) for x in lv]
+        if term.relmat_levels is None:
+            raise RandomEffectsError(
+                f"{what}: K is a plain array; give it as a pandas DataFrame whose index and "
+                "columns are the level labels, or name the labels of its rows with "
+                f"`relmat(1|{term.group}, K={term.relmat}, levels=<name>)`."
+            )
+        rows = [str(x) for x in _lookup(term.relmat_levels, env, namespace, what)]
     if mat.ndim != 2 or mat.shape[0] != mat.shape[1] or mat.shape[0] != len(rows):
         raise RandomEffectsError(f"{what}: K must be square with one row per level label, got shape {mat.shape}.")
     position = {lab: i for i, lab in enumerate(rows)}

@@ -53,6 +53,7 @@ class RandomTerm:
     correlated: bool
     relmat: str | None
     text: str
+    relmat_levels: str | None = None
 
     @property
     def group_columns(self) -> tuple[str, ...]:
@@ -235,13 +236,22 @@ def _parse_relmat(term: str) -> list[RandomTerm]:
     if not (body.startswith("(") and body.endswith(")")):
         raise FormulaError(f"Cannot parse `{term}`; expected `relmat(1 | group, K = name)`.")
     args = _split_top_level(body[1:-1], ",")
-    if len(args) != 2:
-        raise FormulaError(f"`{term}`: expected `relmat(1 | group, K = name)`.")
-    kw = args[1].strip()
-    m = re.match(r"^K\s*=\s*([A-Za-z_][A-Za-z0-9_]*)$", kw)
-    if m is None:
+    if len(args) not in (2, 3):
+        raise FormulaError(f"`{term}`: expected `relmat(1 | group, K = name)` or `relmat(1 | group, K = name, levels = name)`.")
+    named: dict[str, str] = {}
+    for kw in args[1:]:
+        m = re.match(r"^\s*(K|levels)\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", kw)
+        if m is None:
+            raise FormulaError(
+                f"`{term}`: `{kw.strip()}` is not understood; give `K = <name>` and optionally "
+                "`levels = <name>` (bare names)."
+            )
+        named[m.group(1)] = m.group(2)
+    if "K" not in named:
         raise FormulaError(f"`{term}`: the relatedness matrix must be given as `K = <name>`.")
-    return _parse_bar_term("(" + args[0].strip() + ")", term, m.group(1))
+    terms = _parse_bar_term("(" + args[0].strip() + ")", term, named["K"])
+    return [RandomTerm(t.group, t.intercept, t.slopes, t.correlated, t.relmat, t.text, named.get("levels"))
+            for t in terms]
 
 
 @dataclass(frozen=True)
