@@ -18,7 +18,7 @@ from . import _jax  # noqa: F401  (float64 + compilation cache before any array 
 from . import datasets
 from .api import check, clear_cache, fit, gaussian
 from .engine import Control
-from .errors import (BoundaryWarning, ConvergenceWarning, CovarianceError, DataError, DrmError,
+from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
 from .formula import Formula
 from .result import DrmFit
@@ -41,6 +41,5 @@ __all__ = [
     "RandomEffectsError",
     "DrmWarning",
     "ConvergenceWarning",
-    "BoundaryWarning",
     "__version__",
 ]

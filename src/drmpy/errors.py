@@ -15,7 +15,6 @@ __all__ = [
     "RandomEffectsError",
     "DrmWarning",
     "ConvergenceWarning",
-    "BoundaryWarning",
 ]
 
 
@@ -45,7 +44,3 @@ class DrmWarning(UserWarning):
 
 class ConvergenceWarning(DrmWarning):
     """The optimiser stopped before meeting its convergence test; see ``fit.check()``."""
-
-
-class BoundaryWarning(DrmWarning):
-    """A variance parameter ran to its boundary (an SD of zero)."""

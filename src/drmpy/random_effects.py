@@ -17,23 +17,16 @@ __all__ = ["level_sd_table", "conditional_modes", "row_covariance_blocks"]
 
 
 def _term_params(design: ModelDesign, theta: np.ndarray):
-    """Split theta into (gamma, per-term (alphas, etas))."""
+    """Split theta into (gamma, per-term (alphas, etas)), as the likelihood does."""
+    from .likelihood import RandomStatic, Structure, split_phi
+
     p = design.fixed["mu"].matrix.shape[1]
-    pos = p
-    k_sigma = design.fixed["sigma"].matrix.shape[1]
-    gamma = theta[pos : pos + k_sigma]
-    pos += k_sigma
-    terms = []
-    for rd in design.random:
-        alphas = []
-        for d in rd.sd_designs:
-            k = d.matrix.shape[1]
-            alphas.append(theta[pos : pos + k])
-            pos += k
-        etas = theta[pos : pos + rd.n_cor]
-        pos += rd.n_cor
-        terms.append((alphas, etas))
-    return gamma, terms
+    layout = Structure(
+        "layout", p, design.fixed["sigma"].matrix.shape[1],
+        tuple(RandomStatic(rd.n_levels, rd.n_coef, tuple(d.matrix.shape[1] for d in rd.sd_designs),
+                           rd.n_cor, rd.relmat is not None) for rd in design.random),
+    )
+    return split_phi(np.asarray(theta)[p:], layout)
 
 
 def level_sds(rd: RandomDesign, alphas) -> np.ndarray:
