@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER
+from .optimize import MAX_ITER, STATUS_NAMES
 
 __all__ = ["check_fit", "GRADIENT_WARN", "BOUNDARY_SD"]
 
@@ -32,9 +32,9 @@ def check_fit(fit) -> pd.DataFrame:
     rows: list[dict] = []
 
     if fit.converged:
-        _row(rows, "optimizer_convergence", "ok", raw.status, f"Optimizer {fit.convergence_message}.")
+        _row(rows, "optimizer_convergence", "ok", STATUS_NAMES[raw.status], f"Optimizer {fit.convergence_message}.")
     else:
-        _row(rows, "optimizer_convergence", "warning", raw.status,
+        _row(rows, "optimizer_convergence", "warning", STATUS_NAMES[raw.status],
              f"Optimizer did not converge: {fit.convergence_message}. Try control={{'max_iter': ...}}, "
              "simpler sigma/sd formulas, or check for a variance at its boundary.")
 

@@ -30,6 +30,15 @@ RUNNING, CONVERGED, CONVERGED_FLAT, MAX_ITER, NONFINITE, RADIUS_COLLAPSED = rang
 # remaining step is then below 1e-6 standard errors per unit of |f|^(1/2).
 DECREMENT_TOL = 1e-12
 
+STATUS_NAMES = {
+    RUNNING: "running",
+    CONVERGED: "converged",
+    CONVERGED_FLAT: "converged_flat",
+    MAX_ITER: "max_iter",
+    NONFINITE: "nonfinite",
+    RADIUS_COLLAPSED: "radius_collapsed",
+}
+
 STATUS_MESSAGES = {
     RUNNING: "running",
     CONVERGED: "converged: gradient below tolerance",
