@@ -138,8 +138,8 @@ def test_optimizer_convergence_ok_and_warning(good_fit, short_fit):
     assert good_fit.converged and not short_fit.converged
     ok = rows(good_fit).loc["optimizer_convergence"]
     bad = rows(short_fit).loc["optimizer_convergence"]
-    assert ok["status"] == "ok" and ok["value"] == CONVERGED
-    assert bad["status"] == "warning" and bad["value"] == MAX_ITER
+    assert ok["status"] == "ok" and ok["value"] == "converged"
+    assert bad["status"] == "warning" and bad["value"] == "max_iter"
     assert "did not converge" in bad["message"] and "max_iter" in bad["message"]
 
 
