@@ -19,6 +19,7 @@ import pandas as pd
 from .design import ModelDesign, build_design
 from .engine import Control, prepare, run_fit
 from .errors import ConvergenceWarning, DrmError
+from .fingerprint import hash_array, hash_column, hash_object
 from .formula import Formula
 from .result import DrmFit
 
@@ -44,30 +45,6 @@ _design_cache: "OrderedDict[tuple, tuple[ModelDesign, dict]]" = OrderedDict()
 _columns_by_formula: dict[tuple, tuple[str, ...]] = {}
 
 
-def _hash_array(h, values: Any) -> None:
-    arr = np.asarray(values)
-    if arr.dtype == object:
-        arr = pd.util.hash_array(arr.astype(str))
-    h.update(str(arr.dtype).encode())
-    h.update(str(arr.shape).encode())
-    h.update(np.ascontiguousarray(arr).tobytes())
-
-
-def _hash_object(h, obj: Any) -> None:
-    import scipy.sparse as sp
-
-    if sp.issparse(obj):
-        m = obj.tocsr()
-        for part in (m.data, m.indices, m.indptr):
-            _hash_array(h, part)
-    elif isinstance(obj, pd.DataFrame):
-        _hash_array(h, obj.to_numpy())
-        _hash_array(h, np.asarray([str(i) for i in obj.index], dtype=object))
-        _hash_array(h, np.asarray([str(i) for i in obj.columns], dtype=object))
-    else:
-        _hash_array(h, obj)
-
-
 def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, Any] | None):
     """Content hash of everything the design depends on, or None when it cannot be formed cheaply."""
     key = formula.key()
@@ -79,14 +56,9 @@ def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, An
     h = hashlib.blake2b(digest_size=16)
     try:
         for c in cols:
-            s = data[c]
             h.update(c.encode())
-            if isinstance(s.dtype, pd.CategoricalDtype):
-                _hash_array(h, s.cat.codes.to_numpy())
-                _hash_array(h, np.asarray([str(x) for x in s.cat.categories], dtype=object))
-            else:
-                _hash_array(h, s.to_numpy())
-        _hash_array(h, np.asarray(data.index))
+            hash_column(h, data[c])
+        hash_array(h, np.asarray(data.index))
         names = []
         if formula.meta_v is not None and formula.meta_v.name not in data.columns:
             names.append(formula.meta_v.name)
@@ -96,9 +68,9 @@ def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, An
             source = env if env is not None and name in env else formula.env
             if name not in source:
                 return None
-            _hash_object(h, source[name])
+            hash_object(h, source[name])
         if weights is not None and not isinstance(weights, str):
-            _hash_array(h, np.asarray(weights, dtype=np.float64))
+            hash_array(h, np.asarray(weights, dtype=np.float64))
     except (TypeError, ValueError):
         return None
     return (key, weights if isinstance(weights, str) else None,
@@ -143,9 +115,12 @@ def _used_columns(design: ModelDesign, formula: Formula, data: Any, weights: Any
 
 
 def clear_cache() -> None:
-    """Forget cached designs (compiled programs stay cached by JAX)."""
+    """Forget cached designs and design matrices (compiled programs stay cached)."""
+    from .design import _MATRIX_CACHE
+
     _design_cache.clear()
     _columns_by_formula.clear()
+    _MATRIX_CACHE.clear()
 
 
 def fit(

@@ -10,7 +10,9 @@ prediction on new data) and the counts of dropped rows by reason.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -109,16 +111,53 @@ class ModelDesign:
         return out
 
 
-def _required_variables(rhs: str, dpar: str, text: str) -> set[str]:
-    import formulaic
-
+def _required_variables(rhs: str, dpar: str, text: str) -> frozenset[str]:
     try:
-        return set(formulaic.Formula(rhs).required_variables)
+        return _required_variables_of(rhs)
     except Exception as exc:  # formulaic raises several types for syntax errors
         raise FormulaError(f"Cannot parse the {dpar} formula `{text}`: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=256)
+def _required_variables_of(rhs: str) -> frozenset[str]:
+    import formulaic
+
+    return frozenset(formulaic.Formula(rhs).required_variables)
+
+
+_MATRIX_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MATRIX_CACHE_SIZE = 32
+
+
 def _materialize(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
+    """formulaic's design of ``rhs`` on ``frame``; re-used when the same formula meets the
+    same values (refits with a new response or V skip formula handling)."""
+    import hashlib
+
+    from .fingerprint import hash_array, hash_column
+
+    variables = _required_variables(rhs, dpar, text)
+    key = None
+    if variables <= set(frame.columns):
+        h = hashlib.blake2b(digest_size=16)
+        for v in sorted(variables):
+            h.update(v.encode())
+            hash_column(h, frame[v])
+        hash_array(h, np.asarray(frame.index))
+        key = (rhs, h.hexdigest())
+        hit = _MATRIX_CACHE.get(key)
+        if hit is not None:
+            _MATRIX_CACHE.move_to_end(key)
+            return hit
+    out = _materialize_uncached(rhs, frame, dpar, text, context)
+    if key is not None:
+        _MATRIX_CACHE[key] = out
+        while len(_MATRIX_CACHE) > _MATRIX_CACHE_SIZE:
+            _MATRIX_CACHE.popitem(last=False)
+    return out
+
+
+def _materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
     import formulaic
 
     try:
