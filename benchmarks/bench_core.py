@@ -91,6 +91,26 @@ def scale(ns=(1_000, 10_000, 100_000, 1_000_000)) -> list[tuple[int, float, floa
     return out
 
 
+def cold_compile() -> str:
+    """First fit at n = 1e3 and 1e6 in a process with an empty compilation cache."""
+    import tempfile
+
+    code = (
+        "import time, sys; sys.path.insert(0, 'benchmarks')\n"
+        "from bench_core import simulate\n"
+        "import drmpy as drm\n"
+        "f = drm.Formula('yi ~ x + meta_V(V=vi)', 'sigma ~ g')\n"
+        "for n in (1_000, 1_000_000):\n"
+        "    d = simulate(n); t = time.perf_counter(); drm.fit(f, data=d)\n"
+        "    print(f'n={n}: first call with empty cache {time.perf_counter() - t:.2f} s')\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, DRMPY_CACHE_DIR=tmp)
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                             text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return out.stdout.strip()
+
+
 def main() -> None:
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; drmpy {drm.__version__}")
     same, fresh = warm_seed()
@@ -103,6 +123,8 @@ def main() -> None:
     print(f"{'n':>9} {'first call s':>13} {'warm s':>9}  sigma:g[T.b] (true 0.5)")
     for n, first, warm, est in scale():
         print(f"{n:>9} {first:13.3f} {warm:9.3f}  {est:.4f}")
+    print("(first call: compile, or load from the persistent cache when an earlier run filled it)")
+    print(cold_compile())
 
 
 if __name__ == "__main__":

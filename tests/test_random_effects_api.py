@@ -208,3 +208,23 @@ def test_simulation_recovers_sd_study_coefficients(fit):
     for name, truth in zip(["mu:(Intercept)", "mu:habitat[T.forest]"], TRUE_MU):
         assert abs(fit.params[name] - truth) < 3 * fit.std_errors[name], name
     assert (fit.check()["status"] != "error").all()
+
+
+def test_zero_study_sd_ends_converged_at_the_boundary():
+    """No study-level heterogeneity: sd(study) runs toward 0, the fit converges, the logLik is
+    the one of the model without (1|study), and check() notes the boundary."""
+    rng = np.random.default_rng(6)
+    n = 200
+    study = np.repeat(np.arange(40), 5)
+    vi = rng.uniform(0.02, 0.05, n)
+    yi = 0.3 + rng.normal(size=n) * np.sqrt(vi + 0.2**2)
+    d = pd.DataFrame({"study": study, "vi": vi, "yi": yi})
+    fit = drm.fit(drm.Formula("yi ~ 1 + (1|study) + meta_V(V=vi)"), d)
+    without = drm.fit(drm.Formula("yi ~ 1 + meta_V(V=vi)"), d)
+    assert fit.converged
+    assert fit.sd("study")["(Intercept)"].iloc[0] < 1e-4
+    assert fit.loglik == pytest.approx(without.loglik, abs=1e-6)
+    assert fit.params["sigma:(Intercept)"] == pytest.approx(without.params["sigma:(Intercept)"], abs=1e-4)
+    checks = fit.check().set_index("check")
+    assert checks.loc["sd_boundary[study]", "status"] == "note"
+    assert checks.loc["boundary", "status"] == "note"
