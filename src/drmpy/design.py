@@ -11,7 +11,6 @@ prediction on new data) and the counts of dropped rows by reason.
 from __future__ import annotations
 
 import functools
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -342,11 +341,9 @@ def build_design(
             if c not in all_columns:
                 raise RandomEffectsError(f"Column `{c}` of the random-effect term `{term.text}` is not in the data.")
             needed.append(c)
-    weight_col = None
     if isinstance(weights, str):
         if weights not in all_columns:
             raise DataError(f"weights: column `{weights}` is not in the data.")
-        weight_col = weights
         needed.append(weights)
     meta_v = formula.meta_v
     v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -23,7 +22,6 @@ from .errors import FormulaError
 __all__ = ["Formula", "RandomTerm", "MetaV"]
 
 _SD_DPAR = re.compile(r"^sd\((?P<inner>.+)\)$")
-_KNOWN_SCALAR_DPARS = ("mu", "sigma")
 
 
 @dataclass(frozen=True)

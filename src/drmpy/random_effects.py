@@ -13,7 +13,7 @@ import pandas as pd
 from .design import ModelDesign, RandomDesign
 from .likelihood import RHO_GUARD
 
-__all__ = ["level_sd_table", "conditional_modes", "row_covariance_blocks"]
+__all__ = ["level_sd_table", "conditional_modes", "row_covariance"]
 
 
 def _term_params(design: ModelDesign, theta: np.ndarray):
