@@ -49,14 +49,21 @@ def pair_v(dat) -> np.ndarray:
 # --------------------------------------------------------------------------- meta_V parsing
 
 
-def test_meta_v_positional_argument_rejected():
-    with pytest.raises(FormulaError, match=r"positional arguments are not accepted"):
-        drm.Formula("yi ~ habitat + meta_V(vi)")
-
-
-def test_meta_v_unknown_argument_rejected():
-    with pytest.raises(FormulaError, match=r"unknown argument `W=`.*only `V = <name>`"):
-        drm.Formula("yi ~ habitat + meta_V(W=vi)")
+@pytest.mark.parametrize(
+    "formulas, message",
+    [
+        (("yi ~ habitat + meta_V(vi)",), r"positional arguments are not accepted"),
+        (("yi ~ habitat + meta_V(W=vi)",), r"unknown argument `W=`.*only `V = <name>`"),
+        (("yi ~ habitat + meta_V(V=np.sqrt(vi))",), r"bare name.*not an expression"),
+        (("yi ~ habitat", "sigma ~ habitat + meta_V(V=vi)"), r"meta_V\(\) belongs in the mu formula only.*sigma formula"),
+        (("yi ~ habitat + meta_V(V=vi) + meta_V(V=vi)",), r"two meta_V\(\) markers"),
+        (("yi ~ habitat + habitat:meta_V(V=vi)",), r"must stand alone"),
+    ],
+    ids=["positional", "unknown-argument", "expression", "in-sigma-formula", "two-markers", "inside-term"],
+)
+def test_meta_v_marker_rejected(formulas, message):
+    with pytest.raises(FormulaError, match=message):
+        drm.Formula(*formulas)
 
 
 @pytest.mark.parametrize("extra", ["w=x", "scale=x"])
@@ -64,26 +71,6 @@ def test_meta_v_reserved_arguments(extra):
     arg = extra.split("=")[0]
     with pytest.raises(FormulaError, match=rf"`{arg}=` is reserved.*proportional"):
         drm.Formula(f"yi ~ habitat + meta_V(V=vi, {extra})")
-
-
-def test_meta_v_expression_rejected():
-    with pytest.raises(FormulaError, match=r"bare name.*not an expression"):
-        drm.Formula("yi ~ habitat + meta_V(V=np.sqrt(vi))")
-
-
-def test_meta_v_in_sigma_formula_rejected():
-    with pytest.raises(FormulaError, match=r"meta_V\(\) belongs in the mu formula only.*sigma formula"):
-        drm.Formula("yi ~ habitat", "sigma ~ habitat + meta_V(V=vi)")
-
-
-def test_two_meta_v_markers_rejected():
-    with pytest.raises(FormulaError, match=r"two meta_V\(\) markers"):
-        drm.Formula("yi ~ habitat + meta_V(V=vi) + meta_V(V=vi)")
-
-
-def test_meta_v_inside_another_term_rejected():
-    with pytest.raises(FormulaError, match=r"must stand alone"):
-        drm.Formula("yi ~ habitat + habitat:meta_V(V=vi)")
 
 
 # --------------------------------------------------------------------------- V resolution/validation
