@@ -86,3 +86,15 @@ def test_reml_with_modelled_sd_matches_dense_optimum():
     # and their SEs include the variance parameters' uncertainty (larger than the GLS ones)
     gls_se = np.sqrt(np.diag(np.linalg.inv(X.T @ Si @ X)))
     assert np.all(fit.std_errors[["mu:(Intercept)", "mu:treatment"]].to_numpy() > gls_se)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_model_without_location_coefficients(restoration, method):
+    """``yi ~ 0``: mu is 0, nothing to profile; ML and REML coincide with the direct likelihood."""
+    fit = drm.fit("yi ~ 0 + meta_V(V=vi)", restoration, method=method)
+    assert fit.converged and list(fit.params.index) == ["sigma:(Intercept)"]
+    y, v = restoration["yi"].to_numpy(), restoration["vi"].to_numpy()
+    direct = lambda ls: -0.5 * np.sum(np.log(2 * np.pi * (v + np.exp(2 * ls))) + y**2 / (v + np.exp(2 * ls)))
+    res = minimize(lambda x: -direct(x[0]), [0.0], method="BFGS", options={"gtol": 1e-10})
+    assert fit.loglik == pytest.approx(direct(fit.params.iloc[0]), abs=1e-10)
+    assert fit.params.iloc[0] == pytest.approx(res.x[0], abs=1e-5)

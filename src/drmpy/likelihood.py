@@ -61,10 +61,6 @@ class Structure:
     random: tuple[RandomStatic, ...] = ()
     method: str = "ML"
 
-    @property
-    def n_phi(self) -> int:
-        return self.k_sigma + sum(sum(r.sd_sizes) + r.n_cor for r in self.random)
-
 
 class BlockBucket(NamedTuple):
     rows: jax.Array  # (nb, m) int: row positions, padding -> N (a zero dummy row)
@@ -155,28 +151,35 @@ def _gram_diag(sigma2, arrs: Arrays, B):
 SMALL_BLOCK = 24
 
 
-def _unrolled_cholesky_solve(S, R):
-    """Batched (per leading index) log|S| and S^-1 R for small SPD S, with elementwise operations.
+def _unrolled_cholesky(S):
+    """Lower Cholesky factor of a batch of small SPD matrices, unrolled over columns.
 
-    jaxlib's batched LAPACK kernels (potrf/trsm) split the batch over XLA's CPU thread pool
-    and deadlock when called from inside the compiled optimiser loop on large batches
-    (thousands of study blocks); unrolling the factorisation over the (small) block size
-    keeps every operation vectorised across blocks and free of that pool.
+    Returns ``L`` as nested lists of (batch,) arrays, ``L[i][j]`` for i >= j.  Only
+    elementwise operations: jaxlib's batched LAPACK kernels (potrf/trsm) split the batch
+    over XLA's CPU thread pool and deadlock when called from inside the compiled optimiser
+    loop on large batches (thousands of study blocks), and they compile slowly once
+    differentiated twice.
     """
     m = S.shape[-1]
     L = [[None] * m for _ in range(m)]
-    logdet = jnp.zeros(S.shape[:-2], S.dtype)
     for j in range(m):
         d = S[..., j, j]
         for k in range(j):
             d = d - L[j][k] ** 2
         L[j][j] = jnp.sqrt(d)
-        logdet = logdet + 2.0 * jnp.log(L[j][j])
         for i in range(j + 1, m):
             e = S[..., i, j]
             for k in range(j):
                 e = e - L[i][k] * L[j][k]
             L[i][j] = e / L[j][j]
+    return L
+
+
+def _unrolled_cholesky_solve(S, R):
+    """Batched log|S| and S^-1 R for small SPD S (see :func:`_unrolled_cholesky`)."""
+    m = S.shape[-1]
+    L = _unrolled_cholesky(S)
+    logdet = 2.0 * sum(jnp.log(L[j][j]) for j in range(m))
     # forward substitution L z = R, then backward L' x = z (rows of R: R[..., i, :])
     z = []
     for i in range(m):
@@ -237,16 +240,17 @@ def _chol_gram(S, Bb):
 def _gram_block(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     B_ext = jnp.concatenate([B, jnp.zeros((1, B.shape[1]))], axis=0)
     s2_ext = jnp.concatenate([sigma2, jnp.zeros((1,))])
-    covs = []
+    # index L_pad of the level covariances and index N of the rows are "nothing" (zeros)
+    covs, zs = [], []
     for (alphas, etas), ra, rs in zip(re_terms, arrs.random, struct.random):
         G = level_covariances(alphas, etas, ra, rs)
         covs.append(jnp.concatenate([G, jnp.zeros((1,) + G.shape[1:])], axis=0))
+        zs.append(jnp.concatenate([ra.z, jnp.zeros((1, ra.z.shape[1]))], axis=0))
     logdet = 0.0
     M = jnp.zeros((B.shape[1], B.shape[1]))
     for bucket in arrs.buckets:
         S = bucket.V + jax.vmap(jnp.diag)(s2_ext[bucket.rows])
-        for ra, G, lev in zip(arrs.random, covs, bucket.levels):
-            z_ext = jnp.concatenate([ra.z, jnp.zeros((1, ra.z.shape[1]))], axis=0)
+        for z_ext, G, lev in zip(zs, covs, bucket.levels):
             zb = z_ext[bucket.rows]  # (nb, m, q)
             Gb = G[lev]  # (nb, m, q, q)
             same = (lev[:, :, None] == lev[:, None, :]).astype(S.dtype)
@@ -255,20 +259,6 @@ def _gram_block(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
         logdet = logdet + ld
         M = M + Mb
     return logdet, M
-
-
-def _small_cholesky(G):
-    """Lower Cholesky factor of a batch of small (q x q) matrices, unrolled over columns
-    (elementwise operations only, so it differentiates twice cheaply)."""
-    q = G.shape[-1]
-    L = [[jnp.zeros(G.shape[:-2], G.dtype) for _ in range(q)] for _ in range(q)]
-    for j in range(q):
-        d = G[..., j, j] - sum((L[j][k] ** 2 for k in range(j)), jnp.zeros(G.shape[:-2], G.dtype))
-        L[j][j] = jnp.sqrt(d)
-        for i in range(j + 1, q):
-            e = G[..., i, j] - sum((L[i][k] * L[j][k] for k in range(j)), jnp.zeros(G.shape[:-2], G.dtype))
-            L[i][j] = e / L[j][j]
-    return jnp.stack([jnp.stack(row, axis=-1) for row in L], axis=-2)
 
 
 def _lambda(re_terms, arrs: Arrays, struct: Structure):
@@ -280,7 +270,10 @@ def _lambda(re_terms, arrs: Arrays, struct: Structure):
             blocks.append(sd[:, None] * ra.relmat_chol)
         else:
             G = level_covariances(alphas, etas, ra, rs)  # (L, q, q)
-            Lg = _small_cholesky(G)  # (L, q, q)
+            factor = _unrolled_cholesky(G)
+            zero = jnp.zeros(G.shape[:-2], G.dtype)
+            Lg = jnp.stack([jnp.stack([factor[i][j] if j <= i else zero for j in range(rs.n_coef)], axis=-1)
+                            for i in range(rs.n_coef)], axis=-2)  # (L, q, q)
             L, q = rs.n_levels, rs.n_coef
             eye = jnp.eye(L, dtype=Lg.dtype)
             blocks.append((eye[:, None, :, None] * Lg[:, :, None, :]).reshape(L * q, L * q))
@@ -362,8 +355,6 @@ def negloglik_profiled(phi, arrs: Arrays, struct: Structure):
     """-log L(beta_hat(phi), phi): ML with beta profiled out."""
     logdet, M = gram(phi, arrs, struct)
     A, b, c = _split_gram(M, struct.p)
-    if struct.p == 0:
-        return 0.5 * (arrs.n_obs * LOG_2PI + logdet + c)
     _, beta = _location_terms(A, b)
     return 0.5 * (arrs.n_obs * LOG_2PI + logdet + c - b @ beta)
 
