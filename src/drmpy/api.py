@@ -86,32 +86,13 @@ def _design_for(formula: Formula, data: Any, weights: Any, env) -> tuple[ModelDe
     entry = (design, {})
     key = formula.key()
     if key not in _columns_by_formula:
-        _columns_by_formula[key] = _used_columns(design, formula, data, weights)
+        _columns_by_formula[key] = design.columns
         fp = _fingerprint(formula, data, weights, env)
     if fp is not None:
         _design_cache[fp] = entry
         while len(_design_cache) > _CACHE_SIZE:
             _design_cache.popitem(last=False)
     return entry
-
-
-def _used_columns(design: ModelDesign, formula: Formula, data: Any, weights: Any) -> tuple[str, ...]:
-    import formulaic
-
-    from . import frames
-
-    names = set(frames.column_names(data))
-    cols: set[str] = set()
-    for d in design.designs:
-        cols |= set(d.model_spec.required_variables)
-    cols |= set(formulaic.Formula(f"{formula.response} ~ 1").required_variables) | {formula.response}
-    for t in formula.random_terms:
-        cols |= set(t.group_columns) | set(t.slopes)
-    if formula.meta_v is not None:
-        cols.add(formula.meta_v.name)
-    if isinstance(weights, str):
-        cols.add(weights)
-    return tuple(sorted(c for c in cols if c in names))
 
 
 def clear_cache() -> None:

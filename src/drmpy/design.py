@@ -92,6 +92,7 @@ class ModelDesign:
     n_data: int
     dropped: Mapping[str, int]
     dropped_labels: tuple = field(repr=False)
+    columns: tuple[str, ...] = ()  # every data column the model read (formulas, groups, V, weights)
 
     @property
     def nobs(self) -> int:
@@ -347,7 +348,8 @@ def build_design(
         needed.append(weights)
     meta_v = formula.meta_v
     v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
-    frame = frames.as_pandas(data, needed + ([v_col] if v_col else []))
+    columns = tuple(dict.fromkeys(needed + ([v_col] if v_col else [])))
+    frame = frames.as_pandas(data, columns)
     n_data = len(frame)
     labels = frame.index
 
@@ -471,6 +473,7 @@ def build_design(
         n_data=n_data,
         dropped=dropped,
         dropped_labels=dropped_labels,
+        columns=columns,
     )
 
 

@@ -222,7 +222,7 @@ def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
-                 beta0: np.ndarray) -> tuple[Arrays, Structure]:
+                 beta0: np.ndarray, method: str) -> tuple[Arrays, Structure]:
     n = design.nobs
     X = design.fixed["mu"].matrix
     Zs = design.fixed["sigma"].matrix
@@ -282,7 +282,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         buckets=tuple(buckets),
         random=tuple(random_arrays),
     )
-    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static))
+    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static), method)
     return arrs, struct
 
 
@@ -477,8 +477,7 @@ def prepare(design: ModelDesign, method: str, control: Control):
     """((arrays, structure, beta0, phi0), row clusters) for a design, cacheable per method."""
     kind, clusters = choose_structure(design, control.structure)
     beta0, phi0 = start_values(design)
-    arrs, struct = build_arrays(design, kind, clusters, beta0)
-    struct = Structure(struct.kind, struct.p, struct.k_sigma, struct.random, method)
+    arrs, struct = build_arrays(design, kind, clusters, beta0, method)
     return (arrs, struct, beta0, phi0), clusters
 
 

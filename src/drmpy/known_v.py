@@ -116,12 +116,6 @@ def _from_object(obj: Any, name: str, source: str, n_data: int) -> RawV:
     raise CovarianceError(f"meta_V(V = {name}): expected a vector or a square matrix, got shape {arr.shape}.")
 
 
-def vector_row_ok(raw: RawV) -> np.ndarray:
-    """Rows where a vector V is usable (finite); a matrix V drops no rows by itself."""
-    assert raw.vector is not None
-    return np.isfinite(raw.vector)
-
-
 def finalize_v(raw: RawV | None, keep: np.ndarray, labels: Any) -> KnownV:
     """Subset V to the retained row positions ``keep`` and validate it."""
     n = len(keep)

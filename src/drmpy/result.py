@@ -263,9 +263,7 @@ class DrmFit:
             missing = sorted(set(spec.required_variables) - set(frames.column_names(newdata)) - set(self.formula.env))
             if missing:
                 raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula.")
-            frame = frames.as_pandas(newdata, cols) if cols else frames.as_pandas(newdata, [])
-            if not cols:
-                frame = pd.DataFrame(index=pd.RangeIndex(_nrows(newdata)))
+            frame = frames.as_pandas(newdata, cols)
             try:
                 mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
             except Exception as exc:
@@ -316,10 +314,3 @@ class DrmFit:
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
                 f"converged={self.converged}>")
-
-
-def _nrows(data: Any) -> int:
-    try:
-        return len(data)
-    except TypeError:
-        return int(data.shape[0])
