@@ -467,6 +467,9 @@ def _compiled(struct: Structure, treedef, leaves):
                 tmp = path.with_suffix(".tmp")
                 tmp.write_bytes(exported.serialize())
                 tmp.replace(path)
+                # run the exported module here too, so that XLA's cache holds the binary
+                # later processes will ask for (the module, not this trace, is the key)
+                fn = jax.jit(exported.call)
             except Exception:  # exporting is an optimisation only
                 pass
     _callables[signature] = fn
