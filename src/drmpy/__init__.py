@@ -16,7 +16,9 @@ Importing drmpy enables JAX float64 and a persistent compilation cache (see
 
 from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
 from . import datasets
-from .api import check, clear_cache, fit, gaussian
+from .api import biv_gaussian, check, clear_cache, fit, gaussian
+from .bivariate_design import meta_vcov_bivariate
+from .bivariate_result import BivariateFit
 from .engine import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
@@ -29,6 +31,9 @@ __all__ = [
     "fit",
     "Formula",
     "gaussian",
+    "biv_gaussian",
+    "meta_vcov_bivariate",
+    "BivariateFit",
     "check",
     "clear_cache",
     "Control",

@@ -23,7 +23,7 @@ from .fingerprint import hash_array, hash_column, hash_object
 from .formula import Formula
 from .result import DrmFit
 
-__all__ = ["fit", "gaussian", "Gaussian", "check"]
+__all__ = ["fit", "gaussian", "Gaussian", "biv_gaussian", "BivariateGaussian", "check"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,37 @@ class Gaussian:
 
 def gaussian() -> Gaussian:
     return Gaussian()
+
+
+@dataclass(frozen=True)
+class BivariateGaussian:
+    """Bivariate Gaussian family: identity links for mu1, mu2; log for sigma1, sigma2;
+    guarded atanh (``rho12 = 0.999999 tanh(eta)``) for rho12.  Same as
+    ``[drm.gaussian(), drm.gaussian()]``."""
+
+    name: str = "biv_gaussian"
+
+    def __repr__(self) -> str:
+        return "biv_gaussian()"
+
+
+def biv_gaussian() -> BivariateGaussian:
+    return BivariateGaussian()
+
+
+def _is_bivariate_family(family: Any) -> bool | None:
+    """True for biv_gaussian() or two gaussians, False for gaussian(), None when unknown."""
+    if family is None:
+        return None
+    if isinstance(family, BivariateGaussian):
+        return True
+    if isinstance(family, Gaussian):
+        return False
+    if isinstance(family, (list, tuple)) and len(family) == 2 and all(isinstance(f, Gaussian) for f in family):
+        return True
+    raise DrmError(
+        f"family must be drm.gaussian(), drm.biv_gaussian() or [drm.gaussian(), drm.gaussian()]; got {family!r}."
+    )
 
 
 _CACHE_SIZE = 16
@@ -123,7 +154,10 @@ def fit(
     data:
         pandas or polars DataFrame.  Never modified.
     family:
-        ``drm.gaussian()`` (the only family so far).
+        ``drm.gaussian()`` (default for one response), or ``drm.biv_gaussian()`` (equivalently
+        ``[drm.gaussian(), drm.gaussian()]``, default when the formula has ``mu1``/``mu2``):
+        the bivariate model with ``sigma1``, ``sigma2`` and ``rho12`` formulas, returning a
+        :class:`~drmpy.BivariateFit`.
     weights:
         Column name or array: each row's log-likelihood is multiplied by its weight
         (not a sampling variance; unlike metafor's ``weights``).
@@ -139,16 +173,21 @@ def fit(
     :class:`~drmpy.ConvergenceWarning`; ``fit.check()`` says why.
     """
     formula = Formula.coerce(formula, _env_depth=2)
-    if family is None:
-        family = Gaussian()
-    if not isinstance(family, Gaussian):
-        raise DrmError(f"family must be drm.gaussian(), got {family!r}.")
+    bivariate = _is_bivariate_family(family)
+    if bivariate is True and not formula.is_bivariate:
+        raise DrmError(
+            f"family {family!r} is bivariate, but the formula has one response; give mu1= and mu2= formulas."
+        )
+    if bivariate is False and formula.is_bivariate:
+        raise DrmError("The formula has mu1 and mu2 (two responses); use family=drm.biv_gaussian().")
     method_u = str(method).upper()
     if method_u not in ("ML", "REML"):
         raise DrmError(f"method must be 'ML' or 'REML', got {method!r}.")
     ctrl = Control.coerce(control)
     if env is not None and not isinstance(env, Mapping):
         raise DrmError(f"env must be a mapping (e.g. a dict), got {type(env).__name__}.")
+    if formula.is_bivariate:
+        return _fit_bivariate(formula, data, weights, method_u, env, ctrl)
     design, prepared_cache = _design_for(formula, data, weights, env)
     pkey = (method_u, ctrl.structure)
     if pkey not in prepared_cache:
@@ -161,6 +200,25 @@ def fit(
             f"drmpy: the optimiser did not converge ({result.convergence_message}); see fit.check().",
             ConvergenceWarning,
             stacklevel=2,
+        )
+    return result
+
+
+def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, ctrl: Control):
+    from .bivariate_design import build_bivariate_design
+    from .bivariate_engine import prepare_bivariate
+    from .bivariate_result import BivariateFit
+
+    if weights is not None:
+        raise DrmError("weights= is not supported for bivariate models.")
+    design = build_bivariate_design(formula, data, env=env)
+    raw = run_fit(prepare_bivariate(design, method, ctrl), ctrl)
+    result = BivariateFit(design, raw, method, ctrl)
+    if not result.converged:
+        warnings.warn(
+            f"drmpy: the optimiser did not converge ({result.convergence_message}); see fit.check().",
+            ConvergenceWarning,
+            stacklevel=3,
         )
     return result
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .optimize import MAX_ITER, STATUS_NAMES
 
-__all__ = ["check_fit", "GRADIENT_WARN", "BOUNDARY_SD"]
+__all__ = ["check_fit", "check_bivariate_fit", "GRADIENT_WARN", "BOUNDARY_SD"]
 
 GRADIENT_WARN = 1e-3
 SE_INFLATED_ABS = 50.0
@@ -27,10 +27,21 @@ def _row(rows, check, status, value, message):
 
 
 def check_fit(fit) -> pd.DataFrame:
-    raw = fit._raw
     design = fit.design
     rows: list[dict] = []
+    _estimation_rows(fit, rows)
+    _dropped_rows_row(design, rows)
+    _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
+    _boundary_row(fit, rows)
+    _known_v_row(design, rows)
+    _random_rows(fit, rows)
+    _design_size_row(design, rows)
+    return pd.DataFrame(rows, columns=["check", "status", "value", "message"])
 
+
+def _estimation_rows(fit, rows):
+    """Optimiser, objective, gradient, Hessian and standard-error rows (every model)."""
+    raw = fit._raw
     if fit.converged:
         _row(rows, "optimizer_convergence", "ok", STATUS_NAMES[raw.status], f"Optimizer {fit.convergence_message}.")
     else:
@@ -88,6 +99,9 @@ def check_fit(fit) -> pd.DataFrame:
     else:
         _row(rows, "standard_errors_inflated", "warning", "no finite SE", "No finite standard errors to compare.")
 
+
+
+def _dropped_rows_row(design, rows):
     val = f"nobs={design.nobs}; dropped={design.n_dropped}"
     if design.n_dropped:
         why = "; ".join(f"{k}: {v}" for k, v in design.dropped.items())
@@ -97,18 +111,13 @@ def check_fit(fit) -> pd.DataFrame:
     else:
         _row(rows, "dropped_rows", "ok", val, "No rows were dropped by missing-value or known-covariance filtering.")
 
-    sig = fit.sigma().to_numpy()
+
+def _positive_scale_row(sig, name, rows):
     if np.all(np.isfinite(sig)) and np.all(sig > 0):
         _row(rows, "positive_scale", "ok", f"min={sig.min():.4g}", "All fitted scale values are finite and positive.")
     else:
         _row(rows, "positive_scale", "error", f"min={np.nanmin(sig) if np.isfinite(sig).any() else np.nan}",
-             "Some fitted sigma values are zero, negative or non-finite.")
-
-    _boundary_row(fit, rows)
-    _known_v_row(design, rows)
-    _random_rows(fit, rows)
-    _design_size_row(design, rows)
-    return pd.DataFrame(rows, columns=["check", "status", "value", "message"])
+             f"Some fitted {name} values are zero, negative or non-finite.")
 
 
 def _boundary_row(fit, rows):
@@ -186,3 +195,84 @@ def _design_size_row(design, rows):
              f"Fixed-effect design matrices are large (>= {DESIGN_MB_NOTE:g} MB or >= {DESIGN_COLS_NOTE} columns).")
     else:
         _row(rows, "fixed_effect_design_size", "ok", val, "Dense fixed-effect design matrices are modest for this fit.")
+
+
+RHO_BOUNDARY_WARN = 0.98
+
+
+def check_bivariate_fit(fit) -> pd.DataFrame:
+    """check() of a bivariate fit: estimation rows, incomplete pairs, scales, rho12_boundary."""
+    design = fit.design
+    rows: list[dict] = []
+    _estimation_rows(fit, rows)
+
+    kept = design.kept
+    val = (f"studies={design.nobs}; responses={design.n_responses}; dropped_responses={design.n_dropped}; "
+           f"dropped_studies={design.n_dropped_studies}")
+    if design.n_dropped:
+        why = "; ".join(f"{k}: {v}" for k, v in design.dropped.items())
+        _row(rows, "dropped_responses", "note", val,
+             f"Responses dropped ({why}); studies without any kept response: {design.n_dropped_studies}.")
+    else:
+        _row(rows, "dropped_responses", "ok", val, "No response was dropped.")
+
+    single = int(np.sum(kept.sum(axis=1) == 1))
+    val = f"complete_pairs={int(kept.all(axis=1).sum())}; single_response={single}; decoupled={design.n_decoupled}"
+    if design.n_decoupled:
+        _row(rows, "incomplete_pairs", "note", val,
+             f"{design.n_decoupled} stud(ies) with both responses lack the rho12 predictors: their responses enter "
+             "as independent marginals (no residual correlation).")
+    elif single:
+        _row(rows, "incomplete_pairs", "note", val,
+             f"{single} stud(ies) contribute one response (its univariate marginal).")
+    else:
+        _row(rows, "incomplete_pairs", "ok", val, "Every study contributes both responses.")
+
+    sig = fit.sigma()
+    values = np.concatenate([s[~np.isnan(s)] for s in sig.values()])
+    _positive_scale_row(values, "sigma1/sigma2", rows)
+
+    v = design.v_diag
+    flagged = []
+    for k, name in enumerate(("sigma1", "sigma2")):
+        s = sig[name][kept[:, k]]
+        ref = np.where(v[kept[:, k], k] > 0, v[kept[:, k], k], np.nan)
+        ratio = s**2 / ref
+        if np.any(s < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO):
+            flagged.append(name)
+    value = "; ".join(f"min_{k}={np.nanmin(s):.3g}" for k, s in sig.items())
+    if flagged:
+        _row(rows, "boundary", "note", value,
+             f"{', '.join(flagged)} ran toward a zero SD; the log-likelihood is at its boundary value and the SEs "
+             "of those coefficients (and of rho12) are not meaningful.")
+    else:
+        _row(rows, "boundary", "ok", value, "No SD is at its zero boundary.")
+
+    rho = fit.rho12()
+    rho = rho[np.isfinite(rho)]
+    if rho.size == 0:
+        _row(rows, "rho12_boundary", "ok", "pairs=0", "No correlated pair: rho12 does not enter the likelihood.")
+    else:
+        worst = float(np.max(np.abs(rho)))
+        val = f"max_abs_rho12={worst:.4g}; pairs={rho.size}"
+        if worst > RHO_BOUNDARY_WARN:
+            _row(rows, "rho12_boundary", "warning", val,
+                 f"|rho12| exceeds {RHO_BOUNDARY_WARN:g} for {int(np.sum(np.abs(rho) > RHO_BOUNDARY_WARN))} pair(s): "
+                 "the residual correlation is near +-1, where its atanh coefficient and SE are unreliable.")
+        else:
+            _row(rows, "rho12_boundary", "ok", val, f"|rho12| <= {RHO_BOUNDARY_WARN:g} for every pair.")
+
+    pv = design.v
+    if pv.name is None:
+        _row(rows, "known_sampling_covariance", "ok", "type=none", "No meta_V(): no known sampling covariance.")
+    elif pv.block_diagonal:
+        _row(rows, "known_sampling_covariance", "ok", f"type={pv.kind}; 2x2 blocks={design.nobs}",
+             f"Known sampling covariance meta_V(V = {pv.name}) is block-diagonal by study.")
+    else:
+        kv = pv.known
+        val = f"type={pv.kind}; n={len(kv.diag)}; rank={kv.rank}; condition={kv.condition:.3g}"
+        status = "warning" if kv.rank < len(kv.diag) or kv.condition > V_CONDITION_WARN else "ok"
+        _row(rows, "known_sampling_covariance", status, val,
+             f"meta_V(V = {pv.name}) correlates different studies: the full covariance is factored (O(n^3)).")
+    _design_size_row(design, rows)
+    return pd.DataFrame(rows, columns=["check", "status", "value", "message"])

@@ -176,15 +176,12 @@ def _lstsq_const(Z: np.ndarray, value: float) -> np.ndarray:
     return coef
 
 
-def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
-    """(beta_ols, phi0): OLS location, DerSimonian-Laird sigma, group-mean SDs for sd(g)."""
-    X = design.fixed["mu"].matrix
-    y = design.y
-    w = design.weights if design.weights is not None else np.ones_like(y)
+def moment_start(X: np.ndarray, y: np.ndarray, v: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(beta_ols, residuals, tau2, scale2): weighted OLS location, the DerSimonian-Laird
+    between-row variance (residual variance without usable V) and a variance scale."""
     sw = np.sqrt(w)
     beta0, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
     r = y - X @ beta0
-    v = design.known_v.diag
     n, p = X.shape
     pos = (v > 0) & (w > 0)
     if pos.all() and n > p:
@@ -198,6 +195,14 @@ def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
     else:
         tau2 = float(np.sum(w * r**2) / max(np.sum(w) - p, 1.0))
     scale2 = float(np.mean(v)) if np.mean(v) > 0 else float(np.var(r)) + 1e-12
+    return beta0, r, tau2, scale2
+
+
+def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
+    """(beta_ols, phi0): OLS location, DerSimonian-Laird sigma, group-mean SDs for sd(g)."""
+    y = design.y
+    w = design.weights if design.weights is not None else np.ones_like(y)
+    beta0, r, tau2, scale2 = moment_start(design.fixed["mu"].matrix, y, design.known_v.diag, w)
     n_re = len(design.random)
     tau2_sigma = max(tau2 / (1 + n_re), 1e-2 * scale2)
     parts = [_lstsq_const(design.fixed["sigma"].matrix, 0.5 * math.log(tau2_sigma))]

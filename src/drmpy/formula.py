@@ -115,8 +115,11 @@ def _split_tilde(text: str) -> tuple[str, str]:
     return pieces[0].strip(), pieces[1].strip()
 
 
+BIVARIATE_DPARS = ("mu1", "mu2", "sigma1", "sigma2", "rho12")
+
+
 def _is_dpar_name(lhs: str) -> bool:
-    return lhs in ("sigma", "mu") or bool(_SD_DPAR.match(lhs))
+    return lhs in ("sigma", "mu") or lhs in BIVARIATE_DPARS or bool(_SD_DPAR.match(lhs))
 
 
 def _user_stacklevel() -> int:
@@ -336,9 +339,10 @@ class Formula:
     """
 
     dpars: Mapping[str, str]
-    mu: ParsedMu
+    mu: ParsedMu | None  # None for a bivariate formula (see ``locations``)
     text: Mapping[str, str]
     env: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    locations: Mapping[str, ParsedMu] = field(repr=False, default_factory=dict)
 
     def __init__(self, *formulas: str, _env_depth: int = 1, **named: str) -> None:
         collected: dict[str, tuple[str, str, str]] = {}  # dpar -> (lhs, rhs, text)
@@ -368,15 +372,25 @@ class Formula:
                 raise FormulaError(f"Formula for `{key}` must be a string, got {type(f).__name__}.")
             if not _is_dpar_name(key):
                 raise FormulaError(
-                    f"Unknown distributional parameter `{key}`; use mu, sigma or sd(<group>)."
+                    f"Unknown distributional parameter `{key}`; use mu, sigma or sd(<group>) "
+                    "(bivariate: mu1, mu2, sigma1, sigma2, rho12)."
                 )
             lhs, rhs = _split_tilde(f) if "~" in f else ("", f)
-            if key == "mu":
-                add("mu", lhs, rhs, f)
+            if key in ("mu", "mu1", "mu2"):
+                add(key, lhs, rhs, f)
             else:
                 if lhs and lhs != key:
                     raise FormulaError(f"Keyword `{key}` was given formula `{f}` for `{lhs}`.")
                 add(key, "", rhs, f)
+        if "mu1" in collected or "mu2" in collected:
+            self._init_bivariate(collected, _env_depth)
+            return
+        stray = [d for d in collected if d in BIVARIATE_DPARS]
+        if stray:
+            raise FormulaError(
+                f"`{collected[stray[0]][2]}`: {stray[0]} belongs to a bivariate model, which needs "
+                "mu1= and mu2= formulas."
+            )
         if "mu" not in collected:
             raise FormulaError("No formula with a response (the mu formula, e.g. `yi ~ x`) was given.")
         mu_lhs, mu_rhs, mu_text = collected["mu"]
@@ -408,6 +422,58 @@ class Formula:
         object.__setattr__(self, "mu", mu)
         object.__setattr__(self, "text", texts)
         object.__setattr__(self, "env", _capture_env(_env_depth + 1))
+        object.__setattr__(self, "locations", {"mu": mu})
+
+    def _init_bivariate(self, collected: dict, _env_depth: int) -> None:
+        """mu1, mu2 (each with a response), sigma1, sigma2, rho12 (default ``~ 1``)."""
+        other = [d for d in collected if d not in BIVARIATE_DPARS]
+        if other:
+            raise FormulaError(
+                f"`{collected[other[0]][2]}`: a bivariate model (mu1, mu2) takes formulas for "
+                "mu1, mu2, sigma1, sigma2 and rho12 only; give the responses as mu1='y1 ~ ...', "
+                "mu2='y2 ~ ...'."
+            )
+        locations: dict[str, ParsedMu] = {}
+        for name in ("mu1", "mu2"):
+            if name not in collected:
+                raise FormulaError(f"A bivariate model needs both mu1 and mu2 formulas; {name} is missing.")
+            lhs, rhs, text = collected[name]
+            parsed = _parse_mu(lhs, rhs, text)
+            if parsed.random_terms:
+                raise FormulaError(
+                    f"`{text}`: random-effect terms are not supported in bivariate models yet."
+                )
+            locations[name] = parsed
+        if locations["mu1"].meta_v is not None and locations["mu2"].meta_v is not None:
+            raise FormulaError(
+                "meta_V() appears in both mu1 and mu2; give the 2n x 2n sampling covariance once."
+            )
+        if locations["mu1"].response == locations["mu2"].response:
+            raise FormulaError(f"mu1 and mu2 have the same response `{locations['mu1'].response}`.")
+        dpars = {"mu1": locations["mu1"].fixed_rhs, "mu2": locations["mu2"].fixed_rhs}
+        texts = {"mu1": collected["mu1"][2], "mu2": collected["mu2"][2]}
+        for name in ("sigma1", "sigma2", "rho12"):
+            if name in collected:
+                _, rhs, text = collected[name]
+                _check_no_specials(name, rhs, text)
+                dpars[name] = rhs.strip() or "1"
+                texts[name] = text
+            else:
+                dpars[name] = "1"
+                texts[name] = f"{name} ~ 1"
+        object.__setattr__(self, "dpars", dpars)
+        object.__setattr__(self, "mu", None)
+        object.__setattr__(self, "text", texts)
+        object.__setattr__(self, "env", _capture_env(_env_depth + 2))
+        object.__setattr__(self, "locations", locations)
+
+    @property
+    def is_bivariate(self) -> bool:
+        return self.mu is None
+
+    @property
+    def responses(self) -> tuple[str, ...]:
+        return tuple(p.response for p in self.locations.values())
 
     @classmethod
     def coerce(cls, formula: "Formula | str", _env_depth: int = 2) -> "Formula":
@@ -420,15 +486,20 @@ class Formula:
 
     @property
     def response(self) -> str:
+        if self.mu is None:
+            raise FormulaError("A bivariate formula has two responses; see `responses`.")
         return self.mu.response
 
     @property
     def meta_v(self) -> MetaV | None:
-        return self.mu.meta_v
+        for parsed in self.locations.values():
+            if parsed.meta_v is not None:
+                return parsed.meta_v
+        return None
 
     @property
     def random_terms(self) -> tuple[RandomTerm, ...]:
-        return self.mu.random_terms
+        return () if self.mu is None else self.mu.random_terms
 
     def key(self) -> tuple:
         """Hashable identity of the formula text (not of the captured namespace)."""

@@ -21,6 +21,13 @@ Structures (``Structure.kind``):
 * ``woodbury``: V diagonal with random effects that do not nest (crossed, relmat);
   ``log|S| = log|R| + log|I + L'Z'R^-1ZL|`` with ``G = LL'``.
 * ``dense``: S formed and factored in full (dense V, or any design as an oracle).
+* ``pair``: the bivariate model with V block-diagonal by study: closed-form 2 x 2
+  determinant and inverse per study, O(studies).
+
+Bivariate models (``Structure.pairs``) stack the two responses row-paired
+``(y1_1, y2_1, y1_2, ...)``; a response that is not kept is a zero row with unit
+variance and no covariance, so it adds nothing (the study keeps its 1 x 1 marginal).
+Their ``phi`` is ``(gamma_sigma1, gamma_sigma2, eta_rho12)``.
 """
 
 from __future__ import annotations
@@ -55,11 +62,13 @@ class RandomStatic:
 class Structure:
     """Static description of the likelihood: which code path and the parameter sizes."""
 
-    kind: str  # diag | block | woodbury | dense
+    kind: str  # diag | block | woodbury | dense | pair
     p: int
     k_sigma: int
     random: tuple[RandomStatic, ...] = ()
     method: str = "ML"
+    pairs: bool = False  # bivariate: rows are row-paired responses of studies
+    k_rho: int = 0
 
 
 class BlockBucket(NamedTuple):
@@ -86,6 +95,10 @@ class Arrays(NamedTuple):
     V_dense: jax.Array  # (N, N) for kind dense; (0, 0) otherwise
     buckets: tuple  # of BlockBucket, for kind block
     random: tuple  # of RandomArrays
+    # bivariate models only (None otherwise); per study, N/2 of them
+    pair_v12: jax.Array | None = None  # (N/2,) known sampling covariance of the pair; 0 unless both kept
+    Z_rho: jax.Array | None = None  # (N/2, k_rho) rho12 design; 0 where not a correlated pair
+    pair: jax.Array | None = None  # (N/2,) 1 for a correlated pair, else 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -96,6 +109,8 @@ def split_phi(phi: jax.Array, struct: Structure):
     """phi -> (gamma, [(alphas per coefficient, cor etas) per random term])."""
     gamma = phi[: struct.k_sigma]
     pos = struct.k_sigma
+    if struct.pairs:
+        return gamma, phi[pos : pos + struct.k_rho]
     terms = []
     for r in struct.random:
         alphas = []
@@ -310,8 +325,53 @@ def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     return _chol_gram(S, B)
 
 
+def pair_correlations(eta: jax.Array, arrs: Arrays) -> jax.Array:
+    """rho12 per study: 0.999999 tanh(z_i'eta) for correlated pairs, 0 otherwise."""
+    if eta.shape[0] == 0:
+        return jnp.zeros(arrs.pair.shape, arrs.y.dtype)
+    return RHO_GUARD * jnp.tanh(arrs.Z_rho @ eta) * arrs.pair
+
+
+def _pair_covariances(gamma, eta, arrs: Arrays):
+    """Per study the entries (a, d, b) of S_i = V_i + B_i; unit variance for responses not kept."""
+    sd = jnp.exp(arrs.Z_sigma @ gamma).reshape(-1, 2)  # unmasked: no sqrt(0) in derivatives
+    v = arrs.v.reshape(-1, 2)
+    kept = arrs.mask.reshape(-1, 2) > 0
+    var = jnp.where(kept, v + sd**2, 1.0)
+    cov = arrs.pair_v12 + pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
+    return var[:, 0], var[:, 1], cov
+
+
+def _gram_pair(gamma, eta, arrs: Arrays, B):
+    a, d, b = _pair_covariances(gamma, eta, arrs)
+    det = a * d - b * b
+    Bp = B.reshape(-1, 2, B.shape[1])
+    B1, B2 = Bp[:, 0], Bp[:, 1]
+    cross = (B1 * (b / det)[:, None]).T @ B2
+    M = (B1 * (d / det)[:, None]).T @ B1 + (B2 * (a / det)[:, None]).T @ B2 - cross - cross.T
+    return jnp.sum(jnp.log(det)), 0.5 * (M + M.T)
+
+
+def _gram_dense_pairs(gamma, eta, arrs: Arrays, B):
+    sigma2 = row_sigma2(gamma, arrs)
+    sd = jnp.exp(arrs.Z_sigma @ gamma).reshape(-1, 2)
+    off = pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
+    first = 2 * jnp.arange(off.shape[0])
+    S = arrs.V_dense + jnp.diag(sigma2)
+    S = S.at[first, first + 1].add(off).at[first + 1, first].add(off)
+    return _chol_gram(S, B)
+
+
 def gram(phi: jax.Array, arrs: Arrays, struct: Structure):
     """log|S| and [X y]'S^-1[X y] at variance parameters phi."""
+    if struct.pairs:
+        gamma, eta = split_phi(phi, struct)
+        B = jnp.concatenate([arrs.X, arrs.y[:, None]], axis=1)
+        if struct.kind == "pair":
+            return _gram_pair(gamma, eta, arrs, B)
+        if struct.kind == "dense":
+            return _gram_dense_pairs(gamma, eta, arrs, B)
+        raise ValueError(f"structure {struct.kind} does not take bivariate models")
     gamma, re_terms = split_phi(phi, struct)
     sigma2 = row_sigma2(gamma, arrs)
     B = jnp.concatenate([arrs.X, arrs.y[:, None]], axis=1)

@@ -18,7 +18,7 @@ from .engine import Control, RawFit
 from .errors import DrmError
 from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
 
-__all__ = ["DrmFit", "parameter_names"]
+__all__ = ["FitResult", "DrmFit", "parameter_names"]
 
 
 def parameter_names(design: ModelDesign) -> list[str]:
@@ -44,20 +44,21 @@ def _dpar_of(name: str) -> str:
     return name
 
 
-class DrmFit:
-    """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
+class FitResult:
+    """What every fit result shares: estimates with names, information criteria, convergence.
 
-    def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
-                 clusters: np.ndarray | None) -> None:
+    Subclasses set ``_names`` (``dpar:term`` in parameter order).
+    """
+
+    def __init__(self, design, raw: RawFit, method: str, control: Control) -> None:
         self._design = design
         self._raw = raw
         self._method = method
         self._control = control
-        self._clusters = clusters
 
     # ---------------------------------------------------------------- basic quantities
     @property
-    def design(self) -> ModelDesign:
+    def design(self):
         return self._design
 
     @property
@@ -112,10 +113,6 @@ class DrmFit:
         return self._raw.structure.kind
 
     @cached_property
-    def _names(self) -> list[str]:
-        return parameter_names(self._design)
-
-    @cached_property
     def params(self) -> pd.Series:
         return pd.Series(self._raw.theta, index=self._names, name="estimate")
 
@@ -144,6 +141,18 @@ class DrmFit:
         if dpar not in groups:
             raise DrmError(f"Unknown dpar `{dpar}`; this model has {', '.join(groups)}.")
         return groups[dpar]
+
+class DrmFit(FitResult):
+    """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
+
+    def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
+                 clusters: np.ndarray | None) -> None:
+        super().__init__(design, raw, method, control)
+        self._clusters = clusters
+
+    @cached_property
+    def _names(self) -> list[str]:
+        return parameter_names(self._design)
 
     # ---------------------------------------------------------------- fitted values
     def _series(self, values: np.ndarray, name: str) -> pd.Series:

@@ -16,9 +16,22 @@ _LOG_SCALE_PREFIXES = ("sigma", "sd(")
 def _link(name: str) -> str:
     if name.startswith("mu"):
         return "identity"
-    if name.startswith("cor("):
+    if name.startswith(("cor(", "rho")):
         return "atanh"
     return "log"
+
+
+def fit_lines(fit) -> list[str]:
+    """Footer lines every summary shares: logLik, AIC, BIC, convergence, conventions."""
+    lines = [
+        f"logLik = {fit.loglik:.4f}; AIC = {fit.aic:.4f}; BIC = {fit.bic:.4f}",
+        f"convergence: {'yes' if fit.converged else 'NO'} ({fit.convergence_message}; "
+        f"{fit.iterations} iterations)",
+    ]
+    if fit.method == "REML":
+        lines.append("REML logLik follows drmTMB; metafor reports it + 0.5 log|X'X|.")
+    lines.append("exp_estimate: exp() of log-scale coefficients (SD ratios).")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -29,8 +42,9 @@ class Summary:
     header: str
     footer: str
 
-    @classmethod
-    def from_fit(cls, fit, level: float = 0.95) -> "Summary":
+    @staticmethod
+    def coefficient_table(fit, level: float = 0.95) -> pd.DataFrame:
+        """estimate, std_error, z, p, Wald CI, link and exp(estimate) for log-scale rows."""
         est = fit.params
         se = fit.std_errors
         z = est / se
@@ -51,6 +65,11 @@ class Summary:
         table["link"] = [_link(n) for n in est.index]
         log_rows = table["link"] == "log"
         table["exp_estimate"] = np.where(log_rows, np.exp(table["estimate"]), np.nan)
+        return table
+
+    @classmethod
+    def from_fit(cls, fit, level: float = 0.95) -> "Summary":
+        table = cls.coefficient_table(fit, level)
         sig = fit.sigma()
         d = fit.design
         dropped = f"; {d.n_dropped} row(s) dropped" if d.n_dropped else ""
@@ -72,14 +91,7 @@ class Summary:
                     f"fitted sd({rd.group}) [{col}] (response scale): min {sds[col].min():.6g}, "
                     f"max {sds[col].max():.6g} over {len(sds)} levels"
                 )
-        lines.append(f"logLik = {fit.loglik:.4f}; AIC = {fit.aic:.4f}; BIC = {fit.bic:.4f}")
-        lines.append(
-            f"convergence: {'yes' if fit.converged else 'NO'} ({fit.convergence_message}; "
-            f"{fit.iterations} iterations)"
-        )
-        if fit.method == "REML":
-            lines.append("REML logLik follows drmTMB; metafor reports it + 0.5 log|X'X|.")
-        lines.append("exp_estimate: exp() of log-scale coefficients (SD ratios).")
+        lines.extend(fit_lines(fit))
         return cls(table, header, "\n".join(lines))
 
     def as_text(self) -> str:

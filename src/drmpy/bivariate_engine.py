@@ -1,0 +1,130 @@
+"""From a BivariateDesign to the arrays of the compiled program (start values, padding, structure).
+
+The program itself is engine's: the bivariate model only changes the covariance (see
+``likelihood``, kinds ``pair`` and ``dense`` with ``Structure.pairs``).  Location
+coefficients are stacked ``(beta_mu1, beta_mu2)`` with the block design
+``[[X1, 0], [0, X2]]`` on the row-paired responses; ``phi = (gamma1, gamma2, eta_rho12)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from .bivariate_design import BivariateDesign
+from .engine import Control, _lstsq_const, _padded_size, moment_start
+from .errors import DrmError
+from .likelihood import RHO_GUARD, Arrays, Structure
+
+__all__ = ["prepare_bivariate", "stacked_designs"]
+
+RHO_START_LIMIT = 0.8
+
+
+def stacked_designs(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
+    """Row-paired (2n, p1+p2) location design and (2n, k1+k2) sigma design; zero rows where
+    a response is not kept."""
+    n = design.nobs
+    X1, X2 = design.fixed["mu1"].matrix, design.fixed["mu2"].matrix
+    Z1, Z2 = design.fixed["sigma1"].matrix, design.fixed["sigma2"].matrix
+    X = np.zeros((2 * n, X1.shape[1] + X2.shape[1]))
+    X[0::2, : X1.shape[1]] = X1
+    X[1::2, X1.shape[1]:] = X2
+    Z = np.zeros((2 * n, Z1.shape[1] + Z2.shape[1]))
+    Z[0::2, : Z1.shape[1]] = Z1
+    Z[1::2, Z1.shape[1]:] = Z2
+    mask = design.kept.reshape(-1)
+    return X * mask[:, None], Z * mask[:, None]
+
+
+def start_values(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
+    """(beta_ols, phi0): per response OLS and DerSimonian-Laird sigma; rho12 from the
+    residual correlation of the correlated pairs, clipped to +-0.8."""
+    v = design.v_diag
+    betas, parts, resid = [], [], np.zeros((design.nobs, 2))
+    for k in range(2):
+        rows = design.kept[:, k]
+        X = design.fixed[f"mu{k + 1}"].matrix[rows]
+        beta, r, tau2, scale2 = moment_start(X, design.y[rows, k], v[rows, k], np.ones(int(rows.sum())))
+        betas.append(beta)
+        resid[rows, k] = r
+        tau2 = max(tau2, 1e-2 * scale2)
+        parts.append(_lstsq_const(design.fixed[f"sigma{k + 1}"].matrix[rows], 0.5 * math.log(tau2)))
+    Zr = design.fixed["rho12"].matrix
+    if Zr.shape[1]:
+        pairs = design.pair
+        rho = 0.0
+        if pairs.sum() > 2:
+            r1, r2 = resid[pairs, 0], resid[pairs, 1]
+            denom = math.sqrt(float(np.sum(r1**2) * np.sum(r2**2)))
+            rho = float(np.sum(r1 * r2)) / denom if denom > 0 else 0.0
+        rho = float(np.clip(rho, -RHO_START_LIMIT, RHO_START_LIMIT))
+        parts.append(_lstsq_const(Zr[pairs], math.atanh(rho / RHO_GUARD)))
+    return np.concatenate(betas), np.concatenate(parts)
+
+
+def choose_pair_structure(design: BivariateDesign, forced: str | None) -> str:
+    if forced not in (None, "pair", "dense"):
+        raise DrmError(f"control: a bivariate model takes structure 'pair' or 'dense', not {forced!r}.")
+    if forced == "pair" and not design.v.block_diagonal:
+        raise DrmError("control: structure='pair' needs a V that is block-diagonal by study.")
+    if forced is not None:
+        return forced
+    return "pair" if design.v.block_diagonal else "dense"
+
+
+def _dense_v(design: BivariateDesign, n_pad: int) -> np.ndarray:
+    """(2N, 2N) V over the row-paired entries: kept entries as given, unit diagonal elsewhere."""
+    N2 = 2 * n_pad
+    Vd = np.eye(N2)
+    kept = np.flatnonzero(design.kept.reshape(-1))
+    v = design.v
+    if v.known is not None:
+        Vd[np.ix_(kept, kept)] = v.known.matrix if v.known.matrix is not None else np.diag(v.known.diag)
+    else:
+        b = v.blocks
+        first = 2 * np.arange(design.nobs)
+        Vd[first, first] = np.where(design.kept[:, 0], b[:, 0, 0], 1.0)
+        Vd[first + 1, first + 1] = np.where(design.kept[:, 1], b[:, 1, 1], 1.0)
+        Vd[first, first + 1] = Vd[first + 1, first] = b[:, 0, 1]
+    return Vd
+
+
+def prepare_bivariate(design: BivariateDesign, method: str, control: Control):
+    """(arrays, structure, beta0, phi0) of a bivariate design; y is stored centred at beta0."""
+    kind = choose_pair_structure(design, control.structure)
+    beta0, phi0 = start_values(design)
+    n = design.nobs
+    n_pad = _padded_size(n)
+    X, Zs = stacked_designs(design)
+    mask = design.kept.reshape(-1).astype(float)
+    y = (design.y.reshape(-1) - X @ beta0) * mask
+    v = np.where(mask > 0, design.v_diag.reshape(-1), 1.0)
+    v12 = design.v.blocks[:, 0, 1] if design.v.blocks is not None else np.zeros(n)
+    Zr = design.fixed["rho12"].matrix
+    pad_s = n_pad - n
+
+    def pad(a, fill=0.0, count=2 * pad_s):
+        if count == 0:
+            return a
+        return np.concatenate([a, np.full((count,) + a.shape[1:], fill, dtype=a.dtype)], axis=0)
+
+    arrs = Arrays(
+        y=jnp.asarray(pad(y)),
+        X=jnp.asarray(pad(X)),
+        Z_sigma=jnp.asarray(pad(Zs)),
+        w=jnp.asarray(pad(mask)),
+        mask=jnp.asarray(pad(mask)),
+        n_obs=jnp.asarray(float(mask.sum())),
+        v=jnp.asarray(pad(v, 1.0)),
+        V_dense=jnp.asarray(_dense_v(design, n_pad) if kind == "dense" else np.zeros((0, 0))),
+        buckets=(),
+        random=(),
+        pair_v12=jnp.asarray(pad(v12, count=pad_s)),
+        Z_rho=jnp.asarray(pad(Zr, count=pad_s)),
+        pair=jnp.asarray(pad(design.pair.astype(float), count=pad_s)),
+    )
+    struct = Structure(kind, X.shape[1], Zs.shape[1], (), method, pairs=True, k_rho=Zr.shape[1])
+    return arrs, struct, beta0, phi0
