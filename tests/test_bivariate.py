@@ -469,3 +469,60 @@ def test_formula_and_family_errors():
         drm.fit("y1 ~ 1", data=data, family="gaussian")
     with pytest.raises(drm.DataError, match="Column `nope` used in the rho12 formula"):
         drm.fit(drm.Formula(mu1="y1 ~ 1", mu2="y2 ~ 1", rho12="~ nope"), data=data)
+
+
+# ------------------------------------------------------------------------------------------
+# long format (metafor's layout)
+
+
+def _long_from_wide(data, V):
+    """The metafor long layout of the missing-outcome reference: observed outcomes only."""
+    rows, entries = [], []
+    for i, r in data.iterrows():
+        for k, (name, col) in enumerate((("A", "y1"), ("B", "y2"))):
+            if np.isfinite(r[col]):
+                rows.append({"study": int(r["study"]), "outcome": name, "yi": r[col], "x": r["x"],
+                             "vi": r[f"v{k + 1}"]})
+                entries.append(2 * i + k)
+    return pd.DataFrame(rows), V[np.ix_(entries, entries)]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_long_format_entry_point_reproduces_metafor(missing_data, sparse):
+    import scipy.sparse as sp
+
+    data, V = missing_data
+    long, V_long = _long_from_wide(data, V)
+    long = long.sample(frac=1.0, random_state=3)  # row order must not matter
+    V_long = V_long[np.ix_(long.index, long.index)]
+    long = long.reset_index(drop=True)
+    before = long.copy()
+    wide, V2 = drm.long_to_bivariate(long, y="yi", outcome="outcome", study="study",
+                                     V=sp.csr_matrix(V_long) if sparse else V_long)
+    pd.testing.assert_frame_equal(long, before)
+    assert sp.issparse(V2) == sparse
+    assert list(wide.columns) == ["study", "yi1", "yi2", "x", "vi1", "vi2"]
+    assert len(wide) == 40 and wide["yi1"].isna().sum() == 8 and wide["yi2"].isna().sum() == 6
+    spec = json.loads((MISSING / "bivariate_missing_mod_reml" / "case.json").read_text())
+    fit = drm.fit(drm.Formula(mu1="yi1 ~ x + meta_V(V=V2)", mu2="yi2 ~ x"), data=wide, method="REML",
+                  env={"V2": V2})
+    assert abs(fit.loglik - spec["expected"]["metafor"]["loglik_drmpy"]) <= 1e-8
+    assert fit.params["mu2:x"] == pytest.approx(spec["expected"]["metafor"]["beta"]["outcomeB:x"], abs=1e-5)
+
+
+def test_long_format_errors():
+    long = pd.DataFrame({"s": [1, 1, 2, 2, 3], "o": ["a", "b", "a", "a", "c"], "yi": 0.1, "vi": 0.01})
+    with pytest.raises(drm.DataError, match="has 3 labels"):
+        drm.long_to_bivariate(long, y="yi", outcome="o", study="s", vi="vi")
+    with pytest.raises(drm.DataError, match="study 2 has more than one row for outcome 'a'"):
+        drm.long_to_bivariate(long, y="yi", outcome="o", study="s", vi="vi", outcomes=("a", "b"))
+    with pytest.raises(drm.DataError, match="exactly one of V= .* and vi="):
+        drm.long_to_bivariate(long, y="yi", outcome="o", study="s")
+    long = long.drop(index=3)
+    with pytest.raises(drm.CovarianceError, match="V has shape \\(2, 2\\); the long data have 4 rows"):
+        drm.long_to_bivariate(long, y="yi", outcome="o", study="s", V=np.eye(2), outcomes=("a", "b"))
+    wide, V = drm.long_to_bivariate(long.loc[[0, 1, 4]], y="yi", outcome="o", study="s", vi="vi",
+                                    outcomes=("c", "a"))
+    dense = V.toarray()
+    assert wide["s"].tolist() == [1, 3] and np.isnan(dense[0, 0]) and dense[1, 1] == 0.01  # study 1: no "c"
+    assert dense[2, 2] == 0.01 and np.isnan(dense[3, 3])  # study 3: "c" only

@@ -19,6 +19,7 @@ from . import datasets
 from .api import biv_gaussian, check, clear_cache, fit, gaussian
 from .bivariate_design import meta_vcov_bivariate
 from .bivariate_result import BivariateFit
+from .long_format import long_to_bivariate
 from .engine import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
@@ -33,6 +34,7 @@ __all__ = [
     "gaussian",
     "biv_gaussian",
     "meta_vcov_bivariate",
+    "long_to_bivariate",
     "BivariateFit",
     "check",
     "clear_cache",
