@@ -228,14 +228,14 @@ def test_cross_study_v_uses_dense_structure_and_matches_oracle(method):
     k = design.fixed["sigma1"].matrix.shape[1] + design.fixed["sigma2"].matrix.shape[1]
     f = _dense_objective(design, theta[:p], theta[p:p + k], theta[p + k:], method)
     assert fit.loglik == pytest.approx(-f, abs=1e-8)
-    # the estimate maximises the dense objective: no better point nearby
+    # the estimate maximises the dense objective: no better point nearby (REML: beta is profiled)
     from scipy.optimize import minimize
 
     def obj(t):
-        return _dense_objective(design, t[:p], t[p:p + k], t[p + k:], method) if method == "ML" else \
-            _dense_objective(design, theta[:p], t[p:p + k], t[p + k:], method)
+        beta = t[:p] if method == "ML" else theta[:p]
+        return _dense_objective(design, beta, t[p:p + k], t[p + k:], method)
 
-    start = theta if method == "ML" else theta
+    start = theta
     res = minimize(obj, start + 0.05, method="BFGS", options={"gtol": 1e-9})
     assert res.fun >= f - 1e-7
     check = fit.check().set_index("check")
@@ -450,7 +450,7 @@ def test_v_validation_errors():
 
 
 def test_formula_and_family_errors():
-    data, V = _simulate(missing=False, n=6)
+    data, _ = _simulate(missing=False, n=6)
     with pytest.raises(drm.FormulaError, match="needs both mu1 and mu2"):
         drm.Formula(mu1="y1 ~ 1")
     with pytest.raises(drm.FormulaError, match="meta_V\\(\\) appears in both"):

@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import frames
 from .design import FixedDesign, _check_full_rank, _materialize, _required_variables, _response_values
-from .errors import CovarianceError, DataError, FormulaError
+from .errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
 
@@ -178,7 +178,8 @@ def _entry_label(labels: pd.Index, entry: int, responses: tuple[str, str]) -> st
 
 
 def _pair_blocks(matrix, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(diagonal of V, off-block mask nnz count) and the (n, 2, 2) blocks of V."""
+    """The (n, 2, 2) within-study blocks of a row-paired V, and the (row, col) positions of
+    its non-zero entries that link different studies."""
     import scipy.sparse as sp
 
     n2 = matrix.shape[0]
@@ -413,7 +414,7 @@ def _finalize_pair_v(name, kind, matrix, blocks_all, off_block, kept, study, lab
     b[:, 0, 0] = np.where(k[:, 0], b[:, 0, 0], 0.0)
     b[:, 1, 1] = np.where(k[:, 1], b[:, 1, 1], 0.0)
     both = k.all(axis=1)
-    for j, (r, c) in enumerate(((0, 1), (1, 0))):
+    for r, c in ((0, 1), (1, 0)):
         b[:, r, c] = np.where(both, b[:, r, c], 0.0)
     bad = np.flatnonzero(both & ~np.isfinite(b[:, 0, 1] + b[:, 1, 0]))
     if bad.size:
@@ -425,7 +426,6 @@ def _finalize_pair_v(name, kind, matrix, blocks_all, off_block, kept, study, lab
                 f"meta_V(V = {name}): sampling variances must be >= 0; "
                 f"{_entry_label(labels, 2 * pos[neg[0]] + kk, responses)} has {b[neg[0], kk, kk]:g}."
             )
-    off = b[:, 0, 1]
     scale = np.maximum(np.abs(b).max(axis=(1, 2)), np.finfo(float).tiny)
     asym = np.flatnonzero(np.abs(b[:, 0, 1] - b[:, 1, 0]) > np.sqrt(_EPS) * scale)
     if asym.size:
