@@ -177,7 +177,7 @@ class BivariateFit(FitResult):
     def summary(self):
         """Coefficient table (estimate, std_error, z, p, Wald CI, exp(estimate) for log-SD
         rows) with the fitted sigma1, sigma2 and rho12 ranges, logLik and convergence."""
-        from .summary import Summary, fit_lines
+        from .summary import Summary, fit_lines, formula_line
 
         d = self._design
         table = Summary.coefficient_table(self)
@@ -185,7 +185,7 @@ class BivariateFit(FitResult):
         dropped = f"; {d.n_dropped} response(s) dropped" if d.n_dropped else ""
         header = (
             f"drmpy fit: bivariate gaussian ({', '.join(d.responses)}), {self.method}\n"
-            f"formula: {'; '.join(self.formula.text.values())}\n"
+            f"formula: {formula_line(self.formula)}\n"
             f"known sampling covariance: {vtxt}\n"
             f"nobs = {self.nobs} studies ({self.n_responses} responses; {int(d.pair.sum())} correlated "
             f"pairs){dropped}; df = {self.df}; structure = {self.structure}"

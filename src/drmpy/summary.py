@@ -21,6 +21,15 @@ def _link(name: str) -> str:
     return "log"
 
 
+def formula_line(formula) -> str:
+    """The formulas as written, one-sided keyword ones prefixed by their dpar (``sigma1 ~ x``)."""
+    parts = []
+    for dpar, text in formula.text.items():
+        text = text.strip()
+        parts.append(f"{dpar} {text}" if text.startswith("~") else text)
+    return "; ".join(parts)
+
+
 def fit_lines(fit) -> list[str]:
     """Footer lines every summary shares: logLik, AIC, BIC, convergence, conventions."""
     lines = [
@@ -77,7 +86,7 @@ class Summary:
         vtxt = f"meta_V(V = {v.name}), {v.kind}" if v.name else "none"
         header = (
             f"drmpy fit: gaussian location-scale, {fit.method}\n"
-            f"formula: {'; '.join(fit.formula.text.values())}\n"
+            f"formula: {formula_line(fit.formula)}\n"
             f"known sampling covariance: {vtxt}\n"
             f"nobs = {fit.nobs}{dropped}; df = {fit.df}; structure = {fit.structure}"
         )
