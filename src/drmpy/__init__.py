@@ -17,6 +17,7 @@ Importing drmpy enables JAX float64 and a persistent compilation cache (see
 from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
 from . import datasets
 from .api import check, clear_cache, fit, gaussian
+from .batch import fit_batch
 from .engine import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "fit",
+    "fit_batch",
     "Formula",
     "gaussian",
     "check",
