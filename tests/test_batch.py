@@ -144,7 +144,8 @@ def test_bad_groups_are_isolated(batch_data, batch_ml):
     good = batch_data[~batch_data["set"].isin(["z_badV", "z_few", "z_onelevel"])]
     clean = drm.fit_batch(drm.Formula(*FORMULA), good, by="set", progress=False)
     kept = batch_ml[batch_ml["set"].isin(good["set"].unique())].reset_index(drop=True)
-    np.testing.assert_allclose(kept["estimate"], clean["estimate"], rtol=1e-10, atol=1e-12)
+    # (chunks are laid out differently; log-SDs at a zero boundary are only determined to ~1e-9)
+    np.testing.assert_allclose(kept["estimate"], clean["estimate"], rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(kept["loglik"], clean["loglik"], rtol=1e-12)
 
 

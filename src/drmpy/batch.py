@@ -62,11 +62,34 @@ class _Groups:
     X: np.ndarray
     Z: np.ndarray
     v: np.ndarray
-    row_labels: np.ndarray  # data index label of each retained row
+    row_pos: np.ndarray  # position in the data of each retained row
+    index: Any  # the data's row labels (for messages)
     offsets: np.ndarray  # (G + 1,) start of each group's rows
     sizes: np.ndarray  # (G,)
-    notes: list[list[str]]  # per group: dropped-row notes (appended to the message)
-    error: list[str | None] = field(default_factory=list)  # per group: why it is not fitted
+    notes: dict[int, list[str]]  # group -> dropped-row notes (appended to the message)
+    error: dict[int, str] = field(default_factory=dict)  # group -> why it is not fitted
+
+    def group_sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-group sums over the (sorted) retained rows; any trailing shape; empty groups 0."""
+        G = len(self.sizes)
+        flat = np.ascontiguousarray(values).reshape(len(values), -1)
+        out = np.zeros((G, flat.shape[1]))
+        nonempty = self.sizes > 0
+        if flat.shape[0] and nonempty.any():
+            out[nonempty] = np.add.reduceat(flat, self.offsets[:-1][nonempty], axis=0)
+        return out.reshape((G,) + values.shape[1:])
+
+    def cross(self, A: np.ndarray, B: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        """Per-group sum of w_i a_i b_i' (G, a, b)."""
+        if w is None:
+            prod = np.einsum("ni,nj->nij", A, B)
+        else:
+            prod = np.einsum("ni,nj,n->nij", A, B, w)
+        return self.group_sums(prod)
+
+    def per_row(self, values: np.ndarray) -> np.ndarray:
+        """A per-group array repeated onto the group's rows."""
+        return np.repeat(values, self.sizes, axis=0)
 
 
 def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str, Any]) -> tuple[list[str], str | None]:
@@ -91,23 +114,6 @@ def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str
     meta_v = formula.meta_v
     v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
     return list(dict.fromkeys(needed)), v_col
-
-
-def _group_sums(codes: np.ndarray, G: int, values: np.ndarray) -> np.ndarray:
-    """Per-group sums of ``values`` (rows first; any trailing shape), empty groups 0."""
-    flat = values.reshape(len(values), -1)
-    out = np.empty((G, flat.shape[1]))
-    for j in range(flat.shape[1]):
-        out[:, j] = np.bincount(codes, weights=flat[:, j], minlength=G)
-    return out.reshape((G,) + values.shape[1:])
-
-
-def _cross(codes: np.ndarray, G: int, A: np.ndarray, B: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    """Per-group sum of w_i a_i b_i' (G, a, b)."""
-    prod = A[:, :, None] * B[:, None, :]
-    if w is not None:
-        prod = prod * w[:, None, None]
-    return _group_sums(codes, G, prod)
 
 
 def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -210,8 +216,10 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     ok = np.isfinite(y)
     for m, _, _ in mats.values():
         ok &= np.all(np.isfinite(m), axis=1)
-    keep_pos = np.flatnonzero(keep)
+    keep_pos = np.flatnonzero(keep) if not keep.all() else None
     if not ok.all():
+        if keep_pos is None:
+            keep_pos = np.arange(n_data)
         reason[keep_pos[~ok]] = 4
         keep_pos = keep_pos[ok]
         y = y[ok]
@@ -221,24 +229,28 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if Z.shape[1] == 0:
         raise FormulaError(f"The sigma formula `{texts['sigma']}` has no columns; fit_batch needs at least `sigma ~ 1`.")
     names = [f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms]
-    v = v_all[keep_pos]
-    kept_codes = codes[keep_pos]
-    order = np.argsort(kept_codes, kind="stable")
+    if keep_pos is None:
+        keep_pos = np.arange(n_data)
+        v, kept_codes = v_all, codes
+    else:
+        v, kept_codes = v_all[keep_pos], codes[keep_pos]
     sizes = np.bincount(kept_codes, minlength=G)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
-    notes: list[list[str]] = [[] for _ in range(G)]
-    for g, r in zip(*np.nonzero(dropped[:, 1:])):
-        n_drop = int(dropped[g, r + 1])
-        what = _DROP_REASONS[r]
-        if r == 2:
-            what = f"missing or non-finite sampling variance `{meta_v.name}`"
-        notes[g].append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
+    if np.any(kept_codes[1:] < kept_codes[:-1]):  # not already sorted by group
+        order = np.argsort(kept_codes, kind="stable")
+        y, X, Z, v, keep_pos = y[order], X[order], Z[order], v[order], keep_pos[order]
+    notes: dict[int, list[str]] = {}
+    if reason.any():
+        dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
+        for g, r in zip(*np.nonzero(dropped[:, 1:])):
+            n_drop = int(dropped[g, r + 1])
+            what = _DROP_REASONS[r]
+            if r == 2:
+                what = f"missing or non-finite sampling variance `{meta_v.name}`"
+            notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
     return _Groups(
-        labels=labels, names=names, p=X.shape[1], k=Z.shape[1],
-        y=y[order], X=X[order], Z=Z[order], v=v[order],
-        row_labels=np.asarray(frame.index)[keep_pos][order],
-        offsets=offsets, sizes=sizes, notes=notes, error=[None] * G,
+        labels=labels, names=names, p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v,
+        row_pos=keep_pos, index=frame.index, offsets=offsets, sizes=sizes, notes=notes,
     )
 
 
@@ -248,35 +260,35 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
 
 def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarray:
     """Fill ``gr.error`` for groups that cannot be fitted; returns the boolean 'fit me' mask."""
-    G = len(gr.sizes)
-    codes = np.repeat(np.arange(G), gr.sizes)
     n_par = gr.p + gr.k
     ok = gr.sizes > 0
     for g in np.flatnonzero(~ok):
-        gr.error[g] = "no rows remain"
+        gr.error[int(g)] = "no rows remain"
     few = ok & (gr.sizes < n_par)
     for g in np.flatnonzero(few):
-        gr.error[g] = (f"{gr.sizes[g]} row{'s' if gr.sizes[g] != 1 else ''} for {n_par} parameters "
-                       f"({gr.p} mu, {gr.k} sigma)")
+        gr.error[int(g)] = (f"{gr.sizes[g]} row{'s' if gr.sizes[g] != 1 else ''} for {n_par} parameters "
+                            f"({gr.p} mu, {gr.k} sigma)")
     ok &= ~few
-    neg = np.bincount(codes, weights=(gr.v < 0).astype(float), minlength=G) > 0
-    for g in np.flatnonzero(ok & neg):
-        rows = slice(gr.offsets[g], gr.offsets[g + 1])
-        vv = gr.v[rows]
-        i = int(np.flatnonzero(vv < 0)[0])
-        gr.error[g] = (f"meta_V(V = {v_name}): sampling variances must be >= 0; row "
-                       f"{gr.row_labels[rows][i]!r} has {vv[i]:g} ({int((vv < 0).sum())} negative in all)")
-    ok &= ~neg
+    negative = gr.v < 0
+    if negative.any():
+        neg = gr.group_sums(negative.astype(float)) > 0
+        for g in np.flatnonzero(ok & neg):
+            rows = slice(gr.offsets[g], gr.offsets[g + 1])
+            vv = gr.v[rows]
+            i = int(np.flatnonzero(vv < 0)[0])
+            label = gr.index[gr.row_pos[rows][i]]
+            gr.error[int(g)] = (f"meta_V(V = {v_name}): sampling variances must be >= 0; row "
+                                f"{label!r} has {vv[i]:g} ({int((vv < 0).sum())} negative in all)")
+        ok &= ~neg
     for dpar, M, terms in (("mu", gr.X, gr.names[: gr.p]), ("sigma", gr.Z, gr.names[gr.p:])):
-        gram = _cross(codes, G, M, M)
-        suspect = _rank_deficient(gram, ok)
+        suspect = _rank_deficient(gr.cross(M, M), ok)
         for g in np.flatnonzero(suspect):
             rows = slice(gr.offsets[g], gr.offsets[g + 1])
             design = FixedDesign(dpar, tuple(t.split(":", 1)[1] for t in terms), M[rows], None)
             try:
                 _check_full_rank(design, formula.text[dpar])
             except DataError as exc:
-                gr.error[g] = str(exc).rstrip(".").replace("among the retained rows", "among this group's rows")
+                gr.error[int(g)] = str(exc).rstrip(".").replace("among the retained rows", "among this group's rows")
                 ok[g] = False
     return ok
 
@@ -284,10 +296,9 @@ def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarr
 def _start_values(gr: _Groups, fit_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per group (beta0, gamma0) as engine.start_values: OLS, then DerSimonian-Laird sigma.
 
-    Rows of groups outside ``fit_mask`` are ignored (their start values are 0).
+    Groups outside ``fit_mask`` get start values 0 (they are not fitted).
     """
     G = len(gr.sizes)
-    codes = np.repeat(np.arange(G), gr.sizes)
     p, k = gr.p, gr.k
     idx = np.flatnonzero(fit_mask)
     beta0 = np.zeros((G, p))
@@ -296,24 +307,23 @@ def _start_values(gr: _Groups, fit_mask: np.ndarray) -> tuple[np.ndarray, np.nda
         return beta0, gamma0
     X, y, v, Z = gr.X, gr.y, gr.v, gr.Z
     n = gr.sizes.astype(float)
-    XtX = _cross(codes, G, X, X)
-    Xty = _group_sums(codes, G, X * y[:, None])
+    XtX = gr.cross(X, X)
+    Xty = gr.group_sums(X * y[:, None])
     beta0[idx] = _solve(XtX[idx], Xty[idx])
-    r = y - np.einsum("ij,ij->i", X, beta0[codes])
-    pos = np.bincount(codes, weights=(v <= 0).astype(float), minlength=G) == 0
+    r = y - np.einsum("ij,ij->i", X, gr.per_row(beta0))
+    pos = gr.group_sums((v <= 0).astype(float)) == 0
     dl = fit_mask & pos & (n > p)
     tau2 = np.zeros(G)
     j = np.flatnonzero(dl)
     if j.size:
-        wi = np.where(v > 0, 1.0 / np.where(v > 0, v, 1.0), 0.0)
-        XtWX = _cross(codes, G, X, X, wi)
-        XtWy = _group_sums(codes, G, X * (wi * y)[:, None])
+        wi = 1.0 / np.where(v > 0, v, np.inf)
+        XtWX = gr.cross(X, X, wi)
         bw = np.zeros((G, p))
-        bw[j] = _solve(XtWX[j], XtWy[j])
-        rw = y - np.einsum("ij,ij->i", X, bw[codes])
-        Q = np.bincount(codes, weights=wi * rw**2, minlength=G)
-        XtW2X = _cross(codes, G, X, X, wi**2)
-        sw = np.bincount(codes, weights=wi, minlength=G)
+        bw[j] = _solve(XtWX[j], gr.group_sums(X * (wi * y)[:, None])[j])
+        rw = y - np.einsum("ij,ij->i", X, gr.per_row(bw))
+        Q = gr.group_sums(wi * rw**2)
+        XtW2X = gr.cross(X, X, wi**2)
+        sw = gr.group_sums(wi)
         if p == 1:
             tr = XtW2X[j, 0, 0] / XtWX[j, 0, 0]
         else:
@@ -322,19 +332,17 @@ def _start_values(gr: _Groups, fit_mask: np.ndarray) -> tuple[np.ndarray, np.nda
         with np.errstate(divide="ignore", invalid="ignore"):
             est = np.where(denom > 0, np.maximum(0.0, (Q[j] - (n[j] - p)) / np.where(denom > 0, denom, 1.0)), 0.0)
         tau2[j] = est
+    sums = gr.group_sums(np.column_stack([r**2, r, v]))
     other = np.flatnonzero(fit_mask & ~dl)
     if other.size:
-        rss = np.bincount(codes, weights=r**2, minlength=G)
-        tau2[other] = rss[other] / np.maximum(n[other] - p, 1.0)
-    mean_v = np.bincount(codes, weights=v, minlength=G) / np.maximum(n, 1.0)
-    r_mean = np.bincount(codes, weights=r, minlength=G) / np.maximum(n, 1.0)
-    var_r = np.bincount(codes, weights=r**2, minlength=G) / np.maximum(n, 1.0) - r_mean**2
+        tau2[other] = sums[other, 0] / np.maximum(n[other] - p, 1.0)
+    nn = np.maximum(n, 1.0)
+    mean_v = sums[:, 2] / nn
+    var_r = sums[:, 0] / nn - (sums[:, 1] / nn) ** 2
     scale2 = np.where(mean_v > 0, mean_v, var_r + 1e-12)
     tau2_sigma = np.maximum(tau2, 1e-2 * scale2)
-    ZtZ = _cross(codes, G, Z, Z)
-    Zt1 = _group_sums(codes, G, Z)
     target = 0.5 * np.log(tau2_sigma[idx])
-    gamma0[idx] = _solve(ZtZ[idx], Zt1[idx]) * target[:, None]
+    gamma0[idx] = _solve(gr.cross(Z, Z)[idx], gr.group_sums(Z)[idx]) * target[:, None]
     return beta0, gamma0
 
 
@@ -411,27 +419,26 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
     return chunks
 
 
-def _chunk_arrays(gr: _Groups, chunk: _Chunk, beta0: np.ndarray) -> tuple[np.ndarray, ...]:
+def _chunk_arrays(gr: _Groups, chunk: _Chunk, y_centred: np.ndarray) -> tuple[np.ndarray, ...]:
     """(y - X beta0, X, Z, v, w) as (lanes, n_rows, ...) arrays; padding rows w = 0, v = 1."""
     L, N = chunk.lanes, chunk.n_rows
     gs = chunk.groups
     sz = gr.sizes[gs]
-    lane = np.repeat(np.arange(len(gs)), sz)
-    local_start = np.concatenate([[0], np.cumsum(sz)[:-1]])
+    local_start = np.cumsum(sz) - sz
     pos = np.arange(int(sz.sum())) - np.repeat(local_start, sz)
     rows = np.repeat(gr.offsets[gs], sz) + pos
-    y = np.zeros((L, N))
-    X = np.zeros((L, N, gr.p))
-    Z = np.zeros((L, N, gr.k))
-    v = np.ones((L, N))
-    w = np.zeros((L, N))
-    Xr = gr.X[rows]
-    y[lane, pos] = gr.y[rows] - np.einsum("ij,ij->i", Xr, beta0[gs][lane])
-    X[lane, pos] = Xr
-    Z[lane, pos] = gr.Z[rows]
-    v[lane, pos] = gr.v[rows]
-    w[lane, pos] = 1.0
-    return y, X, Z, v, w
+    flat = np.repeat(np.arange(len(gs)) * N, sz) + pos
+    y = np.zeros(L * N)
+    X = np.zeros((L * N, gr.p))
+    Z = np.zeros((L * N, gr.k))
+    v = np.ones(L * N)
+    w = np.zeros(L * N)
+    y[flat] = y_centred[rows]
+    X[flat] = gr.X[rows]
+    Z[flat] = gr.Z[rows]
+    v[flat] = gr.v[rows]
+    w[flat] = 1.0
+    return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
 
 
 def _pad_lanes(a: np.ndarray, lanes: int) -> np.ndarray:
@@ -520,19 +527,19 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, beta0: np.ndarray, gamma0: np.n
                status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64))
     max_iter = int(ctrl.max_iter)
     cap = min(FIRST_PASS_ITER, max_iter)
+    # responses centred at each group's start value (as engine.build_arrays does)
+    y_centred = gr.y - np.einsum("ij,ij->i", gr.X, gr.per_row(beta0))
     runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch")
     try:
         start = gamma0
         todo = fit_ids
         budget = cap
         for pass_no in (1, 2):
-            # second pass: the stragglers, in chunks of at most 1/8 the lanes
-            chunks = _plan(todo, gr.sizes, chunk_size, gr.p + gr.k,
-                           None if pass_no == 1 else max(16, (chunk_size or 1024) // 8))
+            chunks = _plan(todo, gr.sizes, chunk_size, gr.p + gr.k)
 
             def tasks():
                 for i, ch in enumerate(chunks):
-                    arrays = tuple(_pad_lanes(a, ch.lanes) for a in _chunk_arrays(gr, ch, beta0))
+                    arrays = _chunk_arrays(gr, ch, y_centred)
                     g0 = _pad_lanes(start[ch.groups], ch.lanes)
                     yield i, len(ch.groups), arrays + (g0, budget, float(ctrl.gtol), reml), {}
 
@@ -650,18 +657,22 @@ def _result_frame(gr: _Groups, by: str, res: dict, beta0: np.ndarray, fit_mask: 
     var = res["var"]
     se = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
     converged = fitted & ((status == CONVERGED) | (status == CONVERGED_FLAT))
-    messages = []
-    for g in range(G):
-        if fitted[g]:
-            head = STATUS_MESSAGES[int(status[g])]
-            if status[g] == NONFINITE:
-                head = "not converged: " + head
-            elif status[g] not in (CONVERGED, CONVERGED_FLAT):
-                head = "not converged: " + head
-        else:
-            head = "not fitted: " + (gr.error[g] or "excluded")
-        messages.append("; ".join([head] + gr.notes[g]))
-    msg_codes, msg_uniques = pd.factorize(pd.Series(messages, dtype=object))
+    # one message per group: the status text, or the reason it was not fitted, then notes
+    code = np.where(fitted, status, len(STATUS_MESSAGES))
+    heads = [STATUS_MESSAGES[c] if c in (CONVERGED, CONVERGED_FLAT) else "not converged: " + STATUS_MESSAGES[c]
+             for c in range(len(STATUS_MESSAGES))] + ["not fitted"]
+    msg_codes = code.astype(np.int64)
+    msg_uniques = list(heads)
+    special = sorted(set(gr.notes) | set(gr.error))
+    if special:
+        lookup = {m: i for i, m in enumerate(msg_uniques)}
+        for g in special:
+            head = "not fitted: " + gr.error[g] if g in gr.error else heads[int(code[g])]
+            text = "; ".join([head] + gr.notes.get(g, []))
+            msg_codes[g] = lookup.setdefault(text, len(lookup))
+        msg_uniques = list(lookup)
+    used_codes, msg_codes = np.unique(msg_codes, return_inverse=True)
+    msg_uniques = [msg_uniques[c] for c in used_codes]
     rep = np.repeat(np.arange(G), P)
     labels = gr.labels
     by_values = labels.take(rep) if hasattr(labels, "take") else np.asarray(labels)[rep]
