@@ -227,3 +227,21 @@ def test_input_not_modified_and_errors(batch_data):
         drm.fit_batch(drm.Formula(*FORMULA), d, by="set", method="OLS")
     with pytest.raises(drm.DataError, match="Column `w` used in the mu formula"):
         drm.fit_batch(drm.Formula("yi ~ w + meta_V(V=vi)"), d, by="set")
+
+
+def test_dask_cluster_equals_local(batch_data):
+    distributed = pytest.importorskip("distributed")
+    names = sorted(batch_data["set"].unique())[:60] + ["z_badV", "z_missing"]
+    d = batch_data[batch_data["set"].isin(names)]
+    local = drm.fit_batch(drm.Formula(*FORMULA), d, by="set", progress=False, chunk_size=16)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        remote = drm.fit_batch(drm.Formula(*FORMULA), d, by="set", progress=False, chunk_size=16,
+                               client=client)
+        # the chunks really ran in the worker processes
+        imported = client.run(lambda: "drmpy.batch_engine" in __import__("sys").modules)
+        assert any(imported.values())
+    pd.testing.assert_frame_equal(remote.drop(columns=["estimate", "std_error", "loglik", "max_gradient"]),
+                                  local.drop(columns=["estimate", "std_error", "loglik", "max_gradient"]))
+    for col in ("estimate", "std_error", "loglik", "max_gradient"):
+        np.testing.assert_allclose(remote[col], local[col], rtol=1e-12, atol=1e-300, equal_nan=True)
