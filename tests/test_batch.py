@@ -245,3 +245,130 @@ def test_dask_cluster_equals_local(batch_data):
                                   local.drop(columns=["estimate", "std_error", "loglik", "max_gradient"]))
     for col in ("estimate", "std_error", "loglik", "max_gradient"):
         np.testing.assert_allclose(remote[col], local[col], rtol=1e-12, atol=1e-300, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _clustered_data(n_studies: int = 8, per: int = 5, seed: int = 5):
+    """Studies of ``per`` rows with a within-study sampling correlation of 0.4 (block V)."""
+    rng = np.random.default_rng(seed)
+    n = n_studies * per
+    study = np.repeat(np.arange(n_studies), per)
+    vi = rng.uniform(0.01, 0.04, n)
+    V = np.diag(vi)
+    same = study[:, None] == study[None, :]
+    V = np.where(same, 0.4 * np.sqrt(vi[:, None] * vi[None, :]), 0.0)
+    np.fill_diagonal(V, vi)
+    x = rng.normal(size=n)
+    b0 = rng.normal(size=n_studies) * 0.3
+    b1 = rng.normal(size=n_studies) * 0.2
+    y = 0.1 + 0.4 * x + b0[study] + b1[study] * x + np.linalg.cholesky(V) @ rng.normal(size=n) \
+        + 0.1 * rng.normal(size=n)
+    d = pd.DataFrame({"yi": y, "x": x, "study": study, "vi": vi}, index=[f"r{i}" for i in range(n)])
+    return d, V
+
+
+def test_simulate_reproducible_and_labelled():
+    dat = drm.datasets.restoration()
+    dat.loc[3, "yi"] = np.nan  # a dropped row is not simulated
+    fit = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat"), dat)
+    a = fit.simulate(5, seed=42)
+    b = fit.simulate(5, seed=42)
+    c = fit.simulate(5, seed=43)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a.to_numpy(), c.to_numpy())
+    assert list(a.columns) == [f"sim_{i}" for i in range(1, 6)]
+    assert a.index.equals(fit.design.row_labels) and 3 not in a.index and len(a) == 79
+    with pytest.raises(drm.DrmError, match="nsim must be a positive integer"):
+        fit.simulate(0)
+
+
+def test_simulate_diagonal_moments():
+    dat = drm.datasets.restoration()
+    fit = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat"), dat)
+    sims = fit.simulate(20000, seed=1).to_numpy()
+    mean = fit.predict().to_numpy()
+    var = dat["vi"].to_numpy() + fit.sigma().to_numpy() ** 2
+    z = (sims.mean(axis=1) - mean) / np.sqrt(var / sims.shape[1])
+    assert np.max(np.abs(z)) < 4.5
+    np.testing.assert_allclose(sims.var(axis=1), var, rtol=0.06)
+    off = np.corrcoef(sims)[np.triu_indices(len(dat), 1)]
+    assert np.max(np.abs(off)) < 0.04  # independent rows
+
+
+def test_simulate_random_effects_and_block_v_moments():
+    d, V = _clustered_data()
+    fit = drm.fit(drm.Formula("yi ~ x + (1 + x|study) + meta_V(V=V)"), d)
+    th = fit.params
+    s_int = np.exp(th["sd(study):(Intercept)"])
+    s_x = np.exp(th["sd(study|x):(Intercept)"])
+    rho = 0.999999 * np.tanh(th["cor(study|(Intercept),x):(Intercept)"])
+    sigma = np.exp(th["sigma:(Intercept)"])
+    x = d["x"].to_numpy()
+    same = (d["study"].to_numpy()[:, None] == d["study"].to_numpy()[None, :])
+    z = np.column_stack([np.ones(len(d)), x])
+    G = np.array([[s_int**2, rho * s_int * s_x], [rho * s_int * s_x, s_x**2]])
+    S = V + sigma**2 * np.eye(len(d)) + same * (z @ G @ z.T)
+    sims = fit.simulate(40000, seed=3).to_numpy()
+    mean = th["mu:(Intercept)"] + th["mu:x"] * x
+    np.testing.assert_allclose(sims.mean(axis=1), mean, atol=4.5 * np.sqrt(np.diag(S).max() / 40000))
+    C = np.cov(sims)
+    assert np.linalg.norm(C - S) / np.linalg.norm(S) < 0.03
+    assert np.max(np.abs(C - S)) < 0.05 * np.max(np.diag(S))
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_intervals_sane_and_reproducible():
+    dat = drm.datasets.restoration()
+    fit = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat"), dat)
+    bt = drm.parametric_bootstrap(fit, nsim=300, seed=7, progress=False)
+    assert list(bt.columns) == ["parameter", "estimate", "boot_mean", "boot_se", "lower", "upper", "n_converged"]
+    assert list(bt["parameter"]) == list(fit.params.index)
+    assert (bt["n_converged"] == 300).all()
+    assert ((bt["lower"] < bt["estimate"]) & (bt["estimate"] < bt["upper"])).all()
+    mu = bt["parameter"].str.startswith("mu:")
+    # location: bootstrap SDs near the observed-information SEs
+    np.testing.assert_allclose(bt.loc[mu, "boot_se"], fit.std_errors[mu.to_numpy()].to_numpy(), rtol=0.2)
+    again = drm.parametric_bootstrap(fit, nsim=300, seed=7, progress=True, chunk_size=64)
+    np.testing.assert_allclose(again["lower"], bt["lower"], rtol=1e-7)
+    np.testing.assert_allclose(again["upper"], bt["upper"], rtol=1e-7)
+    with pytest.raises(drm.DrmError, match="level must be between 0 and 1"):
+        drm.parametric_bootstrap(fit, nsim=10, level=95)
+
+
+def test_bootstrap_coverage_smoke():
+    """Percentile intervals of the mean cover the true value in most of 12 replicates."""
+    rng = np.random.default_rng(11)
+    covered = 0
+    for rep in range(12):
+        n = 30
+        vi = rng.uniform(0.01, 0.05, n)
+        x = rng.normal(size=n)
+        y = 0.3 + 0.2 * x + rng.normal(size=n) * np.sqrt(vi + 0.15**2)
+        fit = drm.fit(drm.Formula("yi ~ x + meta_V(V=vi)"), pd.DataFrame({"yi": y, "x": x, "vi": vi}))
+        bt = drm.parametric_bootstrap(fit, nsim=200, seed=rep, progress=False).set_index("parameter")
+        covered += bt.loc["mu:x", "lower"] <= 0.2 <= bt.loc["mu:x", "upper"]
+    assert covered >= 9
+
+
+def test_bootstrap_refits_equal_single_fits_with_random_effects():
+    """The vmapped engine program (block structure) refits simulated data as drm.fit does."""
+    from drmpy.bootstrap import _Refitter
+
+    d, V = _clustered_data(seed=9)
+    formula = drm.Formula("yi ~ x + (1|study) + meta_V(V=V)")
+    fit = drm.fit(formula, d)
+    assert fit.structure == "block"
+    Y = fit.simulate(3, seed=2).to_numpy()
+    refit = _Refitter(fit)
+    phi0 = np.tile(refit.phi_hat, (3, 1))
+    out = refit.run(refit.centred(Y), phi0, 200, 1e-8)
+    for j in range(3):
+        dj = d.assign(yi=Y[:, j])
+        single = drm.fit(formula, dj)
+        np.testing.assert_allclose(out["beta"][j] + refit.beta0, single.params.to_numpy()[:2], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(-out["f"][j], single.loglik, rtol=0, atol=1e-8)
+        np.testing.assert_allclose(np.sqrt(out["var"][j][:2]), single.std_errors.to_numpy()[:2], rtol=1e-5)

@@ -18,6 +18,7 @@ from . import _jax  # noqa: F401  (float64 + compilation cache before any array 
 from . import datasets
 from .api import check, clear_cache, fit, gaussian
 from .batch import fit_batch
+from .bootstrap import parametric_bootstrap
 from .engine import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "fit",
     "fit_batch",
+    "parametric_bootstrap",
     "Formula",
     "gaussian",
     "check",

@@ -159,13 +159,38 @@ def _summary(out: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=32)
-def diag_program(reml: bool):
-    """jit(vmap) of one group's diag fit: (DiagArrays, gamma0 (G, k), max_iter, gtol) -> dict."""
+def diag_program(reml: bool, shared_design: bool = False):
+    """jit(vmap) of one group's diag fit: (DiagArrays, gamma0 (G, k), max_iter, gtol) -> dict.
+
+    ``shared_design=True``: only ``y`` carries the lane axis; X, Z, v, w are one design
+    shared by every lane (refits of simulated responses).
+    """
 
     def run(a, gamma0, max_iter, gtol):
         return _summary(_diag_run(a, gamma0, max_iter, gtol, reml))
 
-    return jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)))
+    axes = DiagArrays(0, None, None, None, None) if shared_design else 0
+    return jax.jit(jax.vmap(run, in_axes=(axes, 0, None, None)))
+
+
+@functools.lru_cache(maxsize=32)
+def generic_program(struct, treedef):
+    """jit(vmap) of the engine's whole fit (any structure) over the response only.
+
+    Arguments: (Arrays whose ``y`` has a leading lane axis, phi0 (lanes, k), max_iter, gtol);
+    the small dense algebra is elementwise (``engine._program_fn(elementwise=True)``).
+    """
+    from .engine import _program_fn
+
+    run = _program_fn(struct, elementwise=True)
+
+    def lane(arrs, phi0, max_iter, gtol):
+        out = run(arrs, phi0, max_iter, gtol)
+        return _summary(out)
+
+    template = jax.tree_util.tree_unflatten(treedef, [None] * treedef.num_leaves)
+    axes = template._replace(y=0)
+    return jax.jit(jax.vmap(lane, in_axes=(axes, 0, None, None)))
 
 
 def run_diag_chunk(y, X, Z, v, w, gamma0, max_iter: int, gtol: float, reml: bool, *,

@@ -97,3 +97,37 @@ def sym_inverse(A: jax.Array) -> jax.Array:
         return A
     evals, V = jacobi_eigh(A)
     return (V / evals[None, :]) @ V.T
+
+
+def loop_cholesky_solve(S: jax.Array, R: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log|S|, S^-1 R)`` for SPD ``S`` (``(..., m, m)``, ``R`` ``(..., m, r)``).
+
+    A column-by-column Cholesky factorisation and two substitutions, each a
+    ``lax.fori_loop`` of m steps of matrix-vector products: O(m^3) like LAPACK, but no
+    LAPACK call (for matrices too large to unroll inside vmapped programs).
+    """
+    m = S.shape[-1]
+    idx = jnp.arange(m)
+
+    def chol_step(j, L):
+        v = S[..., :, j] - jnp.einsum("...ik,...k->...i", L, L[..., j, :])
+        d = jnp.sqrt(v[..., j])
+        col = jnp.where(idx > j, v / d[..., None], jnp.where(idx == j, d[..., None], 0.0))
+        return L.at[..., :, j].set(col)
+
+    L = jax.lax.fori_loop(0, m, chol_step, jnp.zeros_like(S))
+    diag = jnp.diagonal(L, axis1=-2, axis2=-1)
+
+    def forward(i, z):
+        zi = (R[..., i, :] - jnp.einsum("...k,...kr->...r", L[..., i, :], z)) / diag[..., i, None]
+        return z.at[..., i, :].set(zi)
+
+    z = jax.lax.fori_loop(0, m, forward, jnp.zeros_like(R))
+
+    def backward(t, x):
+        i = m - 1 - t
+        xi = (z[..., i, :] - jnp.einsum("...k,...kr->...r", L[..., :, i], x)) / diag[..., i, None]
+        return x.at[..., i, :].set(xi)
+
+    x = jax.lax.fori_loop(0, m, backward, jnp.zeros_like(R))
+    return 2.0 * jnp.sum(jnp.log(diag), axis=-1), x
