@@ -34,8 +34,9 @@ __all__ = ["fit_batch"]
 
 RESULT_COLUMNS = ("parameter", "estimate", "std_error", "loglik", "converged", "max_gradient", "message")
 
-# first-pass iteration cap: most fits converge in 4 to 10 Newton steps
-FIRST_PASS_ITER = 12
+# first-pass iteration cap: most fits converge in 3 to 8 Newton steps; a variance
+# walking to its zero boundary takes 12 to 25 (half a log-SD unit per step)
+FIRST_PASS_ITER = 8
 
 _DROP_REASONS = (
     "missing values in model variables",
@@ -293,59 +294,6 @@ def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarr
     return ok
 
 
-def _start_values(gr: _Groups, fit_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per group (beta0, gamma0) as engine.start_values: OLS, then DerSimonian-Laird sigma.
-
-    Groups outside ``fit_mask`` get start values 0 (they are not fitted).
-    """
-    G = len(gr.sizes)
-    p, k = gr.p, gr.k
-    idx = np.flatnonzero(fit_mask)
-    beta0 = np.zeros((G, p))
-    gamma0 = np.zeros((G, k))
-    if idx.size == 0:
-        return beta0, gamma0
-    X, y, v, Z = gr.X, gr.y, gr.v, gr.Z
-    n = gr.sizes.astype(float)
-    XtX = gr.cross(X, X)
-    Xty = gr.group_sums(X * y[:, None])
-    beta0[idx] = _solve(XtX[idx], Xty[idx])
-    r = y - np.einsum("ij,ij->i", X, gr.per_row(beta0))
-    pos = gr.group_sums((v <= 0).astype(float)) == 0
-    dl = fit_mask & pos & (n > p)
-    tau2 = np.zeros(G)
-    j = np.flatnonzero(dl)
-    if j.size:
-        wi = 1.0 / np.where(v > 0, v, np.inf)
-        XtWX = gr.cross(X, X, wi)
-        bw = np.zeros((G, p))
-        bw[j] = _solve(XtWX[j], gr.group_sums(X * (wi * y)[:, None])[j])
-        rw = y - np.einsum("ij,ij->i", X, gr.per_row(bw))
-        Q = gr.group_sums(wi * rw**2)
-        XtW2X = gr.cross(X, X, wi**2)
-        sw = gr.group_sums(wi)
-        if p == 1:
-            tr = XtW2X[j, 0, 0] / XtWX[j, 0, 0]
-        else:
-            tr = np.trace(np.linalg.solve(XtWX[j], XtW2X[j]), axis1=1, axis2=2)
-        denom = sw[j] - tr
-        with np.errstate(divide="ignore", invalid="ignore"):
-            est = np.where(denom > 0, np.maximum(0.0, (Q[j] - (n[j] - p)) / np.where(denom > 0, denom, 1.0)), 0.0)
-        tau2[j] = est
-    sums = gr.group_sums(np.column_stack([r**2, r, v]))
-    other = np.flatnonzero(fit_mask & ~dl)
-    if other.size:
-        tau2[other] = sums[other, 0] / np.maximum(n[other] - p, 1.0)
-    nn = np.maximum(n, 1.0)
-    mean_v = sums[:, 2] / nn
-    var_r = sums[:, 0] / nn - (sums[:, 1] / nn) ** 2
-    scale2 = np.where(mean_v > 0, mean_v, var_r + 1e-12)
-    tau2_sigma = np.maximum(tau2, 1e-2 * scale2)
-    target = 0.5 * np.log(tau2_sigma[idx])
-    gamma0[idx] = _solve(gr.cross(Z, Z)[idx], gr.group_sums(Z)[idx]) * target[:, None]
-    return beta0, gamma0
-
-
 # ------------------------------------------------------------------------------------------
 # chunks
 
@@ -419,8 +367,8 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
     return chunks
 
 
-def _chunk_arrays(gr: _Groups, chunk: _Chunk, y_centred: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(y - X beta0, X, Z, v, w) as (lanes, n_rows, ...) arrays; padding rows w = 0, v = 1."""
+def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
+    """(y, X, Z, v, w) as (lanes, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
     L, N = chunk.lanes, chunk.n_rows
     gs = chunk.groups
     sz = gr.sizes[gs]
@@ -433,7 +381,7 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk, y_centred: np.ndarray) -> tuple[np
     Z = np.zeros((L * N, gr.k))
     v = np.ones(L * N)
     w = np.zeros(L * N)
-    y[flat] = y_centred[rows]
+    y[flat] = gr.y[rows]
     X[flat] = gr.X[rows]
     Z[flat] = gr.Z[rows]
     v[flat] = gr.v[rows]
@@ -515,8 +463,8 @@ def _coerce_chunk_size(chunk_size: Any) -> int | None:
     return int(chunk_size)
 
 
-def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, beta0: np.ndarray, gamma0: np.ndarray, *,
-               reml: bool, ctrl: Control, chunk_size: int | None, client, progress: bool) -> dict:
+def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
+               client, progress: bool) -> dict:
     """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id)."""
     from .batch_engine import run_diag_chunk
 
@@ -524,14 +472,13 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, beta0: np.ndarray, gamma0: np.n
     P = gr.p + gr.k
     res = dict(beta=np.full((G, gr.p), np.nan), phi=np.full((G, gr.k), np.nan), f=np.full(G, np.nan),
                var=np.full((G, P), np.nan), max_gradient=np.full(G, np.nan),
-               status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64))
+               status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
+               beta0=np.full((G, gr.p), np.nan))
     max_iter = int(ctrl.max_iter)
     cap = min(FIRST_PASS_ITER, max_iter)
-    # responses centred at each group's start value (as engine.build_arrays does)
-    y_centred = gr.y - np.einsum("ij,ij->i", gr.X, gr.per_row(beta0))
     runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch")
     try:
-        start = gamma0
+        start = np.full((G, gr.k), np.nan)  # NaN: the program computes the start values
         todo = fit_ids
         budget = cap
         for pass_no in (1, 2):
@@ -539,21 +486,19 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, beta0: np.ndarray, gamma0: np.n
 
             def tasks():
                 for i, ch in enumerate(chunks):
-                    arrays = _chunk_arrays(gr, ch, y_centred)
+                    arrays = _chunk_arrays(gr, ch)
                     g0 = _pad_lanes(start[ch.groups], ch.lanes)
-                    yield i, len(ch.groups), arrays + (g0, budget, float(ctrl.gtol), reml), {}
+                    g0[len(ch.groups):] = np.nan
+                    b0 = _pad_lanes(res["beta0"][ch.groups], ch.lanes)
+                    yield i, len(ch.groups), arrays + (g0, b0, budget, float(ctrl.gtol), reml), {}
 
             out = runner.map(tasks())
             for i, ch in enumerate(chunks):
                 o = out[i]
                 n = len(ch.groups)
                 g = ch.groups
-                res["beta"][g] = np.asarray(o["beta"])[:n]
-                res["phi"][g] = np.asarray(o["phi"])[:n]
-                res["f"][g] = np.asarray(o["f"])[:n]
-                res["var"][g] = np.asarray(o["var"])[:n]
-                res["max_gradient"][g] = np.asarray(o["max_gradient"])[:n]
-                res["status"][g] = np.asarray(o["status"])[:n]
+                for key in ("beta", "phi", "f", "var", "max_gradient", "status", "beta0"):
+                    res[key][g] = np.asarray(o[key])[:n]
                 res["iterations"][g] += np.asarray(o["iterations"])[:n]
             if pass_no == 1:
                 todo = fit_ids[(res["status"][fit_ids] == MAX_ITER) & (res["iterations"][fit_ids] >= cap)]
@@ -641,19 +586,18 @@ def fit_batch(
     gr = _build_groups(formula, data, by)
     v_name = formula.meta_v.name if formula.meta_v is not None else None
     fit_mask = _check_groups(gr, formula, v_name)
-    beta0, gamma0 = _start_values(gr, fit_mask)
     fit_ids = np.flatnonzero(fit_mask)
-    res = _fit_lanes(gr, fit_ids, beta0, gamma0, reml=method_u == "REML", ctrl=ctrl,
-                     chunk_size=chunk, client=client, progress=progress)
-    return _result_frame(gr, by, res, beta0, fit_mask)
+    res = _fit_lanes(gr, fit_ids, reml=method_u == "REML", ctrl=ctrl, chunk_size=chunk,
+                     client=client, progress=progress)
+    return _result_frame(gr, by, res, fit_mask)
 
 
-def _result_frame(gr: _Groups, by: str, res: dict, beta0: np.ndarray, fit_mask: np.ndarray) -> pd.DataFrame:
+def _result_frame(gr: _Groups, by: str, res: dict, fit_mask: np.ndarray) -> pd.DataFrame:
     G = len(gr.sizes)
     P = len(gr.names)
     status = res["status"]
     fitted = fit_mask & (status >= 0)
-    theta = np.concatenate([res["beta"] + np.where(fitted[:, None], beta0, np.nan), res["phi"]], axis=1)
+    theta = np.concatenate([res["beta"], res["phi"]], axis=1)
     var = res["var"]
     se = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
     converged = fitted & ((status == CONVERGED) | (status == CONVERGED_FLAT))

@@ -151,6 +151,47 @@ def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
                 status=sol.status, iterations=sol.iterations)
 
 
+def _solve_small(M, B):
+    """M^-1 B for a small SPD M (unrolled Cholesky; B (m, r))."""
+    return _unrolled_cholesky_solve(M, B)[1]
+
+
+def start_values(a: DiagArrays):
+    """(beta0, gamma0) of one group, as :func:`drmpy.engine.start_values` for a diagonal V.
+
+    OLS for beta; DerSimonian-Laird tau^2 from the OLS fit with weights 1/v_i (every
+    v_i > 0 and n > p; else the residual variance) for the sigma intercept, floored at 1%
+    of the mean v_i; sigma coefficients reproduce ``0.5 log tau^2`` by least squares.
+    """
+    X, Z, y, v, w = a.X, a.Z, a.y, a.v, a.w
+    p = X.shape[1]
+    data = w > 0
+    n = jnp.sum(w)
+    Xw = X * w[:, None]
+    beta0 = _solve_small(Xw.T @ X, (Xw.T @ y)[:, None])[:, 0]
+    r = (y - X @ beta0) * data
+    v_pos = jnp.all(jnp.where(data, v > 0, True))
+    wi = jnp.where(data & (v > 0), w / jnp.where(v > 0, v, 1.0), 0.0)
+    Xwi = X * wi[:, None]
+    XtWX = Xwi.T @ X
+    sol = _solve_small(XtWX, jnp.concatenate([(Xwi.T @ y)[:, None], (Xwi * wi[:, None]).T @ X], axis=1))
+    bw = sol[:, 0]
+    rw = y - X @ bw
+    Q = jnp.sum(wi * rw * rw)
+    denom = jnp.sum(wi) - jnp.trace(sol[:, 1:])
+    safe = jnp.where(denom > 0, denom, 1.0)
+    tau2_dl = jnp.where(denom > 0, jnp.maximum(0.0, (Q - (n - p)) / safe), 0.0)
+    tau2_rss = jnp.sum(w * r * r) / jnp.maximum(n - p, 1.0)
+    tau2 = jnp.where(v_pos & (n > p), tau2_dl, tau2_rss)
+    mean_v = jnp.sum(w * v) / n
+    var_r = jnp.sum(w * r * r) / n - (jnp.sum(w * r) / n) ** 2
+    scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
+    tau2_sigma = jnp.maximum(tau2, 1e-2 * scale2)
+    Zw = Z * w[:, None]
+    gamma0 = _solve_small(Zw.T @ Z, jnp.sum(Zw, axis=0)[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
+    return beta0, gamma0
+
+
 def _summary(out: dict) -> dict:
     """What a batch keeps of one fit: estimates, variances, objective, gradient size, status."""
     return dict(beta=out["beta"], phi=out["phi"], f=out["f"], var=jnp.diagonal(out["vcov"]),
@@ -160,17 +201,28 @@ def _summary(out: dict) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def diag_program(reml: bool, shared_design: bool = False):
-    """jit(vmap) of one group's diag fit: (DiagArrays, gamma0 (G, k), max_iter, gtol) -> dict.
+    """jit(vmap) of one group's diag fit.
 
-    ``shared_design=True``: only ``y`` carries the lane axis; X, Z, v, w are one design
-    shared by every lane (refits of simulated responses).
+    Arguments ``(DiagArrays, gamma0 (G, k), beta0 (G, p), max_iter, gtol)``; ``y`` is the
+    raw response.  A lane whose ``gamma0`` is NaN starts from :func:`start_values`; the
+    others resume from ``gamma0`` with the response centred at ``beta0`` (as the first
+    pass centred it).  ``shared_design=True``: only ``y`` carries the lane axis; X, Z, v, w
+    are one design shared by every lane (refits of simulated responses).
     """
 
-    def run(a, gamma0, max_iter, gtol):
-        return _summary(_diag_run(a, gamma0, max_iter, gtol, reml))
+    def run(a, gamma0_in, beta0_in, max_iter, gtol):
+        b0, g0 = start_values(a)
+        fresh = jnp.isnan(gamma0_in[0])
+        beta0 = jnp.where(fresh, b0, beta0_in)
+        gamma0 = jnp.where(fresh, g0, gamma0_in)
+        centred = a._replace(y=(a.y - a.X @ beta0) * (a.w > 0))
+        out = _summary(_diag_run(centred, gamma0, max_iter, gtol, reml))
+        out["beta"] = out["beta"] + beta0
+        out["beta0"] = beta0
+        return out
 
     axes = DiagArrays(0, None, None, None, None) if shared_design else 0
-    return jax.jit(jax.vmap(run, in_axes=(axes, 0, None, None)))
+    return jax.jit(jax.vmap(run, in_axes=(axes, 0, 0, None, None)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -193,19 +245,19 @@ def generic_program(struct, treedef):
     return jax.jit(jax.vmap(lane, in_axes=(axes, 0, None, None)))
 
 
-def run_diag_chunk(y, X, Z, v, w, gamma0, max_iter: int, gtol: float, reml: bool, *,
+def run_diag_chunk(y, X, Z, v, w, gamma0, beta0, max_iter: int, gtol: float, reml: bool, *,
                    device=None, block: bool = True) -> dict:
-    """Fit one chunk of groups (numpy arrays with a leading lane axis).
+    """Fit one chunk of groups (numpy arrays with a leading lane axis; see :func:`diag_program`).
 
-    Returns per lane ``beta`` (location, in the centred coordinates of ``y``), ``phi``
-    (log-SD coefficients), ``f`` (the minimised negative log-likelihood), ``var`` (diagonal
-    of the covariance of (beta, phi)), ``max_gradient``, ``status`` and ``iterations``.
-    With ``block=False`` the result stays on the device (JAX dispatches asynchronously);
-    the default returns numpy arrays, as a dask worker must.
+    Returns per lane ``beta`` (location), ``phi`` (log-SD coefficients), ``f`` (the
+    minimised negative log-likelihood), ``var`` (diagonal of the covariance of
+    (beta, phi)), ``max_gradient``, ``status``, ``iterations`` and ``beta0`` (the centring
+    used, for resuming).  With ``block=False`` the result stays on the device (JAX
+    dispatches asynchronously); the default returns numpy arrays, as a dask worker must.
     """
     import jax
 
-    args = (DiagArrays(y, X, Z, v, w), gamma0)
+    args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
     if device is not None:
         args = jax.device_put(args, device)
     out = diag_program(bool(reml))(*args, np.int64(max_iter), np.float64(gtol))

@@ -71,19 +71,25 @@ class _Refitter:
         return out
 
     def run(self, Yc: np.ndarray, phi0: np.ndarray, max_iter: int, gtol: float) -> dict:
+        """Refit responses ``Yc`` (from :meth:`centred`) from ``phi0``; ``beta`` on the data's scale."""
         import jax
 
         from .batch_engine import DiagArrays, diag_program, generic_program
 
         if self.kind == "diag":
+            # the diag program centres y itself: give it the raw response and the centring
             a = self.arrs
-            args = DiagArrays(Yc, a.X, a.Z_sigma, a.v, a.w)
+            y = Yc + np.concatenate([self.X @ self.beta0, np.zeros(self.N - self.n)])[None, :]
+            y[:, self.n:] = 0.0
+            beta0 = np.tile(self.beta0, (Yc.shape[0], 1))
             prog = diag_program(self.struct.method == "REML", True)
-        else:
-            args = self.arrs._replace(y=Yc)
-            prog = generic_program(self.struct, self.treedef)
-        out = prog(args, phi0, np.int64(max_iter), np.float64(gtol))
-        return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+            out = prog(DiagArrays(y, a.X, a.Z_sigma, a.v, a.w), phi0, beta0, np.int64(max_iter), np.float64(gtol))
+            return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+        prog = generic_program(self.struct, self.treedef)
+        out = prog(self.arrs._replace(y=Yc), phi0, np.int64(max_iter), np.float64(gtol))
+        out = {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+        out["beta"] = out["beta"] + self.beta0[None, :]  # the engine's program works centred
+        return out
 
 
 def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: float = 0.95,
@@ -159,7 +165,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     finally:
         if bar is not None:
             bar.close()
-    theta = np.concatenate([beta + refit.beta0[None, :], phi], axis=1)
+    theta = np.concatenate([beta, phi], axis=1)
     ok = (status == CONVERGED) | (status == CONVERGED_FLAT)
     good = theta[ok]
     alpha = 1.0 - float(level)
