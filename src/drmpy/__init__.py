@@ -17,8 +17,10 @@ Importing drmpy enables JAX float64 and a persistent compilation cache (see
 from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
 from . import datasets
 from .api import biv_gaussian, check, clear_cache, fit, gaussian
+from .batch import fit_batch
 from .bivariate_design import meta_vcov_bivariate
 from .bivariate_result import BivariateFit
+from .bootstrap import parametric_bootstrap
 from .long_format import long_to_bivariate
 from .engine import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
@@ -30,6 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "fit",
+    "fit_batch",
+    "parametric_bootstrap",
     "Formula",
     "gaussian",
     "biv_gaussian",

@@ -23,8 +23,8 @@ import numpy as np
 
 from .design import ModelDesign
 from .errors import DrmError
-from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure, gram,
-                         variance_objective)
+from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
+                         elementwise_linalg, gram, variance_objective)
 from .optimize import newton_trust_region
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure"]
@@ -356,14 +356,36 @@ def _bucket_size(m: int) -> int:
 # the compiled program
 
 
-def _program_fn(struct: Structure):
-    """The whole fit as one pure function of arrays (un-jitted)."""
+def _program_fn(struct: Structure, elementwise: bool = False):
+    """The whole fit as one pure function of arrays (un-jitted).
+
+    ``elementwise=True`` replaces the small dense eigen-decompositions, inverses and SPD
+    solves (up to ``likelihood.SMALL_BLOCK`` rows) by elementwise code
+    (:mod:`drmpy.small_linalg`, :func:`drmpy.likelihood.elementwise_linalg`), for programs
+    that are ``vmap``-ed over many fits: jaxlib's batched LAPACK kernels can deadlock on
+    CPU inside the loop.
+    """
     objective = variance_objective(struct)
     p = struct.p
+    if elementwise:
+        from .small_linalg import jacobi_eigh, sym_inverse, sym_min_eigenvalue
+
+        eigh, inv, min_eigenvalue = jacobi_eigh, sym_inverse, sym_min_eigenvalue
+    else:
+        eigh, inv = jnp.linalg.eigh, jnp.linalg.inv
+
+        def min_eigenvalue(M):
+            return jnp.min(jnp.linalg.eigvalsh(M))
 
     def run(arrs: Arrays, phi0, max_iter, gtol):
+        if elementwise:
+            with elementwise_linalg():
+                return _run(arrs, phi0, max_iter, gtol)
+        return _run(arrs, phi0, max_iter, gtol)
+
+    def _run(arrs: Arrays, phi0, max_iter, gtol):
         sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
-                                  max_iter=max_iter, gtol=gtol)
+                                  max_iter=max_iter, gtol=gtol, eigh=eigh)
         phi = sol.x
         H_phi = sol.hess
 
@@ -372,25 +394,25 @@ def _program_fn(struct: Structure):
             return M[:p, :p], M[:p, p]
 
         A, b = location_pieces(phi)
-        A_inv = jnp.linalg.inv(A)
+        A_inv = inv(A)
         beta = A_inv @ b
         if struct.method == "REML":
             # J = d beta_hat / d phi, from the derivatives of A and b (forward mode only).
             dA, db = jax.jacfwd(location_pieces)(phi)  # (p, p, k), (p, k)
             J = A_inv @ (db - jnp.einsum("ijk,j->ik", dA, beta))
-            C = jnp.linalg.inv(H_phi)
+            C = inv(H_phi)
             cross = J @ C
             vcov = jnp.block([[A_inv + J @ C @ J.T, cross], [cross.T, C]])
             full_grad = jnp.concatenate([jnp.zeros(p), sol.grad])
-            min_eig = jnp.min(jnp.linalg.eigvalsh(H_phi))
+            min_eig = min_eigenvalue(H_phi)
         else:
             # Joint Hessian of -log L at (beta_hat, phi) from the profiled one: the profiled
             # Hessian is the Schur complement H_pp - H_pb A^-1 H_bp, and H_bp = d(A beta - b)/d phi.
             dA, db = jax.jacfwd(location_pieces)(phi)
             H_bp = jnp.einsum("ijk,j->ik", dA, beta) - db
             H = jnp.block([[A, H_bp], [H_bp.T, H_phi + H_bp.T @ A_inv @ H_bp]])
-            vcov = jnp.linalg.inv(H)
-            min_eig = jnp.min(jnp.linalg.eigvalsh(H))
+            vcov = inv(H)
+            min_eig = min_eigenvalue(H)
             full_grad = jnp.concatenate([A @ beta - b, sol.grad])
         f = sol.f
         gamma = phi[: struct.k_sigma]

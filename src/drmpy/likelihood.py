@@ -32,6 +32,8 @@ Their ``phi`` is ``(gamma_sigma1, gamma_sigma2, eta_rho12)``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -164,6 +166,7 @@ def _gram_diag(sigma2, arrs: Arrays, B):
 
 
 SMALL_BLOCK = 24
+UNROLL_MAX = 8  # largest single matrix unrolled under elementwise_linalg (compile time grows as m^3)
 
 
 def _unrolled_cholesky(S):
@@ -211,6 +214,24 @@ def _unrolled_cholesky_solve(S, R):
     return logdet, jnp.stack(x, axis=-2)
 
 
+_ELEMENTWISE = contextvars.ContextVar("drmpy_elementwise_linalg", default=False)
+
+
+@contextlib.contextmanager
+def elementwise_linalg():
+    """While tracing inside this context, small SPD solves use the unrolled Cholesky.
+
+    A trace-time switch for programs that are ``vmap``-ed over many fits: there the p x p
+    solves become batched LAPACK calls, which can deadlock on CPU (see ``_spd_solve_terms``).
+    Compiled programs keep what they were traced with.
+    """
+    token = _ELEMENTWISE.set(True)
+    try:
+        yield
+    finally:
+        _ELEMENTWISE.reset(token)
+
+
 @jax.custom_jvp
 def _spd_solve_terms(S, B):
     """For SPD S (batched): per-matrix log|S|, S^-1 and S^-1 B, from one Cholesky factor.
@@ -218,12 +239,23 @@ def _spd_solve_terms(S, B):
     The derivative rule is written out (d log|S| = tr(S^-1 dS), d S^-1 = -S^-1 dS S^-1,
     d S^-1B = -S^-1 dS S^-1 B + S^-1 dB) so that second derivatives never differentiate
     XLA's Cholesky and triangular-solve kernels: on CPU those hang for some batch sizes
-    (1024 or 2000 blocks) once differentiated twice, and they compile slowly.
+    (1024 or 2000 blocks) once differentiated twice, and they compile slowly.  Batches of
+    blocks up to ``SMALL_BLOCK`` rows are factored with unrolled elementwise code.  While
+    tracing under :func:`elementwise_linalg` (programs ``vmap``-ed over many fits, where a
+    single matrix becomes a batch) no LAPACK kernel is used at all: single matrices up to
+    ``UNROLL_MAX`` rows are unrolled, larger ones use a loop of matrix-vector products
+    (batched ``potrf`` deadlocked there even for 16 lanes of 64 x 64).
     """
     eye = jnp.broadcast_to(jnp.eye(S.shape[-1], dtype=S.dtype), S.shape)
-    if S.ndim == 3 and S.shape[-1] <= SMALL_BLOCK:
+    m = S.shape[-1]
+    elementwise = _ELEMENTWISE.get()
+    if 0 < m <= SMALL_BLOCK and (S.ndim == 3 or (elementwise and m <= UNROLL_MAX)):
         logdet, X = _unrolled_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
-        m = S.shape[-1]
+        return logdet, X[..., :m], X[..., m:]
+    if elementwise and m > 0:
+        from .small_linalg import loop_cholesky_solve
+
+        logdet, X = loop_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
         return logdet, X[..., :m], X[..., m:]
     L = jnp.linalg.cholesky(S)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)

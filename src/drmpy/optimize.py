@@ -69,11 +69,22 @@ class _State(NamedTuple):
     nfev: jax.Array
     flat: jax.Array
     status: jax.Array
+    evals: jax.Array  # eigen-decomposition of H (ascending), shared by the stopping test
+    evecs: jax.Array  # and the next trust-region step
 
 
-def _trust_step(g, H, radius):
-    """Minimiser of g'd + d'Hd/2 subject to ||d|| <= radius (eigen-decomposition, bisection on lam)."""
-    evals, evecs = jnp.linalg.eigh(H)
+def _trust_step(g, evals, evecs, radius):
+    """Minimiser of g'd + d'Hd/2 subject to ||d|| <= radius, from H's eigen-decomposition.
+
+    The smallest ``lam >= 0`` with ``||(H + lam I)^-1 g|| <= radius`` is found by bisection
+    (closed form for one parameter).
+    """
+    if g.shape[0] == 1:
+        e, gg = evals[0], g[0]
+        scale = jnp.maximum(jnp.abs(e), 1.0)
+        newton_ok = (e > 1e-12 * scale) & (jnp.abs(gg) <= radius * jnp.where(e > 0, e, 1.0))
+        step = jnp.where(newton_ok, -gg / jnp.where(newton_ok, e, 1.0), -jnp.sign(gg) * radius)
+        return step[None]
     gt = evecs.T @ g
     scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
     lam_lo = jnp.maximum(0.0, -evals[0]) + 1e-12 * scale
@@ -106,27 +117,38 @@ def newton_trust_region(
     flat_steps: int = 3,
     radius0: float = 1.0,
     max_radius: float = 8.0,
+    eigh: Callable = jnp.linalg.eigh,
+    derivatives: Callable | None = None,
 ) -> SolverOutput:
-    """Minimise ``fun`` from ``x0`` with exact gradient and Hessian (``jax.hessian``)."""
-    value_and_grad = jax.value_and_grad(fun)
-    hessian = jax.hessian(fun)
+    """Minimise ``fun`` from ``x0`` with exact gradient and Hessian (``jax.hessian``).
 
-    def evaluate(x):
-        f, g = value_and_grad(x)
-        return f, g, hessian(x)
+    ``derivatives(x) -> (f, g, H)`` replaces automatic differentiation when given (a
+    closed form; ``fun`` is then unused).  ``eigh`` decomposes the Hessian; pass
+    :func:`drmpy.small_linalg.jacobi_eigh` when the solver is vmapped over many problems
+    (batched LAPACK can deadlock on CPU).
+    """
+    if derivatives is not None:
+        evaluate = derivatives
+    else:
+        value_and_grad = jax.value_and_grad(fun)
+        hessian = jax.hessian(fun)
+
+        def evaluate(x):
+            f, g = value_and_grad(x)
+            return f, g, hessian(x)
 
     # The first pass of the loop evaluates x0 (a zero step that is always accepted), so the
     # derivative code appears once in the compiled program.
     nan = jnp.asarray(jnp.inf)
     k = x0.shape[0]
     state = _State(x0, nan, jnp.zeros(k), jnp.eye(k), jnp.asarray(radius0), jnp.asarray(-1),
-                   jnp.asarray(0), jnp.asarray(0), jnp.asarray(RUNNING))
+                   jnp.asarray(0), jnp.asarray(0), jnp.asarray(RUNNING), jnp.ones(k), jnp.eye(k))
     def cond(s):
         return (s.status == RUNNING) & ((s.it < max_iter) | (s.it < 0))
 
     def body(s):
         first = s.it < 0
-        d = jnp.where(first, 0.0, _trust_step(s.g, s.H, s.radius))
+        d = jnp.where(first, 0.0, _trust_step(s.g, s.evals, s.evecs, s.radius))
         predicted = s.g @ d + 0.5 * d @ s.H @ d
         x_new = s.x + d
         f_new, g_new, H_new = evaluate(x_new)
@@ -156,7 +178,7 @@ def newton_trust_region(
         # Newton decrement g'H^-1 g of the accepted point: tiny when only flat (boundary)
         # directions remain, or when the remaining Newton step is below what the objective's
         # rounding (a sum over n rows) can resolve.
-        evals, evecs = jnp.linalg.eigh(H)
+        evals, evecs = eigh(H)
         gt = evecs.T @ g
         decrement = jnp.sum(gt**2 / jnp.maximum(evals, 1e-12 * jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)))
         converged = (gmax <= gtol * fscale_new) | (
@@ -176,7 +198,7 @@ def newton_trust_region(
                 jnp.where(collapsed, RADIUS_COLLAPSED, jnp.where(it >= max_iter, MAX_ITER, RUNNING)),
             ),
         ))
-        return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status)
+        return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status, evals, evecs)
 
     out = jax.lax.while_loop(cond, body, state)
     status = jnp.where(

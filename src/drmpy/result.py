@@ -320,6 +320,21 @@ class DrmFit(FitResult):
 
         return check_fit(self)
 
+    def simulate(self, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
+        """Responses drawn from the fitted model, ``nsim`` independent data sets.
+
+        Each column is one draw of the response for the retained rows from the fitted
+        marginal distribution ``MVN(X beta_hat, V + diag(sigma_hat^2) + Z G_hat Z')``: the
+        known sampling (co)variance V, the fitted row-level heterogeneity, and every random
+        effect redrawn from its fitted distribution (not the conditional modes).  Response
+        scale.  Columns ``sim_1 .. sim_nsim``; index: the data's labels of the retained rows
+        (``fit.design.row_labels``, the rows the fit used).  ``seed``: anything
+        ``numpy.random.default_rng`` accepts; the same seed gives the same draws.
+        """
+        from .simulate import simulate_responses
+
+        return simulate_responses(self, nsim, seed)
+
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
                 f"converged={self.converged}>")

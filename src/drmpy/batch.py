@@ -1,0 +1,633 @@
+"""``fit_batch``: the same model fitted to every level of a grouping column, in one compiled program.
+
+The formula is parsed once and the fixed-effect designs are materialised once on the
+whole data (so factor levels, and any stateful transform such as ``center(x)``, are
+those of the whole data, common to all groups).  Rows are then scattered into padded
+per-group arrays with vectorised numpy, groups sorted by size so that each chunk pads
+little, and the fits run as ``jax.vmap`` of one group's optimiser (see
+:mod:`drmpy.batch_engine`), chunk by chunk.
+
+Two passes: the first caps the iterations; only the groups still running are resumed
+from where they stopped, with the rest of ``max_iter``, in a second pass, so that slow
+groups (typically a variance converging to its zero boundary) do not hold every chunk
+back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import frames
+from .design import _check_full_rank, _materialize_uncached, _required_variables, _response_values, FixedDesign
+from .engine import Control
+from .errors import DataError, DrmError, FormulaError
+from .formula import Formula
+from .known_v import resolve_v
+from .optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER, NONFINITE, STATUS_MESSAGES
+
+__all__ = ["fit_batch"]
+
+RESULT_COLUMNS = ("parameter", "estimate", "std_error", "loglik", "converged", "max_gradient", "message")
+
+# first-pass iteration cap: most fits converge in 3 to 8 Newton steps; a variance
+# walking to its zero boundary takes 12 to 25 (half a log-SD unit per step)
+FIRST_PASS_ITER = 8
+
+_DROP_REASONS = (
+    "missing values in model variables",
+    "non-finite values in model variables",
+    "missing or non-finite sampling variance",
+    "non-finite values of transformed variables",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# design: one materialisation for all groups
+
+
+@dataclass
+class _Groups:
+    """Rows of every group, sorted by group, and what is known about each group."""
+
+    labels: Any  # unique values of the by column, in output order (pandas Index/array)
+    names: list[str]  # parameter names (mu:..., sigma:...)
+    p: int
+    k: int
+    # retained rows, sorted by group
+    y: np.ndarray
+    X: np.ndarray
+    Z: np.ndarray
+    v: np.ndarray
+    row_pos: np.ndarray  # position in the data of each retained row
+    index: Any  # the data's row labels (for messages)
+    offsets: np.ndarray  # (G + 1,) start of each group's rows
+    sizes: np.ndarray  # (G,)
+    notes: dict[int, list[str]]  # group -> dropped-row notes (appended to the message)
+    error: dict[int, str] = field(default_factory=dict)  # group -> why it is not fitted
+
+    def group_sums(self, values: np.ndarray) -> np.ndarray:
+        """Per-group sums over the (sorted) retained rows; any trailing shape; empty groups 0."""
+        G = len(self.sizes)
+        flat = np.ascontiguousarray(values).reshape(len(values), -1)
+        out = np.zeros((G, flat.shape[1]))
+        nonempty = self.sizes > 0
+        if flat.shape[0] and nonempty.any():
+            out[nonempty] = np.add.reduceat(flat, self.offsets[:-1][nonempty], axis=0)
+        return out.reshape((G,) + values.shape[1:])
+
+    def cross(self, A: np.ndarray, B: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        """Per-group sum of w_i a_i b_i' (G, a, b)."""
+        if w is None:
+            prod = np.einsum("ni,nj->nij", A, B)
+        else:
+            prod = np.einsum("ni,nj,n->nij", A, B, w)
+        return self.group_sums(prod)
+
+    def per_row(self, values: np.ndarray) -> np.ndarray:
+        """A per-group array repeated onto the group's rows."""
+        return np.repeat(values, self.sizes, axis=0)
+
+
+def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str, Any]) -> tuple[list[str], str | None]:
+    """Columns the formulas read (response, mu, sigma), and the V column, as build_design."""
+    texts = formula.text
+    needed: list[str] = []
+    response = formula.response
+    if response in all_columns:
+        needed.append(response)
+    else:
+        req = _required_variables(f"{response} ~ 1", "mu", texts["mu"])
+        unknown = req - set(all_columns) - set(context)
+        if unknown:
+            raise DataError(f"The response `{response}` uses `{sorted(unknown)[0]}`, which is not a column of the data.")
+        needed.extend(sorted(req & set(all_columns)))
+    for dpar, rhs in formula.dpars.items():
+        vars_ = _required_variables(rhs, dpar, texts[dpar])
+        missing = sorted(v for v in vars_ if v not in all_columns and v not in context)
+        if missing:
+            raise DataError(f"Column `{missing[0]}` used in the {dpar} formula `{texts[dpar]}` is not in the data.")
+        needed.extend(sorted(v for v in vars_ if v in all_columns))
+    meta_v = formula.meta_v
+    v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
+    return list(dict.fromkeys(needed)), v_col
+
+
+def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched solve of (G, m, m) systems with (G, m) right-hand sides."""
+    if A.shape[-1] == 1:
+        return b / A[:, :, 0]
+    return np.linalg.solve(A, b[:, :, None])[:, :, 0]
+
+
+def _rank_deficient(gram: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Groups whose X'X may be singular (screen; confirmed on the rows by matrix_rank)."""
+    m = gram.shape[-1]
+    flag = np.zeros(len(gram), dtype=bool)
+    if m == 0:
+        return flag
+    idx = np.flatnonzero(ok)
+    if m == 1:
+        flag[idx] = gram[idx, 0, 0] <= 0
+        return flag
+    ev = np.linalg.eigvalsh(gram[idx])
+    flag[idx] = ev[:, 0] <= 1e-9 * np.maximum(ev[:, -1], np.finfo(float).tiny)
+    return flag
+
+
+def _by_codes(frame: pd.DataFrame, by: str) -> tuple[np.ndarray, Any]:
+    col = frame[by]
+    missing = col.isna().to_numpy()
+    if missing.any():
+        first = frame.index[np.flatnonzero(missing)[0]]
+        raise DataError(
+            f"by: column `{by}` has {int(missing.sum())} missing value(s) (first at row {first!r}); "
+            "every row must belong to a group: fill or drop them first."
+        )
+    try:
+        codes, uniques = pd.factorize(col, sort=True)
+    except TypeError:  # unorderable mixture of types: order of first appearance
+        codes, uniques = pd.factorize(col, sort=False)
+    return codes.astype(np.int64), uniques
+
+
+def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
+    if data is None:
+        raise DataError("`data` is required.")
+    all_columns = frames.column_names(data)
+    if not isinstance(by, str):
+        raise DrmError(f"by must be a column name, got {type(by).__name__}.")
+    if by not in all_columns:
+        raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
+    if formula.random_terms:
+        raise FormulaError(
+            "fit_batch fits models without random effects (a diagonal V given as a data "
+            f"column); `{formula.random_terms[0].text}` is a random-effect term. Fit such "
+            "models one group at a time with drm.fit."
+        )
+    context: dict[str, Any] = dict(formula.env)
+    texts = formula.text
+    needed, v_col = _column_lists(formula, all_columns, context)
+    frame = frames.as_pandas(data, list(dict.fromkeys(needed + ([v_col] if v_col else []) + [by])))
+    n_data = len(frame)
+    codes, labels = _by_codes(frame, by)
+    G = len(labels)
+    meta_v = formula.meta_v
+    if meta_v is not None:
+        raw_v = resolve_v(meta_v.name, all_columns, lambda c: frame[c], None, formula.env, n_data)
+        if not raw_v.is_vector:
+            raise FormulaError(
+                f"fit_batch takes the sampling variances of meta_V(V = {meta_v.name}) as one value per "
+                "row (a data column or a vector); a full covariance matrix is not supported in "
+                "batches. Fit such models one group at a time with drm.fit."
+            )
+        v_all = raw_v.vector
+    else:
+        v_all = np.zeros(n_data)
+
+    # rows: the same rules as build_design, counted per group instead of per data set
+    reason = np.zeros(n_data, dtype=np.int64)  # 0 kept, else 1 + index in _DROP_REASONS
+    used = [c for c in needed if c != by]
+    if used:
+        complete = ~frame[used].isna().any(axis=1).to_numpy()
+    else:
+        complete = np.ones(n_data, dtype=bool)
+    reason[~complete] = 1
+    finite = np.ones(n_data, dtype=bool)
+    for c in used:
+        col = frame[c]
+        if frames.is_numeric(col):
+            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            finite &= np.isfinite(vals) | np.isnan(vals)
+    reason[(reason == 0) & ~finite] = 2
+    if meta_v is not None:
+        reason[(reason == 0) & ~np.isfinite(v_all)] = 3
+    keep = reason == 0
+    sub = frame.loc[keep] if not keep.all() else frame
+    if len(sub) == 0:
+        raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
+    y = _response_values(sub, formula.response, context)
+    mats = {}
+    for dpar in ("mu", "sigma"):
+        mats[dpar] = _materialize_uncached(formula.dpars[dpar], sub, dpar, texts[dpar], context)
+    ok = np.isfinite(y)
+    for m, _, _ in mats.values():
+        ok &= np.all(np.isfinite(m), axis=1)
+    keep_pos = np.flatnonzero(keep) if not keep.all() else None
+    if not ok.all():
+        if keep_pos is None:
+            keep_pos = np.arange(n_data)
+        reason[keep_pos[~ok]] = 4
+        keep_pos = keep_pos[ok]
+        y = y[ok]
+        mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
+    X, mu_terms, _ = mats["mu"]
+    Z, sigma_terms, _ = mats["sigma"]
+    if Z.shape[1] == 0:
+        raise FormulaError(f"The sigma formula `{texts['sigma']}` has no columns; fit_batch needs at least `sigma ~ 1`.")
+    names = [f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms]
+    if keep_pos is None:
+        keep_pos = np.arange(n_data)
+        v, kept_codes = v_all, codes
+    else:
+        v, kept_codes = v_all[keep_pos], codes[keep_pos]
+    sizes = np.bincount(kept_codes, minlength=G)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    if np.any(kept_codes[1:] < kept_codes[:-1]):  # not already sorted by group
+        order = np.argsort(kept_codes, kind="stable")
+        y, X, Z, v, keep_pos = y[order], X[order], Z[order], v[order], keep_pos[order]
+    notes: dict[int, list[str]] = {}
+    if reason.any():
+        dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
+        for g, r in zip(*np.nonzero(dropped[:, 1:])):
+            n_drop = int(dropped[g, r + 1])
+            what = _DROP_REASONS[r]
+            if r == 2:
+                what = f"missing or non-finite sampling variance `{meta_v.name}`"
+            notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
+    return _Groups(
+        labels=labels, names=names, p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v,
+        row_pos=keep_pos, index=frame.index, offsets=offsets, sizes=sizes, notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# per-group checks and start values (vectorised over groups)
+
+
+def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarray:
+    """Fill ``gr.error`` for groups that cannot be fitted; returns the boolean 'fit me' mask."""
+    n_par = gr.p + gr.k
+    ok = gr.sizes > 0
+    for g in np.flatnonzero(~ok):
+        gr.error[int(g)] = "no rows remain"
+    few = ok & (gr.sizes < n_par)
+    for g in np.flatnonzero(few):
+        gr.error[int(g)] = (f"{gr.sizes[g]} row{'s' if gr.sizes[g] != 1 else ''} for {n_par} parameters "
+                            f"({gr.p} mu, {gr.k} sigma)")
+    ok &= ~few
+    negative = gr.v < 0
+    if negative.any():
+        neg = gr.group_sums(negative.astype(float)) > 0
+        for g in np.flatnonzero(ok & neg):
+            rows = slice(gr.offsets[g], gr.offsets[g + 1])
+            vv = gr.v[rows]
+            i = int(np.flatnonzero(vv < 0)[0])
+            label = gr.index[gr.row_pos[rows][i]]
+            gr.error[int(g)] = (f"meta_V(V = {v_name}): sampling variances must be >= 0; row "
+                                f"{label!r} has {vv[i]:g} ({int((vv < 0).sum())} negative in all)")
+        ok &= ~neg
+    for dpar, M, terms in (("mu", gr.X, gr.names[: gr.p]), ("sigma", gr.Z, gr.names[gr.p:])):
+        suspect = _rank_deficient(gr.cross(M, M), ok)
+        for g in np.flatnonzero(suspect):
+            rows = slice(gr.offsets[g], gr.offsets[g + 1])
+            design = FixedDesign(dpar, tuple(t.split(":", 1)[1] for t in terms), M[rows], None)
+            try:
+                _check_full_rank(design, formula.text[dpar])
+            except DataError as exc:
+                gr.error[int(g)] = str(exc).rstrip(".").replace("among the retained rows", "among this group's rows")
+                ok[g] = False
+    return ok
+
+
+# ------------------------------------------------------------------------------------------
+# chunks
+
+
+def padded_rows(n: int) -> int:
+    """Rows per lane: multiples of 8 up to 64, then quarter-octave steps (80, 96, 112, 128, 160, ...).
+
+    Few distinct shapes (each is one compile) with at most 25% padding above 64 rows.
+    """
+    n = max(int(n), 1)
+    if n <= 64:
+        return 8 * math.ceil(n / 8)
+    step = 2 ** (int(math.floor(math.log2(n))) - 2)
+    return step * math.ceil(n / step)
+
+
+def auto_chunk_lanes(n_rows: int, width: int) -> int:
+    """Lanes (groups) per chunk: about 4 MB of input per chunk (it then stays in cache), 256 to 8192."""
+    per_lane = 8.0 * n_rows * (width + 3)
+    lanes = 2 ** int(math.floor(math.log2(max(4e6 / per_lane, 1.0))))
+    return int(min(max(lanes, 256), 8192))
+
+
+@dataclass
+class _Chunk:
+    groups: np.ndarray  # group ids of the real lanes
+    n_rows: int  # padded rows per lane
+    lanes: int  # lanes including padding lanes
+
+
+# A compile costs about as much as this many (lane x padded row) units of work in one
+# pass (about 1 s on one CPU core): adjacent row buckets are merged while padding the
+# smaller one up costs less than compiling another shape.
+MERGE_LANE_ROWS = 1.5e6
+
+
+def _lanes_ladder(n: int) -> int:
+    """Lanes of a chunk holding fewer groups than a full chunk: 16, 64, 256, ... (few shapes)."""
+    lanes = 16
+    while lanes < n:
+        lanes *= 4
+    return lanes
+
+
+def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int,
+          max_lanes: int | None = None) -> list[_Chunk]:
+    """Chunks of groups sorted by size; each chunk pads its lanes to its bucket's rows."""
+    if group_ids.size == 0:
+        return []
+    order = group_ids[np.argsort(sizes[group_ids], kind="stable")]
+    uniq, inv = np.unique(sizes[order], return_inverse=True)
+    padded = np.array([padded_rows(s) for s in uniq])[inv]
+    buckets = [[int(n), order[padded == n]] for n in np.unique(padded)]
+    # merge small buckets upwards (from the largest rows down) when padding is cheaper than compiling
+    merged = [buckets[-1]]
+    for n_rows, members in reversed(buckets[:-1]):
+        top = merged[-1]
+        if len(members) * (top[0] - n_rows) <= MERGE_LANE_ROWS:
+            top[1] = np.concatenate([members, top[1]])
+        else:
+            merged.append([n_rows, members])
+    chunks = []
+    for n_rows, members in reversed(merged):
+        lanes = int(chunk_size) if chunk_size is not None else auto_chunk_lanes(n_rows, width)
+        if max_lanes is not None:
+            lanes = min(lanes, max_lanes)
+        if len(members) < lanes:
+            lanes = min(lanes, _lanes_ladder(len(members)))
+        for start in range(0, len(members), lanes):
+            chunks.append(_Chunk(members[start : start + lanes], n_rows, lanes))
+    return chunks
+
+
+def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
+    """(y, X, Z, v, w) as (lanes, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
+    L, N = chunk.lanes, chunk.n_rows
+    gs = chunk.groups
+    sz = gr.sizes[gs]
+    local_start = np.cumsum(sz) - sz
+    pos = np.arange(int(sz.sum())) - np.repeat(local_start, sz)
+    rows = np.repeat(gr.offsets[gs], sz) + pos
+    flat = np.repeat(np.arange(len(gs)) * N, sz) + pos
+    y = np.zeros(L * N)
+    X = np.zeros((L * N, gr.p))
+    Z = np.zeros((L * N, gr.k))
+    v = np.ones(L * N)
+    w = np.zeros(L * N)
+    y[flat] = gr.y[rows]
+    X[flat] = gr.X[rows]
+    Z[flat] = gr.Z[rows]
+    v[flat] = gr.v[rows]
+    w[flat] = 1.0
+    return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
+
+
+def _pad_lanes(a: np.ndarray, lanes: int) -> np.ndarray:
+    if a.shape[0] == lanes:
+        return a
+    out = np.zeros((lanes,) + a.shape[1:], dtype=a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+class _Runner:
+    """Runs chunk programs locally (round-robin over JAX's local devices) or on a dask cluster,
+    keeping a bounded number of chunks in flight, with one progress bar."""
+
+    def __init__(self, fn, client, progress: bool, total: int, desc: str):
+        self.fn = fn
+        self.client = client
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="fit", desc=desc, leave=False)
+
+    def map(self, tasks):
+        """tasks: iterable of (key, n_real, args tuple, kwargs dict); returns {key: result}."""
+        results = {}
+        if self.client is not None:
+            from distributed import as_completed
+
+            futures = {}
+            for key, n_real, args, kwargs in tasks:
+                fut = self.client.submit(self.fn, *args, pure=False, **kwargs)
+                futures[fut] = (key, n_real)
+            for fut in as_completed(list(futures)):
+                key, n_real = futures[fut]
+                results[key] = fut.result()
+                self._advance(n_real)
+            return results
+        import jax
+
+        devices = jax.local_devices()
+        inflight = []
+        window = 2 * len(devices)
+        for i, (key, n_real, args, kwargs) in enumerate(tasks):
+            out = self.fn(*args, device=devices[i % len(devices)], block=False, **kwargs)
+            inflight.append((key, n_real, out))
+            if len(inflight) >= window:
+                k0, n0, o0 = inflight.pop(0)
+                results[k0] = jax.device_get(o0)
+                self._advance(n0)
+        for k0, n0, o0 in inflight:
+            results[k0] = jax.device_get(o0)
+            self._advance(n0)
+        return results
+
+    def _advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------
+# the public function
+
+
+def _coerce_chunk_size(chunk_size: Any) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or int(chunk_size) < 1:
+        raise DrmError(f"chunk_size must be a positive integer (groups per chunk) or None, got {chunk_size!r}.")
+    return int(chunk_size)
+
+
+def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
+               client, progress: bool) -> dict:
+    """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id)."""
+    from .batch_engine import run_diag_chunk
+
+    G = len(gr.sizes)
+    P = gr.p + gr.k
+    res = dict(beta=np.full((G, gr.p), np.nan), phi=np.full((G, gr.k), np.nan), f=np.full(G, np.nan),
+               var=np.full((G, P), np.nan), max_gradient=np.full(G, np.nan),
+               status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
+               beta0=np.full((G, gr.p), np.nan))
+    max_iter = int(ctrl.max_iter)
+    cap = min(FIRST_PASS_ITER, max_iter)
+    runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch")
+    try:
+        start = np.full((G, gr.k), np.nan)  # NaN: the program computes the start values
+        todo = fit_ids
+        budget = cap
+        for pass_no in (1, 2):
+            chunks = _plan(todo, gr.sizes, chunk_size, gr.p + gr.k)
+
+            def tasks():
+                for i, ch in enumerate(chunks):
+                    arrays = _chunk_arrays(gr, ch)
+                    g0 = _pad_lanes(start[ch.groups], ch.lanes)
+                    g0[len(ch.groups):] = np.nan
+                    b0 = _pad_lanes(res["beta0"][ch.groups], ch.lanes)
+                    yield i, len(ch.groups), arrays + (g0, b0, budget, float(ctrl.gtol), reml), {}
+
+            out = runner.map(tasks())
+            for i, ch in enumerate(chunks):
+                o = out[i]
+                n = len(ch.groups)
+                g = ch.groups
+                for key in ("beta", "phi", "f", "var", "max_gradient", "status", "beta0"):
+                    res[key][g] = np.asarray(o[key])[:n]
+                res["iterations"][g] += np.asarray(o["iterations"])[:n]
+            if pass_no == 1:
+                todo = fit_ids[(res["status"][fit_ids] == MAX_ITER) & (res["iterations"][fit_ids] >= cap)]
+                budget = max_iter - cap
+                if budget <= 0 or todo.size == 0:
+                    break
+                start = res["phi"].copy()
+                if runner.bar is not None:
+                    runner.bar.total += len(todo)
+                    runner.bar.refresh()
+    finally:
+        runner.close()
+    return res
+
+
+def fit_batch(
+    formula: Formula | str,
+    data: Any,
+    by: str = "replicate",
+    *,
+    method: str = "ML",
+    family: Any = None,
+    progress: bool = True,
+    chunk_size: int | None = None,
+    client: Any = None,
+    control: Mapping[str, Any] | Control | None = None,
+) -> pd.DataFrame:
+    """Fit the same model to every level of ``by``, each level an independent data set.
+
+    Supported models: no random effects, ``meta_V(V = vi)`` given as one sampling variance
+    per row (a data column or a vector), any ``mu`` and ``sigma`` formulas.  Designs are
+    built once on the whole data, so factor levels (and stateful transforms such as
+    ``center(x)``) are those of the whole data and every group has the same parameters.
+
+    Within each group, rows with missing or non-finite values are dropped (as
+    :func:`drmpy.fit` drops them) and counted in that group's ``message``.  A group that
+    cannot be fitted (no rows left, fewer rows than parameters, a rank-deficient mu or
+    sigma design within the group, a negative sampling variance) keeps its rows with NaN
+    estimates, ``converged=False`` and the reason in ``message``; other groups are
+    unaffected.  A group whose optimiser does not converge keeps its last iterate with
+    ``converged=False``.
+
+    Parameters
+    ----------
+    formula, method, family, control:
+        As :func:`drmpy.fit` (``control``: ``max_iter``, ``gtol``; ``structure`` must be
+        None or ``"diag"``).
+    data:
+        pandas or polars DataFrame with the column ``by``.  Never modified.
+    by:
+        Column whose levels are the data sets (any values; missing values are an error).
+    progress:
+        Show a tqdm progress bar (groups fitted).
+    chunk_size:
+        Groups per compiled batch; default chosen from the group size (about 4 MB of input
+        per chunk).  Results do not depend on it beyond rounding.
+    client:
+        A ``dask.distributed.Client``: chunks are sent to its workers (each worker needs
+        drmpy installed).  Results equal the local ones for the same chunking.
+
+    Returns
+    -------
+    pandas.DataFrame with one row per group and parameter, groups in sorted order of
+    ``by``, parameters in ``fit.params`` order: ``by`` (same name and values), ``parameter``
+    (``mu:...`` identity scale, ``sigma:...`` log-SD scale), ``estimate``, ``std_error``
+    (drmTMB's: observed information, REML including the variance parameters' uncertainty),
+    and per group ``loglik`` (REML: drmTMB's restricted log-likelihood), ``converged``
+    (the optimiser's test, a variance at its zero boundary counting as converged),
+    ``max_gradient`` (largest absolute gradient of the objective at the estimate) and
+    ``message``.
+    """
+    from .api import Gaussian
+
+    formula = Formula.coerce(formula, _env_depth=2)
+    if family is not None and not isinstance(family, Gaussian):
+        raise DrmError(f"family must be drm.gaussian(), got {family!r}.")
+    method_u = str(method).upper()
+    if method_u not in ("ML", "REML"):
+        raise DrmError(f"method must be 'ML' or 'REML', got {method!r}.")
+    ctrl = Control.coerce(control)
+    if ctrl.structure not in (None, "diag"):
+        raise DrmError(f"control: fit_batch uses the diagonal structure; structure={ctrl.structure!r} is not available.")
+    chunk = _coerce_chunk_size(chunk_size)
+
+    gr = _build_groups(formula, data, by)
+    v_name = formula.meta_v.name if formula.meta_v is not None else None
+    fit_mask = _check_groups(gr, formula, v_name)
+    fit_ids = np.flatnonzero(fit_mask)
+    res = _fit_lanes(gr, fit_ids, reml=method_u == "REML", ctrl=ctrl, chunk_size=chunk,
+                     client=client, progress=progress)
+    return _result_frame(gr, by, res, fit_mask)
+
+
+def _result_frame(gr: _Groups, by: str, res: dict, fit_mask: np.ndarray) -> pd.DataFrame:
+    G = len(gr.sizes)
+    P = len(gr.names)
+    status = res["status"]
+    fitted = fit_mask & (status >= 0)
+    theta = np.concatenate([res["beta"], res["phi"]], axis=1)
+    var = res["var"]
+    se = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
+    converged = fitted & ((status == CONVERGED) | (status == CONVERGED_FLAT))
+    # one message per group: the status text, or the reason it was not fitted, then notes
+    code = np.where(fitted, status, len(STATUS_MESSAGES))
+    heads = [STATUS_MESSAGES[c] if c in (CONVERGED, CONVERGED_FLAT) else "not converged: " + STATUS_MESSAGES[c]
+             for c in range(len(STATUS_MESSAGES))] + ["not fitted"]
+    msg_codes = code.astype(np.int64)
+    msg_uniques = list(heads)
+    special = sorted(set(gr.notes) | set(gr.error))
+    if special:
+        lookup = {m: i for i, m in enumerate(msg_uniques)}
+        for g in special:
+            head = "not fitted: " + gr.error[g] if g in gr.error else heads[int(code[g])]
+            text = "; ".join([head] + gr.notes.get(g, []))
+            msg_codes[g] = lookup.setdefault(text, len(lookup))
+        msg_uniques = list(lookup)
+    used_codes, msg_codes = np.unique(msg_codes, return_inverse=True)
+    msg_uniques = [msg_uniques[c] for c in used_codes]
+    rep = np.repeat(np.arange(G), P)
+    labels = gr.labels
+    by_values = labels.take(rep) if hasattr(labels, "take") else np.asarray(labels)[rep]
+    frame = pd.DataFrame({
+        by: by_values,
+        "parameter": pd.Categorical.from_codes(np.tile(np.arange(P), G), categories=pd.Index(gr.names, dtype=object)),
+        "estimate": theta.reshape(-1),
+        "std_error": se.reshape(-1),
+        "loglik": np.repeat(-res["f"], P),
+        "converged": np.repeat(converged, P),
+        "max_gradient": np.repeat(res["max_gradient"], P),
+        "message": pd.Categorical.from_codes(np.repeat(msg_codes, P), categories=pd.Index(msg_uniques, dtype=object)),
+    })
+    return frame
