@@ -401,9 +401,10 @@ class _Runner:
     """Runs chunk programs locally (round-robin over JAX's local devices) or on a dask cluster,
     keeping a bounded number of chunks in flight, with one progress bar."""
 
-    def __init__(self, fn, client, progress: bool, total: int, desc: str):
+    def __init__(self, fn, client, progress: bool, total: int, desc: str, count=None):
         self.fn = fn
         self.client = client
+        self.count = count  # (task key, n_real, result) -> groups finished; default n_real
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -423,7 +424,7 @@ class _Runner:
             for fut in as_completed(list(futures)):
                 key, n_real = futures[fut]
                 results[key] = fut.result()
-                self._advance(n_real)
+                self._advance(key, n_real, results[key])
             return results
         import jax
 
@@ -436,15 +437,15 @@ class _Runner:
             if len(inflight) >= window:
                 k0, n0, o0 = inflight.pop(0)
                 results[k0] = jax.device_get(o0)
-                self._advance(n0)
+                self._advance(k0, n0, results[k0])
         for k0, n0, o0 in inflight:
             results[k0] = jax.device_get(o0)
-            self._advance(n0)
+            self._advance(k0, n0, results[k0])
         return results
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, key, n_real: int, result) -> None:
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(n_real if self.count is None else self.count(key, n_real, result))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -476,12 +477,23 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
                beta0=np.full((G, gr.p), np.nan))
     max_iter = int(ctrl.max_iter)
     cap = min(FIRST_PASS_ITER, max_iter)
-    runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch")
+    state = {"pass": 1}
+
+    def finished(key, n_real, out):
+        # the bar counts groups done: in the first pass, those that stopped before the cap
+        if state["pass"] == 2 or max_iter <= cap:
+            return n_real
+        st = np.asarray(out["status"])[:n_real]
+        it = np.asarray(out["iterations"])[:n_real]
+        return int(np.sum((st != MAX_ITER) | (it < cap)))
+
+    runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch", finished)
     try:
         start = np.full((G, gr.k), np.nan)  # NaN: the program computes the start values
         todo = fit_ids
         budget = cap
         for pass_no in (1, 2):
+            state["pass"] = pass_no
             chunks = _plan(todo, gr.sizes, chunk_size, gr.p + gr.k)
 
             def tasks():
@@ -506,9 +518,6 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
                 if budget <= 0 or todo.size == 0:
                     break
                 start = res["phi"].copy()
-                if runner.bar is not None:
-                    runner.bar.total += len(todo)
-                    runner.bar.refresh()
     finally:
         runner.close()
     return res
