@@ -3,14 +3,12 @@
 The formula is parsed once and the fixed-effect designs are materialised once on the
 whole data (so factor levels, and any stateful transform such as ``center(x)``, are
 those of the whole data, common to all groups).  Rows are then scattered into padded
-per-group arrays with vectorised numpy, groups sorted by size so that each chunk pads
-little, and the fits run as ``jax.vmap`` of one group's optimiser (see
-:mod:`drmpy.batch_engine`), chunk by chunk.
-
-Two passes: the first caps the iterations; only the groups still running are resumed
-from where they stopped, with the rest of ``max_iter``, in a second pass, so that slow
-groups (typically a variance converging to its zero boundary) do not hold every chunk
-back.
+per-group arrays with vectorised numpy, groups sorted by size so that each pool of
+groups pads little, and every pool is fitted by one compiled program
+(:func:`drmpy.batch_engine.pool_program`): ``lanes`` optimisers advance side by side
+(``jax.vmap`` of one trust-region iteration), and a lane whose group has finished takes
+the next group at once, so slow groups (typically a variance converging to its zero
+boundary) never hold the others back.
 """
 
 from __future__ import annotations
@@ -28,15 +26,12 @@ from .engine import Control
 from .errors import DataError, DrmError, FormulaError
 from .formula import Formula
 from .known_v import resolve_v
-from .optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER, NONFINITE, STATUS_MESSAGES
+from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
 
 RESULT_COLUMNS = ("parameter", "estimate", "std_error", "loglik", "converged", "max_gradient", "message")
 
-# first-pass iteration cap: most fits converge in 3 to 8 Newton steps; a variance
-# walking to its zero boundary takes 12 to 25 (half a log-SD unit per step)
-FIRST_PASS_ITER = 8
 
 _DROP_REASONS = (
     "missing values in model variables",
@@ -319,28 +314,32 @@ def auto_chunk_lanes(n_rows: int, width: int) -> int:
 
 @dataclass
 class _Chunk:
-    groups: np.ndarray  # group ids of the real lanes
-    n_rows: int  # padded rows per lane
-    lanes: int  # lanes including padding lanes
+    """A pool of groups fitted by one compiled call."""
+
+    groups: np.ndarray  # group ids of the real groups
+    n_rows: int  # padded rows per group
+    lanes: int  # optimisers side by side (vmap width)
+    size: int  # groups in the call's arrays, padding groups included (a multiple of lanes)
 
 
-# A compile costs about as much as this many (lane x padded row) units of work in one
-# pass (about 1 s on one CPU core): adjacent row buckets are merged while padding the
-# smaller one up costs less than compiling another shape.
+# A compile costs about as much as this many (group x padded row) units of work (about 1 s
+# on one CPU core): adjacent row buckets are merged while padding the smaller one up
+# costs less than compiling another shape.
 MERGE_LANE_ROWS = 1.5e6
+# groups per compiled call, in lanes: enough for the lanes to be refilled many times
+POOL_LANES = 16
 
 
 def _lanes_ladder(n: int) -> int:
-    """Lanes of a chunk holding fewer groups than a full chunk: 16, 64, 256, ... (few shapes)."""
+    """Lanes for a bucket with fewer groups than a full chunk: 16, 64, 256, ... (few shapes)."""
     lanes = 16
     while lanes < n:
         lanes *= 4
     return lanes
 
 
-def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int,
-          max_lanes: int | None = None) -> list[_Chunk]:
-    """Chunks of groups sorted by size; each chunk pads its lanes to its bucket's rows."""
+def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int) -> list[_Chunk]:
+    """Pools of groups sorted by size; each pool pads its groups to its bucket's rows."""
     if group_ids.size == 0:
         return []
     order = group_ids[np.argsort(sizes[group_ids], kind="stable")]
@@ -358,18 +357,19 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
     chunks = []
     for n_rows, members in reversed(merged):
         lanes = int(chunk_size) if chunk_size is not None else auto_chunk_lanes(n_rows, width)
-        if max_lanes is not None:
-            lanes = min(lanes, max_lanes)
         if len(members) < lanes:
             lanes = min(lanes, _lanes_ladder(len(members)))
-        for start in range(0, len(members), lanes):
-            chunks.append(_Chunk(members[start : start + lanes], n_rows, lanes))
+        full = POOL_LANES * lanes
+        for start in range(0, len(members), full):
+            part = members[start : start + full]
+            size = lanes * 2 ** int(math.ceil(math.log2(max(math.ceil(len(part) / lanes), 1))))
+            chunks.append(_Chunk(part, n_rows, lanes, size))
     return chunks
 
 
 def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
-    """(y, X, Z, v, w) as (lanes, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
-    L, N = chunk.lanes, chunk.n_rows
+    """(y, X, Z, v, w) as (size, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
+    L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
     sz = gr.sizes[gs]
     local_start = np.cumsum(sz) - sz
@@ -387,14 +387,6 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     v[flat] = gr.v[rows]
     w[flat] = 1.0
     return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
-
-
-def _pad_lanes(a: np.ndarray, lanes: int) -> np.ndarray:
-    if a.shape[0] == lanes:
-        return a
-    out = np.zeros((lanes,) + a.shape[1:], dtype=a.dtype)
-    out[: a.shape[0]] = a
-    return out
 
 
 class _Runner:
@@ -467,7 +459,7 @@ def _coerce_chunk_size(chunk_size: Any) -> int | None:
 def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
                client, progress: bool) -> dict:
     """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id)."""
-    from .batch_engine import run_diag_chunk
+    from .batch_engine import run_pool
 
     G = len(gr.sizes)
     P = gr.p + gr.k
@@ -475,51 +467,26 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
                var=np.full((G, P), np.nan), max_gradient=np.full(G, np.nan),
                status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
                beta0=np.full((G, gr.p), np.nan))
-    max_iter = int(ctrl.max_iter)
-    cap = min(FIRST_PASS_ITER, max_iter)
-    state = {"pass": 1}
+    chunks = _plan(fit_ids, gr.sizes, chunk_size, gr.p + gr.k)
 
-    def finished(key, n_real, out):
-        # the bar counts groups done: in the first pass, those that stopped before the cap
-        if state["pass"] == 2 or max_iter <= cap:
-            return n_real
-        st = np.asarray(out["status"])[:n_real]
-        it = np.asarray(out["iterations"])[:n_real]
-        return int(np.sum((st != MAX_ITER) | (it < cap)))
+    def tasks():
+        for i, ch in enumerate(chunks):
+            arrays = _chunk_arrays(gr, ch)
+            start = np.full((ch.size, gr.k), np.nan)  # NaN: the program computes start values
+            beta0 = np.full((ch.size, gr.p), np.nan)
+            yield i, len(ch.groups), arrays + (start, beta0, int(ctrl.max_iter), float(ctrl.gtol), reml,
+                                               ch.lanes), {}
 
-    runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch", finished)
+    runner = _Runner(run_pool, client, progress, len(fit_ids), "drmpy fit_batch")
     try:
-        start = np.full((G, gr.k), np.nan)  # NaN: the program computes the start values
-        todo = fit_ids
-        budget = cap
-        for pass_no in (1, 2):
-            state["pass"] = pass_no
-            chunks = _plan(todo, gr.sizes, chunk_size, gr.p + gr.k)
-
-            def tasks():
-                for i, ch in enumerate(chunks):
-                    arrays = _chunk_arrays(gr, ch)
-                    g0 = _pad_lanes(start[ch.groups], ch.lanes)
-                    g0[len(ch.groups):] = np.nan
-                    b0 = _pad_lanes(res["beta0"][ch.groups], ch.lanes)
-                    yield i, len(ch.groups), arrays + (g0, b0, budget, float(ctrl.gtol), reml), {}
-
-            out = runner.map(tasks())
-            for i, ch in enumerate(chunks):
-                o = out[i]
-                n = len(ch.groups)
-                g = ch.groups
-                for key in ("beta", "phi", "f", "var", "max_gradient", "status", "beta0"):
-                    res[key][g] = np.asarray(o[key])[:n]
-                res["iterations"][g] += np.asarray(o["iterations"])[:n]
-            if pass_no == 1:
-                todo = fit_ids[(res["status"][fit_ids] == MAX_ITER) & (res["iterations"][fit_ids] >= cap)]
-                budget = max_iter - cap
-                if budget <= 0 or todo.size == 0:
-                    break
-                start = res["phi"].copy()
+        out = runner.map(tasks())
     finally:
         runner.close()
+    for i, ch in enumerate(chunks):
+        o = out[i]
+        n = len(ch.groups)
+        for key in ("beta", "phi", "f", "var", "max_gradient", "status", "iterations", "beta0"):
+            res[key][ch.groups] = np.asarray(o[key])[:n]
     return res
 
 
@@ -562,8 +529,10 @@ def fit_batch(
     progress:
         Show a tqdm progress bar (groups fitted).
     chunk_size:
-        Groups per compiled batch; default chosen from the group size (about 4 MB of input
-        per chunk).  Results do not depend on it beyond rounding.
+        Groups fitted side by side (the vmap width; each compiled call takes up to 16 times
+        as many groups and refills the lanes as groups finish).  Default chosen from the
+        group size (about 4 MB of input per chunk).  Each group's iterations do not depend
+        on it; results agree to rounding.
     client:
         A ``dask.distributed.Client``: chunks are sent to its workers (each worker needs
         drmpy installed).  Results equal the local ones for the same chunking.
