@@ -193,7 +193,10 @@ def test_lane_refill_runs_each_group_as_its_own_optimiser():
     X = np.ones((M, N, 1)) * w[..., None]
     a = DiagArrays(y * w, X, np.ones((M, N, 1)), np.where(w > 0, v, 1.0), w)
     nan = np.full((M, 1), np.nan)
-    pooled = pool_program(True, 4)(a, nan, nan, 200, 1e-8)
+    pooled = pool_program(True, 4)(a, nan, nan, M, 200, 1e-8)
+    fewer = pool_program(True, 4)(a, nan, nan, M - 7, 200, 1e-8)  # the last 7 are padding
+    np.testing.assert_array_equal(np.asarray(fewer["iterations"])[: M - 7], np.asarray(pooled["iterations"])[: M - 7])
+    assert (np.asarray(fewer["iterations"])[M - 7:] == 0).all()
     single = diag_program(True)(a, nan, nan, 200, 1e-8)
     assert np.ptp(np.asarray(single["iterations"])) > 5  # slow and fast groups mixed
     for key in ("iterations", "status"):

@@ -359,11 +359,13 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
         lanes = int(chunk_size) if chunk_size is not None else auto_chunk_lanes(n_rows, width)
         if len(members) < lanes:
             lanes = min(lanes, _lanes_ladder(len(members)))
-        full = POOL_LANES * lanes
-        for start in range(0, len(members), full):
-            part = members[start : start + full]
-            size = lanes * 2 ** int(math.ceil(math.log2(max(math.ceil(len(part) / lanes), 1))))
-            chunks.append(_Chunk(part, n_rows, lanes, size))
+        # equal pools (one compiled shape per bucket) of at most POOL_LANES * lanes groups,
+        # padded to lanes times a power of two (padding groups stop at their first step)
+        n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
+        per = math.ceil(len(members) / n_pools)
+        size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+        for start in range(0, len(members), per):
+            chunks.append(_Chunk(members[start : start + per], n_rows, lanes, size))
     return chunks
 
 
@@ -474,8 +476,8 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
             arrays = _chunk_arrays(gr, ch)
             start = np.full((ch.size, gr.k), np.nan)  # NaN: the program computes start values
             beta0 = np.full((ch.size, gr.p), np.nan)
-            yield i, len(ch.groups), arrays + (start, beta0, int(ctrl.max_iter), float(ctrl.gtol), reml,
-                                               ch.lanes), {}
+            yield i, len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
+                                               float(ctrl.gtol), reml, ch.lanes), {}
 
     runner = _Runner(run_pool, client, progress, len(fit_ids), "drmpy fit_batch")
     try:

@@ -243,8 +243,9 @@ def _select(mask, new, old):
 def pool_program(reml: bool, lanes: int):
     """Fit a pool of M groups with ``lanes`` optimisers side by side, refilling lanes.
 
-    Arguments ``(DiagArrays (M, ...), gamma0 (M, k), beta0 (M, p), max_iter, gtol)`` as
-    :func:`diag_program` (NaN ``gamma0``: start values computed here).  Each step advances
+    Arguments ``(DiagArrays (M, ...), gamma0 (M, k), beta0 (M, p), n_real, max_iter, gtol)``
+    as :func:`diag_program` (NaN ``gamma0``: start values computed here); only the first
+    ``n_real`` groups are fitted (the rest is padding, never loaded into a lane).  Each step advances
     every busy lane by one trust-region iteration (``jax.vmap`` of
     :func:`drmpy.optimize.trust_region_step`); a lane whose group has finished takes the
     next group of the pool at once, so a slow group (a variance walking to its zero
@@ -253,7 +254,7 @@ def pool_program(reml: bool, lanes: int):
     """
     from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
 
-    def run(data: DiagArrays, gamma0_in, beta0_in, max_iter, gtol):
+    def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
         M = data.y.shape[0]
         L = lanes
         b0, g0 = jax.vmap(start_values)(data)
@@ -276,7 +277,7 @@ def pool_program(reml: bool, lanes: int):
         final0 = dict(x=jnp.zeros((M + 1, k), dtype), f=jnp.zeros(M + 1, dtype), g=jnp.zeros((M + 1, k), dtype),
                       H=jnp.zeros((M + 1, k, k), dtype), status=jnp.zeros(M + 1, jnp.int64),
                       it=jnp.zeros(M + 1, jnp.int64))
-        prob0 = jnp.arange(L)
+        prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
 
         def cond(carry):
             return jnp.any(carry[1] < M)
@@ -293,7 +294,7 @@ def pool_program(reml: bool, lanes: int):
                          status=final["status"].at[slot].set(out.status),
                          it=final["it"].at[slot].set(out.iterations))
             want = nxt + jnp.cumsum(done) - 1
-            prob = jnp.where(done, jnp.where(want < M, want, M), prob)
+            prob = jnp.where(done, jnp.where(want < n_real, want, M), prob)
             nxt = nxt + jnp.sum(done)
 
             def refill(args):
@@ -304,7 +305,8 @@ def pool_program(reml: bool, lanes: int):
             state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
             return state, prob, nxt, lane, final
 
-        carry = (init(gamma0[prob0]), prob0, jnp.asarray(L), take(prob0), final0)
+        first = jnp.minimum(jnp.arange(L), M - 1)
+        carry = (init(gamma0[first]), prob0, jnp.asarray(L), take(first), final0)
         final = jax.lax.while_loop(cond, body, carry)[4]
         post = jax.vmap(lambda a, x, f, g, H, st, it: _summary(_diag_post(a, x, f, g, H, st, it, reml)))(
             centred, final["x"][:M], final["f"][:M], final["g"][:M], final["H"][:M],
@@ -316,8 +318,8 @@ def pool_program(reml: bool, lanes: int):
     return jax.jit(run)
 
 
-def run_pool(y, X, Z, v, w, gamma0, beta0, max_iter: int, gtol: float, reml: bool, lanes: int, *,
-             device=None, block: bool = True) -> dict:
+def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: float, reml: bool,
+             lanes: int, *, device=None, block: bool = True) -> dict:
     """Fit one pool of groups (numpy arrays with a leading group axis; see :func:`pool_program`).
 
     Returns per group ``beta`` (location), ``phi`` (log-SD coefficients), ``f`` (the
@@ -331,7 +333,7 @@ def run_pool(y, X, Z, v, w, gamma0, beta0, max_iter: int, gtol: float, reml: boo
     args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
     if device is not None:
         args = jax.device_put(args, device)
-    out = pool_program(bool(reml), int(lanes))(*args, np.int64(max_iter), np.float64(gtol))
+    out = pool_program(bool(reml), int(lanes))(*args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out
