@@ -237,7 +237,7 @@ def test_input_not_modified_and_errors(batch_data):
         drm.fit_batch(drm.Formula(*FORMULA), d2, by="set")
     with pytest.raises(drm.FormulaError, match=r"random-effect term"):
         drm.fit_batch(drm.Formula("yi ~ x + (1|f) + meta_V(V=vi)"), d, by="set")
-    V = np.eye(len(d)) * 0.05
+    V = np.eye(len(d)) * 0.05  # noqa: F841  (meta_V(V=V) finds it in this namespace)
     with pytest.raises(drm.FormulaError, match=r"full covariance matrix is not supported"):
         drm.fit_batch(drm.Formula("yi ~ x + meta_V(V=V)"), d, by="set")
     with pytest.raises(drm.DrmError, match="chunk_size must be a positive integer"):
@@ -275,7 +275,6 @@ def _clustered_data(n_studies: int = 8, per: int = 5, seed: int = 5):
     n = n_studies * per
     study = np.repeat(np.arange(n_studies), per)
     vi = rng.uniform(0.01, 0.04, n)
-    V = np.diag(vi)
     same = study[:, None] == study[None, :]
     V = np.where(same, 0.4 * np.sqrt(vi[:, None] * vi[None, :]), 0.0)
     np.fill_diagonal(V, vi)

@@ -30,8 +30,6 @@ from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
 
-RESULT_COLUMNS = ("parameter", "estimate", "std_error", "loglik", "converged", "max_gradient", "message")
-
 
 _DROP_REASONS = (
     "missing values in model variables",
@@ -83,10 +81,6 @@ class _Groups:
             prod = np.einsum("ni,nj,n->nij", A, B, w)
         return self.group_sums(prod)
 
-    def per_row(self, values: np.ndarray) -> np.ndarray:
-        """A per-group array repeated onto the group's rows."""
-        return np.repeat(values, self.sizes, axis=0)
-
 
 def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str, Any]) -> tuple[list[str], str | None]:
     """Columns the formulas read (response, mu, sigma), and the V column, as build_design."""
@@ -110,13 +104,6 @@ def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str
     meta_v = formula.meta_v
     v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
     return list(dict.fromkeys(needed)), v_col
-
-
-def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched solve of (G, m, m) systems with (G, m) right-hand sides."""
-    if A.shape[-1] == 1:
-        return b / A[:, :, 0]
-    return np.linalg.solve(A, b[:, :, None])[:, :, 0]
 
 
 def _rank_deficient(gram: np.ndarray, ok: np.ndarray) -> np.ndarray:
