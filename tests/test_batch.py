@@ -160,7 +160,9 @@ def test_missing_rows_counted_and_group_fitted(batch_data, batch_ml):
 
 
 def test_reml_matches_single_fits(batch_data):
-    names = sorted(batch_data["set"].unique())[:40]
+    # groups of at most 16 rows share one compiled single-fit program (padded to 16 rows)
+    sizes = batch_data.groupby("set").size()
+    names = sorted(sizes.index[(sizes <= 16) & sizes.index.str.startswith("s")])[:30]
     d = batch_data[batch_data["set"].isin(names)]
     out = drm.fit_batch(drm.Formula(*FORMULA), d, by="set", method="REML", progress=False)
     for name in names:
@@ -408,9 +410,15 @@ def test_closed_form_derivatives_equal_autodiff_of_engine_objective(method):
     (arrs, struct, beta0, phi0), _ = prepare(design, method, Control())
     a = DiagArrays(arrs.y, arrs.X, arrs.Z_sigma, arrs.v, arrs.w)
     obj = variance_objective(struct)
+
+    @jax.jit
+    def reference(phi):
+        return obj(phi, arrs, struct), jax.grad(obj)(phi, arrs, struct), jax.hessian(obj)(phi, arrs, struct)
+
     for shift in (0.0, 0.4, -3.0):
         phi = jnp.asarray(phi0) + shift
         f1, g1, H1 = diag_derivatives(phi, a, method == "REML")
-        np.testing.assert_allclose(f1, obj(phi, arrs, struct), rtol=1e-13)
-        np.testing.assert_allclose(g1, jax.grad(obj)(phi, arrs, struct), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(H1, jax.hessian(obj)(phi, arrs, struct), rtol=1e-10, atol=1e-12)
+        f0, g0, H0 = reference(phi)
+        np.testing.assert_allclose(f1, f0, rtol=1e-13)
+        np.testing.assert_allclose(g1, g0, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(H1, H0, rtol=1e-10, atol=1e-12)
