@@ -145,6 +145,11 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
         raise DrmError(f"by must be a column name, got {type(by).__name__}.")
     if by not in all_columns:
         raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
+    if getattr(formula, "is_bivariate", False):  # Formula of a two-response model
+        raise FormulaError(
+            "fit_batch fits models with one response; a bivariate model (mu1, mu2) is not "
+            "supported in batches. Fit such models one group at a time with drm.fit."
+        )
     if formula.random_terms:
         raise FormulaError(
             "fit_batch fits models without random effects (a diagonal V given as a data "
