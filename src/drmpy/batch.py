@@ -3,14 +3,12 @@
 The formula is parsed once and the fixed-effect designs are materialised once on the
 whole data (so factor levels, and any stateful transform such as ``center(x)``, are
 those of the whole data, common to all groups).  Rows are then scattered into padded
-per-group arrays with vectorised numpy, groups sorted by size so that each chunk pads
-little, and the fits run as ``jax.vmap`` of one group's optimiser (see
-:mod:`drmpy.batch_engine`), chunk by chunk.
-
-Two passes: the first caps the iterations; only the groups still running are resumed
-from where they stopped, with the rest of ``max_iter``, in a second pass, so that slow
-groups (typically a variance converging to its zero boundary) do not hold every chunk
-back.
+per-group arrays with vectorised numpy, groups sorted by size so that each pool of
+groups pads little, and every pool is fitted by one compiled program
+(:func:`drmpy.batch_engine.pool_program`): ``lanes`` optimisers advance side by side
+(``jax.vmap`` of one trust-region iteration), and a lane whose group has finished takes
+the next group at once, so slow groups (typically a variance converging to its zero
+boundary) never hold the others back.
 """
 
 from __future__ import annotations
@@ -28,15 +26,10 @@ from .engine import Control
 from .errors import DataError, DrmError, FormulaError
 from .formula import Formula
 from .known_v import resolve_v
-from .optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER, NONFINITE, STATUS_MESSAGES
+from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
 
-RESULT_COLUMNS = ("parameter", "estimate", "std_error", "loglik", "converged", "max_gradient", "message")
-
-# first-pass iteration cap: most fits converge in 3 to 8 Newton steps; a variance
-# walking to its zero boundary takes 12 to 25 (half a log-SD unit per step)
-FIRST_PASS_ITER = 8
 
 _DROP_REASONS = (
     "missing values in model variables",
@@ -88,10 +81,6 @@ class _Groups:
             prod = np.einsum("ni,nj,n->nij", A, B, w)
         return self.group_sums(prod)
 
-    def per_row(self, values: np.ndarray) -> np.ndarray:
-        """A per-group array repeated onto the group's rows."""
-        return np.repeat(values, self.sizes, axis=0)
-
 
 def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str, Any]) -> tuple[list[str], str | None]:
     """Columns the formulas read (response, mu, sigma), and the V column, as build_design."""
@@ -115,13 +104,6 @@ def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str
     meta_v = formula.meta_v
     v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
     return list(dict.fromkeys(needed)), v_col
-
-
-def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched solve of (G, m, m) systems with (G, m) right-hand sides."""
-    if A.shape[-1] == 1:
-        return b / A[:, :, 0]
-    return np.linalg.solve(A, b[:, :, None])[:, :, 0]
 
 
 def _rank_deficient(gram: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -163,6 +145,11 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
         raise DrmError(f"by must be a column name, got {type(by).__name__}.")
     if by not in all_columns:
         raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
+    if getattr(formula, "is_bivariate", False):  # Formula of a two-response model
+        raise FormulaError(
+            "fit_batch fits models with one response; a bivariate model (mu1, mu2) is not "
+            "supported in batches. Fit such models one group at a time with drm.fit."
+        )
     if formula.random_terms:
         raise FormulaError(
             "fit_batch fits models without random effects (a diagonal V given as a data "
@@ -319,28 +306,32 @@ def auto_chunk_lanes(n_rows: int, width: int) -> int:
 
 @dataclass
 class _Chunk:
-    groups: np.ndarray  # group ids of the real lanes
-    n_rows: int  # padded rows per lane
-    lanes: int  # lanes including padding lanes
+    """A pool of groups fitted by one compiled call."""
+
+    groups: np.ndarray  # group ids of the real groups
+    n_rows: int  # padded rows per group
+    lanes: int  # optimisers side by side (vmap width)
+    size: int  # groups in the call's arrays, padding groups included (a multiple of lanes)
 
 
-# A compile costs about as much as this many (lane x padded row) units of work in one
-# pass (about 1 s on one CPU core): adjacent row buckets are merged while padding the
-# smaller one up costs less than compiling another shape.
+# A compile costs about as much as this many (group x padded row) units of work (about 1 s
+# on one CPU core): adjacent row buckets are merged while padding the smaller one up
+# costs less than compiling another shape.
 MERGE_LANE_ROWS = 1.5e6
+# groups per compiled call, in lanes: enough for the lanes to be refilled many times
+POOL_LANES = 16
 
 
 def _lanes_ladder(n: int) -> int:
-    """Lanes of a chunk holding fewer groups than a full chunk: 16, 64, 256, ... (few shapes)."""
+    """Lanes for a bucket with fewer groups than a full chunk: 16, 64, 256, ... (few shapes)."""
     lanes = 16
     while lanes < n:
         lanes *= 4
     return lanes
 
 
-def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int,
-          max_lanes: int | None = None) -> list[_Chunk]:
-    """Chunks of groups sorted by size; each chunk pads its lanes to its bucket's rows."""
+def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int) -> list[_Chunk]:
+    """Pools of groups sorted by size; each pool pads its groups to its bucket's rows."""
     if group_ids.size == 0:
         return []
     order = group_ids[np.argsort(sizes[group_ids], kind="stable")]
@@ -358,18 +349,21 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
     chunks = []
     for n_rows, members in reversed(merged):
         lanes = int(chunk_size) if chunk_size is not None else auto_chunk_lanes(n_rows, width)
-        if max_lanes is not None:
-            lanes = min(lanes, max_lanes)
         if len(members) < lanes:
             lanes = min(lanes, _lanes_ladder(len(members)))
-        for start in range(0, len(members), lanes):
-            chunks.append(_Chunk(members[start : start + lanes], n_rows, lanes))
+        # equal pools (one compiled shape per bucket) of at most POOL_LANES * lanes groups,
+        # padded to lanes times a power of two (padding groups stop at their first step)
+        n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
+        per = math.ceil(len(members) / n_pools)
+        size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+        for start in range(0, len(members), per):
+            chunks.append(_Chunk(members[start : start + per], n_rows, lanes, size))
     return chunks
 
 
 def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
-    """(y, X, Z, v, w) as (lanes, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
-    L, N = chunk.lanes, chunk.n_rows
+    """(y, X, Z, v, w) as (size, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
+    L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
     sz = gr.sizes[gs]
     local_start = np.cumsum(sz) - sz
@@ -389,21 +383,14 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
 
 
-def _pad_lanes(a: np.ndarray, lanes: int) -> np.ndarray:
-    if a.shape[0] == lanes:
-        return a
-    out = np.zeros((lanes,) + a.shape[1:], dtype=a.dtype)
-    out[: a.shape[0]] = a
-    return out
-
-
 class _Runner:
     """Runs chunk programs locally (round-robin over JAX's local devices) or on a dask cluster,
     keeping a bounded number of chunks in flight, with one progress bar."""
 
-    def __init__(self, fn, client, progress: bool, total: int, desc: str):
+    def __init__(self, fn, client, progress: bool, total: int, desc: str, count=None):
         self.fn = fn
         self.client = client
+        self.count = count  # (task key, n_real, result) -> groups finished; default n_real
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -423,7 +410,7 @@ class _Runner:
             for fut in as_completed(list(futures)):
                 key, n_real = futures[fut]
                 results[key] = fut.result()
-                self._advance(n_real)
+                self._advance(key, n_real, results[key])
             return results
         import jax
 
@@ -436,15 +423,15 @@ class _Runner:
             if len(inflight) >= window:
                 k0, n0, o0 = inflight.pop(0)
                 results[k0] = jax.device_get(o0)
-                self._advance(n0)
+                self._advance(k0, n0, results[k0])
         for k0, n0, o0 in inflight:
             results[k0] = jax.device_get(o0)
-            self._advance(n0)
+            self._advance(k0, n0, results[k0])
         return results
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, key, n_real: int, result) -> None:
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(n_real if self.count is None else self.count(key, n_real, result))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -466,7 +453,7 @@ def _coerce_chunk_size(chunk_size: Any) -> int | None:
 def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
                client, progress: bool) -> dict:
     """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id)."""
-    from .batch_engine import run_diag_chunk
+    from .batch_engine import run_pool
 
     G = len(gr.sizes)
     P = gr.p + gr.k
@@ -474,43 +461,26 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
                var=np.full((G, P), np.nan), max_gradient=np.full(G, np.nan),
                status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
                beta0=np.full((G, gr.p), np.nan))
-    max_iter = int(ctrl.max_iter)
-    cap = min(FIRST_PASS_ITER, max_iter)
-    runner = _Runner(run_diag_chunk, client, progress, len(fit_ids), "drmpy fit_batch")
+    chunks = _plan(fit_ids, gr.sizes, chunk_size, gr.p + gr.k)
+
+    def tasks():
+        for i, ch in enumerate(chunks):
+            arrays = _chunk_arrays(gr, ch)
+            start = np.full((ch.size, gr.k), np.nan)  # NaN: the program computes start values
+            beta0 = np.full((ch.size, gr.p), np.nan)
+            yield i, len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
+                                               float(ctrl.gtol), reml, ch.lanes), {}
+
+    runner = _Runner(run_pool, client, progress, len(fit_ids), "drmpy fit_batch")
     try:
-        start = np.full((G, gr.k), np.nan)  # NaN: the program computes the start values
-        todo = fit_ids
-        budget = cap
-        for pass_no in (1, 2):
-            chunks = _plan(todo, gr.sizes, chunk_size, gr.p + gr.k)
-
-            def tasks():
-                for i, ch in enumerate(chunks):
-                    arrays = _chunk_arrays(gr, ch)
-                    g0 = _pad_lanes(start[ch.groups], ch.lanes)
-                    g0[len(ch.groups):] = np.nan
-                    b0 = _pad_lanes(res["beta0"][ch.groups], ch.lanes)
-                    yield i, len(ch.groups), arrays + (g0, b0, budget, float(ctrl.gtol), reml), {}
-
-            out = runner.map(tasks())
-            for i, ch in enumerate(chunks):
-                o = out[i]
-                n = len(ch.groups)
-                g = ch.groups
-                for key in ("beta", "phi", "f", "var", "max_gradient", "status", "beta0"):
-                    res[key][g] = np.asarray(o[key])[:n]
-                res["iterations"][g] += np.asarray(o["iterations"])[:n]
-            if pass_no == 1:
-                todo = fit_ids[(res["status"][fit_ids] == MAX_ITER) & (res["iterations"][fit_ids] >= cap)]
-                budget = max_iter - cap
-                if budget <= 0 or todo.size == 0:
-                    break
-                start = res["phi"].copy()
-                if runner.bar is not None:
-                    runner.bar.total += len(todo)
-                    runner.bar.refresh()
+        out = runner.map(tasks())
     finally:
         runner.close()
+    for i, ch in enumerate(chunks):
+        o = out[i]
+        n = len(ch.groups)
+        for key in ("beta", "phi", "f", "var", "max_gradient", "status", "iterations", "beta0"):
+            res[key][ch.groups] = np.asarray(o[key])[:n]
     return res
 
 
@@ -553,8 +523,10 @@ def fit_batch(
     progress:
         Show a tqdm progress bar (groups fitted).
     chunk_size:
-        Groups per compiled batch; default chosen from the group size (about 4 MB of input
-        per chunk).  Results do not depend on it beyond rounding.
+        Groups fitted side by side (the vmap width; each compiled call takes up to 16 times
+        as many groups and refills the lanes as groups finish).  Default chosen from the
+        group size (about 4 MB of input per chunk).  Each group's iterations do not depend
+        on it; results agree to rounding.
     client:
         A ``dask.distributed.Client``: chunks are sent to its workers (each worker needs
         drmpy installed).  Results equal the local ones for the same chunking.

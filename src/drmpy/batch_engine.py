@@ -1,19 +1,21 @@
 """Compiled programs that fit many independent problems at once (``jax.vmap`` over groups).
 
-Two programs, both pure functions of numpy-convertible arrays with a leading group axis:
-
-* :func:`diag_program`: the location-scale model with a diagonal V and no random effects
-  (``y_i ~ N(x_i'beta, v_i + exp(2 z_i'gamma))``), the structure of every batch fit.  Its
-  gradient and Hessian in gamma are written in closed form (below) instead of
-  ``jax.hessian`` of the engine's objective: per fit and iteration they cost O(n (p+k)^2)
-  and are about 4x cheaper under ``vmap`` than automatic differentiation.  Estimates,
-  log-likelihoods and covariances are those of :func:`drmpy.engine._program_fn` for the
-  ``diag`` structure (tested against it).
+* :func:`pool_program` (``fit_batch``): the location-scale model with a diagonal V and no
+  random effects (``y_i ~ N(x_i'beta, v_i + exp(2 z_i'gamma))``) for a pool of groups,
+  ``lanes`` optimisers side by side, each lane refilled with the next group as soon as its
+  group finishes.
+* :func:`diag_program`: the same model, one lane per group (``jax.vmap`` of a whole
+  optimiser run); with ``shared_design=True`` for refits of simulated responses.
 * :func:`generic_program`: ``vmap`` of the engine's own program for any structure, over
-  the response only (every group shares one design): parametric-bootstrap refits.
+  the response only (every lane shares one design): parametric-bootstrap refits.
 
-Both use :mod:`drmpy.small_linalg` for the small dense algebra (batched LAPACK kernels
-can deadlock on CPU inside the vmapped optimiser loop).
+The diagonal model's gradient and Hessian in gamma are written in closed form (below)
+instead of ``jax.hessian`` of the engine's objective: per fit and iteration they cost
+O(n (p+k)^2) and are about 4x cheaper under ``vmap`` than automatic differentiation.
+Estimates, log-likelihoods and covariances are those of
+:func:`drmpy.engine._program_fn` for the ``diag`` structure (tested against it).
+All programs use :mod:`drmpy.small_linalg` for the small dense algebra (batched LAPACK
+kernels can deadlock on CPU inside the vmapped optimiser loop).
 
 Closed form (ML profiled over beta, and drmTMB's REML).  With
 ``t_i = exp(2 z_i'gamma)``, ``s_i = v_i + t_i``, ``u_i = w_i / s_i``,
@@ -50,7 +52,8 @@ from .likelihood import _unrolled_cholesky_solve
 from .optimize import newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
-__all__ = ["DiagArrays", "diag_program", "diag_derivatives"]
+__all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
+           "start_values"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -129,11 +132,8 @@ def diag_derivatives(gamma, a: DiagArrays, reml: bool):
     return f, g, H
 
 
-def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
-    """One group's fit: optimiser, location estimate, covariance (engine's conventions)."""
-    sol = newton_trust_region(None, gamma0, max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh,
-                              derivatives=lambda x: diag_derivatives(x, a, reml))
-    gamma = sol.x
+def _diag_post(a: DiagArrays, gamma, f, grad_phi, H_phi, status, iterations, reml: bool) -> dict:
+    """Location estimate and covariance of one finished fit (engine's conventions)."""
     t, s, u, A, b, logdet_A, A_inv, beta, r = _pieces(gamma, a, reml)
     u1 = -u * (2.0 * t / s)
     T = a.X.T @ ((u1 * r)[:, None] * a.Z)
@@ -142,13 +142,19 @@ def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
     # C = H_phi^-1 and J = d beta/d gamma = A^-1 T.  ML: the inverse of the joint Hessian
     # [[A, -T], [-T', H_phi + T'A^-1 T]], whose Schur complement is H_phi, is the same matrix.
     J = A_inv @ T
-    C = sym_inverse(sol.hess)
+    C = sym_inverse(H_phi)
     cross = J @ C
     vcov = jnp.block([[A_inv + cross @ J.T, cross], [cross.T, C]])
     score_beta = jnp.zeros(p) if reml else A @ beta - b
-    full_grad = jnp.concatenate([score_beta, sol.grad])
-    return dict(beta=beta, phi=gamma, f=sol.f, grad=full_grad, vcov=vcov,
-                status=sol.status, iterations=sol.iterations)
+    full_grad = jnp.concatenate([score_beta, grad_phi])
+    return dict(beta=beta, phi=gamma, f=f, grad=full_grad, vcov=vcov, status=status, iterations=iterations)
+
+
+def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
+    """One group's fit: optimiser, location estimate, covariance (engine's conventions)."""
+    sol = newton_trust_region(None, gamma0, max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh,
+                              derivatives=lambda x: diag_derivatives(x, a, reml))
+    return _diag_post(a, sol.x, sol.f, sol.grad, sol.hess, sol.status, sol.iterations, reml)
 
 
 def _solve_small(M, B):
@@ -225,6 +231,114 @@ def diag_program(reml: bool, shared_design: bool = False):
     return jax.jit(jax.vmap(run, in_axes=(axes, 0, 0, None, None)))
 
 
+def _select(mask, new, old):
+    """Per-lane choice between two pytrees with a leading lane axis."""
+    def pick(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+@functools.lru_cache(maxsize=32)
+def pool_program(reml: bool, lanes: int):
+    """Fit a pool of M groups with ``lanes`` optimisers side by side, refilling lanes.
+
+    Arguments ``(DiagArrays (M, ...), gamma0 (M, k), beta0 (M, p), n_real, max_iter, gtol)``
+    as :func:`diag_program` (NaN ``gamma0``: start values computed here); only the first
+    ``n_real`` groups are fitted (the rest is padding, never loaded into a lane).  Each step advances
+    every busy lane by one trust-region iteration (``jax.vmap`` of
+    :func:`drmpy.optimize.trust_region_step`); a lane whose group has finished takes the
+    next group of the pool at once, so a slow group (a variance walking to its zero
+    boundary) occupies one lane instead of holding a whole chunk back.  Every group's
+    iterations are exactly those of its own :func:`newton_trust_region` run.
+    """
+    from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
+
+    def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
+        M = data.y.shape[0]
+        L = lanes
+        b0, g0 = jax.vmap(start_values)(data)
+        fresh = jnp.isnan(gamma0_in[:, 0])
+        beta0 = jnp.where(fresh[:, None], b0, beta0_in)
+        gamma0 = jnp.where(fresh[:, None], g0, gamma0_in)
+        centred = data._replace(y=(data.y - jnp.einsum("mnp,mp->mn", data.X, beta0)) * (data.w > 0))
+
+        def take(idx):
+            return jax.tree_util.tree_map(lambda x: x[idx], centred)
+
+        def lane_step(state, a):
+            return trust_region_step(state, lambda x: diag_derivatives(x, a, reml), max_iter=max_iter,
+                                     gtol=gtol, eigh=jacobi_eigh)
+
+        step = jax.vmap(lane_step)
+        init = jax.vmap(trust_region_init)
+        k = gamma0.shape[1]
+        dtype = gamma0.dtype
+        final0 = dict(x=jnp.zeros((M + 1, k), dtype), f=jnp.zeros(M + 1, dtype), g=jnp.zeros((M + 1, k), dtype),
+                      H=jnp.zeros((M + 1, k, k), dtype), status=jnp.zeros(M + 1, jnp.int64),
+                      it=jnp.zeros(M + 1, jnp.int64))
+        prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
+
+        def cond(carry):
+            return jnp.any(carry[1] < M)
+
+        def body(carry):
+            state, prob, nxt, lane, final = carry
+            busy = prob < M
+            state = _select(busy, step(state, lane), state)
+            done = busy & (state.status != RUNNING)
+            out = trust_region_output(state)
+            slot = jnp.where(done, prob, M)  # finished groups write their row; others row M
+            final = dict(x=final["x"].at[slot].set(out.x), f=final["f"].at[slot].set(out.f),
+                         g=final["g"].at[slot].set(out.grad), H=final["H"].at[slot].set(out.hess),
+                         status=final["status"].at[slot].set(out.status),
+                         it=final["it"].at[slot].set(out.iterations))
+            want = nxt + jnp.cumsum(done) - 1
+            prob = jnp.where(done, jnp.where(want < n_real, want, M), prob)
+            nxt = nxt + jnp.sum(done)
+
+            def refill(args):
+                state, lane = args
+                idx = jnp.minimum(prob, M - 1)
+                return _select(done, init(gamma0[idx]), state), _select(done, take(idx), lane)
+
+            state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
+            return state, prob, nxt, lane, final
+
+        first = jnp.minimum(jnp.arange(L), M - 1)
+        carry = (init(gamma0[first]), prob0, jnp.asarray(L), take(first), final0)
+        final = jax.lax.while_loop(cond, body, carry)[4]
+        post = jax.vmap(lambda a, x, f, g, H, st, it: _summary(_diag_post(a, x, f, g, H, st, it, reml)))(
+            centred, final["x"][:M], final["f"][:M], final["g"][:M], final["H"][:M],
+            final["status"][:M], final["it"][:M])
+        post["beta"] = post["beta"] + beta0
+        post["beta0"] = beta0
+        return post
+
+    return jax.jit(run)
+
+
+def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: float, reml: bool,
+             lanes: int, *, device=None, block: bool = True) -> dict:
+    """Fit one pool of groups (numpy arrays with a leading group axis; see :func:`pool_program`).
+
+    Returns per group ``beta`` (location), ``phi`` (log-SD coefficients), ``f`` (the
+    minimised negative log-likelihood), ``var`` (diagonal of the covariance of
+    (beta, phi)), ``max_gradient``, ``status``, ``iterations`` and ``beta0``.  With
+    ``block=False`` the result stays on the device (JAX dispatches asynchronously); the
+    default returns numpy arrays, as a dask worker must.
+    """
+    import jax
+
+    args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
+    if device is not None:
+        args = jax.device_put(args, device)
+    out = pool_program(bool(reml), int(lanes))(*args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
+    if block:
+        return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
+    return out
+
+
 @functools.lru_cache(maxsize=32)
 def generic_program(struct, treedef):
     """jit(vmap) of the engine's whole fit (any structure) over the response only.
@@ -243,24 +357,3 @@ def generic_program(struct, treedef):
     template = jax.tree_util.tree_unflatten(treedef, [None] * treedef.num_leaves)
     axes = template._replace(y=0)
     return jax.jit(jax.vmap(lane, in_axes=(axes, 0, None, None)))
-
-
-def run_diag_chunk(y, X, Z, v, w, gamma0, beta0, max_iter: int, gtol: float, reml: bool, *,
-                   device=None, block: bool = True) -> dict:
-    """Fit one chunk of groups (numpy arrays with a leading lane axis; see :func:`diag_program`).
-
-    Returns per lane ``beta`` (location), ``phi`` (log-SD coefficients), ``f`` (the
-    minimised negative log-likelihood), ``var`` (diagonal of the covariance of
-    (beta, phi)), ``max_gradient``, ``status``, ``iterations`` and ``beta0`` (the centring
-    used, for resuming).  With ``block=False`` the result stays on the device (JAX
-    dispatches asynchronously); the default returns numpy arrays, as a dask worker must.
-    """
-    import jax
-
-    args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
-    if device is not None:
-        args = jax.device_put(args, device)
-    out = diag_program(bool(reml))(*args, np.int64(max_iter), np.float64(gtol))
-    if block:
-        return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
-    return out

@@ -152,16 +152,15 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
                 phi[ids] = out["phi"][:m]
                 status[ids] = out["status"][:m]
                 iterations[ids] += out["iterations"][:m]
-                if bar is not None:
-                    bar.update(m)
+                if bar is not None:  # refits done (first pass: those that stopped before the cap)
+                    done = (status[ids] != MAX_ITER) | (iterations[ids] < cap)
+                    final = pass_no == 2 or int(ctrl.max_iter) <= cap
+                    bar.update(m if final else int(done.sum()))
             if pass_no == 1:
                 todo = np.flatnonzero((status == MAX_ITER) & (iterations >= cap))
                 budget = int(ctrl.max_iter) - cap
                 if budget <= 0 or todo.size == 0:
                     break
-                if bar is not None:
-                    bar.total += len(todo)
-                    bar.refresh()
     finally:
         if bar is not None:
             bar.close()

@@ -107,6 +107,82 @@ def _trust_step(g, evals, evecs, radius):
     return d
 
 
+def trust_region_init(x0: jax.Array, radius0: float = 1.0) -> _State:
+    """Solver state before the first iteration, which evaluates ``x0`` (a zero step that is
+    always accepted, so the derivative code appears once in a compiled loop)."""
+    k = x0.shape[0]
+    return _State(x0, jnp.asarray(jnp.inf), jnp.zeros(k), jnp.eye(k), jnp.asarray(radius0), jnp.asarray(-1),
+                  jnp.asarray(0), jnp.asarray(0), jnp.asarray(RUNNING), jnp.ones(k), jnp.eye(k))
+
+
+def trust_region_output(s: _State) -> SolverOutput:
+    """The solution of a finished (or stopped) state; RUNNING counts as MAX_ITER."""
+    status = jnp.where(s.status == RUNNING, MAX_ITER, s.status)
+    return SolverOutput(s.x, s.f, s.g, s.H, status, s.it, s.nfev)
+
+
+def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: float = 1e-12,
+                      flat_steps: int = 3, max_radius: float = 8.0,
+                      eigh: Callable = jnp.linalg.eigh) -> _State:
+    """One iteration of :func:`newton_trust_region` (the body of its loop).
+
+    ``evaluate(x) -> (f, g, H)``.  The first call (``it == -1``) evaluates the start
+    point; a state whose ``status`` is not RUNNING is finished.
+    """
+    first = s.it < 0
+    d = jnp.where(first, 0.0, _trust_step(s.g, s.evals, s.evecs, s.radius))
+    predicted = s.g @ d + 0.5 * d @ s.H @ d
+    x_new = s.x + d
+    f_new, g_new, H_new = evaluate(x_new)
+    finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
+    actual = f_new - s.f
+    rho = jnp.where(predicted < 0, actual / jnp.where(predicted < 0, predicted, -1.0), -1.0)
+    fscale = jnp.maximum(1.0, jnp.abs(s.f))
+    tiny_change = jnp.abs(actual) <= ftol * fscale
+    accept = first | (finite & ((rho > 1e-4) | (tiny_change & (actual <= 0))))
+    dnorm = jnp.linalg.norm(d)
+    radius = jnp.where(
+        first,
+        s.radius,
+        jnp.where(
+        ~finite | (rho < 0.25),
+        0.25 * dnorm,
+        jnp.where((rho > 0.75) & (dnorm >= 0.99 * s.radius), jnp.minimum(2.0 * s.radius, max_radius), s.radius),
+    ))
+    x = jnp.where(accept, x_new, s.x)
+    f = jnp.where(accept, f_new, s.f)
+    g = jnp.where(accept, g_new, s.g)
+    H = jnp.where(accept, H_new, s.H)
+    flat = jnp.where(first, 0, jnp.where(accept & tiny_change, s.flat + 1, jnp.where(accept, 0, s.flat)))
+    it = s.it + 1
+    gmax = jnp.max(jnp.abs(g), initial=0.0)
+    fscale_new = jnp.maximum(1.0, jnp.abs(f))
+    # Newton decrement g'H^-1 g of the accepted point: tiny when only flat (boundary)
+    # directions remain, or when the remaining Newton step is below what the objective's
+    # rounding (a sum over n rows) can resolve.
+    evals, evecs = eigh(H)
+    gt = evecs.T @ g
+    decrement = jnp.sum(gt**2 / jnp.maximum(evals, 1e-12 * jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)))
+    converged = (gmax <= gtol * fscale_new) | (
+        (evals[0] > 0) & (decrement <= DECREMENT_TOL * fscale_new)
+    )
+    flat_done = (flat >= flat_steps) & (decrement <= 1e-6 * jnp.maximum(1.0, jnp.abs(f)))
+    collapsed = radius < 1e-14
+    status = jnp.where(
+        first & ~finite,
+        NONFINITE,
+        jnp.where(
+        converged,
+        CONVERGED,
+        jnp.where(
+            flat_done,
+            CONVERGED_FLAT,
+            jnp.where(collapsed, RADIUS_COLLAPSED, jnp.where(it >= max_iter, MAX_ITER, RUNNING)),
+        ),
+    ))
+    return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status, evals, evecs)
+
+
 def newton_trust_region(
     fun: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
@@ -137,71 +213,13 @@ def newton_trust_region(
             f, g = value_and_grad(x)
             return f, g, hessian(x)
 
-    # The first pass of the loop evaluates x0 (a zero step that is always accepted), so the
-    # derivative code appears once in the compiled program.
-    nan = jnp.asarray(jnp.inf)
-    k = x0.shape[0]
-    state = _State(x0, nan, jnp.zeros(k), jnp.eye(k), jnp.asarray(radius0), jnp.asarray(-1),
-                   jnp.asarray(0), jnp.asarray(0), jnp.asarray(RUNNING), jnp.ones(k), jnp.eye(k))
+    state = trust_region_init(x0, radius0)
+
     def cond(s):
         return (s.status == RUNNING) & ((s.it < max_iter) | (s.it < 0))
 
     def body(s):
-        first = s.it < 0
-        d = jnp.where(first, 0.0, _trust_step(s.g, s.evals, s.evecs, s.radius))
-        predicted = s.g @ d + 0.5 * d @ s.H @ d
-        x_new = s.x + d
-        f_new, g_new, H_new = evaluate(x_new)
-        finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
-        actual = f_new - s.f
-        rho = jnp.where(predicted < 0, actual / jnp.where(predicted < 0, predicted, -1.0), -1.0)
-        fscale = jnp.maximum(1.0, jnp.abs(s.f))
-        tiny_change = jnp.abs(actual) <= ftol * fscale
-        accept = first | (finite & ((rho > 1e-4) | (tiny_change & (actual <= 0))))
-        dnorm = jnp.linalg.norm(d)
-        radius = jnp.where(
-            first,
-            s.radius,
-            jnp.where(
-            ~finite | (rho < 0.25),
-            0.25 * dnorm,
-            jnp.where((rho > 0.75) & (dnorm >= 0.99 * s.radius), jnp.minimum(2.0 * s.radius, max_radius), s.radius),
-        ))
-        x = jnp.where(accept, x_new, s.x)
-        f = jnp.where(accept, f_new, s.f)
-        g = jnp.where(accept, g_new, s.g)
-        H = jnp.where(accept, H_new, s.H)
-        flat = jnp.where(first, 0, jnp.where(accept & tiny_change, s.flat + 1, jnp.where(accept, 0, s.flat)))
-        it = s.it + 1
-        gmax = jnp.max(jnp.abs(g), initial=0.0)
-        fscale_new = jnp.maximum(1.0, jnp.abs(f))
-        # Newton decrement g'H^-1 g of the accepted point: tiny when only flat (boundary)
-        # directions remain, or when the remaining Newton step is below what the objective's
-        # rounding (a sum over n rows) can resolve.
-        evals, evecs = eigh(H)
-        gt = evecs.T @ g
-        decrement = jnp.sum(gt**2 / jnp.maximum(evals, 1e-12 * jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)))
-        converged = (gmax <= gtol * fscale_new) | (
-            (evals[0] > 0) & (decrement <= DECREMENT_TOL * fscale_new)
-        )
-        flat_done = (flat >= flat_steps) & (decrement <= 1e-6 * jnp.maximum(1.0, jnp.abs(f)))
-        collapsed = radius < 1e-14
-        status = jnp.where(
-            first & ~finite,
-            NONFINITE,
-            jnp.where(
-            converged,
-            CONVERGED,
-            jnp.where(
-                flat_done,
-                CONVERGED_FLAT,
-                jnp.where(collapsed, RADIUS_COLLAPSED, jnp.where(it >= max_iter, MAX_ITER, RUNNING)),
-            ),
-        ))
-        return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status, evals, evecs)
+        return trust_region_step(s, evaluate, max_iter=max_iter, gtol=gtol, ftol=ftol,
+                                 flat_steps=flat_steps, max_radius=max_radius, eigh=eigh)
 
-    out = jax.lax.while_loop(cond, body, state)
-    status = jnp.where(
-        out.status == RUNNING, MAX_ITER, out.status
-    )
-    return SolverOutput(out.x, out.f, out.g, out.H, status, out.it, out.nfev)
+    return trust_region_output(jax.lax.while_loop(cond, body, state))
