@@ -417,3 +417,25 @@ def test_caller_frame_unchanged_after_fit_with_missing_values(dat):
     assert set(fit.design.dropped_labels) == {2, 5, 11, 20}
     pdt.assert_frame_equal(d, before)
     assert d["habitat"].cat.categories.tolist() == ["grassland", "forest"]
+
+
+@pytest.mark.parametrize("formula", [
+    ("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"),
+    ("yi ~ 1 + meta_V(V=vi) + (1|study)", "sigma ~ -1"),
+    ("yi ~ 1 + meta_V(V=vi) + (1|study)", "sd(study) ~ 0"),
+])
+def test_scale_formula_without_coefficients_is_refused(formula):
+    # without coefficients the log-SD would be 0 (an SD of 1): refuse instead of fitting that
+    dat = pd.DataFrame({"yi": [0.1, 0.3, 0.2, 0.5, 0.4, 0.0], "vi": 0.01, "study": [1, 1, 2, 2, 3, 3]})
+    with pytest.raises(drm.FormulaError, match="has no coefficients"):
+        drm.fit(drm.Formula(*formula), data=dat)
+
+
+def test_bivariate_sigma_without_coefficients_is_refused_but_rho12_0_means_uncorrelated():
+    dat = pd.DataFrame({"y1": [0.1, 0.3, 0.2, 0.5, 0.4], "y2": [0.0, 0.2, 0.1, 0.6, 0.3]})
+    with pytest.raises(drm.FormulaError, match="sigma2 formula .* has no coefficients"):
+        drm.fit(drm.Formula(mu1="y1 ~ 1", mu2="y2 ~ 1", sigma2="~ 0"), data=dat)
+    fit = drm.fit(drm.Formula(mu1="y1 ~ 1", mu2="y2 ~ 1", rho12="~ 0"), data=dat)
+    separate = [drm.fit(f"{y} ~ 1", data=dat).loglik for y in ("y1", "y2")]
+    assert fit.loglik == pytest.approx(sum(separate), abs=1e-8)
+    assert "rho12:(Intercept)" not in fit.params

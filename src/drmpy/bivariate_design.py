@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import FixedDesign, _check_full_rank, _materialize, _required_variables, _response_values
+from .design import (FixedDesign, _check_full_rank, _materialize, _required_variables, _response_values,
+                     require_scale_coefficients)
 from .errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
@@ -363,6 +364,8 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
                 raise DataError(f"No study keeps response `{responses[int(dpar[-1]) - 1]}`; the {dpar} formula has no rows.")
         else:
             m, terms, spec = _materialize(formula.dpars[dpar], frame.loc[rows], dpar, texts[dpar], context)
+            if dpar.startswith("sigma"):
+                require_scale_coefficients(dpar, m.shape[1], texts[dpar])
             bad = np.flatnonzero(~np.all(np.isfinite(m), axis=1))
             if bad.size:
                 raise DataError(

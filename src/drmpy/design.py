@@ -171,6 +171,17 @@ def _materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, c
     return values, terms, mm.model_spec
 
 
+def require_scale_coefficients(dpar: str, n_columns: int, text: str) -> None:
+    """An SD formula must have coefficients: without any, its log-SD would be 0 (SD 1), not
+    an SD of 0, so ``sigma ~ 0`` is refused rather than fitted as something else."""
+    if n_columns == 0:
+        raise FormulaError(
+            f"The {dpar} formula `{text}` has no coefficients. An SD formula needs at least one "
+            "(drop `0`/`-1` to keep the intercept); a model without this variance component is "
+            "not supported."
+        )
+
+
 def _check_full_rank(design: FixedDesign, text: str) -> None:
     m = design.matrix
     if m.shape[1] == 0:
@@ -408,6 +419,8 @@ def build_design(
     mats: dict[str, tuple] = {}
     for dpar, rhs in formula.dpars.items():
         mats[dpar] = _materialize(rhs, sub, dpar, texts[dpar], context)
+        if dpar != "mu":
+            require_scale_coefficients(dpar, mats[dpar][0].shape[1], texts[dpar])
     ok = np.isfinite(y)
     for dpar, (m, _, _) in mats.items():
         ok &= np.all(np.isfinite(m), axis=1)
