@@ -248,6 +248,10 @@ def test_input_not_modified_and_errors(batch_data):
         drm.fit_batch(drm.Formula(*FORMULA), d, by="set", method="OLS")
     with pytest.raises(drm.DataError, match="Column `w` used in the mu formula"):
         drm.fit_batch(drm.Formula("yi ~ w + meta_V(V=vi)"), d, by="set")
+    with pytest.raises(drm.FormulaError, match="bivariate model .* is not supported in batches"):
+        drm.fit_batch(drm.Formula(mu1="yi ~ 1", mu2="x ~ 1"), d, by="set")
+    with pytest.raises(drm.FormulaError, match="has no coefficients"):
+        drm.fit_batch(drm.Formula("yi ~ x + meta_V(V=vi)", "sigma ~ 0"), d, by="set")
 
 
 def test_dask_cluster_equals_local(batch_data):

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import _check_full_rank, _materialize_uncached, _required_variables, _response_values, FixedDesign
+from .design import (FixedDesign, _check_full_rank, _materialize_uncached, _required_variables, _response_values,
+                     require_scale_coefficients)
 from .engine import Control
 from .errors import DataError, DrmError, FormulaError
 from .formula import Formula
@@ -145,7 +146,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
         raise DrmError(f"by must be a column name, got {type(by).__name__}.")
     if by not in all_columns:
         raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
-    if getattr(formula, "is_bivariate", False):  # Formula of a two-response model
+    if formula.is_bivariate:
         raise FormulaError(
             "fit_batch fits models with one response; a bivariate model (mu1, mu2) is not "
             "supported in batches. Fit such models one group at a time with drm.fit."
@@ -214,8 +215,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
         mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
     X, mu_terms, _ = mats["mu"]
     Z, sigma_terms, _ = mats["sigma"]
-    if Z.shape[1] == 0:
-        raise FormulaError(f"The sigma formula `{texts['sigma']}` has no columns; fit_batch needs at least `sigma ~ 1`.")
+    require_scale_coefficients("sigma", Z.shape[1], texts["sigma"])
     names = [f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms]
     if keep_pos is None:
         keep_pos = np.arange(n_data)
