@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import frames
 from .design import (FixedDesign, _check_full_rank, _materialize, _required_variables, _response_values,
-                     require_scale_coefficients)
+                     formula_context, require_scale_coefficients)
 from .errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
@@ -279,14 +279,7 @@ def _present(frame: pd.DataFrame, columns) -> np.ndarray:
 
 def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any] | None = None) -> BivariateDesign:
     """Resolve the five formulas and V against ``data`` (one row per study)."""
-    if data is None:
-        raise DataError("`data` is required.")
-    all_columns = frames.column_names(data)
-    texts = formula.text
-    namespace = formula.env
-    context: dict[str, Any] = dict(namespace)
-    if env:
-        context.update(env)
+    all_columns, texts, namespace, context = formula_context(formula, data, env)
     responses = formula.responses
 
     variables: dict[str, list[str]] = {}

@@ -120,15 +120,16 @@ def _positive_scale_row(sig, name, rows):
              f"Some fitted {name} values are zero, negative or non-finite.")
 
 
+def _sd_at_boundary(sd: np.ndarray, v: np.ndarray) -> bool:
+    """An SD below BOUNDARY_SD, or a variance negligible against the known sampling variance."""
+    ratio = sd**2 / np.where(v > 0, v, np.nan)
+    return bool(np.any(sd < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO))
+
+
 def _boundary_row(fit, rows):
     design = fit.design
     sig = fit.sigma().to_numpy()
-    v = design.known_v.diag
-    ref = np.where(v > 0, v, np.nan)
-    ratio = sig**2 / ref
-    flagged = []
-    if np.any(sig < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO):
-        flagged.append("sigma")
+    flagged = ["sigma"] if _sd_at_boundary(sig, design.known_v.diag) else []
     for rd in design.random:
         sds = fit.sd(rd.group).to_numpy()
         if np.any(sds < BOUNDARY_SD):
@@ -235,10 +236,7 @@ def check_bivariate_fit(fit) -> pd.DataFrame:
     v = design.v_diag
     flagged = []
     for k, name in enumerate(("sigma1", "sigma2")):
-        s = sig[name][kept[:, k]]
-        ref = np.where(v[kept[:, k], k] > 0, v[kept[:, k], k], np.nan)
-        ratio = s**2 / ref
-        if np.any(s < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO):
+        if _sd_at_boundary(sig[name][kept[:, k]], v[kept[:, k], k]):
             flagged.append(name)
     value = "; ".join(f"min_{k}={np.nanmin(s):.3g}" for k, s in sig.items())
     if flagged:

@@ -311,6 +311,17 @@ def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> n
     return 0.5 * (sub + sub.T)
 
 
+def formula_context(formula: Formula, data: Any, env: Mapping[str, Any] | None):
+    """(data columns, formula texts, the Formula's namespace, the lookup context: namespace
+    overlaid by ``env``), after checking that there are data."""
+    if data is None:
+        raise DataError("`data` is required.")
+    context: dict[str, Any] = dict(formula.env)
+    if env:
+        context.update(env)
+    return frames.column_names(data), formula.text, formula.env, context
+
+
 def build_design(
     formula: Formula,
     data: Any,
@@ -319,14 +330,7 @@ def build_design(
     env: Mapping[str, Any] | None = None,
 ) -> ModelDesign:
     """Resolve every formula against ``data`` and return the numeric model spec."""
-    if data is None:
-        raise DataError("`data` is required.")
-    all_columns = frames.column_names(data)
-    texts = formula.text
-    namespace = formula.env
-    context: dict[str, Any] = dict(namespace)
-    if env:
-        context.update(env)
+    all_columns, texts, namespace, context = formula_context(formula, data, env)
 
     # ---- which columns every formula needs
     needed: list[str] = []
