@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .engine import BOUNDARY_START
 from .likelihood import _unrolled_cholesky_solve
 from .optimize import newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
@@ -167,7 +168,7 @@ def start_values(a: DiagArrays):
 
     OLS for beta; DerSimonian-Laird tau^2 from the OLS fit with weights 1/v_i (every
     v_i > 0 and n > p; else the residual variance) for the sigma intercept, floored at 1%
-    of the mean v_i; sigma coefficients reproduce ``0.5 log tau^2`` by least squares.
+    of the mean v_i, or 1e-4 of it when the moment estimate is 0; sigma coefficients reproduce ``0.5 log tau^2`` by least squares.
     """
     X, Z, y, v, w = a.X, a.Z, a.y, a.v, a.w
     p = X.shape[1]
@@ -192,7 +193,7 @@ def start_values(a: DiagArrays):
     mean_v = jnp.sum(w * v) / n
     var_r = jnp.sum(w * r * r) / n - (jnp.sum(w * r) / n) ** 2
     scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
-    tau2_sigma = jnp.maximum(tau2, 1e-2 * scale2)
+    tau2_sigma = jnp.where(tau2 > 0, jnp.maximum(tau2, 1e-2 * scale2), BOUNDARY_START * scale2)  # engine.start_variance
     Zw = Z * w[:, None]
     gamma0 = _solve_small(Zw.T @ Z, jnp.sum(Zw, axis=0)[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
     return beta0, gamma0

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .bivariate_design import BivariateDesign
-from .engine import Control, _lstsq_const, _padded_size, moment_start
+from .engine import Control, _lstsq_const, _padded_size, moment_start, start_variance
 from .errors import DrmError
 from .likelihood import RHO_GUARD, Arrays, Structure
 
@@ -50,7 +50,7 @@ def start_values(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
         beta, r, tau2, scale2 = moment_start(X, design.y[rows, k], v[rows, k], np.ones(int(rows.sum())))
         betas.append(beta)
         resid[rows, k] = r
-        tau2 = max(tau2, 1e-2 * scale2)
+        tau2 = start_variance(tau2, scale2)
         parts.append(_lstsq_const(design.fixed[f"sigma{k + 1}"].matrix[rows], 0.5 * math.log(tau2)))
     Zr = design.fixed["rho12"].matrix
     if Zr.shape[1]:

@@ -198,13 +198,23 @@ def moment_start(X: np.ndarray, y: np.ndarray, v: np.ndarray, w: np.ndarray) -> 
     return beta0, r, tau2, scale2
 
 
+BOUNDARY_START = 1e-4
+
+
+def start_variance(tau2: float, scale2: float) -> float:
+    """Start value of a heterogeneity variance from its moment estimate: floored at 1% of
+    the variance scale, or 1e-4 of it when the moment estimate is 0 (a zero boundary is then
+    likely, and Newton steps toward it move the log-SD by only 1/2 each)."""
+    return max(tau2, 1e-2 * scale2) if tau2 > 0 else BOUNDARY_START * scale2
+
+
 def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
     """(beta_ols, phi0): OLS location, DerSimonian-Laird sigma, group-mean SDs for sd(g)."""
     y = design.y
     w = design.weights if design.weights is not None else np.ones_like(y)
     beta0, r, tau2, scale2 = moment_start(design.fixed["mu"].matrix, y, design.known_v.diag, w)
     n_re = len(design.random)
-    tau2_sigma = max(tau2 / (1 + n_re), 1e-2 * scale2)
+    tau2_sigma = start_variance(tau2 / (1 + n_re), scale2)
     parts = [_lstsq_const(design.fixed["sigma"].matrix, 0.5 * math.log(tau2_sigma))]
     for rd in design.random:
         counts = np.bincount(rd.level_index, minlength=rd.n_levels)
