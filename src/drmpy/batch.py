@@ -185,12 +185,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     else:
         complete = np.ones(n_data, dtype=bool)
     reason[~complete] = 1
-    finite = np.ones(n_data, dtype=bool)
-    for c in used:
-        col = frame[c]
-        if frames.is_numeric(col):
-            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            finite &= np.isfinite(vals) | np.isnan(vals)
+    finite = frames.without_infinities(frame, used)
     reason[(reason == 0) & ~finite] = 2
     if meta_v is not None:
         reason[(reason == 0) & ~np.isfinite(v_all)] = 3

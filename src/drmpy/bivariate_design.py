@@ -267,14 +267,10 @@ class BivariateDesign:
 
 
 def _present(frame: pd.DataFrame, columns) -> np.ndarray:
-    ok = np.ones(len(frame), dtype=bool)
-    for c in columns:
-        col = frame[c]
-        ok &= col.notna().to_numpy()
-        if frames.is_numeric(col):
-            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            ok &= np.isfinite(vals) | np.isnan(vals)
-    return ok
+    """Per row: every column present (not missing) and finite."""
+    columns = list(columns)
+    notna = frame[columns].notna().all(axis=1).to_numpy() if columns else np.ones(len(frame), dtype=bool)
+    return notna & frames.without_infinities(frame, columns)
 
 
 def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any] | None = None) -> BivariateDesign:

@@ -385,12 +385,7 @@ def build_design(
     if (~complete).any():
         dropped["missing values in model variables"] = int((~complete).sum())
     keep &= complete
-    finite = np.ones(n_data, dtype=bool)
-    for c in used_cols:
-        col = frame[c]
-        if frames.is_numeric(col):
-            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            finite &= np.isfinite(vals) | np.isnan(vals)
+    finite = frames.without_infinities(frame, used_cols)
     newly = keep & ~finite
     if newly.any():
         dropped["non-finite values in model variables"] = int(newly.sum())

@@ -76,3 +76,15 @@ def _missing_message(name: str, available: Iterable[Any]) -> str:
 def is_numeric(values: np.ndarray | pd.Series) -> bool:
     dtype = getattr(values, "dtype", None)
     return dtype is not None and (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype))
+
+
+def without_infinities(frame: pd.DataFrame, columns: Iterable[str]) -> np.ndarray:
+    """Per row: True when no numeric column among ``columns`` holds +-inf (NaN is left to
+    the missing-value test)."""
+    ok = np.ones(len(frame), dtype=bool)
+    for c in columns:
+        col = frame[c]
+        if is_numeric(col):
+            vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            ok &= ~np.isinf(vals)
+    return ok
