@@ -187,19 +187,22 @@ def fit(
     if env is not None and not isinstance(env, Mapping):
         raise DrmError(f"env must be a mapping (e.g. a dict), got {type(env).__name__}.")
     if formula.is_bivariate:
-        return _fit_bivariate(formula, data, weights, method_u, env, ctrl)
+        return _warn_unless_converged(_fit_bivariate(formula, data, weights, method_u, env, ctrl))
     design, prepared_cache = _design_for(formula, data, weights, env)
     pkey = (method_u, ctrl.structure)
     if pkey not in prepared_cache:
         prepared_cache[pkey] = prepare(design, method_u, ctrl)
     prepared, clusters = prepared_cache[pkey]
     raw = run_fit(prepared, ctrl)
-    result = DrmFit(design, raw, method_u, ctrl, clusters)
+    return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters))
+
+
+def _warn_unless_converged(result):
     if not result.converged:
         warnings.warn(
             f"drmpy: the optimiser did not converge ({result.convergence_message}); see fit.check().",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return result
 
@@ -213,14 +216,7 @@ def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, 
         raise DrmError("weights= is not supported for bivariate models.")
     design = build_bivariate_design(formula, data, env=env)
     raw = run_fit(prepare_bivariate(design, method, ctrl), ctrl)
-    result = BivariateFit(design, raw, method, ctrl)
-    if not result.converged:
-        warnings.warn(
-            f"drmpy: the optimiser did not converge ({result.convergence_message}); see fit.check().",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    return result
+    return BivariateFit(design, raw, method, ctrl)
 
 
 def check(fit_result: DrmFit) -> pd.DataFrame:

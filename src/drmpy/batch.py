@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import (FixedDesign, _check_full_rank, _materialize_uncached, _required_variables, _response_values,
-                     require_scale_coefficients)
+from .design import (FixedDesign, _check_full_rank, _materialize_uncached, _response_values, formula_columns,
+                     require_scale_coefficients, response_columns)
 from .engine import Control
 from .errors import DataError, DrmError, FormulaError
 from .formula import Formula
@@ -86,22 +86,9 @@ class _Groups:
 def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str, Any]) -> tuple[list[str], str | None]:
     """Columns the formulas read (response, mu, sigma), and the V column, as build_design."""
     texts = formula.text
-    needed: list[str] = []
-    response = formula.response
-    if response in all_columns:
-        needed.append(response)
-    else:
-        req = _required_variables(f"{response} ~ 1", "mu", texts["mu"])
-        unknown = req - set(all_columns) - set(context)
-        if unknown:
-            raise DataError(f"The response `{response}` uses `{sorted(unknown)[0]}`, which is not a column of the data.")
-        needed.extend(sorted(req & set(all_columns)))
+    needed = response_columns(formula.response, "mu", texts["mu"], all_columns, context)
     for dpar, rhs in formula.dpars.items():
-        vars_ = _required_variables(rhs, dpar, texts[dpar])
-        missing = sorted(v for v in vars_ if v not in all_columns and v not in context)
-        if missing:
-            raise DataError(f"Column `{missing[0]}` used in the {dpar} formula `{texts[dpar]}` is not in the data.")
-        needed.extend(sorted(v for v in vars_ if v in all_columns))
+        needed.extend(formula_columns(dpar, rhs, texts[dpar], all_columns, context))
     meta_v = formula.meta_v
     v_col = meta_v.name if meta_v is not None and meta_v.name in all_columns else None
     return list(dict.fromkeys(needed)), v_col

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import (FixedDesign, _check_full_rank, _materialize, _required_variables, _response_values,
-                     formula_context, require_scale_coefficients)
+from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, formula_columns,
+                     formula_context, require_scale_coefficients, response_columns)
 from .errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
@@ -281,17 +281,9 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
     variables: dict[str, list[str]] = {}
     for k, resp in enumerate(responses):
         dpar = f"mu{k + 1}"
-        used = _required_variables(f"{resp} ~ 1", dpar, texts[dpar])
-        unknown = sorted(used - set(all_columns) - set(context))
-        if unknown:
-            raise DataError(f"The response `{resp}` uses `{unknown[0]}`, which is not a column of the data.")
-        variables[f"y{k + 1}"] = sorted(used & set(all_columns))
+        variables[f"y{k + 1}"] = response_columns(resp, dpar, texts[dpar], all_columns, context)
     for dpar, rhs in formula.dpars.items():
-        used = _required_variables(rhs, dpar, texts[dpar])
-        missing = sorted(v for v in used if v not in all_columns and v not in context)
-        if missing:
-            raise DataError(f"Column `{missing[0]}` used in the {dpar} formula `{texts[dpar]}` is not in the data.")
-        variables[dpar] = sorted(used & set(all_columns))
+        variables[dpar] = formula_columns(dpar, rhs, texts[dpar], all_columns, context)
     columns = tuple(dict.fromkeys(c for cols in variables.values() for c in cols))
     frame = frames.as_pandas(data, columns)
     n_data = len(frame)

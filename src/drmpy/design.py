@@ -322,6 +322,27 @@ def formula_context(formula: Formula, data: Any, env: Mapping[str, Any] | None):
     return frames.column_names(data), formula.text, formula.env, context
 
 
+def response_columns(response: str, dpar: str, text: str, all_columns, context) -> list[str]:
+    """Data columns a response reads: the column itself, or the variables of an expression."""
+    if response in all_columns:
+        return [response]
+    used = _required_variables(f"{response} ~ 1", dpar, text)
+    unknown = sorted(used - set(all_columns) - set(context))
+    if unknown:
+        raise DataError(f"The response `{response}` uses `{unknown[0]}`, which is not a column of the data.")
+    return sorted(used & set(all_columns))
+
+
+def formula_columns(dpar: str, rhs: str, text: str, all_columns, context) -> list[str]:
+    """Data columns the right-hand side ``rhs`` of a dpar's formula reads; a variable that is
+    neither a column nor in the formula's namespace is an error naming the formula."""
+    used = _required_variables(rhs, dpar, text)
+    missing = sorted(v for v in used if v not in all_columns and v not in context)
+    if missing:
+        raise DataError(f"Column `{missing[0]}` used in the {dpar} formula `{text}` is not in the data.")
+    return sorted(v for v in used if v in all_columns)
+
+
 def build_design(
     formula: Formula,
     data: Any,
@@ -333,25 +354,10 @@ def build_design(
     all_columns, texts, namespace, context = formula_context(formula, data, env)
 
     # ---- which columns every formula needs
-    needed: list[str] = []
     response = formula.response
-    if response in all_columns:
-        needed.append(response)
-    else:
-        needed.extend(sorted(_required_variables(f"{response} ~ 1", "mu", texts["mu"]) & set(all_columns)))
-        unknown = _required_variables(f"{response} ~ 1", "mu", texts["mu"]) - set(all_columns) - set(context)
-        if unknown:
-            raise DataError(f"The response `{response}` uses `{sorted(unknown)[0]}`, which is not a column of the data.")
-    fixed_vars: dict[str, set[str]] = {}
+    needed = response_columns(response, "mu", texts["mu"], all_columns, context)
     for dpar, rhs in formula.dpars.items():
-        vars_ = _required_variables(rhs, dpar, texts[dpar])
-        missing = sorted(v for v in vars_ if v not in all_columns and v not in context)
-        if missing:
-            raise DataError(
-                f"Column `{missing[0]}` used in the {dpar} formula `{texts[dpar]}` is not in the data."
-            )
-        fixed_vars[dpar] = {v for v in vars_ if v in all_columns}
-        needed.extend(sorted(fixed_vars[dpar]))
+        needed.extend(formula_columns(dpar, rhs, texts[dpar], all_columns, context))
     for term in formula.random_terms:
         for c in term.group_columns + term.slopes:
             if c not in all_columns:
