@@ -126,6 +126,16 @@ def _sd_at_boundary(sd: np.ndarray, v: np.ndarray) -> bool:
     return bool(np.any(sd < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO))
 
 
+def _boundary_result(rows, flagged: list[str], value: str, also: str) -> None:
+    """The ``boundary`` row: a note naming the SDs at zero, else ok."""
+    if flagged:
+        _row(rows, "boundary", "note", value,
+             f"{', '.join(flagged)} ran toward a zero SD (log-SD coefficient toward -infinity); the "
+             f"log-likelihood is at its boundary value and the SEs of those coefficients{also} are not meaningful.")
+    else:
+        _row(rows, "boundary", "ok", value, "No SD is at its zero boundary.")
+
+
 def _boundary_row(fit, rows):
     design = fit.design
     sig = fit.sigma().to_numpy()
@@ -134,13 +144,7 @@ def _boundary_row(fit, rows):
         sds = fit.sd(rd.group).to_numpy()
         if np.any(sds < BOUNDARY_SD):
             flagged.append(f"sd({rd.group})")
-    value = f"min_sigma={sig.min():.3g}"
-    if flagged:
-        _row(rows, "boundary", "note", value,
-             f"{', '.join(flagged)} ran toward a zero SD (log-SD coefficient toward -infinity); the "
-             "log-likelihood is at its boundary value and the SEs of those coefficients are not meaningful.")
-    else:
-        _row(rows, "boundary", "ok", value, "No SD is at its zero boundary.")
+    _boundary_result(rows, flagged, f"min_sigma={sig.min():.3g}", "")
 
 
 def _known_v_row(design, rows):
@@ -239,12 +243,7 @@ def check_bivariate_fit(fit) -> pd.DataFrame:
         if _sd_at_boundary(sig[name][kept[:, k]], v[kept[:, k], k]):
             flagged.append(name)
     value = "; ".join(f"min_{k}={np.nanmin(s):.3g}" for k, s in sig.items())
-    if flagged:
-        _row(rows, "boundary", "note", value,
-             f"{', '.join(flagged)} ran toward a zero SD; the log-likelihood is at its boundary value and the SEs "
-             "of those coefficients (and of rho12) are not meaningful.")
-    else:
-        _row(rows, "boundary", "ok", value, "No SD is at its zero boundary.")
+    _boundary_result(rows, flagged, value, " (and of rho12)")
 
     rho = fit.rho12()
     rho = rho[np.isfinite(rho)]
