@@ -17,16 +17,16 @@ Importing drmpy enables JAX float64 and a persistent compilation cache (see
 from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
 from . import datasets
 from .api import biv_gaussian, check, clear_cache, fit, gaussian
-from .batch import fit_batch
-from .bivariate_design import meta_vcov_bivariate
-from .bivariate_result import BivariateFit
-from .bootstrap import parametric_bootstrap
-from .long_format import long_to_bivariate
-from .engine import Control
+from .simulation.batch import fit_batch
+from .model.bivariate import meta_vcov_bivariate
+from .results.bivariate import BivariateFit
+from .simulation.bootstrap import parametric_bootstrap
+from .model.long_format import long_to_bivariate
+from .engine.program import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
-from .formula import Formula
-from .result import DrmFit
+from .model.formula import Formula
+from .results.fit import DrmFit
 
 __version__ = "0.1.0"
 

@@ -16,12 +16,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .design import ModelDesign, build_design
-from .engine import Control, prepare, run_fit
+from .model.design import ModelDesign, build_design
+from .engine.program import Control, prepare, run_fit
 from .errors import ConvergenceWarning, DrmError
-from .fingerprint import hash_array, hash_column, hash_object
-from .formula import Formula
-from .result import DrmFit
+from .model.fingerprint import hash_array, hash_column, hash_object
+from .model.formula import Formula
+from .results.fit import DrmFit
 
 __all__ = ["fit", "gaussian", "Gaussian", "biv_gaussian", "BivariateGaussian", "check"]
 
@@ -128,7 +128,7 @@ def _design_for(formula: Formula, data: Any, weights: Any, env) -> tuple[ModelDe
 
 def clear_cache() -> None:
     """Forget cached designs and design matrices (compiled programs stay cached)."""
-    from .design import _MATRIX_CACHE
+    from .model.design import _MATRIX_CACHE
 
     _design_cache.clear()
     _columns_by_formula.clear()
@@ -208,9 +208,9 @@ def _warn_unless_converged(result):
 
 
 def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, ctrl: Control):
-    from .bivariate_design import build_bivariate_design
-    from .bivariate_engine import prepare_bivariate
-    from .bivariate_result import BivariateFit
+    from .model.bivariate import build_bivariate_design
+    from .engine.bivariate import prepare_bivariate
+    from .results.bivariate import BivariateFit
 
     if weights is not None:
         raise DrmError("weights= is not supported for bivariate models.")

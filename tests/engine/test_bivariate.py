@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 import drmpy as drm
-from drmpy.bivariate_design import build_bivariate_design
-from drmpy.bivariate_engine import prepare_bivariate
-from drmpy.engine import Control
-from drmpy.likelihood import negloglik_joint, neg_reml
+from drmpy.model.bivariate import build_bivariate_design
+from drmpy.engine.bivariate import prepare_bivariate
+from drmpy.engine.program import Control
+from drmpy.engine.likelihood import negloglik_joint, neg_reml
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 REF = HERE / "reference"
 MISSING = HERE / "reference_extra" / "bivariate"
 DPARS = ("mu1", "mu2", "sigma1", "sigma2", "rho12")

@@ -11,7 +11,7 @@ import pytest
 
 import drmpy as drm
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 CASES = sorted(
     p.name for p in REF.iterdir()
     if p.is_dir() and json.loads((p / "case.json").read_text())["family"] == "gaussian"

@@ -15,7 +15,7 @@ import pytest
 
 import drmpy as drm
 
-REF = Path(__file__).parent / "reference_extra"
+REF = Path(__file__).parents[1] / "reference_extra"
 CASES = sorted(p.name for p in REF.iterdir() if (p / "case.json").exists())  # bivariate/: test_bivariate
 
 

@@ -7,7 +7,7 @@ out by hand from the raw data columns and the parameter values (looked up by nam
 * REML: -l_R   = 0.5[(n-p) log 2pi + log|S| + log|X'S^-1X| + r'S^-1 r],  r the GLS residual
 
 are compared with drmpy's ``negloglik_joint`` / ``neg_reml`` evaluated on the arrays that
-``drmpy.engine.prepare`` builds for every structure (diag / block / woodbury / dense) the
+``drmpy.engine.program.prepare`` builds for every structure (diag / block / woodbury / dense) the
 design admits.  Fits under different structures must agree, and ``ranef()`` must equal
 ``G Z' S^-1 (y - X beta)`` computed densely.
 """
@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import drmpy as drm
-from drmpy.design import build_design
-from drmpy.engine import Control, prepare
-from drmpy.likelihood import RHO_GUARD, neg_reml, negloglik_joint
-from drmpy.result import parameter_names
+from drmpy.model.design import build_design
+from drmpy.engine.program import Control, prepare
+from drmpy.engine.likelihood import RHO_GUARD, neg_reml, negloglik_joint
+from drmpy.results.fit import parameter_names
 
 N = 48
 LOG_2PI = math.log(2 * math.pi)

@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 
 import drmpy as drm
 
-REF = Path(__file__).parent / "reference"
+REF = Path(__file__).parents[1] / "reference"
 
 
 @pytest.fixture(scope="module")

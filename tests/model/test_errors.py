@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drmpy as drm
-from drmpy.design import build_design
+from drmpy.model.design import build_design
 from drmpy.errors import CovarianceError, DataError, FormulaError, RandomEffectsError
 
 MU = "yi ~ habitat + duration + meta_V(V=vi)"

@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 import drmpy as drm
-from drmpy.optimize import NONFINITE, RADIUS_COLLAPSED
+from drmpy.engine.optimize import NONFINITE, RADIUS_COLLAPSED
 
 MU = "yi ~ habitat + duration + meta_V(V=vi)"
 SIGMA = "sigma ~ habitat"

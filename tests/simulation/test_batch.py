@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import drmpy as drm
-from drmpy.optimize import CONVERGED_FLAT
+from drmpy.engine.optimize import CONVERGED_FLAT
 
 FORMULA = ("yi ~ x + f + meta_V(V=vi)", "sigma ~ f")
 COLUMNS = ["set", "parameter", "estimate", "std_error", "loglik", "converged", "max_gradient", "message"]
@@ -183,7 +183,7 @@ def test_chunking_does_not_change_results(batch_data, batch_ml):
 
 def test_lane_refill_runs_each_group_as_its_own_optimiser():
     """Pool program (lanes refilled as groups finish) == one while loop per group."""
-    from drmpy.batch_engine import pool_program, diag_program, DiagArrays
+    from drmpy.engine.batch import pool_program, diag_program, DiagArrays
 
     rng = np.random.default_rng(4)
     M, N = 40, 12
@@ -264,7 +264,7 @@ def test_dask_cluster_equals_local(batch_data):
         remote = drm.fit_batch(drm.Formula(*FORMULA), d, by="set", progress=False, chunk_size=16,
                                client=client)
         # the chunks really ran in the worker processes
-        imported = client.run(lambda: "drmpy.batch_engine" in __import__("sys").modules)
+        imported = client.run(lambda: "drmpy.engine.batch" in __import__("sys").modules)
         assert any(imported.values())
     pd.testing.assert_frame_equal(remote.drop(columns=["estimate", "std_error", "loglik", "max_gradient"]),
                                   local.drop(columns=["estimate", "std_error", "loglik", "max_gradient"]))
@@ -380,7 +380,7 @@ def test_bootstrap_coverage_smoke():
 
 def test_bootstrap_refits_equal_single_fits_with_random_effects():
     """The vmapped engine program (block structure) refits simulated data as drm.fit does."""
-    from drmpy.bootstrap import _Refitter
+    from drmpy.simulation.bootstrap import _Refitter
 
     d, V = _clustered_data(seed=9)
     formula = drm.Formula("yi ~ x + (1|study) + meta_V(V=V)")
@@ -404,10 +404,10 @@ def test_closed_form_derivatives_equal_autodiff_of_engine_objective(method):
     import jax
     import jax.numpy as jnp
 
-    from drmpy.batch_engine import DiagArrays, diag_derivatives
-    from drmpy.design import build_design
-    from drmpy.engine import Control, prepare
-    from drmpy.likelihood import variance_objective
+    from drmpy.engine.batch import DiagArrays, diag_derivatives
+    from drmpy.model.design import build_design
+    from drmpy.engine.program import Control, prepare
+    from drmpy.engine.likelihood import variance_objective
 
     f = drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat + duration")
     design = build_design(f, drm.datasets.restoration())

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .engine import BOUNDARY_START
+from .program import BOUNDARY_START
 from .likelihood import _unrolled_cholesky_solve
 from .optimize import newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
@@ -347,7 +347,7 @@ def generic_program(struct, treedef):
     Arguments: (Arrays whose ``y`` has a leading lane axis, phi0 (lanes, k), max_iter, gtol);
     the small dense algebra is elementwise (``engine._program_fn(elementwise=True)``).
     """
-    from .engine import _program_fn
+    from .program import _program_fn
 
     run = _program_fn(struct, elementwise=True)
 

@@ -13,9 +13,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .bivariate_design import BivariateDesign
-from .engine import Control, _lstsq_const, _padded_size, moment_start, start_variance
-from .errors import DrmError
+from ..model.bivariate import BivariateDesign
+from .program import Control, _lstsq_const, _padded_size, moment_start, start_variance
+from ..errors import DrmError
 from .likelihood import RHO_GUARD, Arrays, Structure
 
 __all__ = ["prepare_bivariate", "stacked_designs"]

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .design import ModelDesign
-from .errors import DrmError
+from ..model.design import ModelDesign
+from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
                          elementwise_linalg, gram, variance_objective)
 from .optimize import newton_trust_region
@@ -454,16 +454,15 @@ def _source_digest() -> str:
     from pathlib import Path
 
     h = hashlib.blake2b(digest_size=12)
-    here = Path(__file__).parent
-    for name in ("likelihood.py", "optimize.py", "engine.py"):
-        h.update((here / name).read_bytes())
+    for path in sorted(Path(__file__).parent.glob("*.py")):  # every module of engine/
+        h.update(path.read_bytes())
     h.update(jax.__version__.encode())
     return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
 def _export_dir():
-    from ._jax import cache_enabled_by_drmpy, default_cache_dir
+    from .._jax import cache_enabled_by_drmpy, default_cache_dir
 
     if not cache_enabled_by_drmpy():
         return None

@@ -28,7 +28,7 @@ import pandas as pd
 from . import frames
 from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, formula_columns,
                      formula_context, require_scale_coefficients, response_columns)
-from .errors import CovarianceError, DataError
+from ..errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .errors import DataError, FormulaError, RandomEffectsError
+from ..errors import DataError, FormulaError, RandomEffectsError
 from .formula import Formula, RandomTerm
 from .known_v import KnownV, RawV, finalize_v, resolve_v
 

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import FormulaError
+from ..errors import FormulaError
 
 __all__ = ["Formula", "RandomTerm", "MetaV"]
 
@@ -126,7 +126,7 @@ def _user_stacklevel() -> int:
     """stacklevel that attributes a warning to the first frame outside drmpy."""
     import os
 
-    package_dir = os.path.dirname(os.path.abspath(__file__))
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # src/drmpy
     frame = inspect.currentframe()
     level = 1
     try:

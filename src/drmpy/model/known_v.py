@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import CovarianceError
+from ..errors import CovarianceError
 
 __all__ = ["KnownV", "resolve_v", "finalize_v"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .errors import CovarianceError, DataError
+from ..errors import CovarianceError, DataError
 
 __all__ = ["long_to_bivariate"]
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .bivariate_design import BivariateDesign
-from .engine import Control, RawFit
-from .errors import DrmError
-from .likelihood import RHO_GUARD
-from .result import FitResult
+from ..model.bivariate import BivariateDesign
+from ..engine.program import Control, RawFit
+from ..errors import DrmError
+from ..engine.likelihood import RHO_GUARD
+from .fit import FitResult
 
 __all__ = ["BivariateFit"]
 
@@ -154,7 +154,7 @@ class BivariateFit(FitResult):
         if newdata is None:
             eta, index = self._eta(dpar), self.row_labels
         else:
-            from . import frames
+            from ..model import frames
 
             design = self._design.fixed[dpar]
             spec = design.model_spec

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .optimize import MAX_ITER, STATUS_NAMES
+from ..engine.optimize import MAX_ITER, STATUS_NAMES
 
 __all__ = ["check_fit", "check_bivariate_fit", "GRADIENT_WARN", "BOUNDARY_SD"]
 

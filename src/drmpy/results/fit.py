@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .design import ModelDesign
-from .engine import Control, RawFit
-from .errors import DrmError
-from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
+from ..model.design import ModelDesign
+from ..engine.program import Control, RawFit
+from ..errors import DrmError
+from ..engine.optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
 
 __all__ = ["FitResult", "DrmFit", "parameter_names"]
 
@@ -265,7 +265,7 @@ class DrmFit(FitResult):
             index = self._design.row_labels
         else:
             design = self._design.fixed[dpar]
-            from . import frames
+            from ..model import frames
 
             spec = design.model_spec
             cols = sorted(set(spec.required_variables) & set(frames.column_names(newdata)))
@@ -289,8 +289,8 @@ class DrmFit(FitResult):
         return pd.Series(eta, index=index, name=dpar)
 
     def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
-        from . import frames
-        from .design import _group_keys
+        from ..model import frames
+        from ..model.design import _group_keys
 
         out = np.zeros(n)
         for rd, table in zip(self._design.random, self._ranef_tables):
@@ -331,7 +331,7 @@ class DrmFit(FitResult):
         (``fit.design.row_labels``, the rows the fit used).  ``seed``: anything
         ``numpy.random.default_rng`` accepts; the same seed gives the same draws.
         """
-        from .simulate import simulate_responses
+        from ..simulation.simulate import simulate_responses
 
         return simulate_responses(self, nsim, seed)
 

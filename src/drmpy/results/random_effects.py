@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .design import ModelDesign, RandomDesign
-from .likelihood import RHO_GUARD
+from ..model.design import ModelDesign, RandomDesign
+from ..engine.likelihood import RHO_GUARD
 
 __all__ = ["level_sd_table", "conditional_modes", "row_covariance"]
 
 
 def _term_params(design: ModelDesign, theta: np.ndarray):
     """Split theta into (gamma, per-term (alphas, etas)), as the likelihood does."""
-    from .likelihood import RandomStatic, Structure, split_phi
+    from ..engine.likelihood import RandomStatic, Structure, split_phi
 
     p = design.fixed["mu"].matrix.shape[1]
     layout = Structure(
@@ -54,7 +54,7 @@ def level_sd_table(design: ModelDesign, theta: np.ndarray, group: str) -> pd.Dat
             return pd.DataFrame(sd, index=pd.Index(rd.levels, name=group),
                                 columns=list(rd.term.coefficient_names))
     groups = ", ".join(r.group for r in design.random) or "none"
-    from .errors import DrmError
+    from ..errors import DrmError
 
     raise DrmError(f"No random-effect term for group `{group}` (groups in this model: {groups}).")
 

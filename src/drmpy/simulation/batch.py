@@ -20,14 +20,14 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from . import frames
-from .design import (FixedDesign, _check_full_rank, _materialize_uncached, _response_values, formula_columns,
+from ..model import frames
+from ..model.design import (FixedDesign, _check_full_rank, _materialize_uncached, _response_values, formula_columns,
                      require_scale_coefficients, response_columns)
-from .engine import Control
-from .errors import DataError, DrmError, FormulaError
-from .formula import Formula
-from .known_v import resolve_v
-from .optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
+from ..engine.program import Control
+from ..errors import DataError, DrmError, FormulaError
+from ..model.formula import Formula
+from ..model.known_v import resolve_v
+from ..engine.optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
 
@@ -435,7 +435,7 @@ def _coerce_chunk_size(chunk_size: Any) -> int | None:
 def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
                client, progress: bool) -> dict:
     """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id)."""
-    from .batch_engine import run_pool
+    from ..engine.batch import run_pool
 
     G = len(gr.sizes)
     P = gr.p + gr.k
@@ -524,7 +524,7 @@ def fit_batch(
     ``max_gradient`` (largest absolute gradient of the objective at the estimate) and
     ``message``.
     """
-    from .api import Gaussian
+    from ..api import Gaussian
 
     formula = Formula.coerce(formula, _env_depth=2)
     if family is not None and not isinstance(family, Gaussian):

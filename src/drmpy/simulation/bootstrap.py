@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DrmError
-from .optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER
+from ..errors import DrmError
+from ..engine.optimize import CONVERGED, CONVERGED_FLAT, MAX_ITER
 
 __all__ = ["parametric_bootstrap"]
 
@@ -43,7 +43,7 @@ class _Refitter:
     def __init__(self, fit):
         import jax
 
-        from .engine import prepare
+        from ..engine.program import prepare
 
         self.fit = fit
         (arrs, struct, beta0, phi0), _ = prepare(fit.design, fit.method, fit._control)
@@ -74,7 +74,7 @@ class _Refitter:
         """Refit responses ``Yc`` (from :meth:`centred`) from ``phi0``; ``beta`` on the data's scale."""
         import jax
 
-        from .batch_engine import DiagArrays, diag_program, generic_program
+        from ..engine.batch import DiagArrays, diag_program, generic_program
 
         if self.kind == "diag":
             # the diag program centres y itself: give it the raw response and the centring
@@ -108,7 +108,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     A log-SD whose true value is near its zero boundary has refits at the boundary (very
     negative estimates): its lower limit is then not informative.
     """
-    from .result import DrmFit
+    from ..results.fit import DrmFit
 
     if not isinstance(fit, DrmFit):
         raise DrmError(f"parametric_bootstrap needs a fit from drm.fit, got {type(fit).__name__}.")

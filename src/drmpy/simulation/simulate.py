@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import DrmError
-from .random_effects import _term_params, level_covariances, level_sds
+from ..errors import DrmError
+from ..results.random_effects import _term_params, level_covariances, level_sds
 
 __all__ = ["simulate_responses"]
 
