@@ -17,18 +17,23 @@ Importing drmpy enables JAX float64 and a persistent compilation cache (see
 from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
 from . import datasets
 from .api import biv_gaussian, check, clear_cache, fit, gaussian
-from .simulation.batch import fit_batch
-from .model.bivariate import meta_vcov_bivariate
-from .results.bivariate import BivariateFit
-from .simulation.bootstrap import parametric_bootstrap
-from .model.long_format import long_to_bivariate
 from .engine.program import Control
 from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                      DrmWarning, FormulaError, RandomEffectsError)
+from .model.bivariate import meta_vcov_bivariate
 from .model.formula import Formula
+from .model.long_format import long_to_bivariate
+from .results.bivariate import BivariateFit
 from .results.fit import DrmFit
 
 __version__ = "0.1.0"
+
+# Names of the later stages (many fits at once, inference, heterogeneity, plots, effect
+# sizes, bias) are imported on first use (PEP 562), so ``import drmpy`` does not pay for them.
+_LAZY = {
+    "fit_batch": "drmpy.simulation.batch",
+    "parametric_bootstrap": "drmpy.simulation.bootstrap",
+}
 
 __all__ = [
     "fit",
@@ -54,3 +59,18 @@ __all__ = [
     "ConvergenceWarning",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'drmpy' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
