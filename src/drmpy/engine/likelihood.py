@@ -350,11 +350,15 @@ def _gram_woodbury(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
 
 
 def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
+    return _chol_gram(_dense_covariance(sigma2, re_terms, arrs, struct), B)
+
+
+def _dense_covariance(sigma2, re_terms, arrs: Arrays, struct: Structure):
     S = arrs.V_dense + jnp.diag(sigma2)
     if struct.random:
         ZL = _z_full(arrs, struct) @ _lambda(re_terms, arrs, struct)
         S = S + ZL @ ZL.T
-    return _chol_gram(S, B)
+    return S
 
 
 def pair_correlations(eta: jax.Array, arrs: Arrays) -> jax.Array:
@@ -385,13 +389,26 @@ def _gram_pair(gamma, eta, arrs: Arrays, B):
 
 
 def _gram_dense_pairs(gamma, eta, arrs: Arrays, B):
+    return _chol_gram(_dense_pair_covariance(gamma, eta, arrs), B)
+
+
+def _dense_pair_covariance(gamma, eta, arrs: Arrays):
     sigma2 = row_sigma2(gamma, arrs)
     sd = jnp.exp(arrs.Z_sigma @ gamma).reshape(-1, 2)
     off = pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
     first = 2 * jnp.arange(off.shape[0])
     S = arrs.V_dense + jnp.diag(sigma2)
-    S = S.at[first, first + 1].add(off).at[first + 1, first].add(off)
-    return _chol_gram(S, B)
+    return S.at[first, first + 1].add(off).at[first + 1, first].add(off)
+
+
+def dense_covariance(phi: jax.Array, arrs: Arrays, struct: Structure) -> jax.Array:
+    """The marginal covariance S = V + diag(sigma^2) + Z G Z' (bivariate: V + B) as one dense
+    matrix, for arrays built with structure ``dense``.  Padding rows carry unit variance."""
+    if struct.pairs:
+        gamma, eta = split_phi(phi, struct)
+        return _dense_pair_covariance(gamma, eta, arrs)
+    gamma, re_terms = split_phi(phi, struct)
+    return _dense_covariance(row_sigma2(gamma, arrs), re_terms, arrs, struct)
 
 
 def gram(phi: jax.Array, arrs: Arrays, struct: Structure):

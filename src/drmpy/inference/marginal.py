@@ -1,0 +1,135 @@
+"""The fitted marginal covariance and the GLS quantities of the location coefficients.
+
+For a univariate fit the marginal covariance of the retained responses is
+``S = V + diag(sigma_i^2) + Z G Z'`` at the fitted variance parameters; for a bivariate fit
+it is the row-paired ``V + B`` (responses that are not kept carry unit variance and no
+covariance, so they drop out of every solve).  metafor reports location uncertainty as
+``(X' S^-1 X)^-1`` at the fitted variances (``vcov="gls"`` here); drmTMB, and drmpy's
+``fit.vcov()``, use the observed information (``vcov="observed"``), which under ML also
+carries the covariance between the location and variance estimates.
+
+These functions re-use the engine's likelihood code (one definition of S) and are pure
+functions of the fit; results are cached on the fit object.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine.likelihood import Structure, dense_covariance, gram
+
+__all__ = ["GLS", "gls", "marginal_covariance", "location_vcov", "variance_parameters"]
+
+
+class GLS(NamedTuple):
+    """GLS pieces at the fitted variance parameters (location coefficients in ``fit.params`` order).
+
+    ``information``: ``X' S^-1 X`` (p x p); ``vcov``: its inverse, metafor's ``vb``;
+    ``estimate``: ``(X' S^-1 X)^-1 X' S^-1 y``, which equals the fitted mu coefficients.
+    """
+
+    information: np.ndarray
+    vcov: np.ndarray
+    estimate: np.ndarray
+
+
+def variance_parameters(fit) -> np.ndarray:
+    """The fitted variance parameters phi (everything after the location coefficients), link scales."""
+    return np.asarray(fit._raw.theta[fit._raw.structure.p:], dtype=np.float64)
+
+
+def _prepared(fit, kind: str | None):
+    """(arrays, structure, beta0) of the fit's design, with structure ``kind`` (None: the fit's own)."""
+    from ..engine.program import Control, prepare
+    from ..results.bivariate import BivariateFit
+
+    control = fit._control if kind is None else Control.coerce({**_control_dict(fit._control), "structure": kind})
+    if isinstance(fit, BivariateFit):
+        from ..engine.bivariate import prepare_bivariate
+
+        arrs, struct, beta0, _ = prepare_bivariate(fit.design, fit.method, control)
+    else:
+        (arrs, struct, beta0, _), _ = prepare(fit.design, fit.method, control)
+    return arrs, struct, beta0
+
+
+def _control_dict(control) -> dict:
+    return {"max_iter": control.max_iter, "gtol": control.gtol, "structure": control.structure}
+
+
+@functools.lru_cache(maxsize=32)
+def _gram_program(struct: Structure):
+    return jax.jit(lambda phi, arrs: gram(phi, arrs, struct))
+
+
+@functools.lru_cache(maxsize=32)
+def _dense_program(struct: Structure):
+    return jax.jit(lambda phi, arrs: dense_covariance(phi, arrs, struct))
+
+
+def _row_positions(fit) -> np.ndarray:
+    """Positions, in the engine's arrays, of the responses the fit uses (padding excluded)."""
+    from ..results.bivariate import BivariateFit
+
+    if isinstance(fit, BivariateFit):
+        return np.flatnonzero(fit.design.kept.reshape(-1))
+    return np.arange(fit.nobs)
+
+
+def marginal_covariance(fit) -> np.ndarray:
+    """Dense fitted marginal covariance ``S`` of the responses the fit uses (response scale).
+
+    Univariate: n x n over the retained rows, ``V + diag(sigma_i^2) + Z G Z'``.  Bivariate:
+    over the kept responses in row-paired order (study 1 response 1, study 1 response 2,
+    ...; responses that are not kept left out).  O(n^2) memory: meant for diagnostics,
+    robust variances and plots, not for the fit itself.
+    """
+    cached = getattr(fit, "_marginal_covariance_cache", None)
+    if cached is not None:
+        return cached
+    arrs, struct, _ = _prepared(fit, "dense")
+    S = np.asarray(jax.device_get(_dense_program(struct)(jnp.asarray(variance_parameters(fit)), arrs)))
+    rows = _row_positions(fit)
+    S = S[np.ix_(rows, rows)]
+    fit._marginal_covariance_cache = S
+    return S
+
+
+def gls(fit) -> GLS:
+    """``X' S^-1 X``, its inverse and the GLS estimate at the fitted variance parameters.
+
+    Evaluated with the fit's own likelihood structure (diag, block, woodbury, pair or
+    dense), so it costs one likelihood evaluation and no n x n matrix.
+    """
+    cached = getattr(fit, "_gls_cache", None)
+    if cached is not None:
+        return cached
+    arrs, struct, beta0 = _prepared(fit, None)
+    _, M = jax.device_get(_gram_program(struct)(jnp.asarray(variance_parameters(fit)), arrs))
+    M = np.asarray(M)
+    p = struct.p
+    A = 0.5 * (M[:p, :p] + M[:p, :p].T)
+    vcov = np.linalg.inv(A)
+    vcov = 0.5 * (vcov + vcov.T)
+    estimate = vcov @ M[:p, p] + beta0  # the arrays hold y centred at beta0
+    out = GLS(A, vcov, estimate)
+    fit._gls_cache = out
+    return out
+
+
+def location_vcov(fit, vcov: str = "observed") -> np.ndarray:
+    """Covariance of the location coefficients: ``"observed"`` (``fit.vcov()``, drmTMB's) or
+    ``"gls"`` (``(X' S^-1 X)^-1`` at the fitted variances, metafor's)."""
+    from ..errors import DrmError
+
+    p = fit._raw.structure.p
+    if vcov == "observed":
+        return np.asarray(fit._raw.vcov[:p, :p])
+    if vcov == "gls":
+        return gls(fit).vcov
+    raise DrmError(f"vcov must be 'observed' or 'gls' here, got {vcov!r}.")
