@@ -204,6 +204,23 @@ class BivariateFit(FitResult):
 
         return check_bivariate_fit(self)
 
+    # ---------------------------------------------------------------- simulation
+    def simulate(self, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
+        """Both responses drawn from the fitted model, ``nsim`` independent data sets.
+
+        Per retained study ``(y1*, y2*) ~ MVN((mu1_i, mu2_i), V_i + B_i)`` with
+        ``B_i = [[s1^2, r s1 s2], [r s1 s2, s2^2]]`` at the fitted sigma1, sigma2 and rho12
+        (a study with one kept response: its 1 x 1 marginal; a V that correlates studies:
+        drawn through the factor of the whole V).  Response scale.  Columns
+        ``sim_1_<y1>, sim_1_<y2>, sim_2_<y1>, ...`` (``<y1>``, ``<y2>`` the response names),
+        so draw j is ``sims[[f"sim_{j}_{y1}", f"sim_{j}_{y2}"]]``; index: the labels of the
+        retained studies (``fit.row_labels``); NaN where a response is not kept.  ``seed``:
+        anything ``numpy.random.default_rng`` accepts.
+        """
+        from ..simulation.simulate import simulate_bivariate_responses
+
+        return simulate_bivariate_responses(self, nsim, seed)
+
     def __repr__(self) -> str:
         return (f"<BivariateFit {self.method} studies={self.nobs} responses={self.n_responses} "
                 f"df={self.df} logLik={self.loglik:.4f} converged={self.converged}>")
