@@ -468,7 +468,7 @@ def test_unsupported_special_in_bivariate_formula_names_the_term(formula, term, 
     ("yi ~ duration + us(1 + duration | study)", None, "us(1 + duration | study)"),
     ("yi ~ duration + gp(duration)", None, "gp(duration)"),
     ("yi ~ duration", "sigma ~ spatial(1 | site, coords = coords)", "spatial(1 | site, coords = coords)"),
-    ("yi ~ duration", "sigma ~ habitat + phylo(1 | species, tree = tree)", "phylo(1 | species, tree = tree)"),
+    ("yi ~ duration", "sigma ~ habitat + animal(1 | id, A = A)", "animal(1 | id, A = A)"),
 ])
 def test_unsupported_special_in_univariate_formula_names_the_term(dat, mu, sigma, term):
     with pytest.raises(FormulaError) as err:

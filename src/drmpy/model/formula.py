@@ -331,7 +331,9 @@ def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
             raise FormulaError(
                 f"`{text}`: random-effect terms such as `{term}` belong in the mu formula."
             )
-        _reject_unsupported_special(term, f"the {dpar} formula `{text}`")
+        # phylo() in a univariate model is the effects stage's to parse
+        allowed = frozenset() if dpar in BIVARIATE_DPARS else frozenset({"phylo"})
+        _reject_unsupported_special(term, f"the {dpar} formula `{text}`", allowed)
 
 
 def _capture_env(depth: int) -> dict[str, Any]:
