@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, formula_columns,
-                     formula_context, require_scale_coefficients, response_columns)
+from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, check_weights,
+                     formula_columns, formula_context, require_scale_coefficients, response_columns)
 from ..errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
@@ -384,12 +384,7 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
     n_decoupled = int((both & ~rho_ok).sum())
     study_weights = None
     if w_all is not None:
-        study_weights = w_all[study]
-        neg = np.flatnonzero(study_weights < 0)
-        if neg.size:
-            raise DataError(f"weights must be >= 0; row {labels[study][neg[0]]!r} has {study_weights[neg[0]]:g}.")
-        if not np.any(study_weights > 0):
-            raise DataError("weights are all zero among the retained studies; nothing to fit.")
+        study_weights = check_weights(w_all[study], labels[study], "studies")
         if not v.block_diagonal and np.any(study_weights != 1.0):
             raise DataError(
                 f"weights: non-unit weights with meta_V(V = {v.name}) are not supported: V correlates "
