@@ -178,6 +178,11 @@ class BivariateFit(FitResult):
         values = eta if type == "link" else self._inverse_link(dpar, eta)
         return pd.Series(values, index=index, name=dpar)
 
+    def coef_test(self, *args: Any, **kwargs: Any):
+        """Not available for bivariate fits (a ``DrmError``); see :meth:`DrmFit.coef_test`."""
+        raise DrmError("coef_test (t, Knapp-Hartung and cluster-robust tests) is for univariate DrmFit "
+                       "results; it is not available for bivariate fits.")
+
     # ---------------------------------------------------------------- reports
     def summary(self):
         """Coefficient table (estimate, std_error, z, p, Wald CI, exp(estimate) for log-SD

@@ -341,13 +341,14 @@ class DrmFit(FitResult):
         return out
 
     # ---------------------------------------------------------------- reports
-    def summary(self):
+    def summary(self, test: str = "z"):
         """Coefficient table (estimate, std_error, z, p, Wald CI, exp(estimate) for log-scale
         coefficients), fitted sigma range, logLik and convergence.  Printing shows the table;
-        ``.coefficients`` is the DataFrame."""
+        ``.coefficients`` is the DataFrame.  ``test="t"``: t statistics, df (``nobs - p_mu``),
+        p-values and intervals from t for the mu rows (metafor's ``test="t"``)."""
         from .summary import Summary
 
-        return Summary.from_fit(self)
+        return Summary.from_fit(self, test=test)
 
     def check(self) -> pd.DataFrame:
         """Diagnostics in the manner of drmTMB's ``check_drm``: columns check, status, value, message."""
@@ -369,6 +370,19 @@ class DrmFit(FitResult):
         from ..simulation.simulate import simulate_responses
 
         return simulate_responses(self, nsim, seed)
+
+    # ---------------------------------------------------------------- inference (drmpy.inference)
+    def coef_test(self, test: str = "z", vcov: str = "observed", cluster: Any = None,
+                  level: float = 0.95) -> pd.DataFrame:
+        """Tests of the mu coefficients: ``estimate``, ``std_error``, ``statistic``, ``df``,
+        ``p_value``, ``lower``, ``upper``.  ``test``: ``"z"``, ``"t"`` (``nobs - p_mu`` df),
+        ``"knha"`` (Knapp-Hartung, no random effects) or ``"satterthwaite"`` (cluster-robust
+        vcov); ``vcov``: ``"observed"``, ``"gls"``, ``"CR0"``, ``"CR1"``, ``"CR2"`` (with
+        ``cluster``: a column of the fitted data, a Series or an array per retained row).
+        See :mod:`drmpy.inference.coef_test`."""
+        from ..inference.coef_test import coef_test
+
+        return coef_test(self, test=test, vcov=vcov, cluster=cluster, level=level)
 
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
