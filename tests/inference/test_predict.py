@@ -172,3 +172,16 @@ def test_bivariate_fit_has_no_interval():
         biv.predict(interval="confidence")
     with pytest.raises(drm.DrmError, match="bivariate"):
         biv.predict(level=0.9)
+
+
+def test_unseen_level_and_missing_values(fits):
+    case, _, fit = fits["assink2016_ml"]
+    new = pd.DataFrame({"deltype": ["overt", "violent"]})
+    with pytest.raises(drm.DrmError, match="level the fit did not see.*violent"):
+        fit.predict(new, interval="prediction")
+    with pytest.raises(drm.DrmError, match="violent"):
+        fit.predict(new)
+    # a missing value gives a NaN row, never a dropped one
+    holes = pd.DataFrame({"deltype": ["overt", None, "covert"]})
+    out = fit.predict(holes, interval="prediction")
+    assert len(out) == 3 and out.iloc[1].isna().all() and out.drop(index=1).notna().all().all()

@@ -171,6 +171,28 @@ def _new_sampling_variance(vi: Any, newdata: Any, n: int) -> np.ndarray:
     return out
 
 
+def _shared_frame(fit, newdata: Any, vi: Any) -> pd.DataFrame:
+    """The columns of newdata any formula reads, as one pandas frame (a copy) whose text
+    columns are categorical: encoded once here instead of once per formula (the mu and sigma
+    designs usually share a factor)."""
+    from ..model import frames
+
+    d = fit.design
+    wanted = set(d.fixed["mu"].model_spec.required_variables) | set(d.fixed["sigma"].model_spec.required_variables)
+    for rd in d.random:
+        wanted |= set(rd.term.group_columns) | set(rd.term.slopes)
+        for sd_design in rd.sd_designs:
+            wanted |= set(sd_design.model_spec.required_variables)
+    if isinstance(vi, str):
+        wanted.add(vi)
+    available = frames.column_names(newdata)
+    frame = frames.as_pandas(newdata, [c for c in available if c in wanted])
+    text = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c].dtype)]
+    if text:
+        frame = frame.assign(**{c: pd.Categorical(frame[c]) for c in text})
+    return frame
+
+
 def predict_interval(fit, newdata: Any = None, interval: str = "confidence", level: float = 0.95,
                      vi: Any = None, test: str = "z", vcov: str = "observed") -> pd.DataFrame:
     """Estimate, SE and a confidence or prediction interval of ``mu`` per row (response scale).
@@ -189,10 +211,9 @@ def predict_interval(fit, newdata: Any = None, interval: str = "confidence", lev
         X = fit.design.fixed["mu"].matrix
         index = fit.design.row_labels
     else:
+        newdata = _shared_frame(fit, newdata, vi)
         X = fit._new_matrix("mu", newdata, purpose="prediction")
-        from ..model import frames
-
-        index = frames.as_pandas(newdata, []).index
+        index = newdata.index
     beta = fit._raw.theta[: X.shape[1]]
     estimate = X @ beta
     var = _row_quadratic(X, C)

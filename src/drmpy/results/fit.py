@@ -317,11 +317,28 @@ class DrmFit(FitResult):
         if not spec.required_variables and tuple(design.terms) in ((), ("(Intercept)",)):
             # intercept-only (or empty) design: a constant column, no formula evaluation per row
             return np.ones((n, design.matrix.shape[1]))
-        try:
-            mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
-        except Exception as exc:
-            raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
-        return np.asarray(mm, dtype=np.float64)
+        import warnings
+
+        from formulaic.errors import DataMismatchWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataMismatchWarning)
+            try:
+                mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
+            except Exception as exc:
+                raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
+        for w in caught:
+            if issubclass(w.category, DataMismatchWarning) and "{nan}" not in str(w.message):
+                # formulaic would encode an unseen level as the reference level: a wrong number
+                raise DrmError(f"newdata has a factor level the fit did not see, in a variable of the "
+                               f"{dpar} formula ({w.message})")
+            if not issubclass(w.category, DataMismatchWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        X = np.array(mm, dtype=np.float64)
+        # a missing factor value would be encoded as the reference level: make its row NaN
+        missing_rows = frame.isna().any(axis=1).to_numpy() if cols else np.zeros(n, dtype=bool)
+        X[missing_rows] = np.nan
+        return X
 
     def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
         from ..model import frames
