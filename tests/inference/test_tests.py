@@ -257,3 +257,22 @@ def test_summary_t():
         fit.summary(test="knha")
     with pytest.raises(drm.DrmError, match="bivariate"):
         object.__new__(drm.BivariateFit).coef_test()
+
+
+def test_knha_factor_by_hand_with_a_block_diagonal_v():
+    """Knapp-Hartung's q = r' S^-1 r / (k - p) with a full (block-diagonal) V, against dense algebra."""
+    _, data, _ = _fit("molloy2014_ml")
+    n = len(data)
+    V = np.diag(data["vi"].to_numpy())
+    for i in range(0, n - 1, 2):  # pairs of rows share a sampling covariance
+        V[i, i + 1] = V[i + 1, i] = 0.5 * np.sqrt(V[i, i] * V[i + 1, i + 1])
+    fit = drm.fit(drm.Formula("yi ~ meanage + meta_V(V=Vmat)"), data=data, env={"Vmat": V})
+    X = np.column_stack([np.ones(n), data["meanage"]])
+    S = V + np.diag(fit.sigma().to_numpy() ** 2)
+    Si = np.linalg.inv(S)
+    beta = np.linalg.solve(X.T @ Si @ X, X.T @ Si @ data["yi"].to_numpy())
+    r = data["yi"].to_numpy() - X @ beta
+    q = r @ Si @ r / (n - 2)
+    out = fit.coef_test(test="knha")
+    np.testing.assert_allclose(out["std_error"], np.sqrt(q * np.diag(np.linalg.inv(X.T @ Si @ X))), rtol=1e-6)
+    assert (out["df"] == n - 2).all()

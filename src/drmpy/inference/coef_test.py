@@ -34,14 +34,30 @@ ROBUST = ("CR0", "CR1", "CR2")
 
 
 def knapp_hartung_factor(fit) -> float:
-    """``q = r' S^-1 r / (k - p)`` at the fitted variances and location coefficients."""
+    """``q = r' S^-1 r / (k - p)`` at the fitted variances and location coefficients.
+
+    Without random effects S is ``V + diag(sigma^2)``: evaluated per independent block of V
+    (elementwise for a diagonal V); with random effects from the dense fitted S.
+    """
     from scipy.linalg import cho_factor, cho_solve
 
-    X = fit.design.fixed["mu"].matrix
+    d = fit.design
+    X = d.fixed["mu"].matrix
     p = X.shape[1]
-    r = fit.design.y - X @ fit._raw.theta[:p]
-    S = marginal_covariance(fit)
-    q = float(r @ cho_solve(cho_factor(S, lower=True), r))
+    r = d.y - X @ fit._raw.theta[:p]
+    kv = d.known_v
+    if d.random:
+        S = marginal_covariance(fit)
+        q = float(r @ cho_solve(cho_factor(S, lower=True), r))
+    elif kv.matrix is None:
+        q = float(np.sum(r**2 / (kv.diag + fit._sigma_values**2)))
+    else:
+        from ..results.random_effects import row_covariance
+
+        q = 0.0
+        for rows in kv.blocks:
+            Sb = row_covariance(d, fit._raw.theta, fit._sigma_values, rows)
+            q += float(r[rows] @ cho_solve(cho_factor(Sb, lower=True), r[rows]))
     return q / (fit.nobs - p)
 
 

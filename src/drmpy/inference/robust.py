@@ -17,6 +17,9 @@ The Satterthwaite df of coefficient i is ``2 E^2 / V`` with ``E = tr(P_i)``,
 and ``B``).  This is clubSandwich's ``vcovCR(fit, cluster, type)`` and ``coef_test(...,
 test = "Satterthwaite")`` for ``rma``/``rma.mv`` fits (``inverse_var = TRUE``), which
 metafor's ``robust(fit, cluster, clubSandwich = TRUE)`` calls.
+
+The blocks ``S_jj`` are built cluster by cluster (no n x n matrix), after checking that S
+is block-diagonal by cluster (:func:`check_nested`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from .marginal import marginal_covariance
+from ..results.random_effects import row_covariance
 
 __all__ = ["RobustVcov", "cluster_robust", "cluster_codes"]
 
@@ -85,6 +88,42 @@ def cluster_codes(fit, cluster: Any) -> np.ndarray:
     return codes
 
 
+def check_nested(fit, codes: np.ndarray) -> None:
+    """The fitted marginal covariance must be block-diagonal by cluster (clubSandwich's
+    requirement that the random effects be nested within the clusters): every level of every
+    random-effect group, every pair of related levels (relmat), and every block of a full V
+    lies within one cluster.  A ``DrmError`` names the group or row otherwise."""
+    d = fit.design
+    labels = d.row_labels
+    for rd in d.random:
+        level_cluster = np.full(rd.n_levels, -1)
+        level_cluster[rd.level_index] = codes
+        crossed = np.flatnonzero(level_cluster[rd.level_index] != codes)
+        if len(crossed):
+            level = rd.levels[rd.level_index[crossed[0]]]
+            raise DrmError(
+                f"Level `{level}` of random-effect group `{rd.group}` has rows in more than one cluster: "
+                "the random effects must be nested within the clusters (clubSandwich refuses the same); "
+                f"cluster by `{rd.group}` or a coarser grouping."
+            )
+        if rd.relmat is not None:
+            related = np.argwhere(rd.relmat != 0.0)
+            apart = related[level_cluster[related[:, 0]] != level_cluster[related[:, 1]]]
+            if len(apart):
+                a, b = apart[0]
+                raise DrmError(
+                    f"relmat K relates levels `{rd.levels[a]}` and `{rd.levels[b]}` of `{rd.group}`, which lie "
+                    "in different clusters: the fitted covariance must be block-diagonal by cluster."
+                )
+    if d.known_v.matrix is not None and d.known_v.blocks is not None:
+        for block in d.known_v.blocks:
+            if len(np.unique(codes[block])) > 1:
+                raise DrmError(
+                    f"The known sampling covariance V correlates row {labels[block[0]]!r} with rows of "
+                    "another cluster: the fitted covariance must be block-diagonal by cluster."
+                )
+
+
 def _inverse_sqrt(M: np.ndarray) -> np.ndarray:
     """Symmetric ``M^{-1/2}`` with eigenvalues below 1e-12 set to zero (clubSandwich's matrix_power)."""
     vals, vecs = np.linalg.eigh(0.5 * (M + M.T))
@@ -97,26 +136,17 @@ def cluster_robust(fit, cluster: Any, type: str = "CR2") -> RobustVcov:
     if type not in TYPES:
         raise DrmError(f"Cluster-robust vcov must be one of {', '.join(TYPES)}, got {type!r}.")
     codes = cluster_codes(fit, cluster)
-    S = marginal_covariance(fit)
-    outside = codes[:, None] != codes[None, :]
-    if np.any(np.abs(S[outside]) > 0.0):
-        i, j = np.argwhere(outside & (np.abs(S) > 0.0))[0]
-        labels = fit.design.row_labels
-        raise DrmError(
-            f"The fitted marginal covariance correlates rows {labels[i]!r} and {labels[j]!r}, which lie "
-            "in different clusters: the random effects (or V) must be nested within the clusters "
-            "(clubSandwich refuses the same)."
-        )
+    J = int(codes.max()) + 1
+    rows = [np.flatnonzero(codes == j) for j in range(J)]
+    check_nested(fit, codes)
     d = fit.design
     X = d.fixed["mu"].matrix
     p = X.shape[1]
     r = d.y - X @ fit._raw.theta[:p]
-    J = int(codes.max()) + 1
-    rows = [np.flatnonzero(codes == j) for j in range(J)]
     blocks = []
     info = np.zeros((p, p))
     for idx in rows:
-        Sj = S[np.ix_(idx, idx)]
+        Sj = row_covariance(d, fit._raw.theta, fit._sigma_values, idx)
         Lj = np.linalg.cholesky(Sj)
         Wj = np.linalg.inv(Sj)
         Wj = 0.5 * (Wj + Wj.T)
