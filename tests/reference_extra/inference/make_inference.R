@@ -81,35 +81,38 @@ for (m in c("ML", "REML")) {
   write_case(paste0("bcg_ls_", tolower(m)), bcg_data, case)
 }
 
-## 2. dat.konstantopoulos2011: three-level rma.mv, predict, CR2 by district, anova ---------
+## 2. three-level rma.mv (dat.konstantopoulos2011 here, dat.assink2016 below): predict, CR2, anova
+three_level_case <- function(name, data, mods, random, random0, newmods, newdata, formula, formula0,
+                             cluster, robust_key, anova_key, note) {
+  for (m in c("ML", "REML")) {
+    fz <- rma.mv(yi, vi, mods = mods, random = random, data = data, method = m, control = ctl_opt)
+    ft <- rma.mv(yi, vi, mods = mods, random = random, data = data, method = m, control = ctl_opt,
+                 test = "t")
+    expected <- list(loglik = fz$fit.stats[["ll", m]], beta = as.numeric(fz$beta),
+                     sigma2 = as.numeric(fz$sigma2), se = as.numeric(fz$se),
+                     predict_z = pred_list(predict(fz, newmods = newmods)),
+                     predict_t = pred_list(predict(ft, newmods = newmods)),
+                     coef_t = coef_list(ft))
+    expected[[robust_key]] <- robust_list(fz, data[[cluster]])
+    case <- list(formulas = list(formula), method = m, cluster = cluster, note = note,
+                 newdata = newdata, expected = expected)
+    if (m == "ML") {
+      f0 <- rma.mv(yi, vi, mods = mods, random = random0, data = data, method = m, control = ctl_opt)
+      case$expected[[anova_key]] <- anova_list(anova(fz, f0))
+      case$fit0 <- list(formulas = list(formula0), method = m)
+    }
+    write_case(paste0(name, "_", tolower(m)), data, case)
+  }
+}
 ko <- dat.konstantopoulos2011
 ko$yearc <- ko$year - 1990
 ko_data <- data.frame(district = ko$district, school = ko$school, study = ko$study,
                       yi = ko$yi, vi = ko$vi, yearc = ko$yearc)
 newk <- data.frame(yearc = c(-10, 0, 5))
-for (m in c("ML", "REML")) {
-  fz <- rma.mv(yi, vi, mods = ~ yearc, random = ~ 1 | district/school, data = ko_data, method = m,
-               control = ctl_opt)
-  ft <- rma.mv(yi, vi, mods = ~ yearc, random = ~ 1 | district/school, data = ko_data, method = m,
-               control = ctl_opt, test = "t")
-  case <- list(
-    formulas = list("yi ~ yearc + (1|district) + meta_V(V=vi)"), method = m,
-    note = "metafor sigma2 = (district, school) = (sd(district)^2, sigma^2)",
-    newdata = newk,
-    expected = list(loglik = fz$fit.stats[["ll", m]], beta = as.numeric(fz$beta),
-                    sigma2 = as.numeric(fz$sigma2), se = as.numeric(fz$se),
-                    predict_z = pred_list(predict(fz, newmods = newk$yearc)),
-                    predict_t = pred_list(predict(ft, newmods = newk$yearc)),
-                    coef_t = coef_list(ft),
-                    robust_district = robust_list(fz, ko_data$district)))
-  if (m == "ML") {
-    f0 <- rma.mv(yi, vi, mods = ~ yearc, random = ~ 1 | study, data = ko_data, method = m,
-                 control = ctl_opt)
-    case$expected$anova_district <- anova_list(anova(fz, f0))
-    case$fit0 <- list(formulas = list("yi ~ yearc + meta_V(V=vi)"), method = m)
-  }
-  write_case(paste0("konstantopoulos_", tolower(m)), ko_data, case)
-}
+three_level_case("konstantopoulos", ko_data, ~ yearc, ~ 1 | district/school, ~ 1 | study, newk$yearc, newk,
+                 "yi ~ yearc + (1|district) + meta_V(V=vi)", "yi ~ yearc + meta_V(V=vi)", "district",
+                 "robust_district", "anova_district",
+                 "metafor sigma2 = (district, school) = (sd(district)^2, sigma^2)")
 
 ## 3. rma() with test = "t" and "knha", and moderator LRTs, on five metadat sets -------------
 uni_case <- function(name, data, mods_r, formula_mu, formula_mu0, mods0_r) {
@@ -173,26 +176,8 @@ as_ <- dat.assink2016
 as_data <- data.frame(study = as_$study, esid = as_$esid, row = seq_len(nrow(as_)), yi = as_$yi,
                       vi = as_$vi, deltype = as_$deltype)
 newa <- data.frame(deltype = c("covert", "general", "overt"))
-for (m in c("ML", "REML")) {
-  fz <- rma.mv(yi, vi, mods = ~ deltype, random = ~ 1 | study/esid, data = as_data, method = m,
-               control = ctl_opt)
-  ft <- rma.mv(yi, vi, mods = ~ deltype, random = ~ 1 | study/esid, data = as_data, method = m,
-               control = ctl_opt, test = "t")
-  X0 <- model.matrix(~ deltype, data = newa)[, -1, drop = FALSE]
-  case <- list(formulas = list("yi ~ deltype + (1|study) + meta_V(V=vi)"), method = m, cluster = "study",
-               newdata = newa,
-               expected = list(loglik = fz$fit.stats[["ll", m]], beta = as.numeric(fz$beta),
-                               sigma2 = as.numeric(fz$sigma2), se = as.numeric(fz$se),
-                               predict_z = pred_list(predict(fz, newmods = X0)),
-                               predict_t = pred_list(predict(ft, newmods = X0)),
-                               coef_t = coef_list(ft),
-                               robust = robust_list(fz, as_data$study)))
-  if (m == "ML") {
-    f0 <- rma.mv(yi, vi, mods = ~ deltype, random = ~ 1 | row, data = as_data, method = m,
-                 control = ctl_opt)
-    case$expected$anova_study <- anova_list(anova(fz, f0))
-    case$fit0 <- list(formulas = list("yi ~ deltype + meta_V(V=vi)"), method = m)
-  }
-  write_case(paste0("assink2016_", tolower(m)), as_data, case)
-}
+three_level_case("assink2016", as_data, ~ deltype, ~ 1 | study/esid, ~ 1 | row,
+                 model.matrix(~ deltype, data = newa)[, -1, drop = FALSE], newa,
+                 "yi ~ deltype + (1|study) + meta_V(V=vi)", "yi ~ deltype + meta_V(V=vi)", "study",
+                 "robust", "anova_study", "metafor sigma2 = (study, esid) = (sd(study)^2, sigma^2)")
 cat("done\n")
