@@ -185,3 +185,11 @@ def test_unseen_level_and_missing_values(fits):
     holes = pd.DataFrame({"deltype": ["overt", None, "covert"]})
     out = fit.predict(holes, interval="prediction")
     assert len(out) == 3 and out.iloc[1].isna().all() and out.drop(index=1).notna().all().all()
+
+
+def test_positional_order_is_the_issues(fits):
+    case, _, fit = fits["bcg_ls_ml"]
+    newdata = pd.DataFrame(case["newdata"])
+    by_position = fit.predict(newdata, "mu", "response", "prediction", 0.9, None, "t", "gls")
+    by_name = fit.predict(newdata, interval="prediction", level=0.9, test="t", vcov="gls")
+    pd.testing.assert_frame_equal(by_position, by_name)

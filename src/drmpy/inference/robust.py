@@ -60,7 +60,10 @@ def cluster_codes(fit, cluster: Any) -> np.ndarray:
         from ..model import frames
 
         data = getattr(fit, "_data", None)
-        if data is None or cluster not in frames.column_names(data):
+        if data is None:
+            raise DrmError(f"cluster=`{cluster}`: this fit keeps no reference to its data; pass the cluster "
+                           "values (an array per retained row, or a Series indexed like the data).")
+        if cluster not in frames.column_names(data):
             raise DrmError(f"cluster=`{cluster}` is not a column of the data given to drm.fit.")
         frame = frames.as_pandas(data, [cluster])
         values = frame[cluster].loc[labels]

@@ -145,6 +145,8 @@ class FitResult:
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
 
+    _data: Any = None  # the data given to drm.fit (a reference), for columns named later
+
     def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
                  clusters: np.ndarray | None) -> None:
         super().__init__(design, raw, method, control)
@@ -245,8 +247,8 @@ class DrmFit(FitResult):
 
     # ---------------------------------------------------------------- prediction
     def predict(self, newdata: Any = None, dpar: str = "mu", type: str = "response",
-                re_form: Any = None, interval: str | None = None, level: float = 0.95,
-                vi: Any = None, test: str = "z", vcov: str = "observed"):
+                interval: str | None = None, level: float = 0.95, vi: Any = None,
+                test: str = "z", vcov: str = "observed", re_form: Any = None):
         """Predictions of ``mu`` or ``sigma`` (``type='link'`` for log sigma).
 
         On the fitted rows (``newdata=None``) ``mu`` includes the random effects' conditional
