@@ -276,3 +276,12 @@ def test_knha_factor_by_hand_with_a_block_diagonal_v():
     out = fit.coef_test(test="knha")
     np.testing.assert_allclose(out["std_error"], np.sqrt(q * np.diag(np.linalg.inv(X.T @ Si @ X))), rtol=1e-6)
     assert (out["df"] == n - 2).all()
+
+
+def test_weighted_fit_refuses_robust_and_knha():
+    case, data, _ = _fit("molloy2014_ml")
+    fit = drm.fit(drm.Formula(*case["formulas"]), data=data, weights=np.full(len(data), 2.0))
+    with pytest.raises(drm.DrmError, match="weights"):
+        fit.coef_test(test="knha")
+    with pytest.raises(drm.DrmError, match="weights"):
+        fit.coef_test(vcov="CR2", cluster=np.arange(len(data)) // 2)

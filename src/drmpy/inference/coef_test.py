@@ -72,6 +72,10 @@ def coef_test(fit, test: str = "z", vcov: str = "observed", cluster: Any = None,
         raise DrmError(f"coef_test(vcov=...) must be 'observed', 'gls', 'CR0', 'CR1' or 'CR2', got {vcov!r}.")
     if cluster is not None and vcov not in ROBUST:
         raise DrmError(f"cluster= is used by the cluster-robust vcov ('CR0', 'CR1', 'CR2'), not vcov={vcov!r}.")
+    if (test == "knha" or vcov in ROBUST) and fit.design.weights is not None:
+        # with likelihood weights the estimator's working weights are no longer S^-1
+        raise DrmError(f"coef_test(test={test!r}, vcov={vcov!r}) assumes working weights S^-1; it is not "
+                       "defined for fits with weights=.")
     p = fit.design.fixed["mu"].matrix.shape[1]
     names = fit.params.index[:p]
     estimate = fit.params.to_numpy()[:p]
