@@ -285,3 +285,17 @@ def test_weighted_fit_refuses_robust_and_knha():
         fit.coef_test(test="knha")
     with pytest.raises(drm.DrmError, match="weights"):
         fit.coef_test(vcov="CR2", cluster=np.arange(len(data)) // 2)
+
+
+def test_compare_bivariate_fits():
+    ref = Path(__file__).parents[1] / "reference" / "berkey_bivariate_reml"
+    spec = json.loads((ref / "case.json").read_text())
+    data = pd.read_csv(ref / "data.csv")
+    V = np.loadtxt(ref / "V.csv", delimiter=",")
+    fits = [drm.fit(drm.Formula(**spec["formulas"]), data=data, method=m, env={"V": V},
+                    family=drm.biv_gaussian()) for m in ("ML", "REML")]
+    with pytest.warns(drm.DrmWarning, match="mix ML and REML"):
+        out = drm.compare(*fits, names=["ml", "reml"])
+    np.testing.assert_allclose(out["aic"], [f.aic for f in fits])
+    with pytest.raises(drm.DrmError, match="univariate"):
+        drm.lrt(fits[0], fits[0])
