@@ -73,6 +73,8 @@ def _level_positions(fit, rd, newdata: Any, n: int) -> np.ndarray | None:
     if not set(rd.term.group_columns) <= set(frames.column_names(newdata)):
         return None
     frame = frames.as_pandas(newdata, list(rd.term.group_columns))
+    if frame.isna().any(axis=None):
+        return None
     keys, _ = _group_keys(frame, rd.term)
     position = {lv: i for i, lv in enumerate(rd.levels)}
     out = np.fromiter((position.get(k, -1) for k in keys), dtype=np.int64, count=n)
