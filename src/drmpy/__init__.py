@@ -33,12 +33,16 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit_batch": "drmpy.simulation.batch",
     "parametric_bootstrap": "drmpy.simulation.bootstrap",
+    "lrt": "drmpy.inference.lrt",
+    "compare": "drmpy.inference.lrt",
 }
 
 __all__ = [
     "fit",
     "fit_batch",
     "parametric_bootstrap",
+    "lrt",
+    "compare",
     "Formula",
     "gaussian",
     "biv_gaussian",

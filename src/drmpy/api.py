@@ -196,7 +196,9 @@ def fit(
         prepared_cache[pkey] = prepare(design, method_u, ctrl)
     prepared, clusters = prepared_cache[pkey]
     raw = run_fit(prepared, ctrl)
-    return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters))
+    result = DrmFit(design, raw, method_u, ctrl, clusters)
+    result._data = data  # a reference (never modified) for columns named later, e.g. coef_test(cluster=)
+    return _warn_unless_converged(result)
 
 
 def _warn_unless_converged(result):
