@@ -93,6 +93,9 @@ class ModelDesign:
     dropped: Mapping[str, int]
     dropped_labels: tuple = field(repr=False)
     columns: tuple[str, ...] = ()  # every data column the model read (formulas, groups, V, weights)
+    # the retained rows of those columns, as read (index = row_labels): what plots and
+    # marginal means need to know about the data (factor shares, covariate means, moderator levels)
+    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def nobs(self) -> int:
@@ -492,6 +495,7 @@ def build_design(
         dropped=dropped,
         dropped_labels=dropped_labels,
         columns=columns,
+        frame=sub,
     )
 
 
