@@ -85,7 +85,7 @@ def forest_table(fit: Any, label: str | None = None, sort: str | None = None, mo
 def forest(fit: Any, label: str | None = None, sort: str | None = None, mod: str | None = None,
            level: float = 0.95, *, transform: TransformArg = None, size_by: str = "precision",
            group: str | None = None, test: str = "z", vcov: str = "observed", data: Any = None,
-           xlab: str | None = None, max_labels: int = 60, ax: Any = None, **kwargs: Any):
+           xlab: str | None = None, max_labels: int = 100, ax: Any = None, **kwargs: Any):
     """Forest plot of :func:`forest_table` (or of such a table passed as ``fit``).
 
     Squares (area by ``size_by``) with lines for the effect sizes; a diamond spanning the
@@ -97,7 +97,7 @@ def forest(fit: Any, label: str | None = None, sort: str | None = None, mod: str
         fit, label, sort, mod, level, transform=transform, size_by=size_by, group=group, test=test,
         vcov=vcov, data=data)
     n_rows = int(table["position"].max()) + 1
-    ax = new_axes(ax, (6.4, min(2.0 + 0.17 * n_rows, 40.0)))
+    ax = new_axes(ax, (6.4, min(1.2 + (0.16 if n_rows <= 30 else 0.125) * n_rows, 30.0)))
     from matplotlib.patches import Polygon
 
     effects = table[table["kind"] == "effect"]
@@ -124,7 +124,7 @@ def forest(fit: Any, label: str | None = None, sort: str | None = None, mod: str
     if reference is not None:
         ax.axvline(reference, color="0.45", linewidth=0.8, linestyle="--", zorder=0)
     if len(table) <= max_labels:
-        ax.set_yticks(table["position"], table["label"], fontsize=8 if len(table) > 30 else 9)
+        ax.set_yticks(table["position"], table["label"], fontsize=9 if len(table) <= 30 else 7)
         for tick, kind in zip(ax.get_yticklabels(), table["kind"]):
             if kind == "pooled":
                 tick.set_fontweight("bold")

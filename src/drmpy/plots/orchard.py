@@ -102,8 +102,8 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
     (with the points of ``points=``, an ``effect_sizes_table``, when given).  Levels run top
     to bottom in the moderator's order; the effect size is on the x axis, labelled ``xlab``
     (default ``"Effect size"``).  Point area is linear in ``size_by`` (precision
-    ``1/sqrt(v_i)`` or a column).  ``k = ... (studies)`` sits at the right edge of each row
-    (axes-fraction x).  ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the
+    ``1/sqrt(v_i)`` or a column).  ``k = ... (n studies)`` sits in the right margin beside each row
+    (x in axes fraction).  ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the
     Axes; ``ax=None`` draws on a new figure.
     """
     if isinstance(fit, pd.DataFrame):
@@ -147,12 +147,12 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
     ax.scatter(table["estimate"], positions, s=80, facecolors="white", edgecolors="0.1",
                linewidths=1.5, zorder=5, label="_estimate")
 
-    if k_labels:
+    if k_labels:  # in the right margin (x in axes fraction), never on the data
         blend = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
         for pos, k, g in zip(positions, table["k"], table["n_studies"]):
-            text = f"k = {k}" if pd.isna(g) else f"k = {k} ({g})"
-            ax.text(0.985, pos + 0.42, text, transform=blend, ha="right", va="center",
-                    fontsize=9, color="0.15")
+            text = f"k = {k}" if pd.isna(g) else f"k = {k}\n({g} studies)"
+            ax.text(1.015, pos, text, transform=blend, ha="left", va="center", fontsize=9,
+                    color="0.15", linespacing=1.1)
     ax.set_yticks(positions, [str(v) for v in table["level"]])
     ax.set_ylim(positions.min() - 0.55, positions.max() + 0.6)
     ax.set_xlabel(xlab if xlab is not None else "Effect size")
@@ -172,10 +172,19 @@ def _size_legend(ax: Any, values: np.ndarray, title: str) -> None:
     """Three marker sizes above the Axes (outside the data region)."""
     from matplotlib.lines import Line2D
 
+    from matplotlib.ticker import MaxNLocator
+
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return
-    shown = np.unique(np.round(np.quantile(finite, [0.0, 0.5, 1.0]), 3 - int(np.log10(max(finite.max(), 1)))))
+    lo, hi = float(finite.min()), float(finite.max())
+    for bins in (4, 6, 8):  # three or more round values inside the data's range
+        ticks = MaxNLocator(nbins=bins).tick_values(lo, hi)
+        shown = ticks[(ticks >= lo) & (ticks <= hi)]
+        if shown.size >= 3:
+            break
+    if shown.size < 2:
+        shown = np.array([lo, hi])
     areas = marker_areas(np.concatenate([finite, shown]))[finite.size:]
     handles = [Line2D([], [], linestyle="", marker="o", markersize=np.sqrt(a), markerfacecolor="0.6",
                       markeredgecolor="0.2", alpha=0.7) for a in areas]
