@@ -221,3 +221,29 @@ def test_orchard_on_a_given_axes_with_styling(restoration_fit):
     out = plots.orchard(restoration_fit, "habitat", ax=ax, alpha=0.9)
     assert out is ax and len(fig.axes) == 1
     assert artist(ax, "_effect sizes").get_alpha() == 0.9
+
+
+def _metafor_reference():
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "reference_extra" / "plots" / "orchard_reference.json"
+    return json.loads(path.read_text())
+
+
+def test_orchard_tables_equal_metafor_predict(restoration_fit, three_level_fit):
+    """metafor's predict(newmods=, newscale=) of the same ML fits (vcov="gls" is metafor's vb);
+    the two optimisers agree on the variances to about 1e-7, hence rtol 1e-5."""
+    ref = _metafor_reference()
+    r = ref["restoration_by_habitat"]
+    assert restoration_fit.loglik == pytest.approx(r["loglik"], abs=1e-7)
+    table = plots.orchard_table(restoration_fit, "habitat", vcov="gls")
+    for column in TABLE:
+        np.testing.assert_allclose(table[column], r[column], rtol=1e-5, atol=1e-6)
+    lim = ref["lim_by_environment_then_overall"]
+    assert three_level_fit.loglik == pytest.approx(lim["loglik"], abs=1e-7)
+    by_level = plots.orchard_table(three_level_fit, "environment", vcov="gls")
+    overall = plots.orchard_table(three_level_fit, vcov="gls")  # environment weighted by its share
+    for column in TABLE:
+        got = np.r_[by_level[column].to_numpy(float), overall[column].to_numpy(float)]
+        np.testing.assert_allclose(got, lim[column], rtol=1e-5, atol=1e-6)
