@@ -48,7 +48,7 @@ def test_orchard_table_location_scale_levels(restoration_fit, restoration):
     counts = restoration["habitat"].value_counts()
     assert list(table["k"]) == [counts["grassland"], counts["forest"]]
     assert table["n_studies"].isna().all()  # no random effects: studies unknown
-    table_s = plots.orchard_table(fit, "habitat", group="study")
+    table_s = plots.orchard_table(fit, "habitat", group="study", data=restoration)
     assert list(table_s["n_studies"]) == list(table["k"])  # one effect size per study
 
 
@@ -121,13 +121,14 @@ def test_orchard_draws_the_table(three_level_scale_fit, lim, tmp_path):
     raw = plots.orchard_table(fit, "environment")
     new = pd.DataFrame({"environment": pd.Categorical(["captive", "wild"], categories=["captive", "wild"])})
     pred = fit.predict(new, interval="prediction")
-    np.testing.assert_allclose(np.arctanh(x1), pred["upper"], rtol=1e-10)
+    _, _, pi_high = hline_segments(artist(ax, "_prediction interval"))
+    np.testing.assert_allclose(np.arctanh(pi_high), pred["upper"], rtol=1e-10)
     np.testing.assert_allclose(raw["pred_low"], pred["lower"], rtol=1e-12)
 
 
 def test_orchard_size_by_column_and_given_table(three_level_fit, lim):
     fit = three_level_fit
-    ax = plots.orchard(fit, "environment", size_by="ni")
+    ax = plots.orchard(fit, "environment", size_by="ni", data=lim)
     sizes = artist(ax, "_effect sizes").get_sizes()
     ni = lim["ni"].to_numpy(float)
     np.testing.assert_allclose(sizes, 6 + 104 * (ni - ni.min()) / (ni.max() - ni.min()))
@@ -140,7 +141,7 @@ def test_orchard_size_by_column_and_given_table(three_level_fit, lim):
 
 def test_forest_effects_diamonds_and_prediction_interval(restoration_fit, restoration, tmp_path):
     fit = restoration_fit
-    table = plots.forest_table(fit, label="study", mod="habitat", sort="estimate")
+    table = plots.forest_table(fit, label="study", mod="habitat", sort="estimate", data=restoration)
     ax = plots.forest(table)
     ax.figure.savefig(tmp_path / "forest.png")
     effects = table[table["kind"] == "effect"]

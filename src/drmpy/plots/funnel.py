@@ -73,7 +73,7 @@ def _region_edges(center: float, z: float, se: np.ndarray, yaxis: str) -> tuple[
 
 def funnel(fit: Any, *, contour: bool = False, xaxis: str | None = None, yaxis: str = "sei",
            level: float = 0.95, contour_levels: tuple[float, ...] = (0.10, 0.05, 0.01),
-           transform: TransformArg = None, size_by: str | None = None, data: Any = None,
+           transform: TransformArg = None, size_by: str | None = "precision", data: Any = None,
            xlab: str | None = None, ax: Any = None, **kwargs: Any):
     """Funnel plot of :func:`funnel_table` (or of such a table passed as ``fit``).
 
@@ -82,7 +82,7 @@ def funnel(fit: Any, *, contour: bool = False, xaxis: str | None = None, yaxis: 
     ``center +- z_level se``.  ``contour=True`` shades the regions where a study's own z test
     (two-sided, against 0) has p between ``contour_levels`` (default .10, .05, .01; darker =
     smaller p), as Peters et al. (2008); the legend sits outside the data.  ``size_by``:
-    None (equal points), ``"precision"`` or a column.
+    ``"precision"`` (default), a column, or None (equal points, as metafor).
     """
     if isinstance(fit, pd.DataFrame):
         table = fit
