@@ -137,6 +137,11 @@ def funnel(fit: Any, *, contour: bool = False, xaxis: str | None = None, yaxis: 
     xaxis_used = table.attrs.get("xaxis", "yi")
     ax.set_xlabel(xlab if xlab is not None else ("Residual" if xaxis_used == "residuals" else "Effect size"))
     if contour:
-        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(contour_levels),
-                  frameon=False, fontsize=8, borderaxespad=0.2)
+        from matplotlib.patches import Patch
+
+        handles, labels = ax.get_legend_handles_labels()
+        handles.insert(0, Patch(facecolor="white", edgecolor="0.6", linewidth=0.6))
+        labels.insert(0, f"p > {max(contour_levels):.2f}")
+        ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(labels),
+                  frameon=False, fontsize=8, borderaxespad=0.2, columnspacing=1.0)
     return ax

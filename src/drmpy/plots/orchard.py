@@ -115,9 +115,11 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
                               vcov=vcov, data=data)
         points = effect_sizes_table(fit, mod, size_by=size_by, transform=transform, data=data)
     n_levels = len(table)
-    ax = new_axes(ax, (6.4, 1.4 + 0.9 * n_levels))
+    ax = new_axes(ax, (6.4, 1.6 + (0.8 * n_levels if n_levels <= 6 else 2.4 + 0.4 * n_levels)))
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
     from matplotlib import transforms as mtransforms
+    from matplotlib.colors import to_rgba
 
     if colors is None:
         cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
@@ -132,18 +134,23 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
         keep = points["level"].isin(position_of.keys()).to_numpy()
         pts = points.loc[keep]
         y_level = pts["level"].map(position_of).to_numpy(dtype=np.float64)
-        color_of = dict(zip(table["level"], colors))
         scatter_kw = {"alpha": 0.45, "linewidths": 0.3, "edgecolors": "0.2", "zorder": 2}
         scatter_kw.update(kwargs)
-        ax.scatter(pts["yi"].to_numpy(), _jitter(y_level, jitter, seed),
-                   s=marker_areas(pts["size_value"].to_numpy()),
-                   c=[color_of[v] for v in pts["level"]], label="_effect sizes", **scatter_kw)
+        rgba = np.array([to_rgba(c) for c in colors])
+        level_index = pts["level"].map(dict(zip(table["level"], range(n_levels)))).to_numpy()
+        points_artist = ax.scatter(pts["yi"].to_numpy(), _jitter(y_level, jitter, seed),
+                                   s=marker_areas(pts["size_value"].to_numpy()), c=rgba[level_index],
+                                   label="_effect sizes", **scatter_kw)
+        points_artist.set_in_layout(False)  # inside the Axes; spares the layout 10^4 marker extents
 
     # prediction interval (thin), confidence interval (thick), mean (large white-filled point)
+    # a white halo keeps the intervals readable over thousands of points
+    halo = [patheffects.withStroke(linewidth=3.0, foreground="white")]
     ax.hlines(positions, table["pred_low"], table["pred_high"], colors="0.1", linewidths=1.2,
-              zorder=3, label="_prediction interval")
+              zorder=3, label="_prediction interval", path_effects=halo)
     ax.hlines(positions, table["conf_low"], table["conf_high"], colors="0.1", linewidths=4.5,
-              zorder=4, label="_confidence interval")
+              zorder=4, label="_confidence interval",
+              path_effects=[patheffects.withStroke(linewidth=6.5, foreground="white")])
     ax.scatter(table["estimate"], positions, s=80, facecolors="white", edgecolors="0.1",
                linewidths=1.5, zorder=5, label="_estimate")
 
