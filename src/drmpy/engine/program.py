@@ -24,8 +24,8 @@ import numpy as np
 from ..model.design import ModelDesign
 from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
-                         elementwise_linalg, gram, variance_objective)
-from .optimize import newton_trust_region
+                         elementwise_linalg, gram, row_sigma2, variance_objective)
+from .optimize import CONVERGED, SolverOutput, newton_trust_region
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure"]
 
@@ -394,8 +394,15 @@ def _program_fn(struct: Structure, elementwise: bool = False):
         return _run(arrs, phi0, max_iter, gtol)
 
     def _run(arrs: Arrays, phi0, max_iter, gtol):
-        sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
-                                  max_iter=max_iter, gtol=gtol, eigh=eigh)
+        if phi0.shape[0] == 0:
+            # no variance parameter (common-effect model without random effects): the GLS
+            # estimate is the answer, in closed form
+            f0 = objective(phi0, arrs, struct)
+            sol = SolverOutput(phi0, f0, jnp.zeros(0), jnp.zeros((0, 0)), jnp.asarray(CONVERGED),
+                               jnp.asarray(0), jnp.asarray(1))
+        else:
+            sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
+                                      max_iter=max_iter, gtol=gtol, eigh=eigh)
         phi = sol.x
         H_phi = sol.hess
 
@@ -410,11 +417,11 @@ def _program_fn(struct: Structure, elementwise: bool = False):
             # J = d beta_hat / d phi, from the derivatives of A and b (forward mode only).
             dA, db = jax.jacfwd(location_pieces)(phi)  # (p, p, k), (p, k)
             J = A_inv @ (db - jnp.einsum("ijk,j->ik", dA, beta))
-            C = inv(H_phi)
+            C = inv(H_phi) if H_phi.shape[0] else H_phi
             cross = J @ C
             vcov = jnp.block([[A_inv + J @ C @ J.T, cross], [cross.T, C]])
             full_grad = jnp.concatenate([jnp.zeros(p), sol.grad])
-            min_eig = min_eigenvalue(H_phi)
+            min_eig = min_eigenvalue(H_phi) if H_phi.shape[0] else min_eigenvalue(A)
         else:
             # Joint Hessian of -log L at (beta_hat, phi) from the profiled one: the profiled
             # Hessian is the Schur complement H_pp - H_pb A^-1 H_bp, and H_bp = d(A beta - b)/d phi.
@@ -426,7 +433,7 @@ def _program_fn(struct: Structure, elementwise: bool = False):
             full_grad = jnp.concatenate([A @ beta - b, sol.grad])
         f = sol.f
         gamma = phi[: struct.k_sigma]
-        sigma = jnp.exp(arrs.Z_sigma @ gamma)
+        sigma = jnp.sqrt(row_sigma2(gamma, arrs)) if struct.k_sigma == 0 else jnp.exp(arrs.Z_sigma @ gamma)
         return dict(beta=beta, phi=phi, f=f, grad=full_grad, vcov=vcov, min_eig=min_eig,
                     status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
                     sigma=sigma)

@@ -163,7 +163,8 @@ class DrmFit(FitResult):
         return self._raw.sigma
 
     def sigma(self) -> pd.Series:
-        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2)."""
+        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2).
+        All zeros for the common-effect model (``sigma ~ 0``)."""
         return self._series(self._sigma_values, "sigma")
 
     @cached_property
@@ -259,7 +260,8 @@ class DrmFit(FitResult):
         include_re = (newdata is None) if re_form is None else bool(re_form)
         if newdata is None:
             if dpar == "sigma":
-                eta = np.log(self._sigma_values)
+                with np.errstate(divide="ignore"):  # sigma ~ 0: log sigma = -inf
+                    eta = np.log(self._sigma_values)
             else:
                 eta = self._fixed_mu + (self._random_mu if include_re else 0.0)
             index = self._design.row_labels
@@ -281,6 +283,8 @@ class DrmFit(FitResult):
             start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
             coef = self._raw.theta[start : start + X.shape[1]]
             eta = X @ coef
+            if dpar == "sigma" and self._design.common_effect:
+                eta = np.full(X.shape[0], -np.inf)  # sigma ~ 0: sigma is 0 (log sigma -inf)
             if dpar == "mu" and include_re and self._design.random:
                 eta = eta + self._newdata_random(newdata, len(eta))
             index = frame.index
