@@ -150,6 +150,12 @@ def _boundary_row(fit, rows):
         if np.any(sds < BOUNDARY_SD):
             flagged.append(f"sd({rd.group})")
     _boundary_result(rows, flagged, f"min_sigma={sig.min():.3g}", "")
+    gain = fit._raw.boundary_gain
+    if gain > 0:
+        _row(rows, "boundary_optimum", "note", f"loglik_gain={gain:.6g}",
+             "The optimiser first stopped at an interior local optimum; the fit with "
+             f"{', '.join(flagged) or 'a variance component'} at zero is better by {gain:.6g} in "
+             "log-likelihood and is the one reported (its SD is at the boundary).")
 
 
 def _known_v_row(design, rows):

@@ -90,5 +90,19 @@ three <- function(method) {
 out$three_level_ml <- three("ML")
 out$three_level_reml <- three("REML")
 
+## 3. a REML fit whose interior local optimum (tau^2 = 0.0343) is worse than tau^2 = 0 ----------
+## boundary_reml.csv: 8 studies simulated (numpy) until the REML criterion had an interior local
+## maximum at least 0.05 below its value at tau^2 = 0.
+bnd <- read.csv(file.path(out_dir, "boundary_reml.csv"))
+res <- rma(yi, vi, data = bnd, method = "REML", control = ctrl_rma)
+X <- model.matrix(res)
+fixed_ll <- function(t2) as.numeric(logLik(rma(yi, vi, data = bnd, method = "REML", tau2 = t2))) - half_logdet_xtx(X)
+grid <- exp(seq(log(1e-6), log(5), length.out = 2000))
+prof <- sapply(grid, fixed_ll)
+inner <- which(diff(sign(diff(prof))) == -2) + 1
+out$boundary_reml <- list(tau2 = res$tau2, loglik_drmTMB = as.numeric(logLik(res)) - half_logdet_xtx(X),
+                          loglik_at_zero = fixed_ll(0), interior_tau2 = grid[inner],
+                          interior_loglik = prof[inner], max_over_grid = max(prof))
+
 out$versions <- list(R = R.version.string, metafor = as.character(packageVersion("metafor")))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE), file.path(out_dir, "references.json"))
