@@ -142,6 +142,26 @@ class FitResult:
             raise DrmError(f"Unknown dpar `{dpar}`; this model has {', '.join(groups)}.")
         return groups[dpar]
 
+
+    # ---------------------------------------------------------------- inference (stage inference/)
+    def conf_int(self, level: float = 0.95, method: str = "wald", params: Any = None,
+                 scale: str = "link", nsim: int = 1000, seed: Any = None) -> pd.DataFrame:
+        """Confidence intervals per parameter: ``method`` ``"wald"``, ``"profile"`` (profile
+        likelihood; REML: variance parameters only) or ``"bootstrap"`` (parametric, ``nsim``,
+        ``seed``); ``scale="response"`` applies the inverse links.  See
+        :func:`drmpy.inference.intervals.conf_int`."""
+        from ..inference.intervals import conf_int
+
+        return conf_int(self, level=level, method=method, params=params, scale=scale, nsim=nsim, seed=seed)
+
+    def profile(self, param: str, n: int = 25, level: float = 0.99) -> pd.DataFrame:
+        """Profile log-likelihood of one parameter on ``n`` link-scale values spanning its
+        ``level`` profile interval: columns ``value``, ``loglik``, ``statistic`` (2 (l_hat - l))."""
+        from ..inference.profile import profile_curve
+
+        return profile_curve(self, param, n=n, level=level)
+
+
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
 
