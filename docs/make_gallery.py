@@ -56,6 +56,8 @@ def main() -> None:
          "funnel_restoration")
     save(plots.funnel(three_level, xlab="Residual (Fisher z)"), "funnel_lim2014")
     save(plots.qq(three_level), "qq_lim2014")
+    save(plots.profile(three_level, "sd(article):(Intercept)", transform="exp",
+                       xlab="sd(article) (Fisher z scale)"), "profile_lim2014")
     save(plots.caterpillar(three_level, "article", xlab="article effect: conditional mode and 95% interval (Fisher z)"),
          "caterpillar_lim2014")
 

@@ -146,3 +146,38 @@ def test_bivariate_fit_is_refused():
     for draw in (plots.orchard, plots.forest, plots.funnel, plots.qq):
         with pytest.raises(drm.DrmError, match="bivariate"):
             draw(fit)
+
+
+@pytest.mark.slow  # compiles the profile programs
+def test_profile_plot_draws_fit_profile_and_conf_int(three_level_fit, tmp_path):
+    fit = three_level_fit
+    param = "sd(article):(Intercept)"
+    ax = plots.profile(fit, param, n=15)
+    ax.figure.savefig(tmp_path / "profile.png")
+    curve = fit.profile(param, n=15, level=0.99)
+    line = artist(ax, "_profile")
+    np.testing.assert_allclose(line.get_xdata(), curve["value"])
+    np.testing.assert_allclose(line.get_ydata(), curve["statistic"])
+    ci = fit.conf_int(method="profile", params=[param]).iloc[0]
+    segs = artist(ax, "_interval ends").get_segments()
+    np.testing.assert_allclose([s[0, 0] for s in segs], [ci["lower"], ci["upper"]])
+    critical = stats.chi2.ppf(0.95, 1)
+    np.testing.assert_allclose(artist(ax, "_cut").get_ydata(), critical)
+    # the curve crosses the cut at the interval's ends (linear interpolation on a 15-point grid)
+    for end in (ci["lower"], ci["upper"]):
+        assert np.interp(end, curve["value"], curve["statistic"]) == pytest.approx(critical, abs=0.1)
+    est = artist(ax, "_estimate").get_offsets()
+    assert est[0, 0] == pytest.approx(fit.params[param]) and est[0, 1] == 0.0
+    assert ax.get_xlabel() == f"{param} (link scale)"
+
+
+@pytest.mark.slow
+def test_profile_table_on_the_sd_scale(restoration_fit):
+    table = plots.profile_table(restoration_fit, "sigma:(Intercept)", level=0.9, n=9, transform="exp")
+    np.testing.assert_allclose(table["value"], np.exp(table["link_value"]))
+    marks = table.set_index("kind").loc[["estimate", "lower", "upper"]]
+    assert marks.loc["estimate", "link_value"] == pytest.approx(restoration_fit.params["sigma:(Intercept)"])
+    assert marks.loc["lower", "statistic"] == pytest.approx(stats.chi2.ppf(0.9, 1))
+    assert (table["kind"] == "curve").sum() == 9
+    with pytest.raises(drm.DrmError):
+        plots.profile_table(restoration_fit, "sigma:nonsense")
