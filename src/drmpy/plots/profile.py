@@ -64,8 +64,9 @@ def profile(fit: Any, param: str | None = None, level: float = 0.95, *, n: int =
     critical = table.attrs.get("critical", float(stats.chi2.ppf(level, 1)))
     lev = table.attrs.get("level", level)
     ax.axhline(critical, color="0.35", linestyle="--", linewidth=0.9, label="_cut")
-    ax.text(0.02, critical, f" {lev:.0%} cut: {critical:.2f}", transform=ax.get_yaxis_transform(),
-            ha="left", va="bottom", fontsize=8, color="0.3")
+    # centred above the cut, where the curve is near its minimum and cannot collide with it
+    ax.text(0.5, critical, f"{lev:.0%} interval cut: {critical:.2f}", transform=ax.get_yaxis_transform(),
+            ha="center", va="bottom", fontsize=8, color="0.3")
     ends = table[table["kind"].isin(["lower", "upper"])]
     ax.vlines(ends["value"], 0.0, ends["statistic"], colors="0.2", linestyles=":", linewidth=1.0,
               label="_interval ends")
