@@ -62,6 +62,7 @@ def test_orchard_table_overall_averages_variances_over_the_factor(restoration_fi
     assert table.loc[0, "level"] == "overall" and table.loc[0, "k"] == len(restoration)
 
 
+@pytest.mark.slow  # compiles the three-level location-scale fit
 def test_orchard_table_three_level_location_scale(three_level_scale_fit, lim):
     fit = three_level_scale_fit
     table = plots.orchard_table(fit, "environment", level=0.9)
@@ -88,6 +89,7 @@ def test_orchard_table_by_a_column_outside_the_model(three_level_fit, lim):
         plots.orchard_table(fit, "amniotes")  # not a model column, and no data=
 
 
+@pytest.mark.slow  # compiles the three-level location-scale fit
 def test_orchard_draws_the_table(three_level_scale_fit, lim, tmp_path):
     fit = three_level_scale_fit
     ax = plots.orchard(fit, "environment", transform="tanh", xlab="Correlation r")

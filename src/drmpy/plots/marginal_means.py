@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..errors import DrmError
 from ._common import fit_frame, is_factor
@@ -48,15 +47,12 @@ def model_variables(fit: Any) -> list[str]:
 
 
 def _quantile(fit: Any, level: float, test: str) -> float:
-    if not 0.0 < level < 1.0:
-        raise DrmError(f"level must be between 0 and 1, got {level!r}.")
-    upper = 0.5 + level / 2.0
-    if test == "z":
-        return float(stats.norm.ppf(upper))
-    if test == "t":
-        df = fit.nobs - fit.design.fixed["mu"].matrix.shape[1]
-        return float(stats.t.ppf(upper, df))
-    raise DrmError(f"test must be 'z' or 't', got {test!r}.")
+    """The critical value ``fit.predict`` uses (normal, or t with ``nobs - p_mu`` df)."""
+    from ..inference.predict import critical_value, residual_df
+
+    if test not in ("z", "t"):
+        raise DrmError(f"test must be 'z' or 't', got {test!r}.")
+    return critical_value(level, test, residual_df(fit) if test == "t" else None)
 
 
 def _reference_grid(fit: Any, fixed_columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:

@@ -81,6 +81,7 @@ def orchard_table(fit: Any, mod: str | None = None, level: float = 0.95, *,
         "n_studies": n_studies,
     })
     table.attrs["moderator"] = mod
+    table.attrs["reference"] = float(tf(np.zeros(1))[0])  # no effect, on the drawn scale
     return table
 
 
@@ -126,7 +127,7 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
         colors = [cycle[i % len(cycle)] for i in range(n_levels)]
     positions = np.arange(n_levels, dtype=np.float64)[::-1]  # first level on top
     position_of = dict(zip(table["level"], positions))
-    reference = resolve_transform(transform)(np.zeros(1))[0] if not isinstance(fit, pd.DataFrame) else None
+    reference = table.attrs.get("reference")
     if reference is not None:
         ax.axvline(reference, color="0.45", linewidth=0.8, linestyle="--", zorder=0)
 
