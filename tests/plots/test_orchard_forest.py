@@ -250,3 +250,15 @@ def test_orchard_tables_equal_metafor_predict(restoration_fit, three_level_fit):
     for column in TABLE:
         got = np.r_[by_level[column].to_numpy(float), overall[column].to_numpy(float)]
         np.testing.assert_allclose(got, lim[column], rtol=1e-5, atol=1e-6)
+
+
+def test_orchard_averages_variances_over_a_numeric_scale_predictor(sigma_duration_fit, restoration):
+    """sigma ~ duration: each level's PI uses the mean of sigma_i^2 over the rows (not sigma at
+    the mean duration); the mean is c'beta with duration at its mean."""
+    fit = sigma_duration_fit
+    table = plots.orchard_table(fit, "habitat")
+    tau2 = np.mean(fit.sigma().to_numpy() ** 2)
+    assert tau2 > np.exp(2 * (fit.coef("sigma") @ [1.0, restoration["duration"].mean()])) * 1.01
+    for i, forest in enumerate((0.0, 1.0)):
+        expected = _expected(fit, np.array([1.0, forest, restoration["duration"].mean()]), tau2)
+        np.testing.assert_allclose(table.loc[i, TABLE].to_numpy(float), expected, rtol=1e-10)

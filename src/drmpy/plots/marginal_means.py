@@ -2,9 +2,13 @@
 
 For each setting of the moderator(s) being drawn, every other predictor of the ``mu``,
 ``sigma`` and ``sd(g)`` formulas is marginalised as emmeans' ``weights = "proportional"``
-(orchaRd's ``weights = "prop"``): numeric predictors are held at their mean over the retained
-rows, and the combinations of the other factors' levels form a reference grid weighted by
-their share of the retained rows (the same weights for every setting).  Over that grid:
+(orchaRd's ``weights = "prop"``): numeric predictors of ``mu`` are held at their mean over the
+retained rows, and the observed combinations of the other factors' levels form a reference
+grid weighted by their share of the retained rows (the same weights for every setting).
+Numeric predictors of ``sigma`` or ``sd(g)`` enter the grid at their observed values, so the
+prediction interval averages the fitted variances over the rows (a variance is not linear in
+its predictors, so its value at the mean predictor would not be that average; for a linear
+``mu`` both ways give the same mean).  Over that grid:
 
 * the mean is ``c' beta`` with ``c`` the weighted average of the grid's ``mu`` design rows
   (= the weighted average of ``fit.predict(grid)``), and its SE ``sqrt(c' V_beta c)``;
@@ -29,21 +33,22 @@ from ._common import fit_frame, is_factor
 __all__ = ["marginal_means", "model_variables"]
 
 
-def model_variables(fit: Any) -> list[str]:
-    """Data columns that the mu, sigma and sd(g) formulas read (response and V excluded)."""
+def _spec_variables(spec: Any, columns) -> list[str]:
+    if spec is None:
+        return []
+    return [v for v in sorted(getattr(spec, "required_variables", ()) or ()) if v in columns]
+
+
+def model_variables(fit: Any, *, variance_only: bool = False) -> list[str]:
+    """Data columns that the mu, sigma and sd(g) formulas read (response and V excluded);
+    ``variance_only``: those of the sigma and sd(g) formulas."""
     design = fit.design
-    specs = [design.fixed["mu"].model_spec, design.fixed["sigma"].model_spec]
+    specs = [] if variance_only else [design.fixed["mu"].model_spec]
+    specs.append(design.fixed["sigma"].model_spec)
     for rd in design.random:
         specs.extend(d.model_spec for d in rd.sd_designs)
-    frame = fit_frame(fit)
-    names: list[str] = []
-    for spec in specs:
-        if spec is None:
-            continue
-        for v in sorted(getattr(spec, "required_variables", ()) or ()):
-            if v in frame.columns and v not in names:
-                names.append(v)
-    return names
+    columns = fit_frame(fit).columns
+    return list(dict.fromkeys(v for spec in specs for v in _spec_variables(spec, columns)))
 
 
 def _quantile(fit: Any, level: float, test: str) -> float:
@@ -56,21 +61,27 @@ def _quantile(fit: Any, level: float, test: str) -> float:
 
 
 def _reference_grid(fit: Any, fixed_columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows over the other factors' observed level combinations and their shares; numerics at the mean."""
+    """Rows over the other predictors' observed combinations and their shares of the rows.
+
+    Factors and the numeric predictors of sigma / sd(g) enter with their observed (joint)
+    values; numeric predictors of mu alone are held at their mean (emmeans' reference grid;
+    for a linear mu the same as averaging over the rows).
+    """
     frame = fit_frame(fit)
     others = [v for v in model_variables(fit) if v not in fixed_columns]
-    factors = [v for v in others if is_factor(frame[v])]
-    numerics = [v for v in others if v not in factors]
-    if factors:
-        shares = frame.groupby(factors, observed=True, sort=True, dropna=False).size()
+    in_variances = set(model_variables(fit, variance_only=True))
+    observed = [v for v in others if is_factor(frame[v]) or v in in_variances]
+    at_mean = [v for v in others if v not in observed]
+    if observed:
+        shares = frame.groupby(observed, observed=True, sort=True, dropna=False).size()
         grid = shares.index.to_frame(index=False)
         weights = shares.to_numpy(dtype=np.float64)
-        for v in factors:  # keep the data's dtype (categories) so the designs see known levels
+        for v in observed:  # keep the data's dtype (categories) so the designs see known levels
             grid[v] = grid[v].astype(frame[v].dtype)
     else:
         grid = pd.DataFrame(index=range(1))
         weights = np.ones(1)
-    for v in numerics:
+    for v in at_mean:
         grid[v] = float(frame[v].to_numpy(dtype=np.float64).mean())
     return grid, weights / weights.sum()
 
