@@ -181,3 +181,16 @@ def test_profile_table_on_the_sd_scale(restoration_fit):
     assert (table["kind"] == "curve").sum() == 9
     with pytest.raises(drm.DrmError):
         plots.profile_table(restoration_fit, "sigma:nonsense")
+
+
+def test_transforms_and_polars_data(three_level_fit, lim):
+    from drmpy.plots._common import resolve_transform
+
+    x = np.array([-0.5, 0.0, 0.7])
+    np.testing.assert_allclose(resolve_transform("percent")(x), 100 * (np.exp(x) - 1))
+    np.testing.assert_allclose(resolve_transform(lambda v: 2 * v)(x), 2 * x)
+    pl = pytest.importorskip("polars")
+    from_pandas = plots.orchard_table(three_level_fit, "amniotes", data=lim)
+    frame = pl.DataFrame({"amniotes": lim["amniotes"].astype(str).tolist(), "yi": lim["yi"].to_numpy()})
+    from_polars = plots.orchard_table(three_level_fit, "amniotes", data=frame)
+    pd.testing.assert_frame_equal(from_pandas, from_polars)

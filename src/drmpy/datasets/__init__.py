@@ -25,7 +25,7 @@ def restoration() -> pd.DataFrame:
 def lim2014() -> pd.DataFrame:
     """Maternal size and offspring size across animal species: a multilevel meta-analysis.
 
-    357 correlations from 220 articles (several effect sizes per article; 146 species),
+    357 correlations from 220 articles (several effect sizes per article; 231 species),
     Lim, Senior and Nakagawa (2014), *Evolution* 68: 2306-2318, "Heterogeneity in individual
     quality and reproductive trade-offs within species" (the maternal size - offspring size
     set).  Taken from the R package metadat 1.2.0 (``dat.lim2014$m_o_size``; licence
