@@ -262,3 +262,12 @@ def test_orchard_averages_variances_over_a_numeric_scale_predictor(sigma_duratio
     for i, forest in enumerate((0.0, 1.0)):
         expected = _expected(fit, np.array([1.0, forest, restoration["duration"].mean()]), tau2)
         np.testing.assert_allclose(table.loc[i, TABLE].to_numpy(float), expected, rtol=1e-10)
+
+
+def test_common_effect_orchard_has_no_heterogeneity_in_its_prediction_interval(restoration):
+    fit = drm.fit(drm.Formula("yi ~ habitat + meta_V(V=vi)", "sigma ~ 0"), data=restoration)
+    table = plots.orchard_table(fit, "habitat")
+    np.testing.assert_allclose(table["pred_low"], table["conf_low"], rtol=1e-12)
+    np.testing.assert_allclose(table["pred_high"], table["conf_high"], rtol=1e-12)
+    ax = plots.orchard(fit, "habitat")
+    assert [t.get_text() for t in ax.texts] == ["k = 40", "k = 40"]
