@@ -229,12 +229,10 @@ def _setup(fit) -> _Setup:
 
 
 def _kind(name: str) -> str:
-    """Link of a parameter name: identity (mu), log (SDs) or atanh (correlations)."""
-    if name.startswith("mu"):
-        return "mu"
-    if name.startswith(("cor(", "rho")):
-        return "cor"
-    return "sd"
+    """mu (identity link), sd (log link) or cor (guarded atanh), by summary's link rule."""
+    from ..results.summary import _link
+
+    return {"identity": "mu", "log": "sd", "atanh": "cor"}[_link(name)]
 
 
 def _check_params(fit, params) -> list[str]:
