@@ -33,12 +33,20 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit_batch": "drmpy.simulation.batch",
     "parametric_bootstrap": "drmpy.simulation.bootstrap",
+    "effect_size": "drmpy.effects.effect_size",
+    "sampling_covariance": "drmpy.effects.covariance",
+    "shared_control_covariance": "drmpy.effects.covariance",
+    "phylo_corr": "drmpy.effects.phylogeny",
 }
 
 __all__ = [
     "fit",
     "fit_batch",
     "parametric_bootstrap",
+    "effect_size",
+    "sampling_covariance",
+    "shared_control_covariance",
+    "phylo_corr",
     "Formula",
     "gaussian",
     "biv_gaussian",
