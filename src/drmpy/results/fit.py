@@ -142,6 +142,15 @@ class FitResult:
             raise DrmError(f"Unknown dpar `{dpar}`; this model has {', '.join(groups)}.")
         return groups[dpar]
 
+    def tidy(self, level: float = 0.95) -> pd.DataFrame:
+        """Long table, one row per parameter, in broom's column names: ``dpar``, ``term``,
+        ``estimate``, ``std_error``, ``statistic`` (Wald z), ``p_value``, ``conf_low``,
+        ``conf_high`` (Wald interval at ``level``); link scales as ``fit.params``."""
+        from .summary import tidy_table
+
+        return tidy_table(self, level)
+
+
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
 

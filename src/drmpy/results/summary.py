@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from statistics import NormalDist
 
-__all__ = ["Summary"]
+__all__ = ["Summary", "tidy_table"]
 
 _LOG_SCALE_PREFIXES = ("sigma", "sd(")
 
@@ -118,3 +118,29 @@ class Summary:
     def _repr_html_(self) -> str:
         return (f"<pre>{self.header}</pre>" + self.coefficients.to_html(na_rep="", float_format="{:.6g}".format)
                 + f"<pre>{self.footer}</pre>")
+
+
+def tidy_table(fit, level: float = 0.95) -> pd.DataFrame:
+    """One row per parameter in broom's column names: ``dpar``, ``term``, ``estimate``,
+    ``std_error``, ``statistic`` (Wald z), ``p_value`` (two-sided normal) and the Wald
+    interval ``conf_low``/``conf_high`` at ``level``, all on the link scale of ``fit.params``."""
+    from ..errors import DrmError
+    from .fit import _dpar_of
+
+    if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
+        raise DrmError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}.")
+    table = Summary.coefficient_table(fit, float(level))
+    names = list(table.index)
+    dpars = [_dpar_of(n) for n in names]
+    return pd.DataFrame(
+        {
+            "dpar": dpars,
+            "term": [n[len(d) + 1:] for n, d in zip(names, dpars)],
+            "estimate": table["estimate"].to_numpy(),
+            "std_error": table["std_error"].to_numpy(),
+            "statistic": table["z"].to_numpy(),
+            "p_value": table["p"].to_numpy(),
+            "conf_low": table["ci_lower"].to_numpy(),
+            "conf_high": table["ci_upper"].to_numpy(),
+        }
+    )
