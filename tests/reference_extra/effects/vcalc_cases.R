@@ -35,6 +35,15 @@ for (method in c("REML", "ML")) {
   }
 }
 
+# the README's worked example: curtis1998 lnRR, V from vcalc(rho = 0.5) within paper, three levels
+cu <- escalc("ROM", m1i = m1i, sd1i = sd1i, n1i = n1i, m2i = m2i, sd2i = sd2i, n2i = n2i, data = dat.curtis1998)
+cu$row <- seq_len(nrow(cu))   # obs = row number (vcalc indexes its rho matrix by numeric obs as positions)
+Vcu <- vcalc(vi, cluster = paper, obs = row, rho = 0.5, data = cu)
+fcu <- rma.mv(yi, Vcu, mods = ~ fungrp, random = ~ 1 | paper / id, data = cu, method = "REML")
+curtis_fit <- list(method = "REML", mods = "~ fungrp", loglik = as.numeric(logLik(fcu)),
+                   beta = as.numeric(fcu$beta), se = as.numeric(fcu$se), sigma2 = fcu$sigma2,
+                   half_logdet_XtX = 0.5 * as.numeric(determinant(crossprod(model.matrix(fcu)))$modulus))
+
 # shared control groups: three multi-arm studies and one two-arm study (simulated summaries)
 set.seed(12)
 sc <- data.frame(study = c(1, 1, 1, 2, 2, 3, 4, 4, 4, 4), control = c("a", "a", "a", "a", "a", "a", "a", "a", "b", "b"))
@@ -66,7 +75,7 @@ for (measure in c("ROM", "SMD")) {
 }
 out <- list(metafor = as.character(packageVersion("metafor")), R = R.version.string,
             data = dat[, c("study", "esid", "yi", "vi", "deltype", "year", "outcome")],
-            vcalc = vcalc_out, fits = fits,
+            vcalc = vcalc_out, fits = fits, curtis_readme_fit = curtis_fit,
             shared_control = list(data = sc, V = shared))
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, na = "null", dataframe = "columns"), "vcalc_cases.json")
 cat("done\n")
