@@ -38,6 +38,8 @@ _LAZY = {
     "shared_control_covariance": "drmpy.effects.covariance",
     "phylo_corr": "drmpy.effects.phylogeny",
 }
+# Later-stage subpackages reached as attributes (``drm.plots``), imported on first use.
+_LAZY_SUBMODULES = {"plots": "drmpy.plots"}
 
 __all__ = [
     "fit",
@@ -58,6 +60,7 @@ __all__ = [
     "Control",
     "DrmFit",
     "datasets",
+    "plots",
     "DrmError",
     "FormulaError",
     "DataError",
@@ -70,15 +73,17 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(_LAZY_SUBMODULES[name])  # the import binds drmpy.plots
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'drmpy' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_SUBMODULES))

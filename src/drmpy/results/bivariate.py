@@ -144,9 +144,14 @@ class BivariateFit(FitResult):
         out[kept] = e
         return out.reshape(r.shape)
 
-    def predict(self, newdata: Any = None, dpar: str = "mu1", type: str = "response") -> pd.Series:
+    def predict(self, newdata: Any = None, dpar: str = "mu1", type: str = "response",
+                interval: str | None = None, **kwargs: Any) -> pd.Series:
         """Predictions of one dpar (mu1, mu2, sigma1, sigma2, rho12) on the retained studies
-        or on ``newdata``; ``type="link"`` gives the linear predictor."""
+        or on ``newdata``; ``type="link"`` gives the linear predictor.  Confidence and
+        prediction intervals (``interval=``) are for univariate fits only."""
+        if interval is not None or kwargs:
+            raise DrmError("predict(interval=...) (and its level/vi/test/vcov arguments) is not "
+                           "available for bivariate fits; it is for univariate DrmFit results.")
         if dpar not in DPARS:
             raise DrmError(f"predict(dpar=...) must be one of {', '.join(DPARS)}; got {dpar!r}.")
         if type not in ("response", "link"):

@@ -150,6 +150,24 @@ class FitResult:
 
         return tidy_table(self, level)
 
+    # ---------------------------------------------------------------- inference (stage inference/)
+    def conf_int(self, level: float = 0.95, method: str = "wald", params: Any = None,
+                 scale: str = "link", nsim: int = 1000, seed: Any = None) -> pd.DataFrame:
+        """Confidence intervals per parameter: ``method`` ``"wald"``, ``"profile"`` (profile
+        likelihood; REML: variance parameters only) or ``"bootstrap"`` (parametric, ``nsim``,
+        ``seed``); ``scale="response"`` applies the inverse links.  See
+        :func:`drmpy.inference.intervals.conf_int`."""
+        from ..inference.intervals import conf_int
+
+        return conf_int(self, level=level, method=method, params=params, scale=scale, nsim=nsim, seed=seed)
+
+    def profile(self, param: str, n: int = 25, level: float = 0.99) -> pd.DataFrame:
+        """Profile log-likelihood of one parameter on ``n`` link-scale values spanning its
+        ``level`` profile interval: columns ``value``, ``loglik``, ``statistic`` (2 (l_hat - l))."""
+        from ..inference.profile import profile_curve
+
+        return profile_curve(self, param, n=n, level=level)
+
 
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
@@ -172,7 +190,8 @@ class DrmFit(FitResult):
         return self._raw.sigma
 
     def sigma(self) -> pd.Series:
-        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2)."""
+        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2).
+        All zeros for the common-effect model (``sigma ~ 0``)."""
         return self._series(self._sigma_values, "sigma")
 
     @cached_property
@@ -254,48 +273,86 @@ class DrmFit(FitResult):
 
     # ---------------------------------------------------------------- prediction
     def predict(self, newdata: Any = None, dpar: str = "mu", type: str = "response",
-                re_form: Any = None) -> pd.Series:
+                re_form: Any = None, interval: str | None = None, level: float = 0.95,
+                vi: Any = None, test: str = "z", vcov: str = "observed"):
         """Predictions of ``mu`` or ``sigma`` (``type='link'`` for log sigma).
 
         On the fitted rows (``newdata=None``) ``mu`` includes the random effects' conditional
         modes; on new data only the fixed effects, unless ``re_form=True`` (levels seen in
         the fit get their conditional modes, new levels 0).  ``re_form=False`` excludes them.
+        Returns a Series.
+
+        With ``interval="confidence"`` or ``"prediction"`` (``dpar="mu"`` only) returns a
+        DataFrame indexed like ``newdata`` (the retained rows when None) with ``estimate``
+        (``x' beta``, no conditional modes), ``se`` and ``lower``/``upper`` at ``level``;
+        the prediction interval adds ``sigma_new^2``, every random-effect variance from the
+        row's own predictors, and ``vi`` (new sampling variances: column name or array)
+        when given.  ``test="t"``: t quantiles with ``nobs - p_mu`` df.  ``vcov``:
+        ``"observed"`` (``fit.vcov()``) or ``"gls"`` (metafor's).  See
+        :mod:`drmpy.inference.predict`.
         """
         if type not in ("response", "link"):
             raise DrmError(f"predict(type=...) must be 'response' or 'link', got {type!r}.")
         if dpar not in ("mu", "sigma"):
             raise DrmError(f"predict(dpar=...) must be 'mu' or 'sigma', got {dpar!r}.")
+        if interval is not None:
+            if dpar != "mu":
+                raise DrmError(f"predict(interval={interval!r}) is for dpar='mu' only, got dpar={dpar!r}.")
+            if re_form:
+                raise DrmError("predict(interval=...) is for the fixed-effect mean; re_form=True "
+                               "(conditional modes) has no interval here.")
+            from ..inference.predict import predict_interval
+
+            return predict_interval(self, newdata, interval, level, vi, test, vcov)
         include_re = (newdata is None) if re_form is None else bool(re_form)
         if newdata is None:
             if dpar == "sigma":
-                eta = np.log(self._sigma_values)
+                with np.errstate(divide="ignore"):  # sigma ~ 0: log sigma = -inf
+                    eta = np.log(self._sigma_values)
             else:
                 eta = self._fixed_mu + (self._random_mu if include_re else 0.0)
             index = self._design.row_labels
         else:
-            design = self._design.fixed[dpar]
             from ..model import frames
 
-            spec = design.model_spec
-            cols = sorted(set(spec.required_variables) & set(frames.column_names(newdata)))
-            missing = sorted(set(spec.required_variables) - set(frames.column_names(newdata)) - set(self.formula.env))
-            if missing:
-                raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula.")
-            frame = frames.as_pandas(newdata, cols)
-            try:
-                mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
-            except Exception as exc:
-                raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
-            X = np.asarray(mm, dtype=np.float64)
+            X = self._new_matrix(dpar, newdata)
             start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
             coef = self._raw.theta[start : start + X.shape[1]]
             eta = X @ coef
+            if dpar == "sigma" and self._design.common_effect:
+                eta = np.full(X.shape[0], -np.inf)  # sigma ~ 0: sigma is 0 (log sigma -inf)
             if dpar == "mu" and include_re and self._design.random:
                 eta = eta + self._newdata_random(newdata, len(eta))
-            index = frame.index
+            index = frames.as_pandas(newdata, []).index
         if dpar == "sigma" and type == "response":
             eta = np.exp(eta)
         return pd.Series(eta, index=index, name=dpar)
+
+    def _new_matrix(self, dpar: str, newdata: Any, purpose: str = "prediction") -> np.ndarray:
+        """Design matrix of ``dpar`` (``mu``, ``sigma`` or an ``sd(...)``) for the rows of newdata,
+        built through the fitted model spec (same levels and stateful transforms)."""
+        from ..model import frames
+
+        if dpar in self._design.fixed:
+            design = self._design.fixed[dpar]
+        else:
+            design = next(d for rd in self._design.random for d in rd.sd_designs if d.dpar == dpar)
+        spec = design.model_spec
+        available = set(frames.column_names(newdata))
+        missing = sorted(set(spec.required_variables) - available - set(self.formula.env))
+        if missing:
+            raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula for {purpose}.")
+        cols = sorted(set(spec.required_variables) & available)
+        frame = frames.as_pandas(newdata, cols)
+        n = len(frame)
+        if not spec.required_variables and tuple(design.terms) in ((), ("(Intercept)",)):
+            # intercept-only (or empty) design: a constant column, no formula evaluation per row
+            return np.ones((n, design.matrix.shape[1]))
+        try:
+            mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
+        except Exception as exc:
+            raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
+        return np.asarray(mm, dtype=np.float64)
 
     def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
         from ..model import frames
