@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .model.design import ModelDesign, build_design
-from .engine.program import Control, prepare, run_fit
+from .engine.program import Control, boundary_candidates, prepare, run_fit
 from .errors import ConvergenceWarning, DrmError
 from .model.fingerprint import hash_array, hash_column, hash_object
 from .model.formula import Formula
@@ -191,9 +191,9 @@ def fit(
     design, prepared_cache = _design_for(formula, data, weights, env)
     pkey = (method_u, ctrl.structure)
     if pkey not in prepared_cache:
-        prepared_cache[pkey] = prepare(design, method_u, ctrl)
-    prepared, clusters = prepared_cache[pkey]
-    raw = run_fit(prepared, ctrl)
+        prepared_cache[pkey] = prepare(design, method_u, ctrl) + (boundary_candidates(design),)
+    prepared, clusters, boundary = prepared_cache[pkey]
+    raw = run_fit(prepared, ctrl, boundary)
     return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters))
 
 

@@ -420,8 +420,8 @@ def test_caller_frame_unchanged_after_fit_with_missing_values(dat):
 
 
 @pytest.mark.parametrize("formula", [
-    ("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"),
-    ("yi ~ 1 + meta_V(V=vi) + (1|study)", "sigma ~ -1"),
+    ("yi ~ 1", "sigma ~ 0"),  # sigma ~ 0 (common-effect model) needs meta_V
+    ("yi ~ 1 + (1|study)", "sigma ~ -1"),
     ("yi ~ 1 + meta_V(V=vi) + (1|study)", "sd(study) ~ 0"),
 ])
 def test_scale_formula_without_coefficients_is_refused(formula):

@@ -126,7 +126,10 @@ def split_phi(phi: jax.Array, struct: Structure):
 
 
 def row_sigma2(gamma: jax.Array, arrs: Arrays) -> jax.Array:
-    """sigma_i^2 = exp(2 z_i'gamma) on data rows, 0 on padding rows."""
+    """sigma_i^2 = exp(2 z_i'gamma) on data rows, 0 on padding rows; 0 everywhere for the
+    common-effect model (``sigma ~ 0``: no sigma coefficients)."""
+    if gamma.shape[0] == 0:
+        return jnp.zeros(arrs.mask.shape, arrs.y.dtype)
     return jnp.exp(2.0 * (arrs.Z_sigma @ gamma)) * arrs.mask
 
 

@@ -103,6 +103,11 @@ class ModelDesign:
         return int(sum(self.dropped.values()))
 
     @property
+    def common_effect(self) -> bool:
+        """True for ``sigma ~ 0``: no residual heterogeneity, sigma fixed at 0."""
+        return self.fixed["sigma"].matrix.shape[1] == 0
+
+    @property
     def designs(self) -> list[FixedDesign]:
         """Every coefficient block in parameter order: mu, sigma, then each sd(...) design."""
         out = [self.fixed["mu"], self.fixed["sigma"]]
@@ -171,14 +176,26 @@ def _materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, c
     return values, terms, mm.model_spec
 
 
-def require_scale_coefficients(dpar: str, n_columns: int, text: str) -> None:
+def require_scale_coefficients(dpar: str, n_columns: int, text: str,
+                               fix: str = "a model without this variance component is not supported") -> None:
     """An SD formula must have coefficients: without any, its log-SD would be 0 (SD 1), not
-    an SD of 0, so ``sigma ~ 0`` is refused rather than fitted as something else."""
+    an SD of 0.  (The univariate ``sigma ~ 0``, the common-effect model, is handled by
+    :func:`require_common_effect_variance` instead.)"""
     if n_columns == 0:
         raise FormulaError(
             f"The {dpar} formula `{text}` has no coefficients. An SD formula needs at least one "
-            "(drop `0`/`-1` to keep the intercept); a model without this variance component is "
-            "not supported."
+            f"(drop `0`/`-1` to keep the intercept); {fix}."
+        )
+
+
+def require_common_effect_variance(text: str, has_v: bool) -> None:
+    """``sigma ~ 0`` (no residual heterogeneity: sigma fixed at 0) needs known sampling
+    variances; without them some responses would have no variance at all."""
+    if not has_v:
+        raise FormulaError(
+            f"The sigma formula `{text}` has no coefficients: sigma ~ 0 is the common-effect model "
+            "(sigma fixed at 0), which needs known sampling variances through meta_V(V = ...) in the mu "
+            "formula; without them the model has no row-level variance. Keep `sigma ~ 1`."
         )
 
 
@@ -424,8 +441,11 @@ def build_design(
     mats: dict[str, tuple] = {}
     for dpar, rhs in formula.dpars.items():
         mats[dpar] = _materialize(rhs, sub, dpar, texts[dpar], context)
-        if dpar != "mu":
-            require_scale_coefficients(dpar, mats[dpar][0].shape[1], texts[dpar])
+        if dpar == "sigma" and mats[dpar][0].shape[1] == 0:
+            require_common_effect_variance(texts[dpar], meta_v is not None)
+        elif dpar != "mu":
+            require_scale_coefficients(dpar, mats[dpar][0].shape[1], texts[dpar],
+                                       fix="to fit a model without this SD, drop its random-effect term")
     ok = np.isfinite(y)
     for dpar, (m, _, _) in mats.items():
         ok &= np.all(np.isfinite(m), axis=1)
@@ -512,7 +532,9 @@ def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple
             )
         cols.append(col.to_numpy(dtype=np.float64))
     z = np.column_stack(cols)
-    if term.intercept and len(term.slopes) == 0 and term.relmat is None and np.all(counts <= 1):
+    common_effect = mats["sigma"][0].shape[1] == 0  # no sigma: nothing to confound sd(g) with
+    if (term.intercept and len(term.slopes) == 0 and term.relmat is None and np.all(counts <= 1)
+            and not common_effect):
         if ":" in term.group:
             raise RandomEffectsError(
                 f"`{term.text}`: every level of `{term.group}` has a single row, so its SD is the "

@@ -31,7 +31,12 @@ def check_fit(fit) -> pd.DataFrame:
     rows: list[dict] = []
     _estimation_rows(fit, rows)
     _dropped_rows_row(design, rows)
-    _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
+    if design.common_effect:
+        _row(rows, "common_effect", "ok", "sigma=0",
+             "sigma ~ 0: common-effect model, sigma fixed at 0 (no residual heterogeneity beyond V"
+             + (" and the random effects)." if design.random else ")."))
+    else:
+        _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
     _boundary_row(fit, rows)
     _known_v_row(design, rows)
     _random_rows(fit, rows)
@@ -139,12 +144,18 @@ def _boundary_result(rows, flagged: list[str], value: str, also: str) -> None:
 def _boundary_row(fit, rows):
     design = fit.design
     sig = fit.sigma().to_numpy()
-    flagged = ["sigma"] if _sd_at_boundary(sig, design.known_v.diag) else []
+    flagged = ["sigma"] if not design.common_effect and _sd_at_boundary(sig, design.known_v.diag) else []
     for rd in design.random:
         sds = fit.sd(rd.group).to_numpy()
         if np.any(sds < BOUNDARY_SD):
             flagged.append(f"sd({rd.group})")
     _boundary_result(rows, flagged, f"min_sigma={sig.min():.3g}", "")
+    gain = fit._raw.boundary_gain
+    if gain > 0:
+        _row(rows, "boundary_optimum", "note", f"loglik_gain={gain:.6g}",
+             "The optimiser first stopped at an interior local optimum; the fit with "
+             f"{', '.join(flagged) or 'a variance component'} at zero is better by {gain:.6g} in "
+             "log-likelihood and is the one reported (its SD is at the boundary).")
 
 
 def _known_v_row(design, rows):

@@ -150,6 +150,24 @@ class FitResult:
 
         return tidy_table(self, level)
 
+    # ---------------------------------------------------------------- inference (stage inference/)
+    def conf_int(self, level: float = 0.95, method: str = "wald", params: Any = None,
+                 scale: str = "link", nsim: int = 1000, seed: Any = None) -> pd.DataFrame:
+        """Confidence intervals per parameter: ``method`` ``"wald"``, ``"profile"`` (profile
+        likelihood; REML: variance parameters only) or ``"bootstrap"`` (parametric, ``nsim``,
+        ``seed``); ``scale="response"`` applies the inverse links.  See
+        :func:`drmpy.inference.intervals.conf_int`."""
+        from ..inference.intervals import conf_int
+
+        return conf_int(self, level=level, method=method, params=params, scale=scale, nsim=nsim, seed=seed)
+
+    def profile(self, param: str, n: int = 25, level: float = 0.99) -> pd.DataFrame:
+        """Profile log-likelihood of one parameter on ``n`` link-scale values spanning its
+        ``level`` profile interval: columns ``value``, ``loglik``, ``statistic`` (2 (l_hat - l))."""
+        from ..inference.profile import profile_curve
+
+        return profile_curve(self, param, n=n, level=level)
+
 
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
@@ -172,7 +190,8 @@ class DrmFit(FitResult):
         return self._raw.sigma
 
     def sigma(self) -> pd.Series:
-        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2)."""
+        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2).
+        All zeros for the common-effect model (``sigma ~ 0``)."""
         return self._series(self._sigma_values, "sigma")
 
     @cached_property
@@ -268,7 +287,8 @@ class DrmFit(FitResult):
         include_re = (newdata is None) if re_form is None else bool(re_form)
         if newdata is None:
             if dpar == "sigma":
-                eta = np.log(self._sigma_values)
+                with np.errstate(divide="ignore"):  # sigma ~ 0: log sigma = -inf
+                    eta = np.log(self._sigma_values)
             else:
                 eta = self._fixed_mu + (self._random_mu if include_re else 0.0)
             index = self._design.row_labels
@@ -290,6 +310,8 @@ class DrmFit(FitResult):
             start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
             coef = self._raw.theta[start : start + X.shape[1]]
             eta = X @ coef
+            if dpar == "sigma" and self._design.common_effect:
+                eta = np.full(X.shape[0], -np.inf)  # sigma ~ 0: sigma is 0 (log sigma -inf)
             if dpar == "mu" and include_re and self._design.random:
                 eta = eta + self._newdata_random(newdata, len(eta))
             index = frame.index

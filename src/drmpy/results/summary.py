@@ -90,9 +90,10 @@ class Summary:
             f"known sampling covariance: {vtxt}\n"
             f"nobs = {fit.nobs}{dropped}; df = {fit.df}; structure = {fit.structure}"
         )
-        lines = [
-            f"fitted sigma (response scale): min {sig.min():.6g}, max {sig.max():.6g}",
-        ]
+        if d.common_effect:
+            lines = ["sigma fixed at 0 (sigma ~ 0: common-effect model)"]
+        else:
+            lines = [f"fitted sigma (response scale): min {sig.min():.6g}, max {sig.max():.6g}"]
         for rd in d.random:
             sds = fit.sd(rd.group)
             for col in sds.columns:
