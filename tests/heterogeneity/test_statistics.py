@@ -27,7 +27,8 @@ def _fit(name):
     if name not in _FITS:
         case = CASES[name]
         data, env = _data(case["dataset"])
-        _FITS[name] = drm.fit(drm.Formula(case["formulas"]), data=data, method=case["method"], env=env)
+        formulas = case["formulas"] if isinstance(case["formulas"], list) else [case["formulas"]]
+        _FITS[name] = drm.fit(drm.Formula(*formulas), data=data, method=case["method"], env=env)
     return _FITS[name]
 
 
@@ -39,7 +40,8 @@ def _dense_reference(fit):
     W = np.linalg.inv(V)
     P = W - W @ X @ np.linalg.inv(X.T @ W @ X) @ X.T @ W
     n, p = X.shape
-    comps = {"sigma": float(np.mean(np.exp(2 * d.fixed["sigma"].matrix @ fit.params.filter(like="sigma:").to_numpy())))}
+    gamma = fit.params.filter(like="sigma:").to_numpy()
+    comps = {"sigma": float(np.mean(np.exp(2 * d.fixed["sigma"].matrix @ gamma)))} if len(gamma) else {}
     for rd in d.random:
         comps[f"sd({rd.group})"] = float(np.exp(2 * fit.params[f"sd({rd.group}):(Intercept)"]))
     return {"Q": float(y @ P @ y), "df": n - p, "s2": (n - p) / np.trace(P), "components": comps}
@@ -53,7 +55,8 @@ FAST = ["bcg_ablat_reml", "konstantopoulos_year_ml"]
 # decrement <= 1e-12 |f|), not these summaries; every formula check at drmpy's own
 # variances stays at 1e-8.
 METAFOR_RTOL = {"molloy_meanage_ml": 2e-6, "hackshaw_reml": 2e-6}
-SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in CASES if n not in FAST]
+SLOW = [pytest.param(n, marks=pytest.mark.slow) for n, c in CASES.items() if n not in FAST and c["kind"] != "EE"]
+EE = [n for n, c in CASES.items() if c["kind"] == "EE"]
 
 
 @pytest.mark.parametrize("name", FAST + SLOW)
@@ -112,6 +115,29 @@ def test_r2_against_metafor(name):
         np.testing.assert_allclose(r["pseudo"], ref["pseudo"], rtol=0, atol=1e-6)
     if _fit(name).design.fixed["mu"].matrix.shape[1] == 1:
         assert r["pseudo"] == 0.0
+
+
+@pytest.mark.parametrize("name", EE)
+def test_common_effect_uses_metafor_ee_definitions(name):
+    """sigma ~ 0 without random effects: metafor's rma(method = "EE") I2 and H2 from Q."""
+    ref = CASES[name]["metafor"]
+    fit = _fit(name)
+    assert fit.design.common_effect and np.all(fit.sigma() == 0)
+    np.testing.assert_allclose(fit.loglik, ref["loglik"], rtol=1e-10)
+    q = fit.q_test()
+    np.testing.assert_allclose([q["Q"], q["p_value"]], [ref["QE"], ref["QEp"]], rtol=1e-8)
+    table = fit.i2()
+    assert list(table.index) == ["total"]
+    assert table.loc["total", "definition"].startswith("common-effect (EE")
+    np.testing.assert_allclose(table.loc["total", "i2"], ref["I2"], rtol=1e-10)
+    np.testing.assert_allclose(table.loc["total", "i2"], 100 * max(0.0, (q["Q"] - q["df"]) / q["Q"]), rtol=1e-12)
+    np.testing.assert_allclose(table.loc["total", "typical_sampling_variance"], ref["s2"], rtol=1e-8)
+    np.testing.assert_allclose(fit.h2(), ref["H2"], rtol=1e-10)
+    np.testing.assert_allclose(fit.h2(), q["Q"] / q["df"], rtol=1e-12)
+    with pytest.raises(drm.DrmError, match="common-effect"):
+        fit.r2()
+    with pytest.raises(drm.DrmError, match="common-effect"):
+        fit.i2(by=np.zeros(fit.nobs))
 
 
 @pytest.fixture(scope="module")

@@ -126,12 +126,14 @@ def typical_sampling_variance(fit) -> float:
 
 
 def _row_variances(fit) -> dict[str, np.ndarray]:
-    """Per retained row, the fitted variance of each component: ``sigma`` (sigma_i^2), then
+    """Per retained row, the fitted variance of each component: ``sigma`` (sigma_i^2; absent
+    under ``sigma ~ 0``), then
     per random-effect SD parameter ``(z_ic sd_c[level_i])^2`` (times K_ll for relmat)."""
     from ..results.random_effects import _term_params, level_sds
 
     design = fit.design
-    out = {"sigma": np.asarray(fit.sigma(), dtype=np.float64) ** 2}
+    # sigma ~ 0 (common effect): no row-level component at all, rather than a row of zeros
+    out = {} if design.common_effect else {"sigma": np.asarray(fit.sigma(), dtype=np.float64) ** 2}
     if not design.random:
         return out
     _, terms = _term_params(design, fit._raw.theta)
@@ -194,6 +196,24 @@ def _i2_table(components: dict[str, float], s2: float) -> pd.DataFrame:
                          "typical_sampling_variance": s2}, index=pd.Index(names, name="component"))
 
 
+EE_DEFINITION = "common-effect (EE, metafor): I2 = 100 max(0, (Q - df) / Q), H2 = Q / df"
+
+
+def _common_effect(fit) -> bool:
+    """A model without any heterogeneity variance (``sigma ~ 0``, no random effects)."""
+    return bool(fit.design.common_effect) and not fit.design.random
+
+
+def _ee_table(fit) -> pd.DataFrame:
+    """metafor's I2 of a common-effect (``method = "EE"``) model, from Q; says so in ``definition``."""
+    g = sampling_gls(fit)
+    i2_ee = 100.0 * max(0.0, (g.Q - g.df) / g.Q) if g.Q > 0 else 0.0
+    table = pd.DataFrame({"variance": [0.0], "i2": [i2_ee], "typical_sampling_variance": [g.df / g.trace_P],
+                          "definition": [EE_DEFINITION]}, index=pd.Index(["total"], name="component"))
+    table.attrs["definition"] = EE_DEFINITION
+    return table
+
+
 def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
     """I2 per variance component (percent of the total variance) and in total.
 
@@ -208,7 +228,16 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
     with the data's index, or an array with one value per fitted row.  The table is then
     given per level (outer index level), from that level's mean fitted variances and the
     fit's ``s2``, so that a location-scale model shows its per-level heterogeneity.
+
+    A common-effect model (``sigma ~ 0``, no random effects) has no fitted heterogeneity
+    variance; the table then has one row, ``total``, with metafor's EE definition
+    ``I2 = 100 max(0, (Q - df) / Q)`` and a ``definition`` column saying so.
     """
+    if _common_effect(fit):
+        if by is not None:
+            raise DrmError("i2(by=...) splits fitted heterogeneity variances by level; this common-effect model "
+                           "(sigma ~ 0, no random effects) has none. Use fit.i2() for the Q-based I2.")
+        return _ee_table(fit)
     s2 = typical_sampling_variance(fit)
     rows = _row_variances(fit)
     if by is None:
@@ -226,7 +255,11 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
 
 
 def h2(fit) -> float:
-    """metafor's H2: ``(sum of the fitted variances + s2) / s2`` (variances averaged over rows)."""
+    """metafor's H2: ``(sum of the fitted variances + s2) / s2`` (variances averaged over rows);
+    for a common-effect model (``sigma ~ 0``, no random effects) metafor's EE ``Q / df``."""
+    if _common_effect(fit):
+        g = sampling_gls(fit)
+        return g.Q / g.df
     s2 = typical_sampling_variance(fit)
     return float((sum(np.mean(v) for v in _row_variances(fit).values()) + s2) / s2)
 
@@ -260,12 +293,15 @@ def r2(fit) -> pd.Series:
     other formulas.  A fit whose mu formula is ``~ 1`` has pseudo 0.
     """
     _univariate(fit, "r2")
+    if _common_effect(fit):
+        raise DrmError("r2 is the share of heterogeneity variance the moderators explain; this common-effect "
+                       "model (sigma ~ 0, no random effects) has none (metafor reports no R2 for EE models).")
     X = fit.design.fixed["mu"].matrix
     fixed = X @ fit._raw.theta[: X.shape[1]]
     var_fixed = float(np.var(fixed, ddof=1)) if fit.nobs > 1 else 0.0
     comps = variance_components(fit)
     total = float(comps.sum())
-    random = float(comps.drop("sigma").sum())
+    random = float(comps.drop("sigma", errors="ignore").sum())
     denom = var_fixed + total
     intercept_only = X.shape[1] == 1 and np.all(X == 1.0)
     if intercept_only:

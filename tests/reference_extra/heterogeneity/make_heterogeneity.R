@@ -24,7 +24,8 @@ s2_of <- function(X, W) {
 r2_of <- function(res, comps, row_level) {
   fixef <- if (ncol(model.matrix(res)) > 1) var(as.vector(model.matrix(res) %*% coef(res))) else 0
   total <- fixef + sum(comps)
-  list(marginal = fixef / total, conditional = (fixef + sum(comps) - comps[row_level]) / total)
+  row <- if (row_level %in% names(comps)) comps[[row_level]] else 0  # none in a model without the row level
+  list(marginal = fixef / total, conditional = (fixef + sum(comps) - row) / total)
 }
 
 common <- function(res, s2) list(
@@ -110,7 +111,24 @@ for (m in c("ML", "REML")) {
          brk, Vb, ~ outcome - 1, ~ 1 | trial/row, c("sd(trial)", "sigma"), m)
 }
 
+# sigma ~ 0 with a random effect: rma.mv without the row-level (school) component
+add_mv("konstantopoulos_district_only_ml", "konstantopoulos",
+       c("yi ~ year_c + (1|district) + meta_V(V=vi)", "sigma ~ 0"),
+       kon, kon$vi, ~ year_c, ~ 1 | district, c("sd(district)"), "ML")
+
+# common-effect models (drmpy sigma ~ 0): metafor's EE I2 = max(0, 100 (QE - df) / QE), H2 = QE / df
+add_ee <- function(name, dataset, formulas, dat, mods) {
+  res <- if (is.null(mods)) rma(yi, vi, data = dat, method = "EE") else rma(yi, vi, mods = mods, data = dat, method = "EE")
+  out <- common(res, s2_of(model.matrix(res), diag(1 / dat$vi)))
+  out$I2 <- res$I2; out$H2 <- res$H2
+  cases[[name]] <<- list(name = name, dataset = dataset, kind = "EE", method = "ML", formulas = formulas, metafor = out)
+}
+add_ee("bcg_ee", "bcg", c("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"), bcg, NULL)
+add_ee("bcg_ablat_ee", "bcg", c("yi ~ ablat + meta_V(V=vi)", "sigma ~ 0"), bcg, ~ ablat)
+add_ee("hackshaw_design_ee", "hackshaw", c("yi ~ design + meta_V(V=vi)", "sigma ~ 0"), hack, ~ design)
+add_ee("normand_ee", "normand", c("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"), nor, NULL)
+
 writeLines(toJSON(list(metafor = as.character(packageVersion("metafor")), cases = unname(cases)),
                   auto_unbox = TRUE, digits = NA, pretty = TRUE), "cases.json")
 for (cs in cases) cat(sprintf("%-26s Q=%.6g df=%d s2=%.6g comps=%s\n", cs$name, cs$metafor$QE, cs$metafor$QEdf,
-                              cs$metafor$s2, paste(signif(unlist(cs$metafor$components), 6), collapse = ",")))
+                              cs$metafor$s2, paste(signif(unlist(c(cs$metafor$components, cs$metafor$I2)), 6), collapse = ",")))
