@@ -213,3 +213,36 @@ def test_bivariate_and_missing_v_are_refused():
     no_v = drm.fit("yi ~ habitat", data=dat)
     with pytest.raises(drm.DrmError, match="no meta_V"):
         no_v.q_test()
+
+
+def test_relmat_and_random_slope_components():
+    """relmat: the component is sd^2 K_ll averaged over rows (a K scaled by 2 halves sd^2 and
+    leaves the table unchanged); an independent random slope: mean of (x_i sd_slope)^2;
+    a correlated term is refused."""
+    extra = Path(__file__).parents[1] / "reference_extra" / "relmat_ml"
+    data = pd.read_csv(extra / "data.csv")
+    K = pd.read_csv(extra / "K.csv", index_col=0)
+    f = drm.Formula("yi ~ x + relmat(1|species, K=K) + meta_V(V=vi)")
+    fit1, fit2 = (drm.fit(f, data=data, env={"K": k}) for k in (K, 2 * K))
+    t1, t2 = fit1.i2(), fit2.i2()
+    assert list(t1.index) == ["sigma", "sd(species)", "total"]
+    sd2 = np.exp(2 * fit1.params["sd(species):(Intercept)"])
+    k_ll = np.diag(K.to_numpy())[fit1.design.random[0].level_index]
+    np.testing.assert_allclose(t1.loc["sd(species)", "variance"], np.mean(sd2 * k_ll), rtol=1e-12)
+    # two separate optimisations: equal to the optimiser's precision (about 2e-6 in a variance)
+    np.testing.assert_allclose(np.exp(2 * fit2.params["sd(species):(Intercept)"]), sd2 / 2, rtol=1e-5)
+    np.testing.assert_allclose(t2["i2"], t1["i2"], rtol=1e-5)
+
+    ref = Path(__file__).parents[1] / "reference" / "sd_study_habitat_ml"
+    d = pd.read_csv(ref / "data.csv")
+    fit = drm.fit(drm.Formula("yi ~ treatment + (1 + treatment || study) + meta_V(V=vi)"), data=d)
+    table = fit.i2()
+    assert list(table.index) == ["sigma", "sd(study)", "sd(study|treatment)", "total"]
+    slope2 = np.exp(2 * fit.params["sd(study|treatment):(Intercept)"])
+    np.testing.assert_allclose(table.loc["sd(study|treatment)", "variance"],
+                               np.mean(d["treatment"].to_numpy() ** 2) * slope2, rtol=1e-12)
+    np.testing.assert_allclose(table.loc["sd(study)", "variance"], np.exp(2 * fit.params["sd(study):(Intercept)"]),
+                               rtol=1e-12)
+    corr = drm.fit(drm.Formula("yi ~ treatment + (1 + treatment | study) + meta_V(V=vi)"), data=d)
+    with pytest.raises(drm.DrmError, match="correlated term"):
+        corr.i2()
