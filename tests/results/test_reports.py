@@ -70,3 +70,85 @@ def test_tidy_random_and_bivariate_names(biv_fit):
 def test_tidy_rejects_bad_level(ls_fit, level):
     with pytest.raises(drm.DrmError, match="level must be"):
         ls_fit.tidy(level=level)
+
+
+# ------------------------------------------------------------------------------------------
+# summary renderings: parse each back and compare with the coefficient table
+
+
+SHOWN = ["parameter", "estimate", "std_error", "z", "p", "ci_lower", "ci_upper", "exp_estimate"]
+
+
+def _check_rows(rows, summary, rtol):
+    """rows: list of cell lists (parameter name first); numbers equal the coefficient table."""
+    table = summary.coefficients
+    assert [r[0] for r in rows] == list(table.index)
+    for r in rows:
+        expected = table.loc[r[0], SHOWN[1:]].to_numpy(dtype=float)
+        for cell, want in zip(r[1:], expected):
+            if np.isnan(want):
+                assert cell == ""
+            else:
+                np.testing.assert_allclose(float(cell), want, rtol=rtol)
+    # exp_estimate is filled for the log-SD rows only
+    assert [r[-1] != "" for r in rows] == [n.startswith("sigma") for n in table.index]
+
+
+def test_summary_markdown(ls_fit):
+    s = ls_fit.summary()
+    md = s.to_markdown(digits=8)
+    lines = md.splitlines()
+    assert lines[0].startswith("drmpy fit: gaussian location-scale, ML")
+    assert "formula: yi ~ habitat + duration + meta_V(V=vi); sigma ~ habitat" in md
+    start = lines.index("| " + " | ".join(SHOWN) + " |")
+    assert lines[start + 1] == "| :--- | " + " | ".join(["---:"] * 7) + " |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2: start + 7]]
+    _check_rows(rows, s, rtol=1e-7)
+    assert f"logLik = {ls_fit.loglik:.4f}" in md
+
+
+def test_summary_latex(ls_fit):
+    s = ls_fit.summary()
+    tex = s.to_latex(digits=8, caption="Restoration", label="tab:restoration")
+    assert "\\begin{table}" in tex and "\\caption{Restoration}" in tex and "\\label{tab:restoration}" in tex
+    assert "\\begin{tabular}{lrrrrrrr}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
+    body = tex[tex.index("\\toprule") + len("\\toprule"): tex.index("\\bottomrule")]
+    head, rows = body.split("\\midrule")
+    assert [c.strip() for c in head.strip().rstrip("\\").split("&")] == [c.replace("_", "\\_") for c in SHOWN]
+    parsed = [[c.strip() for c in line.strip().rstrip("\\").split("&")] for line in rows.strip().splitlines()]
+    _check_rows(parsed, s, rtol=1e-7)
+    assert "\\begin{table}" not in s.to_latex()
+
+
+def test_summary_html(ls_fit):
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell, self.pre = [], None, []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+            else:
+                self.pre.append(data)
+
+    s = ls_fit.summary()
+    parser = Cells()
+    parser.feed(s._repr_html_())
+    assert parser.rows[0] == SHOWN
+    _check_rows(parser.rows[1:], s, rtol=1e-5)
+    text = "".join(parser.pre)
+    assert "drmpy fit: gaussian location-scale, ML" in text and f"logLik = {ls_fit.loglik:.4f}" in text

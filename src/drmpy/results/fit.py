@@ -401,6 +401,33 @@ class DrmFit(FitResult):
 
         return simulate_responses(self, nsim, seed)
 
+    # ---------------------------------------------------------------- heterogeneity (issue 11)
+    def q_test(self) -> pd.Series:
+        """Test for residual heterogeneity (metafor's ``QE``): ``Q = r' V^-1 r`` from the GLS fit
+        of the mu design with V alone, ``df`` = n - p, ``p_value`` (chi-square)."""
+        from ..heterogeneity import q_test
+
+        return q_test(self)
+
+    def i2(self, by: Any = None, data: Any = None) -> pd.DataFrame:
+        """I2 per variance component and in total (percent); per level of ``by`` for a
+        location-scale model.  See :func:`drmpy.heterogeneity.i2`."""
+        from ..heterogeneity import i2
+
+        return i2(self, by=by, data=data)
+
+    def h2(self) -> float:
+        """metafor's H2, ``(sum of the fitted variances + s2) / s2``."""
+        from ..heterogeneity import h2
+
+        return h2(self)
+
+    def r2(self) -> pd.Series:
+        """``marginal``, ``conditional`` (orchaRd's ``r2_ml``) and ``pseudo`` (metafor's R2 / 100)."""
+        from ..heterogeneity import r2
+
+        return r2(self)
+
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
                 f"converged={self.converged}>")
