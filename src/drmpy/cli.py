@@ -1,5 +1,7 @@
 """Command line: ``drmpy fit``, ``drmpy effect-size`` and ``drmpy demo``.
 
+Figures are saved with matplotlib's Agg backend (a file, never a window).
+
 Data files are CSV or TSV (by extension: ``.csv``; ``.tsv``/``.tab``), or Parquet
 (``.parquet``/``.pq``) when pyarrow is installed.  A problem with the input (a bad file, an
 unknown column, a formula error) prints one line on stderr and exits with status 2;
@@ -25,8 +27,9 @@ examples:
   # three-level model; V from the sampling variances vi, correlated 0.5 within each paper
   drmpy fit curtis.csv --mu "yi ~ 1 + (1 | paper) + meta_V(V = vi)" --vcalc-cluster paper --rho 0.5 \\
       --method REML --out results.json
-  # study-level SD that depends on habitat; the tidy table as CSV
-  drmpy fit d.csv --mu "yi ~ habitat + (1 | study) + meta_V(V = vi)" --sd "study=~ habitat" --out tidy.csv
+  # study-level SD that depends on habitat; the tidy table as CSV and an orchard plot by habitat
+  drmpy fit d.csv --mu "yi ~ habitat + (1 | study) + meta_V(V = vi)" --sd "study=~ habitat" \
+      --out tidy.csv --plot orchard.png --mod habitat
 """
 
 _EFFECT_EXAMPLES = """\
@@ -39,7 +42,8 @@ examples:
 
 _DEMO_EXAMPLES = """\
 examples:
-  drmpy demo
+  drmpy demo                          # also writes restoration_orchard.png here
+  drmpy demo --plot figures/orchard.pdf
 """
 
 # metafor's argument names, in the order the help lists them
@@ -158,6 +162,8 @@ def fit_command(args: argparse.Namespace) -> int:
 
     import drmpy as drm
 
+    if args.mod is not None and not args.plot:
+        raise InputError("`--mod` names the moderator of the orchard plot; give `--plot PATH` with it.")
     data = read_table(args.data)
     formula = _formula(args)
     env: dict[str, Any] = {}
@@ -174,7 +180,28 @@ def fit_command(args: argparse.Namespace) -> int:
     if args.out:
         _write_fit(fit, args)
         print(f"\nwrote {args.out}")
+    if args.plot:
+        _save_orchard(fit, args.mod, args.plot)
     return 0
+
+
+def _save_orchard(fit, mod: str | None, path: str) -> None:
+    """Draw ``drmpy.plots.orchard(fit, mod=mod)`` and save it (format by extension)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, never a window
+    import matplotlib.pyplot as plt
+
+    import drmpy as drm
+
+    ax = drm.plots.orchard(fit, mod=mod)
+    try:
+        ax.figure.savefig(path, dpi=150, bbox_inches="tight")
+    except ValueError as exc:  # an unknown image format
+        raise InputError(f"`--plot {path}`: {_one_line(exc)}") from exc
+    finally:
+        plt.close(ax.figure)
+    print(f"wrote {path}" + (f" (orchard plot by {mod})" if mod else " (orchard plot)"))
 
 
 def _json_value(value: Any) -> Any:
@@ -252,9 +279,14 @@ def demo(args: argparse.Namespace | None = None) -> int:
     print("Mean variance components by habitat:")
     print(het.to_string(float_format="{:.5f}".format))
     print()
+    print("I2 by habitat (percent; fit.i2(by='habitat', data=dat)):")
+    print(fit.i2(by="habitat", data=dat).to_string(float_format="{:.2f}".format))
+    print()
     print("check():")
     with pd.option_context("display.width", 200, "display.max_colwidth", 90):
         print(fit.check().to_string(index=False))
+    print()
+    _save_orchard(fit, "habitat", getattr(args, "plot", None) or "restoration_orchard.png")
     return 0
 
 
@@ -287,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", metavar="PATH",
                      help="write the tidy table: .json (with the model, logLik, convergence and check rows), "
                           ".csv, .tsv or .parquet")
+    fit.add_argument("--plot", metavar="PATH",
+                     help="save an orchard plot (drmpy.plots.orchard) to PATH (.png, .pdf, .svg)")
+    fit.add_argument("--mod", metavar="COLUMN", help="moderator whose levels the orchard plot shows (with --plot)")
     fit.add_argument("--vcalc-cluster", metavar="COLUMN",
                      help="build V with sampling_covariance(): the meta_V column holds variances, correlated "
                           "--rho within each value of COLUMN (metafor's vcalc)")
@@ -320,8 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="fit the restoration example and print summary and check",
                         description="Fit the drmTMB vignette's restoration example (shipped with drmpy) and print "
-                                    "its summary, variance components by habitat and check().",
+                                    "its summary, variance components and I2 by habitat and check(), and save "
+                                    "its orchard plot by habitat.",
                         epilog=_DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dm.add_argument("--plot", metavar="PATH", default="restoration_orchard.png",
+                    help="where to save the orchard plot (default restoration_orchard.png)")
     dm.add_argument("--debug", action="store_true", help="show the traceback of an error")
     dm.set_defaults(run=demo)
     return parser

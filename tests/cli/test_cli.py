@@ -84,17 +84,32 @@ def test_parquet(tmp_path):
     assert len(pd.read_parquet(tmp_path / "es.parquet")) == 102
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.fixture(scope="module")
 def fit_json(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fit") / "results.json"
+    folder = tmp_path_factory.mktemp("fit")
+    out, plot = folder / "results.json", folder / "orchard.png"
     res = run("fit", RESTORATION, "--mu", "yi ~ habitat + duration + meta_V(V = vi)", "--sigma", "~ habitat",
-              "--out", out)
+              "--out", out, "--plot", plot, "--mod", "habitat")
     assert res.returncode == 0, res.stderr
-    return res, json.loads(out.read_text())
+    return res, json.loads(out.read_text()), plot
+
+
+def test_fit_writes_the_orchard_plot(fit_json):
+    res, _, plot = fit_json
+    assert plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 10_000
+    assert f"wrote {plot} (orchard plot by habitat)" in res.stdout
+
+
+def test_mod_needs_plot():
+    res = run("fit", RESTORATION, "--mu", "yi ~ habitat + meta_V(V = vi)", "--mod", "habitat")
+    assert res.returncode == 2 and "give `--plot PATH` with it" in res.stderr
 
 
 def test_fit_prints_summary_and_writes_tidy_json(fit_json):
-    res, doc = fit_json
+    res, doc, _ = fit_json
     frame = pd.read_csv(RESTORATION)
     fit = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V = vi)", "sigma ~ habitat"), data=frame)
     assert "check():" in res.stdout and "mu:duration" in res.stdout
@@ -122,7 +137,12 @@ def test_fit_three_level_with_vcalc_csv(tmp_path):
     np.testing.assert_allclose(tidy["estimate"], fit.tidy()["estimate"], atol=1e-8)
 
 
-def test_demo_runs():
-    res = run("demo")
+def test_demo_prints_i2_by_habitat_and_writes_orchard(tmp_path):
+    res = run("demo", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "check():" in res.stdout and "Mean variance components by habitat" in res.stdout
+    dat = drm.datasets.restoration()
+    fit = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat"), data=dat)
+    table = fit.i2(by="habitat", data=dat).to_string(float_format="{:.2f}".format)
+    assert "I2 by habitat" in res.stdout and table in res.stdout
+    assert (tmp_path / "restoration_orchard.png").read_bytes()[:8] == PNG_MAGIC
