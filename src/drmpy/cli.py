@@ -304,12 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    fit = sub.add_parser(
-        "fit", help="fit a model to a data file and print its summary and check",
+    fit = _add_command(
+        sub, "fit", fit_command, help="fit a model to a data file and print its summary and check",
         description="Fit one formula per distributional parameter to DATA (CSV, TSV or Parquet), print the "
-                    "summary and check(), and optionally write the tidy table.",
-        epilog=_FIT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fit.add_argument("data", metavar="DATA", help="data file: .csv, .tsv, or .parquet (needs pyarrow)")
+                    "summary and check(), and optionally write the tidy table.", epilog=_FIT_EXAMPLES)
     fit.add_argument("--mu", required=True, metavar="FORMULA",
                      help='location formula with the response, e.g. "yi ~ habitat + (1 | study) + meta_V(V = vi)"')
     fit.add_argument("--sigma", metavar="RHS", help='row-level heterogeneity SD formula, e.g. "~ habitat" (default ~ 1)')
@@ -329,15 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--obs", metavar="COLUMN", help="outcome labels for --vcalc-cluster (rows with one label correlate at 1)")
     fit.add_argument("--time", metavar="COLUMN", help="time points for --vcalc-cluster (with --phi)")
     fit.add_argument("--phi", type=float, help="autocorrelation per unit of --time")
-    fit.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    fit.set_defaults(run=fit_command)
 
-    es = sub.add_parser(
-        "effect-size", help="compute effect sizes yi and sampling variances vi (metafor's escalc)",
+    es = _add_command(
+        sub, "effect-size", effect_size_command,
+        help="compute effect sizes yi and sampling variances vi (metafor's escalc)",
         description="Append yi and vi to DATA (CSV, TSV or Parquet) for one measure, exactly as metafor's escalc; "
-                    "columns are given with metafor's argument names.",
-        epilog=_EFFECT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    es.add_argument("data", metavar="DATA", help="data file: .csv, .tsv, or .parquet (needs pyarrow)")
+                    "columns are given with metafor's argument names.", epilog=_EFFECT_EXAMPLES)
     es.add_argument("--measure", required=True,
                     help="MD, SMD, SMDH, ROM, VR, CVR (means); OR, RR, RD, PETO (2x2); ZCOR, COR; "
                          "PR, PLO, PAS, PFT (proportions); IRR, IRD (incidence)")
@@ -350,19 +345,27 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--var-names", nargs=2, default=("yi", "vi"), metavar=("YI", "VI"),
                     help="names of the two new columns (default yi vi)")
     es.add_argument("--out", metavar="PATH", help="write .csv, .tsv or .parquet (default: CSV on stdout)")
-    es.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    es.set_defaults(run=effect_size_command)
 
-    dm = sub.add_parser("demo", help="fit the restoration example and print summary and check",
-                        description="Fit the drmTMB vignette's restoration example (shipped with drmpy) and print "
-                                    "its summary, variance components and I2 by habitat and check(), and save "
-                                    "its orchard plot by habitat.",
-                        epilog=_DEMO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dm = _add_command(
+        sub, "demo", demo, data=False, help="fit the restoration example and print summary and check",
+        description="Fit the drmTMB vignette's restoration example (shipped with drmpy) and print its summary, "
+                    "variance components and I2 by habitat and check(), and save its orchard plot by habitat.",
+        epilog=_DEMO_EXAMPLES)
     dm.add_argument("--plot", metavar="PATH", default="restoration_orchard.png",
                     help="where to save the orchard plot (default restoration_orchard.png)")
-    dm.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    dm.set_defaults(run=demo)
     return parser
+
+
+def _add_command(sub, name: str, run, *, help: str, description: str, epilog: str,
+                 data: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with its examples, the DATA argument (when it reads data) and --debug."""
+    command = sub.add_parser(name, help=help, description=description, epilog=epilog,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    if data:
+        command.add_argument("data", metavar="DATA", help="data file: .csv, .tsv, or .parquet (needs pyarrow)")
+    command.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    command.set_defaults(run=run)
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
