@@ -35,6 +35,10 @@ _LAZY = {
     "parametric_bootstrap": "drmpy.simulation.bootstrap",
     "lrt": "drmpy.inference.lrt",
     "compare": "drmpy.inference.lrt",
+    "effect_size": "drmpy.effects.effect_size",
+    "sampling_covariance": "drmpy.effects.covariance",
+    "shared_control_covariance": "drmpy.effects.covariance",
+    "phylo_corr": "drmpy.effects.phylogeny",
 }
 # Later-stage subpackages reached as attributes (``drm.plots``), imported on first use.
 _LAZY_SUBMODULES = {"plots": "drmpy.plots"}
@@ -45,6 +49,10 @@ __all__ = [
     "parametric_bootstrap",
     "lrt",
     "compare",
+    "effect_size",
+    "sampling_covariance",
+    "shared_control_covariance",
+    "phylo_corr",
     "Formula",
     "gaussian",
     "biv_gaussian",

@@ -6,7 +6,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["restoration", "lim2014"]
+__all__ = ["restoration", "lim2014", "curtis1998"]
 
 
 def restoration() -> pd.DataFrame:
@@ -45,4 +45,25 @@ def lim2014() -> pd.DataFrame:
     frame["es_id"] = frame["es_id"].astype(str)
     for column in ("amniotes", "environment", "reprounit"):
         frame[column] = pd.Categorical(frame[column], categories=sorted(frame[column].unique()))
+    return frame
+
+
+def curtis1998() -> pd.DataFrame:
+    """Elevated CO2 and woody plant mass: raw group summaries of 102 experiments in 29 papers.
+
+    Curtis and Wang (1998), *Ecology* 79: 1353-1358.  Taken from the R package metadat 1.2.0
+    (``dat.curtis1998``; licence GPL (>= 2)) by ``make_curtis1998.R`` beside this file, with
+    dots in column names written as underscores.  Several experiments per paper, so a
+    three-level model (``(1 | paper)``) with correlated sampling errors within a paper
+    (:func:`drmpy.sampling_covariance`) suits them.
+
+    Columns: ``id`` (experiment), ``paper`` (string id), ``genus``, ``species``, ``fungrp``
+    (functional group: ANGIO, GYMNO, N2FIX), ``co2_ambi``/``co2_elev`` (ppm), ``time`` (days),
+    ``method`` (GC, OTC, ...), ``xtrt`` (other treatment), and the raw summaries ``m1i``,
+    ``sd1i``, ``n1i`` (elevated CO2) and ``m2i``, ``sd2i``, ``n2i`` (ambient) for
+    :func:`drmpy.effect_size` (e.g. ``"ROM"``, the log response ratio).
+    """
+    with resources.files(__package__).joinpath("curtis1998.csv").open("r") as fh:
+        frame = pd.read_csv(fh)
+    frame["paper"] = frame["paper"].astype(str)
     return frame

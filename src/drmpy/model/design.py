@@ -291,9 +291,27 @@ def _lookup(name: str, env: Mapping[str, Any] | None, namespace: Mapping[str, An
     )
 
 
+def _phylo_relatedness(term: RandomTerm, env, namespace, what: str) -> pd.DataFrame:
+    """K of ``phylo(1 | species, tree = name)``: the tree's Brownian-motion correlation matrix."""
+    name = term.relmat
+    if name[0] in "'\"":  # a quoted literal: Newick text or a file path
+        tree = name[1:-1]
+    else:
+        tree = _lookup(name, env, namespace, what)
+    from ..effects.phylogeny import phylo_corr  # a later stage, imported when a phylo() term is used
+
+    try:
+        return phylo_corr(tree)
+    except DataError as exc:
+        raise RandomEffectsError(f"{what}: {exc}") from exc
+
+
 def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> np.ndarray:
     what = f"`{term.text}`"
-    K = _lookup(term.relmat, env, namespace, what)
+    if term.relmat_kind == "tree":
+        K = _phylo_relatedness(term, env, namespace, what)
+    else:
+        K = _lookup(term.relmat, env, namespace, what)
     if isinstance(K, pd.DataFrame):
         rows = [str(i) for i in K.index]
         cols = [str(c) for c in K.columns]

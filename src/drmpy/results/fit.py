@@ -142,6 +142,13 @@ class FitResult:
             raise DrmError(f"Unknown dpar `{dpar}`; this model has {', '.join(groups)}.")
         return groups[dpar]
 
+    def tidy(self, level: float = 0.95) -> pd.DataFrame:
+        """Long table, one row per parameter, in broom's column names: ``dpar``, ``term``,
+        ``estimate``, ``std_error``, ``statistic`` (Wald z), ``p_value``, ``conf_low``,
+        ``conf_high`` (Wald interval at ``level``); link scales as ``fit.params``."""
+        from .summary import tidy_table
+
+        return tidy_table(self, level)
 
     # ---------------------------------------------------------------- inference (stage inference/)
     def conf_int(self, level: float = 0.95, method: str = "wald", params: Any = None,
@@ -426,6 +433,33 @@ class DrmFit(FitResult):
         from ..inference.coef_test import coef_test
 
         return coef_test(self, test=test, vcov=vcov, cluster=cluster, level=level)
+
+    # ---------------------------------------------------------------- heterogeneity (issue 11)
+    def q_test(self) -> pd.Series:
+        """Test for residual heterogeneity (metafor's ``QE``): ``Q = r' V^-1 r`` from the GLS fit
+        of the mu design with V alone, ``df`` = n - p, ``p_value`` (chi-square)."""
+        from ..heterogeneity import q_test
+
+        return q_test(self)
+
+    def i2(self, by: Any = None, data: Any = None) -> pd.DataFrame:
+        """I2 per variance component and in total (percent); per level of ``by`` for a
+        location-scale model.  See :func:`drmpy.heterogeneity.i2`."""
+        from ..heterogeneity import i2
+
+        return i2(self, by=by, data=data)
+
+    def h2(self) -> float:
+        """metafor's H2, ``(sum of the fitted variances + s2) / s2``."""
+        from ..heterogeneity import h2
+
+        return h2(self)
+
+    def r2(self) -> pd.Series:
+        """``marginal``, ``conditional`` (orchaRd's ``r2_ml``) and ``pseudo`` (metafor's R2 / 100)."""
+        from ..heterogeneity import r2
+
+        return r2(self)
 
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
