@@ -203,16 +203,21 @@ def test_bivariate_and_missing_v_are_refused():
     V = np.loadtxt(ref / "V.csv", delimiter=",")
     biv = drm.fit(drm.Formula(**spec["formulas"]), data=pd.read_csv(ref / "data.csv"), env={"V": V},
                   family=drm.biv_gaussian())
-    from drmpy.heterogeneity import i2, q_test
+    from drmpy.heterogeneity import i2, q_test, r2
 
     with pytest.raises(drm.DrmError, match="q_test is defined for univariate fits"):
         q_test(biv)
-    with pytest.raises(drm.DrmError, match="univariate"):
+    with pytest.raises(drm.DrmError, match="i2 is defined for univariate fits"):
         i2(biv)
+    with pytest.raises(drm.DrmError, match="r2 is defined for univariate fits"):
+        r2(biv)
     dat = drm.datasets.restoration()
     no_v = drm.fit("yi ~ habitat", data=dat)
     with pytest.raises(drm.DrmError, match="no meta_V"):
         no_v.q_test()
+    weighted = drm.fit("yi ~ habitat + meta_V(V=vi)", data=dat, weights=np.ones(len(dat)))
+    with pytest.raises(drm.DrmError, match="weights="):
+        weighted.i2()
 
 
 def test_relmat_and_random_slope_components():

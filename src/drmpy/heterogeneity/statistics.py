@@ -55,8 +55,8 @@ def _univariate(fit, what: str):
         )
     if fit.design.weights is not None:
         raise DrmError(
-            f"{what} is not defined for a fit with weights= (they multiply log-likelihood terms, which "
-            "changes neither V nor the data Q and I2 are built from); refit without weights."
+            f"{what} counts every row once (as metafor's QE and I2), which a fit with weights= (weights "
+            "multiply log-likelihood terms) does not; refit without weights for these summaries."
         )
 
 
@@ -95,7 +95,11 @@ def sampling_gls(fit) -> SamplingGLS:
         WX, Wy, trace_W = X * w[:, None], y * w, float(np.sum(w))
     else:
         WX, Wy, trace_W = np.empty_like(X), np.empty_like(y), 0.0
-        for block, L in _whitened_blocks(kv):
+        try:
+            blocks = list(_whitened_blocks(kv))
+        except linalg.LinAlgError as exc:
+            raise DrmError("q_test needs a positive definite V (V^-1 enters Q and s2); a block of V is not.") from exc
+        for block, L in blocks:
             WX[block] = linalg.cho_solve((L, True), X[block])
             Wy[block] = linalg.cho_solve((L, True), y[block])
             Linv = linalg.solve_triangular(L, np.eye(len(block)), lower=True)
@@ -233,6 +237,7 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
     variance; the table then has one row, ``total``, with metafor's EE definition
     ``I2 = 100 max(0, (Q - df) / Q)`` and a ``definition`` column saying so.
     """
+    _univariate(fit, "i2")
     if _common_effect(fit):
         if by is not None:
             raise DrmError("i2(by=...) splits fitted heterogeneity variances by level; this common-effect model "
@@ -257,6 +262,7 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
 def h2(fit) -> float:
     """metafor's H2: ``(sum of the fitted variances + s2) / s2`` (variances averaged over rows);
     for a common-effect model (``sigma ~ 0``, no random effects) metafor's EE ``Q / df``."""
+    _univariate(fit, "h2")
     if _common_effect(fit):
         g = sampling_gls(fit)
         return g.Q / g.df
