@@ -160,7 +160,9 @@ def fit(
         :class:`~drmpy.BivariateFit`.
     weights:
         Column name or array: each row's log-likelihood is multiplied by its weight
-        (not a sampling variance; unlike metafor's ``weights``).
+        (not a sampling variance; unlike metafor's ``weights``).  Bivariate models: one
+        weight per study (data row), multiplying the study's log-likelihood; needs a V
+        that is block-diagonal by study.
     method:
         ``"ML"`` (default) or ``"REML"``.
     env:
@@ -194,7 +196,9 @@ def fit(
         prepared_cache[pkey] = prepare(design, method_u, ctrl) + (boundary_candidates(design),)
     prepared, clusters, boundary = prepared_cache[pkey]
     raw = run_fit(prepared, ctrl, boundary)
-    return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters))
+    result = DrmFit(design, raw, method_u, ctrl, clusters)
+    result._data = data  # a reference (never modified) for columns named later, e.g. coef_test(cluster=)
+    return _warn_unless_converged(result)
 
 
 def _warn_unless_converged(result):
@@ -212,9 +216,7 @@ def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, 
     from .engine.bivariate import prepare_bivariate
     from .results.bivariate import BivariateFit
 
-    if weights is not None:
-        raise DrmError("weights= is not supported for bivariate models.")
-    design = build_bivariate_design(formula, data, env=env)
+    design = build_bivariate_design(formula, data, env=env, weights=weights)
     raw = run_fit(prepare_bivariate(design, method, ctrl), ctrl)
     return BivariateFit(design, raw, method, ctrl)
 

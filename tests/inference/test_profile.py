@@ -137,6 +137,7 @@ def test_open_lower_side_at_a_zero_variance():
 METAFOR_ARTEFACTS = {("scale_alloc_ml", "sigma:alloc[T.random]", "upper")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, method", [("scale_ablat_ml", "ML"), ("scale_ablat_reml", "REML"),
                                           ("scale_alloc_ml", "ML")])
 def test_scale_coefficient_profiles_equal_metafor(bcg, case, method):
@@ -165,6 +166,7 @@ def test_scale_coefficient_profiles_equal_metafor(bcg, case, method):
     assert compared >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ML", "REML"])
 def test_three_level_profiles_equal_rma_mv(method):
     kon = pd.read_csv(HERE / "konstantopoulos.csv")
@@ -176,3 +178,58 @@ def test_three_level_profiles_equal_rma_mv(method):
                                np.log(ref["sigma_district_ci"]), atol=1e-4)
     np.testing.assert_allclose(ci.loc["sigma:(Intercept)", ["lower", "upper"]].to_numpy(float),
                                np.log(ref["sigma_school_ci"]), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def restoration():
+    dat = drm.datasets.restoration()
+    return dat, drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V=vi)", "sigma ~ habitat"), data=dat)
+
+
+@pytest.mark.slow
+def test_location_profile_equals_a_fit_with_the_coefficient_as_offset(restoration):
+    # independent route: hold mu:duration at c by moving c * duration into the response
+    dat, fit = restoration
+    ci = fit.conf_int(method="profile", params=["mu:duration", "sigma:habitat[T.forest]"])
+    assert (ci["status"] == "ok").all()
+    for end in ("lower", "upper"):
+        c = ci.loc["mu:duration", end]
+        fixed = drm.fit(drm.Formula("y_off ~ habitat + meta_V(V=vi)", "sigma ~ habitat"),
+                        data=dat.assign(y_off=dat["yi"] - c * dat["duration"]))
+        assert 2 * (fit.loglik - fixed.loglik) == pytest.approx(chi2.ppf(0.95, 1), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bootstrap_interval_is_parametric_bootstraps(restoration):
+    _, fit = restoration
+    ci = fit.conf_int(method="bootstrap", nsim=200, seed=3, scale="response")
+    boot = drm.parametric_bootstrap(fit, nsim=200, seed=3, progress=False).set_index("parameter")
+    np.testing.assert_allclose(ci["lower"].iloc[:3], boot["lower"].iloc[:3])
+    np.testing.assert_allclose(ci["upper"].iloc[3:], np.exp(boot["upper"].iloc[3:]))
+    assert (ci["method"] == "bootstrap").all()
+
+
+def test_common_effect_profile_is_wald_and_bootstrap_is_gls(bcg):
+    # no variance parameter: the log-likelihood is quadratic in beta, so profile = Wald exactly
+    fit = drm.fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ 0"), data=bcg)
+    wald, prof = fit.conf_int(), fit.conf_int(method="profile")
+    np.testing.assert_allclose(prof[["lower", "upper"]], wald[["lower", "upper"]], rtol=1e-7)
+    boot = fit.conf_int(method="bootstrap", nsim=4000, seed=1)
+    np.testing.assert_allclose(boot[["lower", "upper"]], wald[["lower", "upper"]], rtol=0.05)
+
+
+@pytest.mark.slow
+def test_bivariate_profile_equals_a_fit_with_mu1_fixed():
+    ref = Path(__file__).resolve().parents[1] / "reference" / "berkey_bivariate_ml"
+    d = pd.read_csv(ref / "data.csv")
+    V = pd.read_csv(ref / "V.csv", header=None).to_numpy()
+    fit = drm.fit(drm.Formula(mu1="y1 ~ 1 + meta_V(V=V)", mu2="y2 ~ 1"), data=d, env={"V": V})
+    ci = fit.conf_int(method="profile", params=["mu1:(Intercept)", "rho12:(Intercept)"])
+    assert ci.loc["rho12:(Intercept)", "status"].startswith("open lower")
+    for end in ("lower", "upper"):
+        c = ci.loc["mu1:(Intercept)", end]
+        fixed = drm.fit(drm.Formula(mu1="y1c ~ 0 + meta_V(V=V)", mu2="y2 ~ 1"), data=d.assign(y1c=d["y1"] - c),
+                        env={"V": V})
+        assert 2 * (fit.loglik - fixed.loglik) == pytest.approx(chi2.ppf(0.95, 1), abs=1e-6)
+    with pytest.raises(drm.DrmError, match="bootstrap.*BivariateFit"):
+        fit.conf_int(method="bootstrap")

@@ -167,8 +167,12 @@ def _by_values(fit, by: Any, data: Any) -> np.ndarray:
     """Values of ``by`` on the retained rows, from a column of ``data`` or an aligned Series/array."""
     labels = fit.design.row_labels
     if isinstance(by, str):
+        frame = fit.design.frame
+        if data is None and frame is not None and by in frame.columns:
+            return frame[by].to_numpy()  # a column the model read, on the retained rows
         if data is None:
-            raise DrmError(f"i2(by={by!r}) needs the data the model was fitted to: fit.i2(by={by!r}, data=...).")
+            raise DrmError(f"i2(by={by!r}): `{by}` is not a column the model uses; pass the data the model was "
+                           f"fitted to: fit.i2(by={by!r}, data=...).")
         from ..model import frames
 
         if by not in frames.column_names(data):
@@ -228,8 +232,9 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
     With ``sigma ~ 1`` and no random effects this is metafor's ``I2`` of ``rma``; with random
     effects the multilevel I2 of Nakagawa and Santos (2012) (orchaRd's ``i2_ml``).
 
-    ``by``: a column name (with ``data=``, the data given to ``drm.fit``), a Series aligned
-    with the data's index, or an array with one value per fitted row.  The table is then
+    ``by``: a column name (a column the model uses, or any column of ``data=``, the data
+    given to ``drm.fit``), a Series aligned with the data's index, or an array with one value
+    per fitted row.  The table is then
     given per level (outer index level), from that level's mean fitted variances and the
     fit's ``s2``, so that a location-scale model shows its per-level heterogeneity.
 

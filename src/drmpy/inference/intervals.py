@@ -39,13 +39,31 @@ def _bootstrap(fit, names: list[str], level: float, nsim: int, seed: Any) -> pd.
     if not isinstance(fit, DrmFit):
         raise DrmError(f"conf_int(method='bootstrap') is not available for {type(fit).__name__} "
                        "(parametric_bootstrap refits univariate drm.fit models); use method='wald' or 'profile'.")
-    boot = parametric_bootstrap(fit, nsim=nsim, seed=seed, level=level, progress=False).set_index("parameter")
-    boot = boot.loc[names]
+    if fit._raw.structure.p == len(fit.params):
+        boot = _bootstrap_gls(fit, nsim, seed, level)
+    else:
+        boot = parametric_bootstrap(fit, nsim=nsim, seed=seed, level=level, progress=False)
+    boot = boot.set_index("parameter").loc[names]
     n_ok = boot["n_converged"].to_numpy()
     status = np.where(n_ok == nsim, "ok", [f"{int(k)} of {nsim} refits converged" for k in n_ok])
     return pd.DataFrame({"estimate": boot["estimate"].to_numpy(float), "lower": boot["lower"].to_numpy(float),
                          "upper": boot["upper"].to_numpy(float), "status": status},
                         index=pd.Index(names, name="parameter"))
+
+
+def _bootstrap_gls(fit, nsim: int, seed: Any, level: float) -> pd.DataFrame:
+    """The parametric bootstrap of a model without variance parameters (common-effect model
+    without random effects): each refit is the GLS estimate, in closed form."""
+    from .marginal import gls, marginal_covariance
+
+    Y = fit.simulate(nsim, seed=seed).to_numpy()
+    X = fit.design.fixed["mu"].matrix
+    S = marginal_covariance(fit)
+    beta = gls(fit).vcov @ (X.T @ np.linalg.solve(S, Y))  # (p, nsim)
+    lower, upper = np.quantile(beta, [(1 - level) / 2, (1 + level) / 2], axis=1)
+    return pd.DataFrame({"parameter": list(fit.params.index), "estimate": fit.params.to_numpy(),
+                         "boot_mean": beta.mean(axis=1), "boot_se": beta.std(axis=1, ddof=1),
+                         "lower": lower, "upper": upper, "n_converged": nsim})
 
 
 def to_response_scale(names, values: np.ndarray) -> np.ndarray:

@@ -93,6 +93,9 @@ class ModelDesign:
     dropped: Mapping[str, int]
     dropped_labels: tuple = field(repr=False)
     columns: tuple[str, ...] = ()  # every data column the model read (formulas, groups, V, weights)
+    # the retained rows of those columns, as read (index = row_labels): what plots and
+    # marginal means need to know about the data (factor shares, covariate means, moderator levels)
+    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def nobs(self) -> int:
@@ -360,6 +363,17 @@ def formula_columns(dpar: str, rhs: str, text: str, all_columns, context) -> lis
     return sorted(v for v in used if v in all_columns)
 
 
+def check_weights(w: np.ndarray, labels: pd.Index, unit: str) -> np.ndarray:
+    """``w`` (one weight per retained row or study, labelled ``labels``) after checking that
+    every weight is >= 0 and some weight is > 0."""
+    neg = np.flatnonzero(w < 0)
+    if neg.size:
+        raise DataError(f"weights must be >= 0; row {labels[neg[0]]!r} has {w[neg[0]]:g}.")
+    if not np.any(w > 0):
+        raise DataError(f"weights are all zero among the retained {unit}; nothing to fit.")
+    return w
+
+
 def build_design(
     formula: Formula,
     data: Any,
@@ -466,15 +480,7 @@ def build_design(
     kept_labels = labels[keep]
     dropped_labels = tuple(labels[~keep])
 
-    weights_arr = None
-    if w_all is not None:
-        w = w_all[keep]
-        neg = np.flatnonzero(w < 0)
-        if neg.size:
-            raise DataError(f"weights must be >= 0; row {kept_labels[neg[0]]!r} has {w[neg[0]]:g}.")
-        if not np.any(w > 0):
-            raise DataError("weights are all zero among the retained rows; nothing to fit.")
-        weights_arr = w
+    weights_arr = None if w_all is None else check_weights(w_all[keep], kept_labels, "rows")
 
     fixed = {
         dpar: FixedDesign(dpar, terms, m, spec)
@@ -512,6 +518,7 @@ def build_design(
         dropped=dropped,
         dropped_labels=dropped_labels,
         columns=columns,
+        frame=sub,
     )
 
 

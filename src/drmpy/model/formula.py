@@ -284,6 +284,7 @@ def _parse_mu(lhs: str, rhs: str, text: str) -> ParsedMu:
         elif "meta_V" in term or "meta_known_V" in term:
             raise FormulaError(f"`{term}`: meta_V() must stand alone as a term of the mu formula.")
         else:
+            _reject_unsupported_special(term, f"the mu formula `{text}`", allowed=frozenset({"phylo"}))
             fixed.append(term)
     groups = [t.group for t in random_terms]
     dup = {g for g in groups if groups.count(g) > 1}
@@ -294,6 +295,29 @@ def _parse_mu(lhs: str, rhs: str, text: str) -> ParsedMu:
         )
     fixed_rhs = " + ".join(fixed) if fixed else "1"
     return ParsedMu(lhs, fixed_rhs, meta_v, tuple(random_terms))
+
+
+# drmTMB / glmmTMB special terms drmpy does not fit.  Names that are special whatever their
+# arguments, and generic names (also numpy functions) that are special only around a bar.
+UNSUPPORTED_SPECIALS = frozenset({"phylo", "spatial", "animal", "gp", "ar1", "ou", "toep", "propto",
+                                  "equalto", "homdiag", "hetar1"})
+UNSUPPORTED_BAR_SPECIALS = frozenset({"exp", "gau", "mat", "cs", "us", "diag", "rr", "mm", "gr"})
+_CALL = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\((?P<args>.*)\)$", re.S)
+
+
+def _reject_unsupported_special(term: str, where: str, allowed: frozenset[str] = frozenset()) -> None:
+    """Raise a FormulaError naming ``term`` when it is a drmTMB special drmpy does not fit
+    (``where`` names the formula, e.g. "the bivariate mu1 formula `y1 ~ ...`")."""
+    m = _CALL.match(term.strip())
+    if m is None or m["name"] in allowed:
+        return
+    name = m["name"]
+    has_bar = _split_top_level(m["args"], "|") != [m["args"]]
+    if name in UNSUPPORTED_SPECIALS or (name in UNSUPPORTED_BAR_SPECIALS and has_bar):
+        raise FormulaError(
+            f"`{term.strip()}` in {where}: {name}() terms are not supported there by drmpy "
+            "(random effects: `(1|g)`, `(1 + x|g)`, `relmat(1|g, K = K)` in a univariate mu formula)."
+        )
 
 
 def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
@@ -307,6 +331,9 @@ def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
             raise FormulaError(
                 f"`{text}`: random-effect terms such as `{term}` belong in the mu formula."
             )
+        # phylo() in a univariate model is the effects stage's to parse
+        allowed = frozenset() if dpar in BIVARIATE_DPARS else frozenset({"phylo"})
+        _reject_unsupported_special(term, f"the {dpar} formula `{text}`", allowed)
 
 
 def _capture_env(depth: int) -> dict[str, Any]:
@@ -438,6 +465,8 @@ class Formula:
             if name not in collected:
                 raise FormulaError(f"A bivariate model needs both mu1 and mu2 formulas; {name} is missing.")
             lhs, rhs, text = collected[name]
+            for term in _split_top_level(rhs, "+"):
+                _reject_unsupported_special(term, f"the bivariate {name} formula `{text}`")
             parsed = _parse_mu(lhs, rhs, text)
             if parsed.random_terms:
                 raise FormulaError(

@@ -52,33 +52,41 @@ class Summary:
     footer: str
 
     @staticmethod
-    def coefficient_table(fit, level: float = 0.95) -> pd.DataFrame:
-        """estimate, std_error, z, p, Wald CI, link and exp(estimate) for log-scale rows."""
+    def coefficient_table(fit, level: float = 0.95, test: str = "z") -> pd.DataFrame:
+        """estimate, std_error, z (or t and df), p, Wald CI, link and exp(estimate) for log-scale rows.
+
+        ``test="t"``: the mu rows get t statistics, p-values and intervals with
+        ``nobs - p_mu`` df (metafor's ``test="t"``); the other rows keep z (df = inf).
+        """
+        if test not in ("z", "t"):
+            from ..errors import DrmError
+
+            raise DrmError(f"summary(test=...) must be 'z' or 't', got {test!r}.")
         est = fit.params
         se = fit.std_errors
         z = est / se
-        from scipy.special import ndtr
+        from scipy import stats
 
-        p = 2.0 * ndtr(-np.abs(z.to_numpy()))
-        q = NormalDist().inv_cdf(0.5 + level / 2.0)
-        table = pd.DataFrame(
-            {
-                "estimate": est,
-                "std_error": se,
-                "z": z,
-                "p": p,
-                "ci_lower": est - q * se,
-                "ci_upper": est + q * se,
-            }
-        )
+        df = np.full(len(est), np.inf)
+        if test == "t":
+            p_mu = sum(1 for n in est.index if n.startswith("mu"))
+            df[[n.startswith("mu") for n in est.index]] = fit.nobs - p_mu
+        normal = np.isinf(df)
+        safe = np.where(normal, 1.0, df)
+        p = np.where(normal, 2.0 * stats.norm.sf(np.abs(z.to_numpy())), 2.0 * stats.t.sf(np.abs(z.to_numpy()), safe))
+        q = np.where(normal, NormalDist().inv_cdf(0.5 + level / 2.0), stats.t.ppf(0.5 + level / 2.0, safe))
+        columns = {"estimate": est, "std_error": se, "z": z}
+        if test == "t":
+            columns = {"estimate": est, "std_error": se, "t": z, "df": df}
+        table = pd.DataFrame({**columns, "p": p, "ci_lower": est - q * se, "ci_upper": est + q * se})
         table["link"] = [_link(n) for n in est.index]
         log_rows = table["link"] == "log"
         table["exp_estimate"] = np.where(log_rows, np.exp(table["estimate"]), np.nan)
         return table
 
     @classmethod
-    def from_fit(cls, fit, level: float = 0.95) -> "Summary":
-        table = cls.coefficient_table(fit, level)
+    def from_fit(cls, fit, level: float = 0.95, test: str = "z") -> "Summary":
+        table = cls.coefficient_table(fit, level, test)
         sig = fit.sigma()
         d = fit.design
         dropped = f"; {d.n_dropped} row(s) dropped" if d.n_dropped else ""
@@ -102,6 +110,8 @@ class Summary:
                     f"max {sds[col].max():.6g} over {len(sds)} levels"
                 )
         lines.extend(fit_lines(fit))
+        if test == "t":
+            lines.append("t tests for mu (df = nobs - p_mu, metafor's test = \"t\"); other rows: z.")
         return cls(table, header, "\n".join(lines))
 
     def as_text(self) -> str:
