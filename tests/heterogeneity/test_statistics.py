@@ -165,7 +165,8 @@ def test_i2_by_level_of_a_location_scale_model(location_scale):
     assert by.loc[("forest", "sigma"), "i2"] != pytest.approx(by.loc[("grassland", "sigma"), "i2"])
     # the overall table averages sigma_i^2 over all rows
     np.testing.assert_allclose(fit.i2().loc["sigma", "variance"], sig2.mean(), rtol=1e-12)
-    # a Series aligned by index and a plain array give the same table
+    # a column the model uses needs no data=; a Series aligned by index and a plain array give the same table
+    pd.testing.assert_frame_equal(fit.i2(by="habitat"), by)
     pd.testing.assert_frame_equal(fit.i2(by=dat["habitat"]).droplevel(0).reset_index(drop=True),
                                   by.droplevel(0).reset_index(drop=True))
     pd.testing.assert_frame_equal(fit.i2(by=dat["habitat"].to_numpy()).droplevel(0).reset_index(drop=True),
@@ -174,8 +175,8 @@ def test_i2_by_level_of_a_location_scale_model(location_scale):
 
 def test_i2_by_errors(location_scale):
     dat, fit = location_scale
-    with pytest.raises(drm.DrmError, match="needs the data"):
-        fit.i2(by="habitat")
+    with pytest.raises(drm.DrmError, match="not a column the model uses"):
+        fit.i2(by="study")
     with pytest.raises(drm.DrmError, match="no column `nope`"):
         fit.i2(by="nope", data=dat)
     with pytest.raises(drm.DrmError, match="one value per"):
@@ -203,16 +204,21 @@ def test_bivariate_and_missing_v_are_refused():
     V = np.loadtxt(ref / "V.csv", delimiter=",")
     biv = drm.fit(drm.Formula(**spec["formulas"]), data=pd.read_csv(ref / "data.csv"), env={"V": V},
                   family=drm.biv_gaussian())
-    from drmpy.heterogeneity import i2, q_test
+    from drmpy.heterogeneity import i2, q_test, r2
 
     with pytest.raises(drm.DrmError, match="q_test is defined for univariate fits"):
         q_test(biv)
-    with pytest.raises(drm.DrmError, match="univariate"):
+    with pytest.raises(drm.DrmError, match="i2 is defined for univariate fits"):
         i2(biv)
+    with pytest.raises(drm.DrmError, match="r2 is defined for univariate fits"):
+        r2(biv)
     dat = drm.datasets.restoration()
     no_v = drm.fit("yi ~ habitat", data=dat)
     with pytest.raises(drm.DrmError, match="no meta_V"):
         no_v.q_test()
+    weighted = drm.fit("yi ~ habitat + meta_V(V=vi)", data=dat, weights=np.ones(len(dat)))
+    with pytest.raises(drm.DrmError, match="weights="):
+        weighted.i2()
 
 
 def test_relmat_and_random_slope_components():

@@ -55,8 +55,8 @@ def _univariate(fit, what: str):
         )
     if fit.design.weights is not None:
         raise DrmError(
-            f"{what} is not defined for a fit with weights= (they multiply log-likelihood terms, which "
-            "changes neither V nor the data Q and I2 are built from); refit without weights."
+            f"{what} counts every row once (as metafor's QE and I2), which a fit with weights= (weights "
+            "multiply log-likelihood terms) does not; refit without weights for these summaries."
         )
 
 
@@ -95,7 +95,11 @@ def sampling_gls(fit) -> SamplingGLS:
         WX, Wy, trace_W = X * w[:, None], y * w, float(np.sum(w))
     else:
         WX, Wy, trace_W = np.empty_like(X), np.empty_like(y), 0.0
-        for block, L in _whitened_blocks(kv):
+        try:
+            blocks = list(_whitened_blocks(kv))
+        except linalg.LinAlgError as exc:
+            raise DrmError("q_test needs a positive definite V (V^-1 enters Q and s2); a block of V is not.") from exc
+        for block, L in blocks:
             WX[block] = linalg.cho_solve((L, True), X[block])
             Wy[block] = linalg.cho_solve((L, True), y[block])
             Linv = linalg.solve_triangular(L, np.eye(len(block)), lower=True)
@@ -163,8 +167,12 @@ def _by_values(fit, by: Any, data: Any) -> np.ndarray:
     """Values of ``by`` on the retained rows, from a column of ``data`` or an aligned Series/array."""
     labels = fit.design.row_labels
     if isinstance(by, str):
+        frame = fit.design.frame
+        if data is None and frame is not None and by in frame.columns:
+            return frame[by].to_numpy()  # a column the model read, on the retained rows
         if data is None:
-            raise DrmError(f"i2(by={by!r}) needs the data the model was fitted to: fit.i2(by={by!r}, data=...).")
+            raise DrmError(f"i2(by={by!r}): `{by}` is not a column the model uses; pass the data the model was "
+                           f"fitted to: fit.i2(by={by!r}, data=...).")
         from ..model import frames
 
         if by not in frames.column_names(data):
@@ -224,8 +232,9 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
     With ``sigma ~ 1`` and no random effects this is metafor's ``I2`` of ``rma``; with random
     effects the multilevel I2 of Nakagawa and Santos (2012) (orchaRd's ``i2_ml``).
 
-    ``by``: a column name (with ``data=``, the data given to ``drm.fit``), a Series aligned
-    with the data's index, or an array with one value per fitted row.  The table is then
+    ``by``: a column name (a column the model uses, or any column of ``data=``, the data
+    given to ``drm.fit``), a Series aligned with the data's index, or an array with one value
+    per fitted row.  The table is then
     given per level (outer index level), from that level's mean fitted variances and the
     fit's ``s2``, so that a location-scale model shows its per-level heterogeneity.
 
@@ -233,6 +242,7 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
     variance; the table then has one row, ``total``, with metafor's EE definition
     ``I2 = 100 max(0, (Q - df) / Q)`` and a ``definition`` column saying so.
     """
+    _univariate(fit, "i2")
     if _common_effect(fit):
         if by is not None:
             raise DrmError("i2(by=...) splits fitted heterogeneity variances by level; this common-effect model "
@@ -257,6 +267,7 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
 def h2(fit) -> float:
     """metafor's H2: ``(sum of the fitted variances + s2) / s2`` (variances averaged over rows);
     for a common-effect model (``sigma ~ 0``, no random effects) metafor's EE ``Q / df``."""
+    _univariate(fit, "h2")
     if _common_effect(fit):
         g = sampling_gls(fit)
         return g.Q / g.df
