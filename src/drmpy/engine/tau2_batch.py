@@ -25,9 +25,9 @@ gives the moment start), and after convergence the better of the interior optimu
 ``tau^2 = 0`` is kept; a zero variance is reported as ``log sigma = -inf``.
 
 The reported estimates, standard errors and gradients are those of the engine's diagonal
-structure at the optimum (:func:`drmpy.engine.batch.diag_derivatives`): drmTMB's observed
-information on the log-SD scale, and for REML the location covariance with the ``J``
-term.  At ``tau^2 = 0`` the location covariance is ``(X'V^-1X)^-1`` (the limit of both)
+structure at the optimum (:func:`drmpy.engine.batch._diag_post`), from the same sums:
+drmTMB's observed information on the log-SD scale, and the location covariance with the
+``J`` term.  At ``tau^2 = 0`` the location covariance is ``(X'V^-1X)^-1`` (the limit of both)
 and the log-SD has no finite standard error.
 """
 
@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .batch import DiagArrays, _diag_post, _summary, diag_derivatives
 from .likelihood import _unrolled_cholesky_solve
 from .optimize import CONVERGED, MAX_ITER, RADIUS_COLLAPSED, RUNNING
 
@@ -76,35 +75,40 @@ class _Stats(NamedTuple):
     A_inv: jax.Array  # (M, p, p)
     quad: jax.Array  # (M,) r'Wr
     trP: jax.Array  # (M,) tr(P)
+    dbeta: jax.Array  # (M, p) d beta / d tau^2 = -A^-1 X'W^2 r
 
 
 def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
     """Objective, score and informations in tau^2 for every group (arrays (M, N[, p]))."""
     p = X.shape[-1]
+    if p == 1:
+        return _stats_one_column(tau2, y, X[..., 0], v, w, reml)
     data = w > 0
     s = jnp.where(data, v + tau2[:, None], 1.0)
     u = w / s
-    Xu = X * u[..., None]
-    A = jnp.einsum("mnp,mnq->mpq", Xu, X)
-    b = jnp.einsum("mnp,mn->mp", Xu, y)
-    B = jnp.einsum("mnp,mnq->mpq", Xu * u[..., None], X)  # X'W^2X
+    # (sums over rows written as broadcast products and reductions: XLA fuses them into
+    # one loop, where einsum would call a batched matrix product per group)
+    XX = X[..., :, None] * X[..., None, :]  # (M, N, p, p)
+    A = _rowsum(u, XX)
+    b = _rowsum(u * y, X)
+    B = _rowsum(u * u, XX)  # X'W^2X
     eye = jnp.broadcast_to(jnp.eye(p, dtype=y.dtype), A.shape)
     logdet_A, sol = _unrolled_cholesky_solve(A, jnp.concatenate([eye, b[..., None], B], axis=-1))
     A_inv, beta, AiB = sol[..., :p], sol[..., p], sol[..., p + 1:]
-    r = y - jnp.einsum("mnp,mp->mn", X, beta)
+    r = y - jnp.sum(X * beta[:, None, :], axis=-1)
     q = u * r
     quad = jnp.sum(q * r, axis=1)  # r'Wr
     qq = jnp.sum(q * q, axis=1)  # y'PPy
-    Xq = jnp.einsum("mnp,mn->mp", Xu, q)
-    qPq = jnp.sum(u * q * q, axis=1) - jnp.einsum("mp,mpq,mq->m", Xq, A_inv, Xq)  # y'PPPy
+    Xq = _rowsum(u * q, X)
+    qPq = jnp.sum(u * q * q, axis=1) - jnp.sum(Xq[:, :, None] * A_inv * Xq[:, None, :], axis=(1, 2))  # y'PPPy
     n = jnp.sum(w, axis=1)
     logs = jnp.sum(w * jnp.log(s), axis=1)
     trW = jnp.sum(u, axis=1)
     trW2 = jnp.sum(u * u, axis=1)
     trP = trW - jnp.trace(AiB, axis1=-2, axis2=-1)
     if reml:
-        C = jnp.einsum("mnp,mnq->mpq", Xu * (u * u)[..., None], X)  # X'W^3X
-        trPP = trW2 - 2.0 * jnp.einsum("mpq,mqp->m", A_inv, C) + jnp.einsum("mpq,mqp->m", AiB, AiB)
+        C = _rowsum(u * u * u, XX)  # X'W^3X
+        trPP = trW2 - 2.0 * jnp.sum(A_inv * C, axis=(1, 2)) + jnp.sum(AiB * jnp.swapaxes(AiB, 1, 2), axis=(1, 2))
         f = 0.5 * ((n - p) * LOG_2PI + logs + logdet_A + quad)
         score = -0.5 * (trP - qq)
         observed = qPq - 0.5 * trPP
@@ -114,7 +118,52 @@ def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
         score = -0.5 * (trW - qq)
         observed = qPq - 0.5 * trW2
         expected = 0.5 * trW2
-    return _Stats(f, score, observed, expected, beta, A_inv, quad, trP)
+    return _Stats(f, score, observed, expected, beta, A_inv, quad, trP, -jnp.sum(A_inv * Xq[:, None, :], axis=-1))
+
+
+def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
+    """:func:`_stats` for a one-column location design x, from row sums of moments.
+
+    The residual sums are expanded in moments, e.g. ``sum u r^2 = sum u y^2 - beta sum u x y``;
+    the response is centred at the common-effect estimate, so these differences lose no
+    more than a few bits.
+    """
+    data = w > 0
+    s = jnp.where(data, v + tau2[:, None], 1.0)
+    u = w / s
+    u2 = u * u
+    u3 = u2 * u
+    xy = x * y
+    xx = x * x
+    yy = y * y
+    terms = [u * xx, u * xy, u * yy, u2 * xx, u2 * xy, u2 * yy, u3 * xx, u3 * xy, u3 * yy,
+             w * jnp.log(s), u, u2, w]
+    # (separate reductions: XLA on CPU runs a stacked (M, N, 13) reduction far slower)
+    A, b, Syy, B, B_y, S2yy, C, C_y, S3yy, logs, trW, trW2, n = (jnp.sum(t, axis=1) for t in terms)
+    beta = b / A
+    quad = Syy - beta * b
+    qq = S2yy - 2.0 * beta * B_y + beta * beta * B
+    Xq = B_y - beta * B
+    qPq = S3yy - 2.0 * beta * C_y + beta * beta * C - Xq * Xq / A
+    trP = trW - B / A
+    if reml:
+        trPP = trW2 - 2.0 * C / A + (B / A) ** 2
+        f = 0.5 * ((n - 1) * LOG_2PI + logs + jnp.log(A) + quad)
+        score = -0.5 * (trP - qq)
+        observed = qPq - 0.5 * trPP
+        expected = 0.5 * trPP
+    else:
+        f = 0.5 * (n * LOG_2PI + logs + quad)
+        score = -0.5 * (trW - qq)
+        observed = qPq - 0.5 * trW2
+        expected = 0.5 * trW2
+    return _Stats(f, score, observed, expected, beta[:, None], (1.0 / A)[:, None, None], quad, trP,
+                  (-Xq / A)[:, None])
+
+
+def _rowsum(c, T):
+    """sum_n c[m, n] T[m, n, ...] (M, ...)."""
+    return jnp.sum(c.reshape(c.shape + (1,) * (T.ndim - 2)) * T, axis=1)
 
 
 def _newton_step(st: _Stats):
@@ -139,9 +188,8 @@ def tau2_program(reml: bool):
         M, N, p = X.shape
         data = w > 0
         zero = jnp.zeros(M, y.dtype)
-        raw0 = _stats(zero, y, X, v, w, reml)
-        beta_fe = raw0.beta  # common-effect (tau^2 = 0) GLS estimate: the centring point
-        yc = (y - jnp.einsum("mnp,mp->mn", X, beta_fe)) * data
+        beta_fe = _gls_at_zero(y, X, v, w)  # common-effect estimate: the centring point
+        yc = (y - jnp.sum(X * beta_fe[:, None, :], axis=-1)) * data
         st0 = _stats(zero, yc, X, v, w, reml)
         n = jnp.sum(w, axis=1)
         scale = jnp.sum(w * v, axis=1) / n
@@ -189,25 +237,17 @@ def tau2_program(reml: bool):
         step, _ = _newton_step(st)
         tau2 = jnp.where((status == CONVERGED) & (tau2 > 0), jnp.maximum(tau2 + step, 0.0), tau2)
         at_zero = tau2 <= 0.0
-        # values at the final point on the engine's log-SD scale (finite dummy at zero)
-        gamma = jnp.where(at_zero, 0.0, 0.5 * jnp.log(jnp.where(at_zero, 1.0, tau2)))[:, None]
-        arrays = DiagArrays(yc, X, jnp.ones((M, N, 1), y.dtype) * data[..., None], v, w)
-
-        def post(a, g):
-            f, grad, H = diag_derivatives(g, a, reml)
-            out = _summary(_diag_post(a, g, f, grad, H, jnp.asarray(CONVERGED), jnp.asarray(0), reml))
-            return out
-
-        interior = jax.vmap(post)(arrays, gamma)
-        better0 = (interior["f"] - st0.f > BOUNDARY_MARGIN * jnp.maximum(1.0, jnp.abs(interior["f"])))
+        fin = _stats(tau2, yc, X, v, w, reml)
+        interior = _log_sd_summary(fin, tau2)
+        better0 = fin.f - st0.f > BOUNDARY_MARGIN * jnp.maximum(1.0, jnp.abs(fin.f))
         converged = status == CONVERGED
         use0 = converged & (at_zero | better0)
         status = jnp.where(use0, jnp.where(at_zero, BOUNDARY, BOUNDARY_BETTER), status)
         var0 = jnp.concatenate([jnp.diagonal(st0.A_inv, axis1=-2, axis2=-1), jnp.full((M, 1), jnp.nan)], axis=1)
         out = dict(
-            beta=jnp.where(use0[:, None], st0.beta, interior["beta"]) + beta_fe,
-            phi=jnp.where(use0[:, None], -jnp.inf, gamma),
-            f=jnp.where(use0, st0.f, interior["f"]),
+            beta=jnp.where(use0[:, None], st0.beta, fin.beta) + beta_fe,
+            phi=jnp.where(use0[:, None], -jnp.inf, interior["phi"]),
+            f=jnp.where(use0, st0.f, fin.f),
             var=jnp.where(use0[:, None], var0, interior["var"]),
             max_gradient=jnp.where(use0, 0.0, interior["max_gradient"]),
             status=status, iterations=its, tau2=jnp.where(use0, 0.0, tau2),
@@ -215,6 +255,36 @@ def tau2_program(reml: bool):
         return out
 
     return jax.jit(run)
+
+
+def _gls_at_zero(y, X, v, w):
+    """GLS estimate with weights 1/v (the common-effect model), (M, p)."""
+    p = X.shape[-1]
+    u = jnp.where(w > 0, w / v, 0.0)
+    A = _rowsum(u, X[..., :, None] * X[..., None, :])
+    b = _rowsum(u * y, X)
+    return _unrolled_cholesky_solve(A, b[..., None])[1][..., 0] if p > 1 else b / A[..., 0]
+
+
+def _log_sd_summary(st: _Stats, tau2):
+    """Estimates on the log-SD scale and drmTMB's covariance at tau^2 > 0 (the engine's
+    conventions, :func:`drmpy.engine.batch._diag_post`, in closed form for one variance).
+
+    With ``gamma = log sigma = 1/2 log tau^2`` and ``c = d tau^2 / d gamma = 2 tau^2``: the
+    gradient of the objective is ``-c score``, its Hessian ``H = c^2 observed - 2 c score``;
+    ``Cov(gamma) = 1/H``, ``J = d beta / d gamma = c dbeta``, ``Cov(beta) = A^-1 + J J' / H``
+    and ``Cov(beta, gamma) = J / H`` (for ML the inverse of the joint Hessian is the same).
+    """
+    pos = tau2 > 0
+    safe = jnp.where(pos, tau2, 1.0)
+    c = 2.0 * safe
+    grad = -c * st.score
+    H = c * c * st.observed - 2.0 * c * st.score
+    C = 1.0 / H
+    J = c[:, None] * st.dbeta
+    var_beta = jnp.diagonal(st.A_inv, axis1=-2, axis2=-1) + J * J * C[:, None]
+    return dict(phi=(0.5 * jnp.log(safe))[:, None], var=jnp.concatenate([var_beta, C[:, None]], axis=1),
+                max_gradient=jnp.abs(grad))
 
 
 def _expand(mask, a):
@@ -244,10 +314,10 @@ def boundary_program(reml: bool):
     def run(y, X, v, w):
         M = y.shape[0]
         zero = jnp.zeros(M, y.dtype)
-        raw0 = _stats(zero, y, X, v, w, reml)
-        yc = (y - jnp.einsum("mnp,mp->mn", X, raw0.beta)) * (w > 0)
+        beta_fe = _gls_at_zero(y, X, v, w)
+        yc = (y - jnp.sum(X * beta_fe[:, None, :], axis=-1)) * (w > 0)
         st0 = _stats(zero, yc, X, v, w, reml)
-        return dict(f=st0.f, beta=raw0.beta + st0.beta, var_beta=jnp.diagonal(st0.A_inv, axis1=-2, axis2=-1))
+        return dict(f=st0.f, beta=beta_fe + st0.beta, var_beta=jnp.diagonal(st0.A_inv, axis1=-2, axis2=-1))
 
     return jax.jit(run)
 
