@@ -61,6 +61,8 @@ BOUNDARY_MESSAGES = {
 # (relative to max(1, |f|)): an optimiser that walked toward zero stops within ~1e-7 of the
 # boundary's value, and such a fit is kept as it is (its estimates already say sigma ~ 0)
 BOUNDARY_MARGIN = 1e-6
+# iterations every lane of a chunk runs before the running ones are gathered into M / 4 lanes
+FULL_WIDTH_ITERATIONS = 4
 # stop when the Newton decrement score^2 / information <= DECREMENT * max(1, |f|), after
 # taking that last (quadratically convergent) step
 DECREMENT = 1e-12
@@ -80,9 +82,9 @@ class _Stats(NamedTuple):
 
 def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
     """Objective, score and informations in tau^2 for every group (arrays (M, N[, p]))."""
+    if X is None or X.shape[-1] == 1:
+        return _stats_one_column(tau2, y, None if X is None else X[..., 0], v, w, reml)
     p = X.shape[-1]
-    if p == 1:
-        return _stats_one_column(tau2, y, X[..., 0], v, w, reml)
     data = w > 0
     s = jnp.where(data, v + tau2[:, None], 1.0)
     u = w / s
@@ -122,7 +124,7 @@ def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
 
 
 def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
-    """:func:`_stats` for a one-column location design x, from row sums of moments.
+    """:func:`_stats` for a one-column location design x (None: the intercept), from row sums.
 
     The residual sums are expanded in moments, e.g. ``sum u r^2 = sum u y^2 - beta sum u x y``;
     the response is centred at the common-effect estimate, so these differences lose no
@@ -133,11 +135,14 @@ def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
     u = w / s
     u2 = u * u
     u3 = u2 * u
-    xy = x * y
-    xx = x * x
     yy = y * y
-    terms = [u * xx, u * xy, u * yy, u2 * xx, u2 * xy, u2 * yy, u3 * xx, u3 * xy, u3 * yy,
-             w * jnp.log(s), u, u2, w]
+    if x is None:
+        terms = [u, u * y, u * yy, u2, u2 * y, u2 * yy, u3, u3 * y, u3 * yy, w * jnp.log(s), u, u2, w]
+    else:
+        xy = x * y
+        xx = x * x
+        terms = [u * xx, u * xy, u * yy, u2 * xx, u2 * xy, u2 * yy, u3 * xx, u3 * xy, u3 * yy,
+                 w * jnp.log(s), u, u2, w]
     # (separate reductions: XLA on CPU runs a stacked (M, N, 13) reduction far slower)
     A, b, Syy, B, B_y, S2yy, C, C_y, S3yy, logs, trW, trW2, n = (jnp.sum(t, axis=1) for t in terms)
     beta = b / A
@@ -177,7 +182,8 @@ def _newton_step(st: _Stats):
 def tau2_program(reml: bool):
     """jit of the fit of a chunk of groups.
 
-    Arguments ``(y, X, v, w, max_iter)``: ``y`` (M, N) raw responses, ``X`` (M, N, p),
+    Arguments ``(y, X, v, w, max_iter)``: ``y`` (M, N) raw responses, ``X`` (M, N, p) (None:
+    the intercept alone),
     ``v`` (M, N) sampling variances (> 0 on data rows), ``w`` (M, N) 1 on data rows and 0
     on padding.  Returns the per-group summary of :func:`drmpy.engine.batch._summary`
     (``beta``, ``phi`` = log sigma, ``f``, ``var``, ``max_gradient``, ``status``,
@@ -185,11 +191,12 @@ def tau2_program(reml: bool):
     """
 
     def run(y, X, v, w, max_iter):
-        M, N, p = X.shape
+        M, N = y.shape
+        p = 1 if X is None else X.shape[-1]
         data = w > 0
         zero = jnp.zeros(M, y.dtype)
         beta_fe = _gls_at_zero(y, X, v, w)  # common-effect estimate: the centring point
-        yc = (y - jnp.sum(X * beta_fe[:, None, :], axis=-1)) * data
+        yc = (y - _fitted(X, beta_fe)) * data
         st0 = _stats(zero, yc, X, v, w, reml)
         n = jnp.sum(w, axis=1)
         scale = jnp.sum(w * v, axis=1) / n
@@ -209,29 +216,49 @@ def tau2_program(reml: bool):
         status = jnp.where(done0, CONVERGED, RUNNING)
         carry = (tau2_dl, st, jnp.ones(M, y.dtype), status, jnp.zeros(M, jnp.int64), jnp.asarray(0))
 
-        def cond(c):
-            return jnp.any(c[3] == RUNNING) & (c[5] < max_iter)
+        def iterate(carry, arrays, limit):
+            yc_, X_, v_, w_, scale_ = arrays
 
-        def body(c):
-            tau2, st, lam, status, its, it = c
-            running = status == RUNNING
-            step, _ = _newton_step(st)
-            cap = tau2 + 10.0 * (tau2 + scale)  # no jump beyond ten times the variance scale
-            prop = jnp.clip(tau2 + lam * step, 0.0, cap)
-            new = _stats(prop, yc, X, v, w, reml)
-            ok = jnp.isfinite(new.f) & (new.f <= st.f + 1e-13 * jnp.maximum(1.0, jnp.abs(st.f)))
-            accept = running & ok
-            tau2 = jnp.where(accept, prop, tau2)
-            st = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(accept, a), a, b), new, st)
-            lam = jnp.where(accept, 1.0, jnp.where(running, 0.25 * lam, lam))
-            finished, _ = check(tau2, st)
-            stuck = running & ~accept & (jnp.abs(lam * step) <= 1e-15 * (tau2 + scale))
-            status = jnp.where(running & finished, CONVERGED,
-                               jnp.where(stuck, RADIUS_COLLAPSED, status))
-            its = its + running
-            return tau2, st, lam, status, its, it + 1
+            def cond(c):
+                return jnp.any(c[3] == RUNNING) & (c[5] < limit)
 
-        tau2, st, _, status, its, _ = jax.lax.while_loop(cond, body, carry)
+            def body(c):
+                tau2, st, lam, status, its, it = c
+                running = status == RUNNING
+                step, _ = _newton_step(st)
+                cap = tau2 + 10.0 * (tau2 + scale_)  # no jump beyond ten times the variance scale
+                prop = jnp.clip(tau2 + lam * step, 0.0, cap)
+                new = _stats(prop, yc_, X_, v_, w_, reml)
+                ok = jnp.isfinite(new.f) & (new.f <= st.f + 1e-13 * jnp.maximum(1.0, jnp.abs(st.f)))
+                accept = running & ok
+                tau2 = jnp.where(accept, prop, tau2)
+                st = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(accept, a), a, b), new, st)
+                lam = jnp.where(accept, 1.0, jnp.where(running, 0.25 * lam, lam))
+                finished, _ = check(tau2, st)
+                stuck = running & ~accept & (jnp.abs(lam * step) <= 1e-15 * (tau2 + scale_))
+                status = jnp.where(running & finished, CONVERGED,
+                                   jnp.where(stuck, RADIUS_COLLAPSED, status))
+                its = its + running
+                return tau2, st, lam, status, its, it + 1
+
+            return jax.lax.while_loop(cond, body, carry)
+
+        # Lanes iterate in step, so the chunk costs as many iterations as its slowest lane:
+        # after FULL_WIDTH_ITERATIONS the (few) running lanes move to a chunk of M / 4 lanes.
+        arrays = (yc, X, v, w, scale)
+        carry = iterate(carry, arrays, jnp.minimum(max_iter, FULL_WIDTH_ITERATIONS))
+        K = max(M // 4, 1)
+
+        def compacted(carry):
+            idx = jnp.argsort(carry[3] != RUNNING, stable=True)[:K]  # running lanes first
+            sub = jax.tree_util.tree_map(lambda a: a[idx], (carry[:5], arrays))
+            part = iterate(sub[0] + (carry[5],), sub[1], max_iter)
+            merged = jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), carry[:5], part[:5])
+            return merged + (part[5],)
+
+        carry = jax.lax.cond(jnp.sum(carry[3] == RUNNING) <= K, compacted,
+                             lambda c: iterate(c, arrays, max_iter), carry)
+        tau2, st, _, status, its, _ = carry
         status = jnp.where(status == RUNNING, MAX_ITER, status)
         # the last, quadratically small Newton step of a converged interior lane
         step, _ = _newton_step(st)
@@ -259,8 +286,10 @@ def tau2_program(reml: bool):
 
 def _gls_at_zero(y, X, v, w):
     """GLS estimate with weights 1/v (the common-effect model), (M, p)."""
-    p = X.shape[-1]
     u = jnp.where(w > 0, w / v, 0.0)
+    if X is None:
+        return (jnp.sum(u * y, axis=1) / jnp.sum(u, axis=1))[:, None]
+    p = X.shape[-1]
     A = _rowsum(u, X[..., :, None] * X[..., None, :])
     b = _rowsum(u * y, X)
     return _unrolled_cholesky_solve(A, b[..., None])[1][..., 0] if p > 1 else b / A[..., 0]
@@ -285,6 +314,13 @@ def _log_sd_summary(st: _Stats, tau2):
     var_beta = jnp.diagonal(st.A_inv, axis1=-2, axis2=-1) + J * J * C[:, None]
     return dict(phi=(0.5 * jnp.log(safe))[:, None], var=jnp.concatenate([var_beta, C[:, None]], axis=1),
                 max_gradient=jnp.abs(grad))
+
+
+def _fitted(X, beta):
+    """X beta per group (M, N); X None is the intercept."""
+    if X is None:
+        return jnp.broadcast_to(beta[:, :1], beta.shape[:1] + (1,))
+    return jnp.sum(X * beta[:, None, :], axis=-1)
 
 
 def _expand(mask, a):
@@ -315,7 +351,7 @@ def boundary_program(reml: bool):
         M = y.shape[0]
         zero = jnp.zeros(M, y.dtype)
         beta_fe = _gls_at_zero(y, X, v, w)
-        yc = (y - jnp.sum(X * beta_fe[:, None, :], axis=-1)) * (w > 0)
+        yc = (y - _fitted(X, beta_fe)) * (w > 0)
         st0 = _stats(zero, yc, X, v, w, reml)
         return dict(f=st0.f, beta=beta_fe + st0.beta, var_beta=jnp.diagonal(st0.A_inv, axis1=-2, axis2=-1))
 

@@ -395,8 +395,8 @@ def _dense_chunk(gr: _Groups, groups: np.ndarray, size: int, n_rows: int, x_ones
     y = np.where(mask, gr.y[idx], 0.0)
     v = np.where(mask, gr.v[idx], 1.0)
     w = mask.astype(float)
-    if x_ones:  # the mu design is one column of ones
-        X = w[..., None]
+    if x_ones:  # the mu design is one column of ones: the programs take None
+        X = None
     else:
         X = np.where(mask[..., None], gr.X[idx], 0.0)
     return y, X, v, w
