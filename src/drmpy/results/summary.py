@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +59,10 @@ class Summary:
         est = fit.params
         se = fit.std_errors
         z = est / se
-        from scipy.special import ndtr
-
-        p = 2.0 * ndtr(-np.abs(z.to_numpy()))
+        # two-sided normal p-value erfc(|z| / sqrt 2), per coefficient with math.erfc
+        # (scipy.special would add its import to every fresh process that prints a summary)
+        p = np.array([math.erfc(abs(x) / math.sqrt(2.0)) if np.isfinite(x) else (0.0 if np.isinf(x) else np.nan)
+                      for x in z.to_numpy(dtype=float)])
         q = NormalDist().inv_cdf(0.5 + level / 2.0)
         table = pd.DataFrame(
             {
