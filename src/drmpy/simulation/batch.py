@@ -521,9 +521,8 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
             beta0 = np.full((ch.size, gr.p), np.nan)
             yield ("pool", i), len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
                                                          float(ctrl.gtol), reml, ch.lanes), {}
-            real = ch.groups[positive[ch.groups]]
-            if real.size:
-                y, X, v, w = _dense_chunk(gr, real, _lanes_ladder(real.size), ch.n_rows, x_ones)
+            if positive[ch.groups].any():  # sigma = 0 on the same arrays (Z unused)
+                y, X, _, v, w = arrays
                 yield ("zero", i), 0, (y, X, v, w, reml), {}
 
     def dispatch(*args, device=None, block=True):
@@ -549,11 +548,12 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
         if ("zero", i) in out:
-            _apply_boundary_rule(gr, res, ch.groups[positive[ch.groups]], out[("zero", i)], BOUNDARY_BETTER)
+            _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], out[("zero", i)], BOUNDARY_BETTER)
     return res
 
 
-def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, zero: dict, code: int) -> None:
+def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, feasible: np.ndarray, zero: dict,
+                         code: int) -> None:
     """Replace converged interior optima that fit worse than sigma = 0 by the sigma = 0 fit.
 
     The sigma coefficients of such a group are -inf for the intercept (sigma = 0 on every
@@ -565,7 +565,8 @@ def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, zero: dict,
     f0 = np.asarray(zero["f"])[:n]
     f = res["f"][groups]
     converged = (res["status"][groups] == CONVERGED) | (res["status"][groups] == CONVERGED_FLAT)
-    better = converged & (f - f0 > BOUNDARY_MARGIN * np.maximum(1.0, np.abs(f)))
+    # (a group with a zero sampling variance has no sigma = 0 model: feasible is False)
+    better = feasible & converged & (f - f0 > BOUNDARY_MARGIN * np.maximum(1.0, np.abs(f)))
     if not better.any():
         return
     g = groups[better]
