@@ -108,19 +108,21 @@ def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
     trW = jnp.sum(u, axis=1)
     trW2 = jnp.sum(u * u, axis=1)
     trP = trW - jnp.trace(AiB, axis1=-2, axis2=-1)
+    trPP = None
     if reml:
         C = _rowsum(u * u * u, XX)  # X'W^3X
         trPP = trW2 - 2.0 * jnp.sum(A_inv * C, axis=(1, 2)) + jnp.sum(AiB * jnp.swapaxes(AiB, 1, 2), axis=(1, 2))
-        f = 0.5 * ((n - p) * LOG_2PI + logs + logdet_A + quad)
-        score = -0.5 * (trP - qq)
-        observed = qPq - 0.5 * trPP
-        expected = 0.5 * trPP
-    else:
-        f = 0.5 * (n * LOG_2PI + logs + quad)
-        score = -0.5 * (trW - qq)
-        observed = qPq - 0.5 * trW2
-        expected = 0.5 * trW2
+    f, score, observed, expected = _criterion(reml, n, p, logs, logdet_A, quad, qq, qPq, trP, trW, trW2, trPP)
     return _Stats(f, score, observed, expected, beta, A_inv, quad, trP, -jnp.sum(A_inv * Xq[:, None, :], axis=-1))
+
+
+def _criterion(reml, n, p, logs, logdet_A, quad, qq, qPq, trP, trW, trW2, trPP):
+    """(f, score, observed, expected information) from the traces and quadratic forms."""
+    if reml:
+        f = 0.5 * ((n - p) * LOG_2PI + logs + logdet_A + quad)
+        return f, -0.5 * (trP - qq), qPq - 0.5 * trPP, 0.5 * trPP
+    f = 0.5 * (n * LOG_2PI + logs + quad)
+    return f, -0.5 * (trW - qq), qPq - 0.5 * trW2, 0.5 * trW2
 
 
 def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
@@ -151,17 +153,8 @@ def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
     Xq = B_y - beta * B
     qPq = S3yy - 2.0 * beta * C_y + beta * beta * C - Xq * Xq / A
     trP = trW - B / A
-    if reml:
-        trPP = trW2 - 2.0 * C / A + (B / A) ** 2
-        f = 0.5 * ((n - 1) * LOG_2PI + logs + jnp.log(A) + quad)
-        score = -0.5 * (trP - qq)
-        observed = qPq - 0.5 * trPP
-        expected = 0.5 * trPP
-    else:
-        f = 0.5 * (n * LOG_2PI + logs + quad)
-        score = -0.5 * (trW - qq)
-        observed = qPq - 0.5 * trW2
-        expected = 0.5 * trW2
+    trPP = trW2 - 2.0 * C / A + (B / A) ** 2 if reml else None
+    f, score, observed, expected = _criterion(reml, n, 1, logs, jnp.log(A), quad, qq, qPq, trP, trW, trW2, trPP)
     return _Stats(f, score, observed, expected, beta[:, None], (1.0 / A)[:, None, None], quad, trP,
                   (-Xq / A)[:, None])
 
