@@ -341,8 +341,9 @@ if __name__ == "__main__":
     parser.add_argument("--part", choices=["a", "ab"], default="ab", help="a: the restoration replicates only")
     parser.add_argument("--metafor-reps", type=int, default=1000, help="replicates in the metafor loop")
     args = parser.parse_args()
-    os.environ["BENCH_PART"] = args.part
-    os.environ["BENCH_METAFOR_REPS"] = str(args.metafor_reps)
+    if not args.child:  # children inherit the parent's choice through the environment
+        os.environ["BENCH_PART"] = args.part
+        os.environ["BENCH_METAFOR_REPS"] = str(args.metafor_reps)
     if args.child:
         child(args.child, args.quick)
     else:
