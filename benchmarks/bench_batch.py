@@ -104,6 +104,9 @@ def child(devices: int, quick: bool) -> None:
     out["a_converged"] = int(res.groupby("replicate")["converged"].first().sum())
     out["a_boundary"] = int((res.loc[res["parameter"] == "sigma:(Intercept)", "estimate"] < -6).sum())
     res.groupby("replicate")["loglik"].first().to_csv(os.environ["BENCH_LOGLIK_CSV"], header=True)
+    if os.environ.get("BENCH_PART") == "a":
+        print("JSON" + json.dumps(out))
+        return
 
     G = 100_000 if quick else 1_000_000
     d = snp_data(G)
@@ -251,7 +254,8 @@ def main(quick: bool) -> None:
     import numpy as np
     import pandas as pd
 
-    print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}" + ("; --quick" if quick else ""))
+    print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}" + ("; --quick" if quick else "")
+          + f"; load average {os.getloadavg()}")
     tmp = tempfile.mkdtemp(prefix="drmpy-bench-")
     try:
         kids = {dev: run_child(dev, quick, tmp) for dev in (1, 2)}
@@ -272,7 +276,7 @@ def main(quick: bool) -> None:
         single = single_fit_loop(dat, big)
         print(f"  loop of single drm.fit (200 replicates, formula handling included): {single:,.0f} fits/s")
         best = {dev: R / min(k["a_warm"]) for dev, k in kids.items()}
-        n_mf = min(R, 1000)
+        n_mf = min(R, int(os.environ.get("BENCH_METAFOR_REPS", "1000")))
         mf = metafor_loop(big, n_mf, tmp)
         if mf is None:
             print("  metafor: Rscript not found, skipped")
@@ -296,6 +300,9 @@ def main(quick: bool) -> None:
         print(f"  ratios: fit_batch / single-fit loop = {best[1] / single:,.1f}x (1 device), "
               f"{best[2] / single:,.1f}x (2 devices)")
 
+        if "b_G" not in kids[1]:
+            print(f"\n(b) skipped (--part a); see benchmarks/bench_snp.py; load average {os.getloadavg()}")
+            return
         G = kids[1]["b_G"]
         print(f"\n(b) {G:,} random-effects meta-analyses of 5-30 studies "
               f"({kids[1]['b_rows']:,} rows), yi ~ 1 + meta_V(V=vi), REML")
@@ -331,7 +338,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child", type=int, default=0)
+    parser.add_argument("--part", choices=["a", "ab"], default="ab", help="a: the restoration replicates only")
+    parser.add_argument("--metafor-reps", type=int, default=1000, help="replicates in the metafor loop")
     args = parser.parse_args()
+    if not args.child:  # children inherit the parent's choice through the environment
+        os.environ["BENCH_PART"] = args.part
+        os.environ["BENCH_METAFOR_REPS"] = str(args.metafor_reps)
     if args.child:
         child(args.child, args.quick)
     else:

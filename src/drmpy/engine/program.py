@@ -373,11 +373,13 @@ def _program_fn(struct: Structure, elementwise: bool = False):
     """The whole fit as one pure function of arrays (un-jitted).
 
     ``elementwise=True`` replaces the small dense eigen-decompositions, inverses and SPD
-    solves (up to ``likelihood.SMALL_BLOCK`` rows) by elementwise code
+    solves by elementwise code (``likelihood.UNROLL_MAX``)
     (:mod:`drmpy.small_linalg`, :func:`drmpy.likelihood.elementwise_linalg`), for programs
     that are ``vmap``-ed over many fits: jaxlib's batched LAPACK kernels can deadlock on
     CPU inside the loop.
     """
+    if _closed_form_diag(struct, elementwise):
+        return _diag_closed_form_fn(struct)
     objective = variance_objective(struct)
     p = struct.p
     if elementwise:
@@ -447,6 +449,43 @@ def _program_fn(struct: Structure, elementwise: bool = False):
             out["boundary_f"] = jax.lax.map(lambda ph: objective(ph, arrs, struct),
                                             jnp.where(masks > 0, values, phi[None, :]))
         return out
+
+    return run
+
+
+def _closed_form_diag(struct: Structure, elementwise: bool) -> bool:
+    """A diagonal V without random effects: derivatives in closed form (engine.batch)."""
+    return (struct.kind == "diag" and struct.p > 0 and struct.k_sigma > 0 and not struct.random
+            and not struct.pairs and not elementwise)
+
+
+def _diag_closed_form_fn(struct: Structure):
+    """``_program_fn`` for the diagonal structure with the closed-form gradient and Hessian
+    of :func:`drmpy.engine.batch.diag_derivatives` (beta profiled; O(n k^2) per iteration
+    instead of automatic differentiation of the objective), same outputs and conventions."""
+    from .batch import DiagArrays, _diag_post, diag_derivatives
+
+    reml = struct.method == "REML"
+    objective = variance_objective(struct)
+
+    def run(arrs: Arrays, phi0, max_iter, gtol, boundary=None):
+        a = DiagArrays(arrs.y, arrs.X, arrs.Z_sigma, arrs.v, arrs.w)
+        sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
+                                  derivatives=lambda x: diag_derivatives(x, a, reml))
+        out = _diag_post(a, sol.x, sol.f, sol.grad, sol.hess, sol.status, sol.iterations, reml)
+        if reml:
+            min_eig = jnp.min(jnp.linalg.eigvalsh(sol.hess))
+        else:  # the joint Hessian is the inverse of the covariance
+            min_eig = 1.0 / jnp.max(jnp.linalg.eigvalsh(out["vcov"]))
+        gamma = sol.x[: struct.k_sigma]
+        result = dict(beta=out["beta"], phi=sol.x, f=sol.f, grad=out["grad"], vcov=out["vcov"], min_eig=min_eig,
+                      status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
+                      sigma=jnp.exp(arrs.Z_sigma @ gamma))
+        if boundary is not None:  # as in _program_fn: the objective at each zero-variance point
+            masks, values = boundary
+            result["boundary_f"] = jax.lax.map(lambda ph: objective(ph, arrs, struct),
+                                               jnp.where(masks > 0, values, sol.x[None, :]))
+        return result
 
     return run
 

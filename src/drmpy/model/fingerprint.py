@@ -13,7 +13,12 @@ __all__ = ["hash_array", "hash_object", "hash_column"]
 def hash_array(h, values: Any) -> None:
     arr = np.asarray(values)
     if arr.dtype == object:
-        arr = pd.util.hash_array(arr.astype(str))
+        # pandas hashes str objects in C; only other objects are converted to str first
+        # (converting a million strings costs more than hashing them)
+        try:
+            arr = pd.util.hash_array(arr, categorize=False)
+        except TypeError:
+            arr = pd.util.hash_array(arr.astype(str), categorize=False)
     h.update(str(arr.dtype).encode())
     h.update(str(arr.shape).encode())
     h.update(np.ascontiguousarray(arr).tobytes())

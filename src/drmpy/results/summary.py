@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,16 +67,22 @@ class Summary:
         est = fit.params
         se = fit.std_errors
         z = est / se
-        from scipy import stats
-
         df = np.full(len(est), np.inf)
         if test == "t":
             p_mu = sum(1 for n in est.index if n.startswith("mu"))
             df[[n.startswith("mu") for n in est.index]] = fit.nobs - p_mu
-        normal = np.isinf(df)
-        safe = np.where(normal, 1.0, df)
-        p = np.where(normal, 2.0 * stats.norm.sf(np.abs(z.to_numpy())), 2.0 * stats.t.sf(np.abs(z.to_numpy()), safe))
-        q = np.where(normal, NormalDist().inv_cdf(0.5 + level / 2.0), stats.t.ppf(0.5 + level / 2.0, safe))
+        zs = z.to_numpy(dtype=float)
+        # two-sided normal p-value erfc(|z| / sqrt 2) with math.erfc: scipy.special would add
+        # its import to every fresh process that prints a summary; t rows need scipy.stats
+        p = np.array([math.erfc(abs(x) / math.sqrt(2.0)) if np.isfinite(x) else (0.0 if np.isinf(x) else np.nan)
+                      for x in zs])
+        q = np.full(len(est), NormalDist().inv_cdf(0.5 + level / 2.0))
+        t_rows = np.isfinite(df)
+        if t_rows.any():
+            from scipy import stats
+
+            p[t_rows] = 2.0 * stats.t.sf(np.abs(zs[t_rows]), df[t_rows])
+            q[t_rows] = stats.t.ppf(0.5 + level / 2.0, df[t_rows])
         columns = {"estimate": est, "std_error": se, "z": z}
         if test == "t":
             columns = {"estimate": est, "std_error": se, "t": z, "df": df}

@@ -366,6 +366,43 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
 
 
+def _plan_tau2(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None) -> list[_Chunk]:
+    """Chunks of the tau^2 program: groups sorted by size, padded to their bucket's rows;
+    every lane of a chunk iterates in step (about 2^18 cells per chunk)."""
+    if group_ids.size == 0:
+        return []
+    order = group_ids[np.argsort(sizes[group_ids], kind="stable")]
+    uniq, inv = np.unique(sizes[order], return_inverse=True)
+    padded = np.array([padded_rows(s) for s in uniq])[inv]
+    chunks = []
+    for n_rows in np.unique(padded):
+        members = order[padded == n_rows]
+        lanes = int(chunk_size) if chunk_size is not None else int(min(max(2 ** int(math.log2(2**18 / n_rows)), 256), 16384))
+        if len(members) < lanes:
+            lanes = min(lanes, _lanes_ladder(len(members)))
+        for start in range(0, len(members), lanes):
+            chunks.append(_Chunk(members[start:start + lanes], int(n_rows), lanes, lanes))
+    return chunks
+
+
+def _dense_chunk(gr: _Groups, groups: np.ndarray, size: int, n_rows: int, x_ones: bool):
+    """(y, X, v, w) of ``groups`` as (size, n_rows[, p]) arrays, lanes beyond the groups
+    repeating the last group (their results are discarded); padding rows w = 0, v = 1."""
+    gs = np.concatenate([groups, np.repeat(groups[-1:], size - len(groups))])
+    sz = gr.sizes[gs]
+    col = np.arange(n_rows)
+    mask = col[None, :] < sz[:, None]
+    idx = np.minimum(gr.offsets[gs][:, None] + col[None, :], len(gr.y) - 1)
+    y = np.where(mask, gr.y[idx], 0.0)
+    v = np.where(mask, gr.v[idx], 1.0)
+    w = mask.astype(float)
+    if x_ones:  # the mu design is one column of ones: the programs take None
+        X = None
+    else:
+        X = np.where(mask[..., None], gr.X[idx], 0.0)
+    return y, X, v, w
+
+
 class _Runner:
     """Runs chunk programs locally (round-robin over JAX's local devices) or on a dask cluster,
     keeping a bounded number of chunks in flight, with one progress bar."""
@@ -433,38 +470,114 @@ def _coerce_chunk_size(chunk_size: Any) -> int | None:
     return int(chunk_size)
 
 
-def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
-               client, progress: bool) -> dict:
-    """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id)."""
-    from ..engine.batch import run_pool
-
+def _empty_results(gr: _Groups) -> dict:
     G = len(gr.sizes)
     P = gr.p + gr.k
-    res = dict(beta=np.full((G, gr.p), np.nan), phi=np.full((G, gr.k), np.nan), f=np.full(G, np.nan),
-               var=np.full((G, P), np.nan), max_gradient=np.full(G, np.nan),
-               status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
-               beta0=np.full((G, gr.p), np.nan))
-    chunks = _plan(fit_ids, gr.sizes, chunk_size, gr.p + gr.k)
+    return dict(beta=np.full((G, gr.p), np.nan), phi=np.full((G, gr.k), np.nan), f=np.full(G, np.nan),
+                var=np.full((G, P), np.nan), max_gradient=np.full(G, np.nan),
+                status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64))
+
+
+def _positive_v_groups(gr: _Groups) -> np.ndarray:
+    """Per group: every retained sampling variance > 0 (the zero-variance model exists)."""
+    return gr.group_sums((gr.v <= 0).astype(float)) == 0
+
+
+def _scalar_tau2(gr: _Groups) -> bool:
+    """``sigma ~ 1``: one heterogeneity variance per group (the closed-form Newton path)."""
+    return gr.k == 1 and bool(np.all(gr.Z[:, 0] == 1.0))
+
+
+def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, chunk_size: int | None,
+               client, progress: bool) -> dict:
+    """Run every group in ``fit_ids``; returns per-group arrays (indexed by group id).
+
+    ``sigma ~ 1`` groups whose sampling variances are all positive go to the Newton
+    program in tau^2 (:mod:`drmpy.engine.tau2_batch`); every other group to the
+    trust-region pool (:func:`drmpy.engine.batch.run_pool`), after which the fit with
+    sigma = 0 replaces an interior optimum that is worse (the boundary rule).
+    """
+    from ..engine.batch import run_pool
+    from ..engine.tau2_batch import BOUNDARY_BETTER, run_boundary, run_tau2
+
+    res = _empty_results(gr)
+    positive = _positive_v_groups(gr)
+    if _scalar_tau2(gr):
+        fast = fit_ids[positive[fit_ids]]
+        slow = fit_ids[~positive[fit_ids]]
+    else:
+        fast, slow = fit_ids[:0], fit_ids
+    keys = ("beta", "phi", "f", "var", "max_gradient", "status", "iterations")
+    fast_chunks = _plan_tau2(fast, gr.sizes, chunk_size)
+    x_ones = gr.p == 1 and bool(np.all(gr.X[:, 0] == 1.0))
+    chunks = _plan(slow, gr.sizes, chunk_size, gr.p + gr.k)
 
     def tasks():
+        for i, ch in enumerate(fast_chunks):
+            y, X, v, w = _dense_chunk(gr, ch.groups, ch.size, ch.n_rows, x_ones)
+            yield ("tau2", i), len(ch.groups), (y, X, v, w, int(ctrl.max_iter), reml), {}
         for i, ch in enumerate(chunks):
             arrays = _chunk_arrays(gr, ch)
             start = np.full((ch.size, gr.k), np.nan)  # NaN: the program computes start values
             beta0 = np.full((ch.size, gr.p), np.nan)
-            yield i, len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
-                                               float(ctrl.gtol), reml, ch.lanes), {}
+            yield ("pool", i), len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
+                                                         float(ctrl.gtol), reml, ch.lanes), {}
+            if positive[ch.groups].any():  # sigma = 0 on the same arrays (Z unused)
+                y, X, _, v, w = arrays
+                yield ("zero", i), 0, (y, X, v, w, reml), {}
 
-    runner = _Runner(run_pool, client, progress, len(fit_ids), "drmpy fit_batch")
+    def dispatch(*args, device=None, block=True):
+        if len(args) == 6:
+            return run_tau2(*args, device=device, block=block)
+        if len(args) == 5:
+            return run_boundary(*args, device=device, block=block)
+        return run_pool(*args, device=device, block=block)
+
+    runner = _Runner(dispatch, client, progress, len(fit_ids), "drmpy fit_batch")
     try:
         out = runner.map(tasks())
     finally:
         runner.close()
-    for i, ch in enumerate(chunks):
-        o = out[i]
+    for i, ch in enumerate(fast_chunks):
+        o = out[("tau2", i)]
         n = len(ch.groups)
-        for key in ("beta", "phi", "f", "var", "max_gradient", "status", "iterations", "beta0"):
+        for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
+    for i, ch in enumerate(chunks):
+        o = out[("pool", i)]
+        n = len(ch.groups)
+        for key in keys:
+            res[key][ch.groups] = np.asarray(o[key])[:n]
+        if ("zero", i) in out:
+            _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], out[("zero", i)], BOUNDARY_BETTER)
     return res
+
+
+def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, feasible: np.ndarray, zero: dict,
+                         code: int) -> None:
+    """Replace converged interior optima that fit worse than sigma = 0 by the sigma = 0 fit.
+
+    The sigma coefficients of such a group are -inf for the intercept (sigma = 0 on every
+    row) and NaN for the others (undetermined), with NaN standard errors.
+    """
+    from ..engine.tau2_batch import BOUNDARY_MARGIN
+
+    n = len(groups)
+    f0 = np.asarray(zero["f"])[:n]
+    f = res["f"][groups]
+    converged = (res["status"][groups] == CONVERGED) | (res["status"][groups] == CONVERGED_FLAT)
+    # (a group with a zero sampling variance has no sigma = 0 model: feasible is False)
+    better = feasible & converged & (f - f0 > BOUNDARY_MARGIN * np.maximum(1.0, np.abs(f)))
+    if not better.any():
+        return
+    g = groups[better]
+    intercept = np.array([name == "sigma:(Intercept)" for name in gr.names[gr.p:]])
+    res["beta"][g] = np.asarray(zero["beta"])[:n][better]
+    res["phi"][g] = np.where(intercept, -np.inf, np.nan)
+    res["f"][g] = f0[better]
+    res["var"][g] = np.concatenate([np.asarray(zero["var_beta"])[:n][better], np.full((len(g), gr.k), np.nan)], axis=1)
+    res["max_gradient"][g] = 0.0
+    res["status"][g] = code
 
 
 def fit_batch(
@@ -548,6 +661,8 @@ def fit_batch(
 
 
 def _result_frame(gr: _Groups, by: str, res: dict, fit_mask: np.ndarray) -> pd.DataFrame:
+    from ..engine.tau2_batch import BOUNDARY, BOUNDARY_BETTER, BOUNDARY_MESSAGES
+
     G = len(gr.sizes)
     P = len(gr.names)
     status = res["status"]
@@ -555,11 +670,12 @@ def _result_frame(gr: _Groups, by: str, res: dict, fit_mask: np.ndarray) -> pd.D
     theta = np.concatenate([res["beta"], res["phi"]], axis=1)
     var = res["var"]
     se = np.where(var >= 0, np.sqrt(np.abs(var)), np.nan)
-    converged = fitted & ((status == CONVERGED) | (status == CONVERGED_FLAT))
+    converged = fitted & np.isin(status, (CONVERGED, CONVERGED_FLAT, BOUNDARY, BOUNDARY_BETTER))
     # one message per group: the status text, or the reason it was not fitted, then notes
-    code = np.where(fitted, status, len(STATUS_MESSAGES))
-    heads = [STATUS_MESSAGES[c] if c in (CONVERGED, CONVERGED_FLAT) else "not converged: " + STATUS_MESSAGES[c]
-             for c in range(len(STATUS_MESSAGES))] + ["not fitted"]
+    messages = {**STATUS_MESSAGES, **BOUNDARY_MESSAGES}
+    code = np.where(fitted, status, len(messages))
+    heads = [messages[c] if c in (CONVERGED, CONVERGED_FLAT, BOUNDARY, BOUNDARY_BETTER)
+             else "not converged: " + messages[c] for c in range(len(messages))] + ["not fitted"]
     msg_codes = code.astype(np.int64)
     msg_uniques = list(heads)
     special = sorted(set(gr.notes) | set(gr.error))
