@@ -168,8 +168,10 @@ def _gram_diag(sigma2, arrs: Arrays, B):
     return logdet, M
 
 
-SMALL_BLOCK = 24
-UNROLL_MAX = 8  # largest single matrix unrolled under elementwise_linalg (compile time grows as m^3)
+# Largest matrix factored by unrolled elementwise code.  Unrolled code is fastest for tiny
+# blocks, but its program grows as m^3 and is traced again inside every derivative: blocks
+# of 18 rows (a three-level model with a paper of 18 effect sizes) took 5 minutes to compile.
+UNROLL_MAX = 8
 
 
 def _unrolled_cholesky(S):
@@ -242,20 +244,20 @@ def _spd_solve_terms(S, B):
     The derivative rule is written out (d log|S| = tr(S^-1 dS), d S^-1 = -S^-1 dS S^-1,
     d S^-1B = -S^-1 dS S^-1 B + S^-1 dB) so that second derivatives never differentiate
     XLA's Cholesky and triangular-solve kernels: on CPU those hang for some batch sizes
-    (1024 or 2000 blocks) once differentiated twice, and they compile slowly.  Batches of
-    blocks up to ``SMALL_BLOCK`` rows are factored with unrolled elementwise code.  While
-    tracing under :func:`elementwise_linalg` (programs ``vmap``-ed over many fits, where a
-    single matrix becomes a batch) no LAPACK kernel is used at all: single matrices up to
-    ``UNROLL_MAX`` rows are unrolled, larger ones use a loop of matrix-vector products
-    (batched ``potrf`` deadlocked there even for 16 lanes of 64 x 64).
+    (1024 or 2000 blocks) once differentiated twice, and they compile slowly.  So batches of
+    blocks, and every matrix while tracing under :func:`elementwise_linalg` (programs
+    ``vmap``-ed over many fits, where a single matrix becomes a batch), never use a LAPACK
+    kernel: up to ``UNROLL_MAX`` rows they are factored by unrolled elementwise code, larger
+    ones by a loop of matrix-vector products (batched ``potrf`` deadlocked even for 16 lanes
+    of 64 x 64).  A single matrix outside such programs uses LAPACK.
     """
     eye = jnp.broadcast_to(jnp.eye(S.shape[-1], dtype=S.dtype), S.shape)
     m = S.shape[-1]
     elementwise = _ELEMENTWISE.get()
-    if 0 < m <= SMALL_BLOCK and (S.ndim == 3 or (elementwise and m <= UNROLL_MAX)):
+    if 0 < m <= UNROLL_MAX and (S.ndim == 3 or elementwise):
         logdet, X = _unrolled_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
         return logdet, X[..., :m], X[..., m:]
-    if elementwise and m > 0:
+    if (elementwise or S.ndim == 3) and m > 0:
         from .small_linalg import loop_cholesky_solve
 
         logdet, X = loop_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
