@@ -194,7 +194,7 @@ def fit(
         prepared_cache[pkey] = prepare(design, method_u, ctrl)
     prepared, clusters = prepared_cache[pkey]
     raw = run_fit(prepared, ctrl)
-    return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters))
+    return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters, data=data, env=env))
 
 
 def _warn_unless_converged(result):

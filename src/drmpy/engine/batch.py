@@ -8,6 +8,9 @@
   optimiser run); with ``shared_design=True`` for refits of simulated responses.
 * :func:`generic_program`: ``vmap`` of the engine's own program for any structure, over
   the response only (every lane shares one design): parametric-bootstrap refits.
+* :func:`deletion_program`: ``vmap`` of the engine's own program over row-deletion masks
+  (every lane shares one design and drops its own rows, :func:`drop_rows`): leave-one-out
+  and influence refits, any structure.
 
 The diagonal model's gradient and Hessian in gamma are written in closed form (below)
 instead of ``jax.hessian`` of the engine's objective: per fit and iteration they cost
@@ -54,7 +57,7 @@ from .optimize import newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
-           "start_values"]
+           "start_values", "drop_rows", "deletion_program"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -358,3 +361,66 @@ def generic_program(struct, treedef):
     template = jax.tree_util.tree_unflatten(treedef, [None] * treedef.num_leaves)
     axes = template._replace(y=0)
     return jax.jit(jax.vmap(lane, in_axes=(axes, 0, None, None)))
+
+
+def drop_rows(arrs, keep, struct):
+    """The engine's arrays with every row whose ``keep`` is 0 turned into a padding row.
+
+    A padding row has zero response and design, unit variance, no sigma, no random-effect
+    level and no covariance with any other row, so it adds nothing to ``log|S|`` or to
+    ``[X y]'S^-1[X y]``: the likelihood is exactly that of the kept rows, for every
+    structure (diag, block, woodbury, dense), with the same shapes (one compiled program
+    serves every deletion).  ``n_obs`` becomes the kept rows' weight (REML's ``n``).
+    """
+    on = keep > 0
+    kf = on.astype(arrs.y.dtype)
+    w = arrs.w * kf
+    out = arrs._replace(y=arrs.y * kf, X=arrs.X * kf[:, None], w=w, mask=arrs.mask * kf,
+                        n_obs=jnp.sum(w), v=jnp.where(on, arrs.v, 1.0))
+    if arrs.V_dense.shape[0]:
+        both = on[:, None] & on[None, :]
+        out = out._replace(V_dense=jnp.where(both, arrs.V_dense, jnp.eye(arrs.V_dense.shape[0], dtype=kf.dtype)))
+    if arrs.buckets:
+        on_ext = jnp.concatenate([on, jnp.ones((1,), bool)])  # index N: the dummy row, already padding
+        buckets = []
+        for bucket in arrs.buckets:
+            kb = on_ext[bucket.rows]  # (nb, m)
+            m = bucket.V.shape[-1]
+            V = jnp.where(kb[:, :, None] & kb[:, None, :], bucket.V, jnp.eye(m, dtype=kf.dtype))
+            levels = tuple(jnp.where(kb, lev, rs.n_levels) for lev, rs in zip(bucket.levels, struct.random))
+            buckets.append(bucket._replace(V=V, levels=levels))
+        out = out._replace(buckets=tuple(buckets))
+    if arrs.random:
+        out = out._replace(random=tuple(
+            ra._replace(level_index=jnp.where(on, ra.level_index, rs.n_levels), z=ra.z * kf[:, None])
+            for ra, rs in zip(arrs.random, struct.random)))
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def deletion_program(struct):
+    """jit(vmap) of the engine's whole fit (any structure) over row-deletion masks.
+
+    Arguments: (Arrays shared by every lane, keep (lanes, N) with 1 for the rows a lane
+    keeps, phi0 (lanes, k), max_iter, gtol).  Returns per lane what :func:`generic_program`
+    returns plus ``A_kept`` (``X'S^-1X`` over the kept rows at the lane's estimate, the
+    inverse of metafor's ``vb`` of the refit) and ``A_all`` (the same over every row at the
+    lane's variance estimate: metafor's ``vb.del`` of dfbetas).
+    """
+    from .likelihood import elementwise_linalg, gram
+    from .program import _program_fn
+
+    run = _program_fn(struct, elementwise=True)
+    p = struct.p
+
+    def lane(arrs, keep, phi0, max_iter, gtol):
+        kept = drop_rows(arrs, keep, struct)
+        out = _summary(run(kept, phi0, max_iter, gtol))
+        with elementwise_linalg():
+            _, M_kept = gram(out["phi"], kept, struct)
+            _, M_all = gram(out["phi"], arrs, struct)
+        out["A_kept"] = M_kept[:p, :p]
+        out["A_all"] = M_all[:p, :p]
+        return out
+
+    return jax.jit(jax.vmap(lane, in_axes=(None, 0, 0, None, None)))

@@ -93,6 +93,7 @@ class ModelDesign:
     dropped: Mapping[str, int]
     dropped_labels: tuple = field(repr=False)
     columns: tuple[str, ...] = ()  # every data column the model read (formulas, groups, V, weights)
+    row_positions: np.ndarray | None = field(default=None, repr=False)  # positions of the retained rows in the data
 
     @property
     def nobs(self) -> int:
@@ -492,6 +493,7 @@ def build_design(
         dropped=dropped,
         dropped_labels=dropped_labels,
         columns=columns,
+        row_positions=np.flatnonzero(keep),
     )
 
 

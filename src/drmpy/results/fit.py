@@ -146,9 +146,13 @@ class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
 
     def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
-                 clusters: np.ndarray | None) -> None:
+                 clusters: np.ndarray | None, data: Any = None, env: Any = None) -> None:
         super().__init__(design, raw, method, control)
         self._clusters = clusters
+        # the caller's data and env, by reference (never copied or modified): later stages
+        # (bias tests, leave-one-out by a column) read columns the formulas did not use
+        self._data = data
+        self._env = env
 
     @cached_property
     def _names(self) -> list[str]:
