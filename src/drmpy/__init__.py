@@ -33,12 +33,20 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit_batch": "drmpy.simulation.batch",
     "parametric_bootstrap": "drmpy.simulation.bootstrap",
+    "egger_test": "drmpy.bias.egger",
+    "pet_peese": "drmpy.bias.egger",
+    "trim_and_fill": "drmpy.bias.trimfill",
+    "selection_model": "drmpy.bias.selection",
 }
 
 __all__ = [
     "fit",
     "fit_batch",
     "parametric_bootstrap",
+    "egger_test",
+    "pet_peese",
+    "trim_and_fill",
+    "selection_model",
     "Formula",
     "gaussian",
     "biv_gaussian",

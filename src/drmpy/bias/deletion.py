@@ -32,13 +32,32 @@ __all__ = ["deletion_fits", "leave_one_out", "influence"]
 _LANE_BYTES = 2e8  # memory budget of one chunk of vmapped refits
 
 
+def _single_intercept(design) -> bool:
+    """Diagonal V and one ``(1|g)`` term: the closed-form ``intercepts`` structure applies."""
+    if len(design.random) != 1 or not design.known_v.is_diagonal:
+        return False
+    rd = design.random[0]
+    return rd.term.intercept and not rd.term.slopes and rd.relmat is None
+
+
 def _prepared(fit):
-    """(arrays, structure, beta0) of the fit's design, built once per fit."""
+    """(arrays, structure, beta0) of the fit's design, built once per fit.  A model with a
+    diagonal V and one random intercept uses the closed-form ``intercepts`` structure
+    (segment sums, O(n) per evaluation): the same likelihood as the fit's block structure."""
     cached = getattr(fit, "_deletion_prepared", None)
     if cached is None:
-        from ..engine.program import prepare
+        import dataclasses
 
-        (arrs, struct, beta0, _), _ = prepare(fit.design, fit.method, fit._control)
+        from ..engine.program import build_arrays, prepare, start_values
+
+        design = fit.design
+        if _single_intercept(design):
+            # the block structure's buckets with one level per block, read in closed form
+            beta0, _ = start_values(design)
+            arrs, struct = build_arrays(design, "block", design.random[0].level_index, beta0, fit.method)
+            struct = dataclasses.replace(struct, kind="intercepts")
+        else:
+            (arrs, struct, beta0, _), _ = prepare(design, fit.method, fit._control)
         cached = (arrs, struct, np.asarray(beta0))
         fit._deletion_prepared = cached
     return cached
@@ -51,15 +70,17 @@ def _lanes(arrs, n_deletions: int) -> int:
 
     per_lane = 8.0 * sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(arrs)) * 3 + 8.0 * arrs.y.shape[0] * 20
     cap = max(1, int(_LANE_BYTES // per_lane))
-    return max(1, min(_padded_size(n_deletions) if n_deletions > 16 else n_deletions, cap))
+    # at least 16 lanes and sizes up the engine's ladder: data sets of similar size share a compile
+    return max(1, min(_padded_size(n_deletions), cap))
 
 
-def deletion_fits(fit, keep: np.ndarray) -> dict:
+def deletion_fits(fit, keep: np.ndarray, with_gls: bool = False) -> dict:
     """Refits of ``fit``'s model to the rows each row of ``keep`` (deletions x nobs, bool) keeps.
 
     Returns per deletion ``beta`` (location, data scale), ``phi`` (variance parameters,
-    link scales), ``loglik``, ``status``, ``A_kept`` (``X'S^-1X`` over the kept rows at the
-    refit) and ``A_all`` (over every row at the refit's variance parameters).
+    link scales), ``loglik``, ``status``, and with ``with_gls`` ``A_kept`` (``X'S^-1X`` over
+    the kept rows at the refit) and ``A_all`` (over every row at the refit's variance
+    parameters).
     """
     import jax
 
@@ -73,7 +94,7 @@ def deletion_fits(fit, keep: np.ndarray) -> dict:
     K[:, :n] = keep
     phi_hat = np.asarray(fit.params.to_numpy()[struct.p:], dtype=np.float64)
     lanes = _lanes(arrs, D)
-    prog = deletion_program(struct)
+    prog = deletion_program(struct, bool(with_gls))
     ctrl = fit._control
     parts = []
     for start in range(0, D, lanes):
@@ -192,7 +213,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
     g = gls(fit)
     vb, b = g.vcov, fit.params.to_numpy()[:p]
     labels, keep = _deletion_sets(fit, cluster, "cluster")
-    res = deletion_fits(fit, keep)
+    res = deletion_fits(fit, keep, with_gls=True)
     ok = np.isin(res["status"], (CONVERGED, CONVERGED_FLAT))
     b_del = res["beta"]
     vb_del = np.linalg.inv(res["A_kept"])

@@ -398,29 +398,35 @@ def drop_rows(arrs, keep, struct):
 
 
 @functools.lru_cache(maxsize=32)
-def deletion_program(struct):
-    """jit(vmap) of the engine's whole fit (any structure) over row-deletion masks.
+def deletion_program(struct, with_gls: bool = False):
+    """jit(vmap) of the engine's optimiser (any structure) over row-deletion masks.
 
     Arguments: (Arrays shared by every lane, keep (lanes, N) with 1 for the rows a lane
-    keeps, phi0 (lanes, k), max_iter, gtol).  Returns per lane what :func:`generic_program`
-    returns plus ``A_kept`` (``X'S^-1X`` over the kept rows at the lane's estimate, the
-    inverse of metafor's ``vb`` of the refit) and ``A_all`` (the same over every row at the
-    lane's variance estimate: metafor's ``vb.del`` of dfbetas).
+    keeps, phi0 (lanes, k), max_iter, gtol).  Returns per lane ``beta`` (GLS estimate at the
+    lane's variance estimate, centred coordinates of the arrays), ``phi``, ``f`` (minimised
+    objective), ``status`` and ``iterations``: the optimiser and stopping rule of
+    :func:`drmpy.engine.program._program_fn`, without its covariance step.  ``with_gls``
+    adds ``A_kept`` (``X'S^-1X`` over the kept rows at the lane's estimate: the inverse of
+    metafor's ``vb`` of the refit) and ``A_all`` (the same over every row at the lane's
+    variance estimate: metafor's ``vb.del`` of dfbetas).
     """
-    from .likelihood import elementwise_linalg, gram
-    from .program import _program_fn
+    from .likelihood import elementwise_linalg, gram, variance_objective
 
-    run = _program_fn(struct, elementwise=True)
+    objective = variance_objective(struct)
     p = struct.p
 
     def lane(arrs, keep, phi0, max_iter, gtol):
         kept = drop_rows(arrs, keep, struct)
-        out = _summary(run(kept, phi0, max_iter, gtol))
         with elementwise_linalg():
-            _, M_kept = gram(out["phi"], kept, struct)
-            _, M_all = gram(out["phi"], arrs, struct)
-        out["A_kept"] = M_kept[:p, :p]
-        out["A_all"] = M_all[:p, :p]
+            sol = newton_trust_region(lambda ph: objective(ph, kept, struct), phi0,
+                                      max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
+            _, M = gram(sol.x, kept, struct)
+            A = M[:p, :p]
+            out = dict(beta=_solve_small(A, M[:p, p:])[:, 0], phi=sol.x, f=sol.f, status=sol.status,
+                       iterations=sol.iterations)
+            if with_gls:
+                out["A_kept"] = A
+                out["A_all"] = gram(sol.x, arrs, struct)[1][:p, :p]
         return out
 
     return jax.jit(jax.vmap(lane, in_axes=(None, 0, 0, None, None)))

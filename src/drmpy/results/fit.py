@@ -339,6 +339,24 @@ class DrmFit(FitResult):
 
         return simulate_responses(self, nsim, seed)
 
+    # ---------------------------------------------------------------- bias and sensitivity (bias/)
+    def leave_one_out(self, by: str | None = None) -> pd.DataFrame:
+        """Refits without each effect size (or each level of the data column ``by``): one row
+        per deletion with ``omitted``, every parameter of ``params`` (link scales), ``loglik``
+        and ``converged``.  See :func:`drmpy.bias.deletion.leave_one_out`."""
+        from ..bias.deletion import leave_one_out
+
+        return leave_one_out(self, by=by)
+
+    def influence(self, cluster: str | None = None) -> pd.DataFrame:
+        """Case-deletion diagnostics as metafor's ``influence`` (rstudent, dffits, Cook's
+        distance, covariance ratio, hat, weight, DFBETAS, is_influential), each row with its
+        own fitted sigma_i; ``cluster=`` deletes whole levels.  See
+        :func:`drmpy.bias.deletion.influence`."""
+        from ..bias.deletion import influence
+
+        return influence(self, cluster=cluster)
+
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
                 f"converged={self.converged}>")

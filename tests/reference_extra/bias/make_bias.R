@@ -67,7 +67,7 @@ infl <- function(fit) {
   list(rstudent = num(f$inf$rstudent), dffits = num(f$inf$dffits), cook_d = num(f$inf$cook.d),
        cov_r = num(f$inf$cov.r), tau2_del = num(f$inf$tau2.del), QE_del = num(f$inf$QE.del),
        hat = num(f$inf$hat), weight = num(f$inf$weight),
-       dfbs = lapply(f$dfbs[seq_len(fit$p)], num), is_infl = as.logical(f$is.infl))
+       dfbs = lapply(as.list(dfbetas(fit)), num), is_infl = as.logical(f$is.infl))
 }
 
 out <- list(metafor = as.character(packageVersion("metafor")), uni = list())
