@@ -53,7 +53,7 @@ def test_regtest(fits, key):
         if r is None:  # metafor's own refit failed to converge
             continue
         ni = "ni" if predictor in ("ni", "ninv", "sqrtni", "sqrtninv") else None
-        out = drm.egger_test(fits[key], predictor, ni=ni, vcov="gls")
+        out, refit = drm.egger_test(fits[key], predictor, ni=ni, vcov="gls", return_fit=True)
         what = f"{key} {predictor}"
         close(out["statistic"], r["zval"], 1e-6, what)
         close(out["p_value"], r["pval"], 1e-6, what)
@@ -64,7 +64,7 @@ def test_regtest(fits, key):
         close(out["limit_estimate"], r["est"], 1e-6 * scale, what)
         close(out["limit_lower"], r["ci_lb"], 1e-6 * scale, what)
         close(out["limit_upper"], r["ci_ub"], 1e-6 * scale, what)
-        assert out.attrs["fit"].params.index[1] == f"mu:{predictor}"
+        assert refit.params.index[1] == f"mu:{predictor}"
     # the sample-size columns may be given as an array with one value per data row
     if "ni" in e["regtest"] and e["regtest"]["ni"] is not None:
         a = drm.egger_test(fits[key], "ni", ni=d["ni"].to_numpy(), vcov="gls")
@@ -127,10 +127,10 @@ def test_leave1out(fits, key):
     r = UNI[key]["leave1out"]
     out = fits[key].leave_one_out()
     assert out["converged"].all()
-    scale = max(1.0, max(abs(x) for x in r["estimate"]))
+    scale = max(1.0, max(abs(x) for x in r["estimate"] if x is not None))
     close(out["mu:(Intercept)"], r["estimate"], 1e-6 * scale)
     tau2 = np.exp(2 * out["sigma:(Intercept)"])
-    close(tau2, r["tau2"], 1e-6 * max(1.0, max(r["tau2"])))
+    close(tau2, r["tau2"], 1e-6 * max(1.0, max(x for x in r["tau2"] if x is not None)))
     assert list(out["omitted"]) == list(fits[key].design.row_labels)
 
 
@@ -139,13 +139,14 @@ def check_influence(inf, r, p, tol=1e-6):
     close(inf["dffits"], r["dffits"], tol)
     close(inf["cooks_distance"], r["cook_d"], tol)
     close(inf["cov_ratio"], r["cov_r"], tol)
-    close(inf["sigma2_deleted"], r["tau2_del"], tol * max(1.0, max(r["tau2_del"])))
+    close(inf["sigma2_deleted"], r["tau2_del"], tol * max(1.0, max(x for x in r["tau2_del"] if x is not None)))
     close(inf["hat"], r["hat"], tol)
     close(inf["weight"], r["weight"], tol)
     dfb = [c for c in inf.columns if c.startswith("dfbetas:")]
     assert len(dfb) == p
-    assert len(r["dfbs"]) == p
-    for c, ref in zip(dfb, r["dfbs"].values()):
+    refs = [v for k, v in r["dfbs"].items() if k not in ("slab", "digits")]
+    assert len(refs) == p
+    for c, ref in zip(dfb, refs):
         close(inf[c], ref, tol)
     have = [x is not None for x in r["is_infl"]]
     assert list(inf["is_influential"][have]) == [x for x in r["is_infl"] if x is not None]
@@ -194,7 +195,7 @@ def test_multilevel_egger(mv_fit, method):
     r = MV["egger"] if method == "REML" else MV["egger_ml"]
     f = mv_fit if method == "REML" else drm.fit("yi ~ 1 + (1|district) + meta_V(V = vi)",
                                                   data("konstantopoulos"), method="ML")
-    eg = drm.egger_test(f, vcov="gls")
+    eg, refit = drm.egger_test(f, vcov="gls", return_fit=True)
     close(eg["estimate"], r["beta"][1], 1e-6)
     close(eg["std_error"], r["se"][1], 1e-6)
     close(eg["statistic"], r["zval"][1], 1e-6)
@@ -202,7 +203,6 @@ def test_multilevel_egger(mv_fit, method):
     close(eg["limit_estimate"], r["beta"][0], 1e-6)
     close(eg["limit_lower"], r["ci_lb"][0], 1e-6)
     close(eg["limit_upper"], r["ci_ub"][0], 1e-6)
-    refit = eg.attrs["fit"]
     close(np.exp(2 * refit.params[["sd(district):(Intercept)", "sigma:(Intercept)"]]), r["sigma2"], 1e-6)
 
 

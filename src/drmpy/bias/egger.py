@@ -79,7 +79,8 @@ def _regression(fit, predictor: str, ni: Any, vcov: str, level: float = 0.95):
     return refit, out
 
 
-def egger_test(fit, predictor: str = "sei", ni: Any = None, vcov: str = "observed") -> pd.Series:
+def egger_test(fit, predictor: str = "sei", ni: Any = None, vcov: str = "observed", *,
+               return_fit: bool = False):
     """Egger-type regression test for funnel-plot asymmetry in the fitted model.
 
     Refits ``fit``'s model with ``predictor`` added to the ``mu`` formula (every other
@@ -102,13 +103,13 @@ def egger_test(fit, predictor: str = "sei", ni: Any = None, vcov: str = "observe
     ``statistic`` (z), ``p_value`` (two-sided), and ``limit_estimate``, ``limit_std_error``,
     ``limit_lower``, ``limit_upper`` (the ``mu`` intercept, the mean effect as the predictor
     goes to 0, with its 95% Wald interval).  The limit columns are NaN, as in ``regtest``,
-    for ``ni``/``sqrtni`` and when the ``mu`` formula has moderators.  ``attrs["fit"]`` holds
-    the refit.
+    for ``ni``/``sqrtni`` and when the ``mu`` formula has moderators.  ``return_fit=True``
+    returns ``(Series, refit)``, the refit being a DrmFit whose ``mu`` has the predictor as
+    term ``mu:<predictor>``.
     """
     require_drm_fit(fit, "egger_test")
     refit, out = _regression(fit, predictor, ni, vcov)
-    out.attrs["fit"] = refit
-    return out
+    return (out, refit) if return_fit else out
 
 
 def pet_peese(fit, vcov: str = "observed", alpha: float = 0.05) -> pd.DataFrame:
