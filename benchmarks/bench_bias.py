@@ -26,13 +26,17 @@ def three_level(seed: int = 1, studies: int = 400, per_study: int = 5) -> pd.Dat
     return pd.DataFrame({"yi": yi, "vi": vi, "study": study, "es": np.arange(study.size)})
 
 
-def timed(fn, repeats: int = 3) -> tuple[float, object]:
-    best, out = np.inf, None
+def timed(fn, repeats: int = 3) -> tuple[float, float, object]:
+    """(best wall seconds, CPU seconds of that call, result): CPU time says what the work costs
+    on a machine shared with other jobs (wall time there is several times larger)."""
+    best, cpu, out = np.inf, np.inf, None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        wall = time.perf_counter() - t0
+        if wall < best:
+            best, cpu = wall, time.process_time() - c0
+    return best, cpu, out
 
 
 def main() -> None:
@@ -44,9 +48,9 @@ def main() -> None:
     t0 = time.perf_counter()
     loo = fit.leave_one_out(by="study")
     cold = time.perf_counter() - t0
-    warm, loo = timed(lambda: fit.leave_one_out(by="study"))
-    print(f"leave_one_out(by='study'), 400 refits of 1,995 rows: cold {cold:.2f} s, warm {warm:.3f} s "
-          f"(goal <= 2 s warm); converged {int(loo['converged'].sum())}/400")
+    warm, cpu, loo = timed(lambda: fit.leave_one_out(by="study"))
+    print(f"leave_one_out(by='study'), 400 refits of 1,995 rows: cold {cold:.2f} s, warm {warm:.3f} s wall, "
+          f"{cpu:.3f} s CPU (goal <= 2 s warm); converged {int(loo['converged'].sum())}/400")
     print(loo.describe().loc[["mean", "std"]].to_string())
 
     r = drm.datasets.restoration()
@@ -58,13 +62,14 @@ def main() -> None:
 
         def fresh():  # a new fit object each time: nothing cached on the fit
             g = drm.fit(drm.Formula("yi ~ habitat + duration + meta_V(V = vi)", sig), data=r)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             g.influence()
-            return time.perf_counter() - t1
+            return time.perf_counter() - t1, time.process_time() - c1
 
-        warm = min(fresh() for _ in range(5))
+        warm, cpu = min(fresh() for _ in range(5))
         goal = " (goal <= 50 ms warm)" if sig == "sigma ~ 1" else ""
-        print(f"influence(), restoration ({f.nobs} rows) with {sig}: cold {cold:.2f} s, warm {1000 * warm:.1f} ms{goal}")
+        print(f"influence(), restoration ({f.nobs} rows) with {sig}: cold {cold:.2f} s, warm {1000 * warm:.1f} ms "
+              f"wall, {1000 * cpu:.1f} ms CPU{goal}")
     print(f"load average at end: {os.getloadavg()}")
 
 
