@@ -153,9 +153,16 @@ def _row_variances(fit, phi: np.ndarray) -> np.ndarray | None:
     design = fit.design
     if design.random or not design.known_v.is_diagonal:
         return None
+    return design.known_v.diag[None, :] + _sigma2(design, phi)
+
+
+def _sigma2(design, phi: np.ndarray) -> np.ndarray:
+    """sigma_i^2 per deletion (rows) and retained row (columns) at variance parameters ``phi``;
+    0 for a model without sigma coefficients."""
     Zs = design.fixed["sigma"].matrix
-    gamma = phi[:, : Zs.shape[1]]
-    return design.known_v.diag[None, :] + np.exp(2.0 * gamma @ Zs.T)
+    if Zs.shape[1] == 0:
+        return np.zeros((phi.shape[0], Zs.shape[0]))
+    return np.exp(2.0 * phi[:, : Zs.shape[1]] @ Zs.T)
 
 
 def _dense_s(fit):
@@ -222,8 +229,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
     cooks = np.einsum("di,ij,dj->d", diff, np.linalg.inv(vb), diff)
     dfbetas = diff / np.sqrt(np.diagonal(vb_all, axis1=1, axis2=2))
     cov_ratio = np.linalg.det(vb_del) / np.linalg.det(vb)
-    Zs = design.fixed["sigma"].matrix
-    sigma2_del = np.exp(2.0 * res["phi"][:, : Zs.shape[1]] @ Zs.T)  # deletions x rows
+    sigma2_del = _sigma2(design, res["phi"])  # deletions x rows
     dfb_names = [f"dfbetas:{t}" for t in design.fixed["mu"].terms]
     s_del = _row_variances(fit, res["phi"])
     dense = None if s_del is not None else _dense_s(fit)

@@ -53,7 +53,7 @@ import numpy as np
 
 from .program import BOUNDARY_START
 from .likelihood import _unrolled_cholesky_solve
-from .optimize import CONVERGED, newton_trust_region
+from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
@@ -418,8 +418,12 @@ def deletion_program(struct, with_gls: bool = False):
     def lane(arrs, keep, phi0, max_iter, gtol):
         kept = drop_rows(arrs, keep, struct)
         with elementwise_linalg():
-            sol = newton_trust_region(lambda ph: objective(ph, kept, struct), phi0,
-                                      max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
+            if phi0.shape[0] == 0:  # no variance parameter: the GLS estimate is the refit
+                sol = SolverOutput(phi0, objective(phi0, kept, struct), jnp.zeros(0), jnp.zeros((0, 0)),
+                                   jnp.asarray(CONVERGED), jnp.asarray(0), jnp.asarray(1))
+            else:
+                sol = newton_trust_region(lambda ph: objective(ph, kept, struct), phi0,
+                                          max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
             # one more Newton step from the converged point (its gradient and Hessian are at
             # hand): the stopping rule leaves up to ~1e-6 standard errors, which ratios of
             # determinants (metafor's cov.r) magnify; skipped at a flat (boundary) end
