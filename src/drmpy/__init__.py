@@ -33,16 +33,30 @@ __version__ = "0.1.0"
 _LAZY = {
     "fit_batch": "drmpy.simulation.batch",
     "parametric_bootstrap": "drmpy.simulation.bootstrap",
+    "lrt": "drmpy.inference.lrt",
+    "compare": "drmpy.inference.lrt",
+    "effect_size": "drmpy.effects.effect_size",
+    "sampling_covariance": "drmpy.effects.covariance",
+    "shared_control_covariance": "drmpy.effects.covariance",
+    "phylo_corr": "drmpy.effects.phylogeny",
     "egger_test": "drmpy.bias.egger",
     "pet_peese": "drmpy.bias.egger",
     "trim_and_fill": "drmpy.bias.trimfill",
     "selection_model": "drmpy.bias.selection",
 }
+# Later-stage subpackages reached as attributes (``drm.plots``), imported on first use.
+_LAZY_SUBMODULES = {"plots": "drmpy.plots"}
 
 __all__ = [
     "fit",
     "fit_batch",
     "parametric_bootstrap",
+    "lrt",
+    "compare",
+    "effect_size",
+    "sampling_covariance",
+    "shared_control_covariance",
+    "phylo_corr",
     "egger_test",
     "pet_peese",
     "trim_and_fill",
@@ -58,6 +72,7 @@ __all__ = [
     "Control",
     "DrmFit",
     "datasets",
+    "plots",
     "DrmError",
     "FormulaError",
     "DataError",
@@ -70,15 +85,17 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(_LAZY_SUBMODULES[name])  # the import binds drmpy.plots
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'drmpy' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_SUBMODULES))

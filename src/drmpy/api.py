@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .model.design import ModelDesign, build_design
-from .engine.program import Control, prepare, run_fit
+from .engine.program import Control, boundary_candidates, prepare, run_fit
 from .errors import ConvergenceWarning, DrmError
 from .model.fingerprint import hash_array, hash_column, hash_object
 from .model.formula import Formula
@@ -160,7 +160,9 @@ def fit(
         :class:`~drmpy.BivariateFit`.
     weights:
         Column name or array: each row's log-likelihood is multiplied by its weight
-        (not a sampling variance; unlike metafor's ``weights``).
+        (not a sampling variance; unlike metafor's ``weights``).  Bivariate models: one
+        weight per study (data row), multiplying the study's log-likelihood; needs a V
+        that is block-diagonal by study.
     method:
         ``"ML"`` (default) or ``"REML"``.
     env:
@@ -191,10 +193,13 @@ def fit(
     design, prepared_cache = _design_for(formula, data, weights, env)
     pkey = (method_u, ctrl.structure)
     if pkey not in prepared_cache:
-        prepared_cache[pkey] = prepare(design, method_u, ctrl)
-    prepared, clusters = prepared_cache[pkey]
-    raw = run_fit(prepared, ctrl)
-    return _warn_unless_converged(DrmFit(design, raw, method_u, ctrl, clusters, data=data, env=env))
+        prepared_cache[pkey] = prepare(design, method_u, ctrl) + (boundary_candidates(design),)
+    prepared, clusters, boundary = prepared_cache[pkey]
+    raw = run_fit(prepared, ctrl, boundary)
+    # the caller's data and env by reference (never modified): columns named later, e.g.
+    # coef_test(cluster=), leave_one_out(by=), egger_test(ni=)
+    result = DrmFit(design, raw, method_u, ctrl, clusters, data=data, env=env)
+    return _warn_unless_converged(result)
 
 
 def _warn_unless_converged(result):
@@ -212,9 +217,7 @@ def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, 
     from .engine.bivariate import prepare_bivariate
     from .results.bivariate import BivariateFit
 
-    if weights is not None:
-        raise DrmError("weights= is not supported for bivariate models.")
-    design = build_bivariate_design(formula, data, env=env)
+    design = build_bivariate_design(formula, data, env=env, weights=weights)
     raw = run_fit(prepare_bivariate(design, method, ctrl), ctrl)
     return BivariateFit(design, raw, method, ctrl)
 

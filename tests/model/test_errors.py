@@ -420,8 +420,8 @@ def test_caller_frame_unchanged_after_fit_with_missing_values(dat):
 
 
 @pytest.mark.parametrize("formula", [
-    ("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"),
-    ("yi ~ 1 + meta_V(V=vi) + (1|study)", "sigma ~ -1"),
+    ("yi ~ 1", "sigma ~ 0"),  # sigma ~ 0 (common-effect model) needs meta_V
+    ("yi ~ 1 + (1|study)", "sigma ~ -1"),
     ("yi ~ 1 + meta_V(V=vi) + (1|study)", "sd(study) ~ 0"),
 ])
 def test_scale_formula_without_coefficients_is_refused(formula):
@@ -439,3 +439,49 @@ def test_bivariate_sigma_without_coefficients_is_refused_but_rho12_0_means_uncor
     separate = [drm.fit(f"{y} ~ 1", data=dat).loglik for y in ("y1", "y2")]
     assert fit.loglik == pytest.approx(sum(separate), abs=1e-8)
     assert "rho12:(Intercept)" not in fit.params
+
+
+# --------------------------------------------------------------------------- unsupported special terms (issue 14)
+
+
+@pytest.mark.parametrize("formula, term, where", [
+    (dict(mu1="y1 ~ x + phylo(1 | species, tree = tree)", mu2="y2 ~ 1"),
+     "phylo(1 | species, tree = tree)", "bivariate mu1 formula"),
+    (dict(mu1="y1 ~ 1", mu2="y2 ~ spatial(1 | site, coords = coords) + x"),
+     "spatial(1 | site, coords = coords)", "bivariate mu2 formula"),
+    (dict(mu1="y1 ~ 1", mu2="y2 ~ 1", sigma1="~ phylo(1 | species, tree = tree)"),
+     "phylo(1 | species, tree = tree)", "sigma1 formula"),
+    (dict(mu1="y1 ~ 1", mu2="y2 ~ 1", rho12="~ x + gp(lat, lon)"), "gp(lat, lon)", "rho12 formula"),
+])
+def test_unsupported_special_in_bivariate_formula_names_the_term(formula, term, where):
+    with pytest.raises(FormulaError) as err:
+        drm.Formula(**formula)
+    msg = str(err.value)
+    assert f"`{term}`" in msg and where in msg and "not supported there" in msg
+    assert "not in the data" not in msg
+
+
+@pytest.mark.parametrize("mu, sigma, term", [
+    ("yi ~ duration + spatial(1 | site, coords = coords)", None, "spatial(1 | site, coords = coords)"),
+    ("yi ~ duration + ar1(0 + time | study)", None, "ar1(0 + time | study)"),
+    ("yi ~ duration + animal(1 | id, A = A)", None, "animal(1 | id, A = A)"),
+    ("yi ~ duration + us(1 + duration | study)", None, "us(1 + duration | study)"),
+    ("yi ~ duration + gp(duration)", None, "gp(duration)"),
+    ("yi ~ duration", "sigma ~ spatial(1 | site, coords = coords)", "spatial(1 | site, coords = coords)"),
+    ("yi ~ duration", "sigma ~ habitat + animal(1 | id, A = A)", "animal(1 | id, A = A)"),
+])
+def test_unsupported_special_in_univariate_formula_names_the_term(dat, mu, sigma, term):
+    with pytest.raises(FormulaError) as err:
+        drm.fit(drm.Formula(mu, sigma) if sigma else drm.Formula(mu), data=dat)
+    msg = str(err.value)
+    assert f"`{term}`" in msg and "not supported there" in msg
+    assert "not in the data" not in msg
+
+
+def test_generic_names_are_special_only_around_a_bar(dat):
+    """exp() and diag() are numpy functions in a fixed-effect term; with a bar they are
+    glmmTMB covariance structures."""
+    f = drm.fit(drm.Formula("yi ~ np.exp(duration) + meta_V(V=vi)"), data=dat)
+    assert "mu:np.exp(duration)" in f.params.index
+    with pytest.raises(FormulaError, match=r"`exp\(1 \| study\)` in the mu formula"):
+        drm.Formula("yi ~ exp(1 | study)")

@@ -387,3 +387,128 @@ def test_level_replication_ok_and_note(re_null, re_real):
     assert note["status"] == "note"
     assert note["value"] == "levels=21; singletons=1; min_rows=1"
     assert "1 level(s) of g have fewer than 2 rows" in note["message"]
+
+
+# --------------------------------------------------------------------------- random-effect design (issue 14)
+
+WEAK_DESIGN_MESSAGE = ("At least one random-slope or correlated random-effect block has weak within-group "
+                       "design variation; interpret slope SDs or correlations cautiously.")
+
+
+@pytest.fixture(scope="module")
+def slope_data(dat) -> pd.DataFrame:
+    """20 groups of 4 rows; x_const is constant within every group, x_vary is not."""
+    rng = np.random.default_rng(5)
+    g = np.arange(80) // 4
+    x_vary = dat["duration"].to_numpy()
+    x_const = np.repeat(rng.normal(size=20), 4)
+    b0, b1 = rng.normal(0, 0.3, 20), rng.normal(0, 0.2, 20)
+    y = b0[g] + b1[g] * x_vary + rng.normal(0, np.sqrt(dat["vi"].to_numpy() + 0.1**2))
+    return pd.DataFrame({"yi": y, "vi": dat["vi"].to_numpy(), "g": g, "x_vary": x_vary, "x_const": x_const})
+
+
+def fit_any(*args, **kwargs):
+    """A fit whose convergence does not matter to the test (check() rows about the design)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", drm.ConvergenceWarning)
+        return drm.fit(*args, **kwargs)
+
+
+def test_mu_random_effect_design_note_when_slope_constant_within_levels(slope_data):
+    fit = fit_any(drm.Formula("yi ~ x_const + (1 + x_const | g) + meta_V(V=vi)"), data=slope_data)
+    row = rows(fit).loc["mu_random_effect_design"]
+    # independent count: distinct x within each level, and the rank of [1, x] within each level
+    n_unique = slope_data.groupby("g")["x_const"].nunique().min()
+    ranks = slope_data.groupby("g")["x_const"].apply(
+        lambda x: np.linalg.matrix_rank(np.column_stack([np.ones(len(x)), x.to_numpy()])))
+    assert n_unique == 1 and ranks.min() == 1
+    assert row["status"] == "note"
+    assert row["value"] == "min_unique=g|x_const=1; min_rank=g=1/2"
+    assert row["message"] == WEAK_DESIGN_MESSAGE
+
+
+def test_mu_random_effect_design_ok_when_slope_varies(slope_data):
+    fit = fit_any(drm.Formula("yi ~ x_vary + (1 + x_vary | g) + meta_V(V=vi)"), data=slope_data)
+    row = rows(fit).loc["mu_random_effect_design"]
+    assert slope_data.groupby("g")["x_vary"].nunique().min() == 4
+    assert row["status"] == "ok"
+    assert row["value"] == "min_unique=g|x_vary=4; min_rank=g=2/2"
+
+
+def test_mu_random_effect_design_independent_slopes_and_singleton_level(slope_data):
+    """(1 + x || g): only the slope count (no correlated block); a level with one row has
+    a single distinct value, so the row is a note."""
+    d = slope_data.iloc[3:].copy()  # level 0 keeps one row
+    fit = fit_any(drm.Formula("yi ~ x_vary + (1 + x_vary || g) + meta_V(V=vi)"), data=d)
+    row = rows(fit).loc["mu_random_effect_design"]
+    assert row["value"] == "min_unique=g|x_vary=1"
+    assert row["status"] == "note" and row["message"] == WEAK_DESIGN_MESSAGE
+    full = fit_any(drm.Formula("yi ~ x_vary + (0 + x_vary | g) + meta_V(V=vi)"), data=slope_data)
+    row = rows(full).loc["mu_random_effect_design"]
+    assert row["status"] == "ok" and row["value"] == "min_unique=g|x_vary=4"
+
+
+def test_mu_random_effect_design_absent_without_slopes(re_real):
+    fit = fit_quiet(drm.Formula("yi ~ 1 + (1|g) + meta_V(V=vi)"), data=re_real)
+    assert "mu_random_effect_design" not in rows(fit).index
+
+
+# --------------------------------------------------------------------------- dense V scale note (issue 14)
+
+
+def one_block_v(vi: np.ndarray, deficient: bool = False) -> np.ndarray:
+    """Compound-symmetric correlation 0.3 over all rows (one block); ``deficient``: rows 0
+    and 1 perfectly correlated (rank n - 1)."""
+    n = len(vi)
+    R = 0.3 * np.ones((n, n)) + 0.7 * np.eye(n)
+    if deficient:
+        R[0, 1] = R[1, 0] = 1.0
+    s = np.sqrt(vi)
+    return s[:, None] * R * s[None, :]
+
+
+@pytest.fixture(scope="module")
+def one_block_fits(dat):
+    f = drm.Formula("yi ~ habitat + duration + meta_V(V=Vm)")
+    vi = dat["vi"].to_numpy()
+    return {name: fit_any(f, data=dat, env={"Vm": one_block_v(vi, name == "deficient")})
+            for name in ("full", "deficient")}
+
+
+def test_known_sampling_covariance_one_block_dense_is_a_note(one_block_fits):
+    fit = one_block_fits["full"]
+    kv = fit.design.known_v
+    assert len(kv.blocks) == 1 and kv.rank == 80 and kv.condition < 1e8
+    row = rows(fit).loc["known_sampling_covariance"]
+    assert row["status"] == "note"
+    assert "type=dense; n=80" in row["value"] and "blocks=1" in row["value"]
+    assert "dense Cholesky" in row["message"] and "meta_V(V = Vm)" in row["message"]
+
+
+def test_known_sampling_covariance_one_block_rank_deficient_stays_warning(one_block_fits):
+    fit = one_block_fits["deficient"]
+    assert len(fit.design.known_v.blocks) == 1
+    row = rows(fit).loc["known_sampling_covariance"]
+    assert row["status"] == "warning"
+    assert "rank-deficient (rank 79 of 80)" in row["message"]
+
+
+def test_bivariate_known_sampling_covariance_status():
+    """Block-diagonal by study: ok; a V that correlates studies: note (warning when singular)."""
+    rng = np.random.default_rng(2)
+    n = 12
+    data = pd.DataFrame({"y1": rng.normal(size=n), "y2": rng.normal(size=n)})
+    V = drm.meta_vcov_bivariate(np.full(n, 0.05), np.full(n, 0.08), cor12=0.5).toarray()
+    f = drm.Formula(mu1="y1 ~ 1 + meta_V(V=V)", mu2="y2 ~ 1")
+    pair = fit_any(f, data=data, env={"V": V})
+    assert rows(pair).loc["known_sampling_covariance", "status"] == "ok"
+    cross = V.copy()
+    cross[0, 2] = cross[2, 0] = 0.3 * 0.05
+    dense = fit_any(f, data=data, env={"V": cross})
+    row = rows(dense).loc["known_sampling_covariance"]
+    assert row["status"] == "note" and "correlates different studies" in row["message"]
+    singular = drm.meta_vcov_bivariate(np.full(n, 0.05), np.full(n, 0.08)).toarray()
+    singular[0, 2] = singular[2, 0] = 0.05  # y1 of studies 0 and 1 perfectly correlated
+    bad = fit_any(f, data=data, env={"V": singular})
+    row = rows(bad).loc["known_sampling_covariance"]
+    assert row["status"] == "warning" and "rank=23" in row["value"]

@@ -6,7 +6,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["restoration"]
+__all__ = ["restoration", "lim2014", "curtis1998"]
 
 
 def restoration() -> pd.DataFrame:
@@ -19,4 +19,51 @@ def restoration() -> pd.DataFrame:
         frame = pd.read_csv(fh)
     frame["habitat"] = pd.Categorical(frame["habitat"], categories=["grassland", "forest"])
     frame["study"] = frame["study"].astype(str)
+    return frame
+
+
+def lim2014() -> pd.DataFrame:
+    """Maternal size and offspring size across animal species: a multilevel meta-analysis.
+
+    357 correlations from 220 articles (several effect sizes per article; 231 species),
+    Lim, Senior and Nakagawa (2014), *Evolution* 68: 2306-2318, "Heterogeneity in individual
+    quality and reproductive trade-offs within species" (the maternal size - offspring size
+    set).  Taken from the R package metadat 1.2.0 (``dat.lim2014$m_o_size``; licence
+    GPL (>= 2)) by ``make_lim2014.R`` beside this file.  orchaRd uses these data in its
+    vignette.
+
+    Columns: ``es_id`` (one per row), ``article`` (string id; the clustering level),
+    ``species``, ``amniotes`` (no/yes), ``environment`` (categorical: captive, wild),
+    ``reprounit`` (life, single), ``year`` (publication year; NaN for 3 rows where it is
+    missing or "unpub"), ``ri`` (correlation), ``ni`` (sample size), ``yi`` = atanh(ri) (Fisher
+    z) and ``vi`` = 1 / (ni - 3), its sampling variance.  ``np.tanh`` turns z back into r
+    (``transform="tanh"`` in :mod:`drmpy.plots`).
+    """
+    with resources.files(__package__).joinpath("lim2014.csv").open("r") as fh:
+        frame = pd.read_csv(fh)
+    frame["article"] = frame["article"].astype(str)
+    frame["es_id"] = frame["es_id"].astype(str)
+    for column in ("amniotes", "environment", "reprounit"):
+        frame[column] = pd.Categorical(frame[column], categories=sorted(frame[column].unique()))
+    return frame
+
+
+def curtis1998() -> pd.DataFrame:
+    """Elevated CO2 and woody plant mass: raw group summaries of 102 experiments in 29 papers.
+
+    Curtis and Wang (1998), *Ecology* 79: 1353-1358.  Taken from the R package metadat 1.2.0
+    (``dat.curtis1998``; licence GPL (>= 2)) by ``make_curtis1998.R`` beside this file, with
+    dots in column names written as underscores.  Several experiments per paper, so a
+    three-level model (``(1 | paper)``) with correlated sampling errors within a paper
+    (:func:`drmpy.sampling_covariance`) suits them.
+
+    Columns: ``id`` (experiment), ``paper`` (string id), ``genus``, ``species``, ``fungrp``
+    (functional group: ANGIO, GYMNO, N2FIX), ``co2_ambi``/``co2_elev`` (ppm), ``time`` (days),
+    ``method`` (GC, OTC, ...), ``xtrt`` (other treatment), and the raw summaries ``m1i``,
+    ``sd1i``, ``n1i`` (elevated CO2) and ``m2i``, ``sd2i``, ``n2i`` (ambient) for
+    :func:`drmpy.effect_size` (e.g. ``"ROM"``, the log response ratio).
+    """
+    with resources.files(__package__).joinpath("curtis1998.csv").open("r") as fh:
+        frame = pd.read_csv(fh)
+    frame["paper"] = frame["paper"].astype(str)
     return frame

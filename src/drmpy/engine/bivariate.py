@@ -47,7 +47,8 @@ def start_values(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
     for k in range(2):
         rows = design.kept[:, k]
         X = design.fixed[f"mu{k + 1}"].matrix[rows]
-        beta, r, tau2, scale2 = moment_start(X, design.y[rows, k], v[rows, k], np.ones(int(rows.sum())))
+        w = design.weights[rows] if design.weights is not None else np.ones(int(rows.sum()))
+        beta, r, tau2, scale2 = moment_start(X, design.y[rows, k], v[rows, k], w)
         betas.append(beta)
         resid[rows, k] = r
         tau2 = start_variance(tau2, scale2)
@@ -95,11 +96,17 @@ def _dense_v(design: BivariateDesign, n_pad: int) -> np.ndarray:
 def prepare_bivariate(design: BivariateDesign, method: str, control: Control):
     """(arrays, structure, beta0, phi0) of a bivariate design; y is stored centred at beta0."""
     kind = choose_pair_structure(design, control.structure)
+    weighted = design.weights is not None and np.any(design.weights != 1.0)
+    if weighted and kind != "pair":
+        raise DrmError("control: structure='dense' does not take study weights; non-unit weights need "
+                       "structure='pair' (a V that is block-diagonal by study).")
     beta0, phi0 = start_values(design)
     n = design.nobs
     n_pad = _padded_size(n)
     X, Zs = stacked_designs(design)
     mask = design.kept.reshape(-1).astype(float)
+    # row weights: the study's weight on each kept response (0 where not kept)
+    w = mask * np.repeat(design.weights, 2) if design.weights is not None else mask
     y = (design.y.reshape(-1) - X @ beta0) * mask
     v = np.where(mask > 0, design.v_diag.reshape(-1), 1.0)
     v12 = design.v.blocks[:, 0, 1] if design.v.blocks is not None else np.zeros(n)
@@ -115,9 +122,9 @@ def prepare_bivariate(design: BivariateDesign, method: str, control: Control):
         y=jnp.asarray(pad(y)),
         X=jnp.asarray(pad(X)),
         Z_sigma=jnp.asarray(pad(Zs)),
-        w=jnp.asarray(pad(mask)),
+        w=jnp.asarray(pad(w)),
         mask=jnp.asarray(pad(mask)),
-        n_obs=jnp.asarray(float(mask.sum())),
+        n_obs=jnp.asarray(float(w.sum())),
         v=jnp.asarray(pad(v, 1.0)),
         V_dense=jnp.asarray(_dense_v(design, n_pad) if kind == "dense" else np.zeros((0, 0))),
         buckets=(),

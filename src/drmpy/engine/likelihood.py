@@ -25,7 +25,7 @@ Structures (``Structure.kind``):
   closed form per level by segment sums, O(n) (used by the deletion refits of
   :func:`drmpy.engine.batch.deletion_program`; ``choose_structure`` does not pick it).
 * ``pair``: the bivariate model with V block-diagonal by study: closed-form 2 x 2
-  determinant and inverse per study, O(studies).
+  determinant and inverse per study, O(studies), optionally study-weighted.
 
 Bivariate models (``Structure.pairs``) stack the two responses row-paired
 ``(y1_1, y2_1, y1_2, ...)``; a response that is not kept is a zero row with unit
@@ -129,7 +129,10 @@ def split_phi(phi: jax.Array, struct: Structure):
 
 
 def row_sigma2(gamma: jax.Array, arrs: Arrays) -> jax.Array:
-    """sigma_i^2 = exp(2 z_i'gamma) on data rows, 0 on padding rows."""
+    """sigma_i^2 = exp(2 z_i'gamma) on data rows, 0 on padding rows; 0 everywhere for the
+    common-effect model (``sigma ~ 0``: no sigma coefficients)."""
+    if gamma.shape[0] == 0:
+        return jnp.zeros(arrs.mask.shape, arrs.y.dtype)
     return jnp.exp(2.0 * (arrs.Z_sigma @ gamma)) * arrs.mask
 
 
@@ -414,13 +417,17 @@ def _pair_covariances(gamma, eta, arrs: Arrays):
 
 
 def _gram_pair(gamma, eta, arrs: Arrays, B):
+    """Per-study closed form, each study's terms multiplied by its weight (the larger of its
+    two row weights: a response that is not kept has weight 0; padding studies 0)."""
     a, d, b = _pair_covariances(gamma, eta, arrs)
     det = a * d - b * b
+    w = arrs.w.reshape(-1, 2)
+    ws = jnp.maximum(w[:, 0], w[:, 1])
     Bp = B.reshape(-1, 2, B.shape[1])
     B1, B2 = Bp[:, 0], Bp[:, 1]
-    cross = (B1 * (b / det)[:, None]).T @ B2
-    M = (B1 * (d / det)[:, None]).T @ B1 + (B2 * (a / det)[:, None]).T @ B2 - cross - cross.T
-    return jnp.sum(jnp.log(det)), 0.5 * (M + M.T)
+    cross = (B1 * (ws * b / det)[:, None]).T @ B2
+    M = (B1 * (ws * d / det)[:, None]).T @ B1 + (B2 * (ws * a / det)[:, None]).T @ B2 - cross - cross.T
+    return jnp.sum(ws * jnp.log(det)), 0.5 * (M + M.T)
 
 
 def _gram_dense_pairs(gamma, eta, arrs: Arrays, B):

@@ -24,10 +24,10 @@ import numpy as np
 from ..model.design import ModelDesign
 from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
-                         elementwise_linalg, gram, variance_objective)
-from .optimize import newton_trust_region
+                         elementwise_linalg, gram, row_sigma2, variance_objective)
+from .optimize import CONVERGED, SolverOutput, newton_trust_region
 
-__all__ = ["Control", "RawFit", "run_fit", "choose_structure"]
+__all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
 
 MAX_BLOCK_ROWS = 256
 
@@ -85,6 +85,9 @@ class RawFit:
     evaluations: int
     structure: Structure
     sigma: np.ndarray  # fitted sigma_i per retained row
+    # log-likelihood gained by moving from the optimiser's interior optimum to a better fit
+    # with a variance component at zero (0 when the first optimum was the best)
+    boundary_gain: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,15 +390,22 @@ def _program_fn(struct: Structure, elementwise: bool = False):
         def min_eigenvalue(M):
             return jnp.min(jnp.linalg.eigvalsh(M))
 
-    def run(arrs: Arrays, phi0, max_iter, gtol):
+    def run(arrs: Arrays, phi0, max_iter, gtol, boundary=None):
         if elementwise:
             with elementwise_linalg():
-                return _run(arrs, phi0, max_iter, gtol)
-        return _run(arrs, phi0, max_iter, gtol)
+                return _run(arrs, phi0, max_iter, gtol, boundary)
+        return _run(arrs, phi0, max_iter, gtol, boundary)
 
-    def _run(arrs: Arrays, phi0, max_iter, gtol):
-        sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
-                                  max_iter=max_iter, gtol=gtol, eigh=eigh)
+    def _run(arrs: Arrays, phi0, max_iter, gtol, boundary):
+        if phi0.shape[0] == 0:
+            # no variance parameter (common-effect model without random effects): the GLS
+            # estimate is the answer, in closed form
+            f0 = objective(phi0, arrs, struct)
+            sol = SolverOutput(phi0, f0, jnp.zeros(0), jnp.zeros((0, 0)), jnp.asarray(CONVERGED),
+                               jnp.asarray(0), jnp.asarray(1))
+        else:
+            sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
+                                      max_iter=max_iter, gtol=gtol, eigh=eigh)
         phi = sol.x
         H_phi = sol.hess
 
@@ -410,11 +420,11 @@ def _program_fn(struct: Structure, elementwise: bool = False):
             # J = d beta_hat / d phi, from the derivatives of A and b (forward mode only).
             dA, db = jax.jacfwd(location_pieces)(phi)  # (p, p, k), (p, k)
             J = A_inv @ (db - jnp.einsum("ijk,j->ik", dA, beta))
-            C = inv(H_phi)
+            C = inv(H_phi) if H_phi.shape[0] else H_phi
             cross = J @ C
             vcov = jnp.block([[A_inv + J @ C @ J.T, cross], [cross.T, C]])
             full_grad = jnp.concatenate([jnp.zeros(p), sol.grad])
-            min_eig = min_eigenvalue(H_phi)
+            min_eig = min_eigenvalue(H_phi) if H_phi.shape[0] else min_eigenvalue(A)
         else:
             # Joint Hessian of -log L at (beta_hat, phi) from the profiled one: the profiled
             # Hessian is the Schur complement H_pp - H_pb A^-1 H_bp, and H_bp = d(A beta - b)/d phi.
@@ -426,10 +436,17 @@ def _program_fn(struct: Structure, elementwise: bool = False):
             full_grad = jnp.concatenate([A @ beta - b, sol.grad])
         f = sol.f
         gamma = phi[: struct.k_sigma]
-        sigma = jnp.exp(arrs.Z_sigma @ gamma)
-        return dict(beta=beta, phi=phi, f=f, grad=full_grad, vcov=vcov, min_eig=min_eig,
-                    status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
-                    sigma=sigma)
+        sigma = jnp.sqrt(row_sigma2(gamma, arrs)) if struct.k_sigma == 0 else jnp.exp(arrs.Z_sigma @ gamma)
+        out = dict(beta=beta, phi=phi, f=f, grad=full_grad, vcov=vcov, min_eig=min_eig,
+                   status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
+                   sigma=sigma)
+        if boundary is not None:
+            # the objective with each variance component at its zero boundary, the others at
+            # their estimates (see boundary_candidates): one evaluation each, no derivatives
+            masks, values = boundary
+            out["boundary_f"] = jax.lax.map(lambda ph: objective(ph, arrs, struct),
+                                            jnp.where(masks > 0, values, phi[None, :]))
+        return out
 
     return run
 
@@ -520,12 +537,80 @@ def prepare(design: ModelDesign, method: str, control: Control):
     return (arrs, struct, beta0, phi0), clusters
 
 
-def run_fit(prepared, control: Control) -> RawFit:
-    arrs, struct, beta0, phi0 = prepared
+BOUNDARY_SD_RATIO = 1e-8  # a component "at zero": SD 1e-8 of the sampling SD scale
+# refit from a boundary point only when it is better by more than this (log-likelihood units):
+# a fit that already ran toward zero (converged_flat) sits within ~1e-8 of its boundary value
+BOUNDARY_GAIN_MIN = 1e-6
+
+
+def boundary_candidates(design: ModelDesign) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each variance component is at its zero boundary, as (masks, values), each
+    (components, k) over the variance parameters phi.
+
+    Components: sigma (all its coefficients) and every coefficient SD of every random term
+    (``sd(g)``, ``sd(g|x)``).  At the boundary the component's log-SD is
+    ``log(1e-8 sqrt(mean v))`` on every row or level (the model without it, to rounding:
+    its variance is 1e-16 of the sampling variances); correlations keep their values.
+    None when the model has no variance component.
+    """
+    blocks = []
+    pos = 0
+    if not design.common_effect:
+        blocks.append((pos, design.fixed["sigma"].matrix))
+    pos += design.fixed["sigma"].matrix.shape[1]
+    for rd in design.random:
+        for d in rd.sd_designs:
+            blocks.append((pos, d.matrix))
+            pos += d.matrix.shape[1]
+        pos += rd.n_cor
+    if not blocks:
+        return None
+    v = design.known_v.diag
+    scale2 = float(np.mean(v)) if v.size and np.mean(v) > 0 else float(np.var(design.y)) + 1e-300
+    log_sd = math.log(BOUNDARY_SD_RATIO * math.sqrt(scale2))
+    masks = np.zeros((len(blocks), pos))
+    values = np.zeros((len(blocks), pos))
+    for i, (start, M) in enumerate(blocks):
+        masks[i, start : start + M.shape[1]] = 1.0
+        values[i, start : start + M.shape[1]] = _lstsq_const(M, log_sd)
+    return masks, values
+
+
+def _run_once(arrs, struct, phi0, control: Control, boundary):
     args = (arrs, jnp.asarray(phi0), jnp.asarray(int(control.max_iter)), jnp.asarray(float(control.gtol)))
+    if boundary is not None:
+        args = args + (tuple(jnp.asarray(b) for b in boundary),)
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    out = _compiled(struct, treedef, leaves)(*leaves)
-    out = jax.device_get(out)
+    return jax.device_get(_compiled(struct, treedef, leaves)(*leaves))
+
+
+def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] | None = None) -> RawFit:
+    """Fit from prepared arrays.
+
+    With ``boundary`` (from :func:`boundary_candidates`), the objective is also evaluated
+    with each variance component at zero; when one is better than the converged optimum
+    (an interior local optimum, e.g. REML with few studies), the fit is repeated from that
+    boundary point and the better of the two is returned (``RawFit.boundary_gain`` > 0).
+    """
+    arrs, struct, beta0, phi0 = prepared
+    out = _run_once(arrs, struct, phi0, control, boundary)
+    gain = 0.0
+    first_f = float(out["f"])
+    for _ in range(3):  # each round moves to a strictly better boundary point
+        if boundary is None or "boundary_f" not in out:
+            break
+        f_b = np.asarray(out["boundary_f"])
+        f = float(out["f"])
+        best = int(np.argmin(f_b)) if f_b.size else -1
+        if best < 0 or not f_b[best] < f - BOUNDARY_GAIN_MIN:
+            break
+        masks, values = boundary
+        start = np.where(masks[best] > 0, values[best], np.asarray(out["phi"]))
+        again = _run_once(arrs, struct, start, control, boundary)
+        if not float(again["f"]) < f:
+            break
+        out = again
+        gain = first_f - float(out["f"])
     n = int(round(float(np.sum(np.asarray(arrs.mask)))))
     beta = np.asarray(out["beta"]) + beta0
     theta = np.concatenate([beta, np.asarray(out["phi"])])
@@ -540,4 +625,5 @@ def run_fit(prepared, control: Control) -> RawFit:
         evaluations=int(out["evaluations"]),
         structure=struct,
         sigma=np.asarray(out["sigma"])[:n],
+        boundary_gain=gain,
     )

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, formula_columns,
-                     formula_context, require_scale_coefficients, response_columns)
+from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, check_weights,
+                     formula_columns, formula_context, require_scale_coefficients, response_columns)
 from ..errors import CovarianceError, DataError
 from .formula import Formula
 from .known_v import KnownV, RawV, finalize_v
@@ -230,6 +230,7 @@ class BivariateDesign:
     dropped_labels: tuple = field(repr=False)
     n_decoupled: int
     columns: tuple[str, ...] = ()
+    weights: np.ndarray | None = field(default=None, repr=False)  # (n,) per retained study, or None
 
     random: tuple = ()  # no random effects in bivariate models (yet)
 
@@ -273,9 +274,18 @@ def _present(frame: pd.DataFrame, columns) -> np.ndarray:
     return notna & frames.without_infinities(frame, columns)
 
 
-def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any] | None = None) -> BivariateDesign:
-    """Resolve the five formulas and V against ``data`` (one row per study)."""
+def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any] | None = None,
+                           weights: Any = None) -> BivariateDesign:
+    """Resolve the five formulas and V against ``data`` (one row per study).
+
+    ``weights`` (a column name or one value per data row): each study's log-likelihood is
+    multiplied by its weight; a study with a missing weight is dropped (its responses
+    counted), a negative weight is an error, and non-unit weights need a V that is
+    block-diagonal by study (otherwise the log-likelihood does not separate by study).
+    """
     all_columns, texts, namespace, context = formula_context(formula, data, env)
+    if isinstance(weights, str) and weights not in all_columns:
+        raise DataError(f"weights: column `{weights}` is not in the data.")
     responses = formula.responses
 
     variables: dict[str, list[str]] = {}
@@ -285,9 +295,12 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
     for dpar, rhs in formula.dpars.items():
         variables[dpar] = formula_columns(dpar, rhs, texts[dpar], all_columns, context)
     columns = tuple(dict.fromkeys(c for cols in variables.values() for c in cols))
+    if isinstance(weights, str):
+        columns = tuple(dict.fromkeys(columns + (weights,)))
     frame = frames.as_pandas(data, columns)
     n_data = len(frame)
     labels = frame.index
+    w_all = _study_weights(weights, frame, n_data)
 
     meta_v = formula.meta_v
     raw_matrix, v_kind = (None, "none")
@@ -315,6 +328,11 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
             if (ok & ~v_ok).any():
                 dropped[f"{name}: missing sampling variance in `{meta_v.name}`"] = int((ok & ~v_ok).sum())
             ok &= v_ok
+        if w_all is not None:
+            w_ok = np.isfinite(w_all)
+            if (ok & ~w_ok).any():
+                dropped[f"{name}: missing weight"] = int((ok & ~w_ok).sum())
+            ok &= w_ok
         kept[:, k] = ok
     y_all = np.zeros((n_data, 2))
     for k, resp in enumerate(responses):
@@ -364,6 +382,15 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
     v = _finalize_pair_v(meta_v.name if meta_v else None, v_kind, raw_matrix, blocks_all, off_block,
                          kept, study, labels, responses)
     n_decoupled = int((both & ~rho_ok).sum())
+    study_weights = None
+    if w_all is not None:
+        study_weights = check_weights(w_all[study], labels[study], "studies")
+        if not v.block_diagonal and np.any(study_weights != 1.0):
+            raise DataError(
+                f"weights: non-unit weights with meta_V(V = {v.name}) are not supported: V correlates "
+                "different studies, so a study's log-likelihood is not separable; drop `weights=` or use "
+                "a V that is block-diagonal by study."
+            )
     return BivariateDesign(
         formula=formula,
         y=y_all[study],
@@ -378,7 +405,27 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
         dropped_labels=tuple(labels[~study]),
         n_decoupled=n_decoupled,
         columns=columns,
+        weights=study_weights,
     )
+
+
+def _study_weights(weights: Any, frame: pd.DataFrame, n_data: int) -> np.ndarray | None:
+    """One float weight per data row (NaN where missing), or None without weights."""
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        col = frame[weights]
+        if not frames.is_numeric(col):
+            raise DataError(f"weights: column `{weights}` must be numeric.")
+        w = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        try:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DataError("weights must be numeric (one value per study).") from exc
+        if len(w) != n_data:
+            raise DataError(f"weights: expected {n_data} values (one per study, a data row), got {len(w)}.")
+    return np.where(np.isinf(w), np.nan, w)
 
 
 def _finalize_pair_v(name, kind, matrix, blocks_all, off_block, kept, study, labels, responses) -> PairV:

@@ -94,6 +94,9 @@ class ModelDesign:
     dropped_labels: tuple = field(repr=False)
     columns: tuple[str, ...] = ()  # every data column the model read (formulas, groups, V, weights)
     row_positions: np.ndarray | None = field(default=None, repr=False)  # positions of the retained rows in the data
+    # the retained rows of those columns, as read (index = row_labels): what plots and
+    # marginal means need to know about the data (factor shares, covariate means, moderator levels)
+    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property
     def nobs(self) -> int:
@@ -102,6 +105,11 @@ class ModelDesign:
     @property
     def n_dropped(self) -> int:
         return int(sum(self.dropped.values()))
+
+    @property
+    def common_effect(self) -> bool:
+        """True for ``sigma ~ 0``: no residual heterogeneity, sigma fixed at 0."""
+        return self.fixed["sigma"].matrix.shape[1] == 0
 
     @property
     def designs(self) -> list[FixedDesign]:
@@ -172,14 +180,26 @@ def _materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, c
     return values, terms, mm.model_spec
 
 
-def require_scale_coefficients(dpar: str, n_columns: int, text: str) -> None:
+def require_scale_coefficients(dpar: str, n_columns: int, text: str,
+                               fix: str = "a model without this variance component is not supported") -> None:
     """An SD formula must have coefficients: without any, its log-SD would be 0 (SD 1), not
-    an SD of 0, so ``sigma ~ 0`` is refused rather than fitted as something else."""
+    an SD of 0.  (The univariate ``sigma ~ 0``, the common-effect model, is handled by
+    :func:`require_common_effect_variance` instead.)"""
     if n_columns == 0:
         raise FormulaError(
             f"The {dpar} formula `{text}` has no coefficients. An SD formula needs at least one "
-            "(drop `0`/`-1` to keep the intercept); a model without this variance component is "
-            "not supported."
+            f"(drop `0`/`-1` to keep the intercept); {fix}."
+        )
+
+
+def require_common_effect_variance(text: str, has_v: bool) -> None:
+    """``sigma ~ 0`` (no residual heterogeneity: sigma fixed at 0) needs known sampling
+    variances; without them some responses would have no variance at all."""
+    if not has_v:
+        raise FormulaError(
+            f"The sigma formula `{text}` has no coefficients: sigma ~ 0 is the common-effect model "
+            "(sigma fixed at 0), which needs known sampling variances through meta_V(V = ...) in the mu "
+            "formula; without them the model has no row-level variance. Keep `sigma ~ 1`."
         )
 
 
@@ -272,9 +292,27 @@ def _lookup(name: str, env: Mapping[str, Any] | None, namespace: Mapping[str, An
     )
 
 
+def _phylo_relatedness(term: RandomTerm, env, namespace, what: str) -> pd.DataFrame:
+    """K of ``phylo(1 | species, tree = name)``: the tree's Brownian-motion correlation matrix."""
+    name = term.relmat
+    if name[0] in "'\"":  # a quoted literal: Newick text or a file path
+        tree = name[1:-1]
+    else:
+        tree = _lookup(name, env, namespace, what)
+    from ..effects.phylogeny import phylo_corr  # a later stage, imported when a phylo() term is used
+
+    try:
+        return phylo_corr(tree)
+    except DataError as exc:
+        raise RandomEffectsError(f"{what}: {exc}") from exc
+
+
 def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> np.ndarray:
     what = f"`{term.text}`"
-    K = _lookup(term.relmat, env, namespace, what)
+    if term.relmat_kind == "tree":
+        K = _phylo_relatedness(term, env, namespace, what)
+    else:
+        K = _lookup(term.relmat, env, namespace, what)
     if isinstance(K, pd.DataFrame):
         rows = [str(i) for i in K.index]
         cols = [str(c) for c in K.columns]
@@ -342,6 +380,17 @@ def formula_columns(dpar: str, rhs: str, text: str, all_columns, context) -> lis
     if missing:
         raise DataError(f"Column `{missing[0]}` used in the {dpar} formula `{text}` is not in the data.")
     return sorted(v for v in used if v in all_columns)
+
+
+def check_weights(w: np.ndarray, labels: pd.Index, unit: str) -> np.ndarray:
+    """``w`` (one weight per retained row or study, labelled ``labels``) after checking that
+    every weight is >= 0 and some weight is > 0."""
+    neg = np.flatnonzero(w < 0)
+    if neg.size:
+        raise DataError(f"weights must be >= 0; row {labels[neg[0]]!r} has {w[neg[0]]:g}.")
+    if not np.any(w > 0):
+        raise DataError(f"weights are all zero among the retained {unit}; nothing to fit.")
+    return w
 
 
 def build_design(
@@ -425,8 +474,11 @@ def build_design(
     mats: dict[str, tuple] = {}
     for dpar, rhs in formula.dpars.items():
         mats[dpar] = _materialize(rhs, sub, dpar, texts[dpar], context)
-        if dpar != "mu":
-            require_scale_coefficients(dpar, mats[dpar][0].shape[1], texts[dpar])
+        if dpar == "sigma" and mats[dpar][0].shape[1] == 0:
+            require_common_effect_variance(texts[dpar], meta_v is not None)
+        elif dpar != "mu":
+            require_scale_coefficients(dpar, mats[dpar][0].shape[1], texts[dpar],
+                                       fix="to fit a model without this SD, drop its random-effect term")
     ok = np.isfinite(y)
     for dpar, (m, _, _) in mats.items():
         ok &= np.all(np.isfinite(m), axis=1)
@@ -447,15 +499,7 @@ def build_design(
     kept_labels = labels[keep]
     dropped_labels = tuple(labels[~keep])
 
-    weights_arr = None
-    if w_all is not None:
-        w = w_all[keep]
-        neg = np.flatnonzero(w < 0)
-        if neg.size:
-            raise DataError(f"weights must be >= 0; row {kept_labels[neg[0]]!r} has {w[neg[0]]:g}.")
-        if not np.any(w > 0):
-            raise DataError("weights are all zero among the retained rows; nothing to fit.")
-        weights_arr = w
+    weights_arr = None if w_all is None else check_weights(w_all[keep], kept_labels, "rows")
 
     fixed = {
         dpar: FixedDesign(dpar, terms, m, spec)
@@ -494,6 +538,7 @@ def build_design(
         dropped_labels=dropped_labels,
         columns=columns,
         row_positions=np.flatnonzero(keep),
+        frame=sub,
     )
 
 
@@ -514,7 +559,9 @@ def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple
             )
         cols.append(col.to_numpy(dtype=np.float64))
     z = np.column_stack(cols)
-    if term.intercept and len(term.slopes) == 0 and term.relmat is None and np.all(counts <= 1):
+    common_effect = mats["sigma"][0].shape[1] == 0  # no sigma: nothing to confound sd(g) with
+    if (term.intercept and len(term.slopes) == 0 and term.relmat is None and np.all(counts <= 1)
+            and not common_effect):
         if ":" in term.group:
             raise RandomEffectsError(
                 f"`{term.text}`: every level of `{term.group}` has a single row, so its SD is the "

@@ -5,7 +5,7 @@ holds, per distributional parameter (``mu``, ``sigma``, ``sd(<group>)``), the fi
 right-hand side handed to formulaic.  The ``mu`` formula also carries the response, the
 known-sampling-covariance marker ``meta_V(V=name)`` and the random-effect terms
 ``(1|g)``, ``(0 + x|g)``, ``(1 + x||g)``, ``(1 + x|g)``, ``(1|a/b)`` and
-``relmat(1|g, K=name)``; formulaic never sees those.
+``relmat(1|g, K=name)`` and ``phylo(1|species, tree=name)``; formulaic never sees those.
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ class RandomTerm:
         slopes: names of numeric columns with random slopes.
         correlated: intercept and slopes share a correlated covariance (``|``) rather than
             independent SDs (``||``).  Irrelevant with a single coefficient.
-        relmat: name of a known relatedness matrix K among the levels, or None.
+        relmat: name of a known relatedness matrix K among the levels, or None; for
+            ``phylo()`` the name (or quoted literal) of the tree whose correlation matrix is K.
         text: the term as written, for messages.
+        relmat_levels: name of the labels of K's rows when K is a plain array.
+        relmat_kind: ``"K"`` (relmat: K given) or ``"tree"`` (phylo: K = phylo_corr(tree)).
     """
 
     group: str
@@ -52,6 +55,7 @@ class RandomTerm:
     relmat: str | None
     text: str
     relmat_levels: str | None = None
+    relmat_kind: str = "K"
 
     @property
     def group_columns(self) -> tuple[str, ...]:
@@ -255,6 +259,26 @@ def _parse_relmat(term: str) -> list[RandomTerm]:
             for t in terms]
 
 
+_TREE_VALUE = re.compile(r"""^\s*tree\s*=\s*(?P<v>[A-Za-z_][A-Za-z0-9_]*|'[^']*'|"[^"]*")\s*$""")
+
+
+def _parse_phylo(term: str) -> list[RandomTerm]:
+    """``phylo(1 | species, tree = name)`` (drmTMB's spelling): relmat with K = phylo_corr(tree)."""
+    body = term[len("phylo") :].strip()
+    expected = "expected `phylo(1 | species, tree = name)` (a bare name, or a quoted Newick file path)"
+    if not (body.startswith("(") and body.endswith(")")):
+        raise FormulaError(f"Cannot parse `{term}`; {expected}.")
+    args = _split_top_level(body[1:-1], ",")
+    match = _TREE_VALUE.match(args[1]) if len(args) == 2 else None
+    if match is None:
+        raise FormulaError(f"`{term}`: {expected}.")
+    terms = _parse_bar_term("(" + args[0].strip() + ")", term, match["v"])
+    if len(terms) != 1 or not terms[0].intercept or terms[0].slopes:
+        raise FormulaError(f"`{term}`: phylo() takes a random intercept of one grouping factor, `(1 | species)`.")
+    t = terms[0]
+    return [RandomTerm(t.group, t.intercept, t.slopes, t.correlated, t.relmat, t.text, None, "tree")]
+
+
 @dataclass(frozen=True)
 class ParsedMu:
     response: str
@@ -281,9 +305,12 @@ def _parse_mu(lhs: str, rhs: str, text: str) -> ParsedMu:
             random_terms.extend(_parse_bar_term(term, term, None))
         elif re.match(r"^relmat\s*\(", term):
             random_terms.extend(_parse_relmat(term))
+        elif re.match(r"^phylo\s*\(", term):
+            random_terms.extend(_parse_phylo(term))
         elif "meta_V" in term or "meta_known_V" in term:
             raise FormulaError(f"`{term}`: meta_V() must stand alone as a term of the mu formula.")
         else:
+            _reject_unsupported_special(term, f"the mu formula `{text}`", allowed=frozenset({"phylo"}))
             fixed.append(term)
     groups = [t.group for t in random_terms]
     dup = {g for g in groups if groups.count(g) > 1}
@@ -296,6 +323,29 @@ def _parse_mu(lhs: str, rhs: str, text: str) -> ParsedMu:
     return ParsedMu(lhs, fixed_rhs, meta_v, tuple(random_terms))
 
 
+# drmTMB / glmmTMB special terms drmpy does not fit.  Names that are special whatever their
+# arguments, and generic names (also numpy functions) that are special only around a bar.
+UNSUPPORTED_SPECIALS = frozenset({"phylo", "spatial", "animal", "gp", "ar1", "ou", "toep", "propto",
+                                  "equalto", "homdiag", "hetar1"})
+UNSUPPORTED_BAR_SPECIALS = frozenset({"exp", "gau", "mat", "cs", "us", "diag", "rr", "mm", "gr"})
+_CALL = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\((?P<args>.*)\)$", re.S)
+
+
+def _reject_unsupported_special(term: str, where: str, allowed: frozenset[str] = frozenset()) -> None:
+    """Raise a FormulaError naming ``term`` when it is a drmTMB special drmpy does not fit
+    (``where`` names the formula, e.g. "the bivariate mu1 formula `y1 ~ ...`")."""
+    m = _CALL.match(term.strip())
+    if m is None or m["name"] in allowed:
+        return
+    name = m["name"]
+    has_bar = _split_top_level(m["args"], "|") != [m["args"]]
+    if name in UNSUPPORTED_SPECIALS or (name in UNSUPPORTED_BAR_SPECIALS and has_bar):
+        raise FormulaError(
+            f"`{term.strip()}` in {where}: {name}() terms are not supported there by drmpy "
+            "(random effects: `(1|g)`, `(1 + x|g)`, `relmat(1|g, K = K)` in a univariate mu formula)."
+        )
+
+
 def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
     if "meta_V" in rhs or "meta_known_V" in rhs:
         raise FormulaError(
@@ -303,10 +353,13 @@ def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
         )
     for raw in _split_top_level(rhs, "+"):
         term = raw.strip()
-        if (term.startswith("(") and "|" in term) or term.startswith("relmat"):
+        if (term.startswith("(") and "|" in term) or term.startswith(("relmat", "phylo(")):
             raise FormulaError(
                 f"`{text}`: random-effect terms such as `{term}` belong in the mu formula."
             )
+        # phylo() in a univariate model is the effects stage's to parse
+        allowed = frozenset() if dpar in BIVARIATE_DPARS else frozenset({"phylo"})
+        _reject_unsupported_special(term, f"the {dpar} formula `{text}`", allowed)
 
 
 def _capture_env(depth: int) -> dict[str, Any]:
@@ -438,6 +491,8 @@ class Formula:
             if name not in collected:
                 raise FormulaError(f"A bivariate model needs both mu1 and mu2 formulas; {name} is missing.")
             lhs, rhs, text = collected[name]
+            for term in _split_top_level(rhs, "+"):
+                _reject_unsupported_special(term, f"the bivariate {name} formula `{text}`")
             parsed = _parse_mu(lhs, rhs, text)
             if parsed.random_terms:
                 raise FormulaError(

@@ -144,9 +144,14 @@ class BivariateFit(FitResult):
         out[kept] = e
         return out.reshape(r.shape)
 
-    def predict(self, newdata: Any = None, dpar: str = "mu1", type: str = "response") -> pd.Series:
+    def predict(self, newdata: Any = None, dpar: str = "mu1", type: str = "response",
+                interval: str | None = None, **kwargs: Any) -> pd.Series:
         """Predictions of one dpar (mu1, mu2, sigma1, sigma2, rho12) on the retained studies
-        or on ``newdata``; ``type="link"`` gives the linear predictor."""
+        or on ``newdata``; ``type="link"`` gives the linear predictor.  Confidence and
+        prediction intervals (``interval=``) are for univariate fits only."""
+        if interval is not None or kwargs:
+            raise DrmError("predict(interval=...) (and its level/vi/test/vcov arguments) is not "
+                           "available for bivariate fits; it is for univariate DrmFit results.")
         if dpar not in DPARS:
             raise DrmError(f"predict(dpar=...) must be one of {', '.join(DPARS)}; got {dpar!r}.")
         if type not in ("response", "link"):
@@ -172,6 +177,11 @@ class BivariateFit(FitResult):
             eta, index = X @ self._raw.theta[self._offsets[dpar]], frame.index
         values = eta if type == "link" else self._inverse_link(dpar, eta)
         return pd.Series(values, index=index, name=dpar)
+
+    def coef_test(self, *args: Any, **kwargs: Any):
+        """Not available for bivariate fits (a ``DrmError``); see :meth:`DrmFit.coef_test`."""
+        raise DrmError("coef_test (t, Knapp-Hartung and cluster-robust tests) is for univariate DrmFit "
+                       "results; it is not available for bivariate fits.")
 
     # ---------------------------------------------------------------- reports
     def summary(self):
@@ -203,6 +213,23 @@ class BivariateFit(FitResult):
         from .checks import check_bivariate_fit
 
         return check_bivariate_fit(self)
+
+    # ---------------------------------------------------------------- simulation
+    def simulate(self, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
+        """Both responses drawn from the fitted model, ``nsim`` independent data sets.
+
+        Per retained study ``(y1*, y2*) ~ MVN((mu1_i, mu2_i), V_i + B_i)`` with
+        ``B_i = [[s1^2, r s1 s2], [r s1 s2, s2^2]]`` at the fitted sigma1, sigma2 and rho12
+        (a study with one kept response: its 1 x 1 marginal; a V that correlates studies:
+        drawn through the factor of the whole V).  Response scale.  Columns
+        ``sim_1_<y1>, sim_1_<y2>, sim_2_<y1>, ...`` (``<y1>``, ``<y2>`` the response names),
+        so draw j is ``sims[[f"sim_{j}_{y1}", f"sim_{j}_{y2}"]]``; index: the labels of the
+        retained studies (``fit.row_labels``); NaN where a response is not kept.  ``seed``:
+        anything ``numpy.random.default_rng`` accepts.
+        """
+        from ..simulation.simulate import simulate_bivariate_responses
+
+        return simulate_bivariate_responses(self, nsim, seed)
 
     def __repr__(self) -> str:
         return (f"<BivariateFit {self.method} studies={self.nobs} responses={self.n_responses} "

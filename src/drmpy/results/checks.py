@@ -20,6 +20,8 @@ BOUNDARY_VARIANCE_RATIO = 1e-8
 DESIGN_MB_NOTE = 25.0
 DESIGN_COLS_NOTE = 30
 V_CONDITION_WARN = 1e8
+DENSE_V_NOTE = ("V does not split into independent blocks: it is evaluated with a dense Cholesky of the "
+                "n x n covariance (O(n^2) memory, O(n^3) time), a caution at large n.")
 
 
 def _row(rows, check, status, value, message):
@@ -31,10 +33,16 @@ def check_fit(fit) -> pd.DataFrame:
     rows: list[dict] = []
     _estimation_rows(fit, rows)
     _dropped_rows_row(design, rows)
-    _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
+    if design.common_effect:
+        _row(rows, "common_effect", "ok", "sigma=0",
+             "sigma ~ 0: common-effect model, sigma fixed at 0 (no residual heterogeneity beyond V"
+             + (" and the random effects)." if design.random else ")."))
+    else:
+        _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
     _boundary_row(fit, rows)
     _known_v_row(design, rows)
     _random_rows(fit, rows)
+    _random_design_row(design, rows)
     _design_size_row(design, rows)
     return pd.DataFrame(rows, columns=["check", "status", "value", "message"])
 
@@ -139,12 +147,18 @@ def _boundary_result(rows, flagged: list[str], value: str, also: str) -> None:
 def _boundary_row(fit, rows):
     design = fit.design
     sig = fit.sigma().to_numpy()
-    flagged = ["sigma"] if _sd_at_boundary(sig, design.known_v.diag) else []
+    flagged = ["sigma"] if not design.common_effect and _sd_at_boundary(sig, design.known_v.diag) else []
     for rd in design.random:
         sds = fit.sd(rd.group).to_numpy()
         if np.any(sds < BOUNDARY_SD):
             flagged.append(f"sd({rd.group})")
     _boundary_result(rows, flagged, f"min_sigma={sig.min():.3g}", "")
+    gain = fit._raw.boundary_gain
+    if gain > 0:
+        _row(rows, "boundary_optimum", "note", f"loglik_gain={gain:.6g}",
+             "The optimiser first stopped at an interior local optimum; the fit with "
+             f"{', '.join(flagged) or 'a variance component'} at zero is better by {gain:.6g} in "
+             "log-likelihood and is the one reported (its SD is at the boundary).")
 
 
 def _known_v_row(design, rows):
@@ -162,10 +176,12 @@ def _known_v_row(design, rows):
         _row(rows, "known_sampling_covariance", "warning", val, f"V is rank-deficient (rank {kv.rank} of {n}).")
     elif kv.condition > V_CONDITION_WARN:
         _row(rows, "known_sampling_covariance", "warning", val, f"V is ill-conditioned (condition number > {V_CONDITION_WARN:g}).")
+    elif len(kv.blocks) == 1:
+        # one block: drmTMB's "dense V" label, a caution about scale (O(n^2) memory, O(n^3) time)
+        _row(rows, "known_sampling_covariance", "note", val,
+             f"Known sampling covariance is recorded through meta_V(V = {kv.name}). {DENSE_V_NOTE}")
     else:
-        extra = " Evaluated with a dense Cholesky of the n x n covariance (O(n^3))." if (
-            design.known_v.blocks is not None and len(design.known_v.blocks) == 1) else ""
-        _row(rows, "known_sampling_covariance", "ok", val, f"Known sampling covariance is recorded through meta_V(V = {kv.name}).{extra}")
+        _row(rows, "known_sampling_covariance", "ok", val, f"Known sampling covariance is recorded through meta_V(V = {kv.name}).")
 
 
 def _random_rows(fit, rows):
@@ -187,6 +203,50 @@ def _random_rows(fit, rows):
         k = sum(d.matrix.shape[1] for d in rd.sd_designs)
         _row(rows, f"sd_predictors_constant[{rd.group}]", "ok", f"sd_coefficients={k}",
              f"sd() predictors are constant within each level of {rd.group}.")
+
+
+WEAK_RANDOM_DESIGN = ("At least one random-slope or correlated random-effect block has weak within-group "
+                      "design variation; interpret slope SDs or correlations cautiously.")
+
+
+def within_level_design(rd) -> tuple[dict[str, int], tuple[int, int] | None]:
+    """For one random-effect term: per slope, the minimum over levels of the number of
+    distinct slope values within the level; for a correlated term with more than one
+    coefficient, (minimum within-level rank of its design z, number of coefficients)."""
+    order = np.argsort(rd.level_index, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(rd.level_index[order]) != 0])
+    levels = np.split(order, starts[1:])
+    names = rd.term.coefficient_names
+    unique = {}
+    for c, name in enumerate(names):
+        if name != "(Intercept)":
+            unique[name] = min(len(np.unique(rd.z[idx, c])) for idx in levels)
+    rank = None
+    if rd.term.correlated and rd.n_coef > 1:
+        rank = (min(int(np.linalg.matrix_rank(rd.z[idx])) for idx in levels), rd.n_coef)
+    return unique, rank
+
+
+def _random_design_row(design, rows):
+    """drmTMB's ``mu_random_effect_design``: within-level variation of random slopes and the
+    within-level rank of correlated blocks (no row without random slopes)."""
+    parts, weak = [], False
+    for rd in design.random:
+        unique, rank = within_level_design(rd)
+        for name, n_unique in unique.items():
+            parts.append(f"min_unique={rd.group}|{name}={n_unique}")
+            weak |= n_unique < 2
+        if rank is not None:
+            parts.append(f"min_rank={rd.group}={rank[0]}/{rank[1]}")
+            weak |= rank[0] < rank[1]
+    if not parts:
+        return
+    if weak:
+        _row(rows, "mu_random_effect_design", "note", "; ".join(parts), WEAK_RANDOM_DESIGN)
+    else:
+        _row(rows, "mu_random_effect_design", "ok", "; ".join(parts),
+             "Every random slope varies within every level and every correlated block has full "
+             "within-level rank.")
 
 
 def _design_size_row(design, rows):
@@ -268,7 +328,7 @@ def check_bivariate_fit(fit) -> pd.DataFrame:
     else:
         kv = pv.known
         val = f"type={pv.kind}; n={len(kv.diag)}; rank={kv.rank}; condition={kv.condition:.3g}"
-        status = "warning" if kv.rank < len(kv.diag) or kv.condition > V_CONDITION_WARN else "ok"
+        status = "warning" if kv.rank < len(kv.diag) or kv.condition > V_CONDITION_WARN else "note"
         _row(rows, "known_sampling_covariance", status, val,
              f"meta_V(V = {pv.name}) correlates different studies: the full covariance is factored (O(n^3)).")
     _design_size_row(design, rows)

@@ -142,8 +142,37 @@ class FitResult:
             raise DrmError(f"Unknown dpar `{dpar}`; this model has {', '.join(groups)}.")
         return groups[dpar]
 
+    def tidy(self, level: float = 0.95) -> pd.DataFrame:
+        """Long table, one row per parameter, in broom's column names: ``dpar``, ``term``,
+        ``estimate``, ``std_error``, ``statistic`` (Wald z), ``p_value``, ``conf_low``,
+        ``conf_high`` (Wald interval at ``level``); link scales as ``fit.params``."""
+        from .summary import tidy_table
+
+        return tidy_table(self, level)
+
+    # ---------------------------------------------------------------- inference (stage inference/)
+    def conf_int(self, level: float = 0.95, method: str = "wald", params: Any = None,
+                 scale: str = "link", nsim: int = 1000, seed: Any = None) -> pd.DataFrame:
+        """Confidence intervals per parameter: ``method`` ``"wald"``, ``"profile"`` (profile
+        likelihood; REML: variance parameters only) or ``"bootstrap"`` (parametric, ``nsim``,
+        ``seed``); ``scale="response"`` applies the inverse links.  See
+        :func:`drmpy.inference.intervals.conf_int`."""
+        from ..inference.intervals import conf_int
+
+        return conf_int(self, level=level, method=method, params=params, scale=scale, nsim=nsim, seed=seed)
+
+    def profile(self, param: str, n: int = 25, level: float = 0.99) -> pd.DataFrame:
+        """Profile log-likelihood of one parameter on ``n`` link-scale values spanning its
+        ``level`` profile interval: columns ``value``, ``loglik``, ``statistic`` (2 (l_hat - l))."""
+        from ..inference.profile import profile_curve
+
+        return profile_curve(self, param, n=n, level=level)
+
+
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
+
+    _data: Any = None  # the data given to drm.fit (a reference), for columns named later
 
     def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
                  clusters: np.ndarray | None, data: Any = None, env: Any = None) -> None:
@@ -167,7 +196,8 @@ class DrmFit(FitResult):
         return self._raw.sigma
 
     def sigma(self) -> pd.Series:
-        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2)."""
+        """Fitted sigma_i (extra row-level heterogeneity SD) per retained row; not sqrt(v_i + sigma_i^2).
+        All zeros for the common-effect model (``sigma ~ 0``)."""
         return self._series(self._sigma_values, "sigma")
 
     @cached_property
@@ -249,48 +279,103 @@ class DrmFit(FitResult):
 
     # ---------------------------------------------------------------- prediction
     def predict(self, newdata: Any = None, dpar: str = "mu", type: str = "response",
-                re_form: Any = None) -> pd.Series:
+                interval: str | None = None, level: float = 0.95, vi: Any = None,
+                test: str = "z", vcov: str = "observed", re_form: Any = None):
         """Predictions of ``mu`` or ``sigma`` (``type='link'`` for log sigma).
 
         On the fitted rows (``newdata=None``) ``mu`` includes the random effects' conditional
         modes; on new data only the fixed effects, unless ``re_form=True`` (levels seen in
         the fit get their conditional modes, new levels 0).  ``re_form=False`` excludes them.
+        Returns a Series.
+
+        With ``interval="confidence"`` or ``"prediction"`` (``dpar="mu"`` only) returns a
+        DataFrame indexed like ``newdata`` (the retained rows when None) with ``estimate``
+        (``x' beta``, no conditional modes), ``se`` and ``lower``/``upper`` at ``level``;
+        the prediction interval adds ``sigma_new^2``, every random-effect variance from the
+        row's own predictors, and ``vi`` (new sampling variances: column name or array)
+        when given.  ``test="t"``: t quantiles with ``nobs - p_mu`` df.  ``vcov``:
+        ``"observed"`` (``fit.vcov()``) or ``"gls"`` (metafor's).  See
+        :mod:`drmpy.inference.predict`.
         """
         if type not in ("response", "link"):
             raise DrmError(f"predict(type=...) must be 'response' or 'link', got {type!r}.")
         if dpar not in ("mu", "sigma"):
             raise DrmError(f"predict(dpar=...) must be 'mu' or 'sigma', got {dpar!r}.")
+        if interval is not None:
+            if dpar != "mu":
+                raise DrmError(f"predict(interval={interval!r}) is for dpar='mu' only, got dpar={dpar!r}.")
+            if re_form:
+                raise DrmError("predict(interval=...) is for the fixed-effect mean; re_form=True "
+                               "(conditional modes) has no interval here.")
+            from ..inference.predict import predict_interval
+
+            return predict_interval(self, newdata, interval, level, vi, test, vcov)
         include_re = (newdata is None) if re_form is None else bool(re_form)
         if newdata is None:
             if dpar == "sigma":
-                eta = np.log(self._sigma_values)
+                with np.errstate(divide="ignore"):  # sigma ~ 0: log sigma = -inf
+                    eta = np.log(self._sigma_values)
             else:
                 eta = self._fixed_mu + (self._random_mu if include_re else 0.0)
             index = self._design.row_labels
         else:
-            design = self._design.fixed[dpar]
             from ..model import frames
 
-            spec = design.model_spec
-            cols = sorted(set(spec.required_variables) & set(frames.column_names(newdata)))
-            missing = sorted(set(spec.required_variables) - set(frames.column_names(newdata)) - set(self.formula.env))
-            if missing:
-                raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula.")
-            frame = frames.as_pandas(newdata, cols)
+            X = self._new_matrix(dpar, newdata)
+            start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
+            coef = self._raw.theta[start : start + X.shape[1]]
+            eta = X @ coef
+            if dpar == "sigma" and self._design.common_effect:
+                eta = np.full(X.shape[0], -np.inf)  # sigma ~ 0: sigma is 0 (log sigma -inf)
+            if dpar == "mu" and include_re and self._design.random:
+                eta = eta + self._newdata_random(newdata, len(eta))
+            index = frames.as_pandas(newdata, []).index
+        if dpar == "sigma" and type == "response":
+            eta = np.exp(eta)
+        return pd.Series(eta, index=index, name=dpar)
+
+    def _new_matrix(self, dpar: str, newdata: Any, purpose: str = "prediction") -> np.ndarray:
+        """Design matrix of ``dpar`` (``mu``, ``sigma`` or an ``sd(...)``) for the rows of newdata,
+        built through the fitted model spec (same levels and stateful transforms)."""
+        from ..model import frames
+
+        if dpar in self._design.fixed:
+            design = self._design.fixed[dpar]
+        else:
+            design = next(d for rd in self._design.random for d in rd.sd_designs if d.dpar == dpar)
+        spec = design.model_spec
+        available = set(frames.column_names(newdata))
+        missing = sorted(set(spec.required_variables) - available - set(self.formula.env))
+        if missing:
+            raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula for {purpose}.")
+        cols = sorted(set(spec.required_variables) & available)
+        frame = frames.as_pandas(newdata, cols)
+        n = len(frame)
+        if not spec.required_variables and tuple(design.terms) in ((), ("(Intercept)",)):
+            # intercept-only (or empty) design: a constant column, no formula evaluation per row
+            return np.ones((n, design.matrix.shape[1]))
+        import warnings
+
+        from formulaic.errors import DataMismatchWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataMismatchWarning)
             try:
                 mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
             except Exception as exc:
                 raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
-            X = np.asarray(mm, dtype=np.float64)
-            start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
-            coef = self._raw.theta[start : start + X.shape[1]]
-            eta = X @ coef
-            if dpar == "mu" and include_re and self._design.random:
-                eta = eta + self._newdata_random(newdata, len(eta))
-            index = frame.index
-        if dpar == "sigma" and type == "response":
-            eta = np.exp(eta)
-        return pd.Series(eta, index=index, name=dpar)
+        for w in caught:
+            if issubclass(w.category, DataMismatchWarning) and "{nan}" not in str(w.message):
+                # formulaic would encode an unseen level as the reference level: a wrong number
+                raise DrmError(f"newdata has a factor level the fit did not see, in a variable of the "
+                               f"{dpar} formula ({w.message})")
+            if not issubclass(w.category, DataMismatchWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        X = np.array(mm, dtype=np.float64)
+        # a missing factor value would be encoded as the reference level: make its row NaN
+        missing_rows = frame.isna().any(axis=1).to_numpy() if cols else np.zeros(n, dtype=bool)
+        X[missing_rows] = np.nan
+        return X
 
     def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
         from ..model import frames
@@ -310,13 +395,14 @@ class DrmFit(FitResult):
         return out
 
     # ---------------------------------------------------------------- reports
-    def summary(self):
+    def summary(self, test: str = "z"):
         """Coefficient table (estimate, std_error, z, p, Wald CI, exp(estimate) for log-scale
         coefficients), fitted sigma range, logLik and convergence.  Printing shows the table;
-        ``.coefficients`` is the DataFrame."""
+        ``.coefficients`` is the DataFrame.  ``test="t"``: t statistics, df (``nobs - p_mu``),
+        p-values and intervals from t for the mu rows (metafor's ``test="t"``)."""
         from .summary import Summary
 
-        return Summary.from_fit(self)
+        return Summary.from_fit(self, test=test)
 
     def check(self) -> pd.DataFrame:
         """Diagnostics in the manner of drmTMB's ``check_drm``: columns check, status, value, message."""
@@ -338,6 +424,46 @@ class DrmFit(FitResult):
         from ..simulation.simulate import simulate_responses
 
         return simulate_responses(self, nsim, seed)
+
+    # ---------------------------------------------------------------- inference (drmpy.inference)
+    def coef_test(self, test: str = "z", vcov: str = "observed", cluster: Any = None,
+                  level: float = 0.95) -> pd.DataFrame:
+        """Tests of the mu coefficients: ``estimate``, ``std_error``, ``statistic``, ``df``,
+        ``p_value``, ``lower``, ``upper``.  ``test``: ``"z"``, ``"t"`` (``nobs - p_mu`` df),
+        ``"knha"`` (Knapp-Hartung, no random effects) or ``"satterthwaite"`` (cluster-robust
+        vcov); ``vcov``: ``"observed"``, ``"gls"``, ``"CR0"``, ``"CR1"``, ``"CR2"`` (with
+        ``cluster``: a column of the fitted data, a Series or an array per retained row).
+        See :mod:`drmpy.inference.coef_test`."""
+        from ..inference.coef_test import coef_test
+
+        return coef_test(self, test=test, vcov=vcov, cluster=cluster, level=level)
+
+    # ---------------------------------------------------------------- heterogeneity (issue 11)
+    def q_test(self) -> pd.Series:
+        """Test for residual heterogeneity (metafor's ``QE``): ``Q = r' V^-1 r`` from the GLS fit
+        of the mu design with V alone, ``df`` = n - p, ``p_value`` (chi-square)."""
+        from ..heterogeneity import q_test
+
+        return q_test(self)
+
+    def i2(self, by: Any = None, data: Any = None) -> pd.DataFrame:
+        """I2 per variance component and in total (percent); per level of ``by`` for a
+        location-scale model.  See :func:`drmpy.heterogeneity.i2`."""
+        from ..heterogeneity import i2
+
+        return i2(self, by=by, data=data)
+
+    def h2(self) -> float:
+        """metafor's H2, ``(sum of the fitted variances + s2) / s2``."""
+        from ..heterogeneity import h2
+
+        return h2(self)
+
+    def r2(self) -> pd.Series:
+        """``marginal``, ``conditional`` (orchaRd's ``r2_ml``) and ``pseudo`` (metafor's R2 / 100)."""
+        from ..heterogeneity import r2
+
+        return r2(self)
 
     # ---------------------------------------------------------------- bias and sensitivity (bias/)
     def leave_one_out(self, by: str | None = None) -> pd.DataFrame:

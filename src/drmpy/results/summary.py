@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from statistics import NormalDist
 
-__all__ = ["Summary"]
+__all__ = ["Summary", "tidy_table"]
 
 _LOG_SCALE_PREFIXES = ("sigma", "sd(")
 
@@ -52,33 +52,41 @@ class Summary:
     footer: str
 
     @staticmethod
-    def coefficient_table(fit, level: float = 0.95) -> pd.DataFrame:
-        """estimate, std_error, z, p, Wald CI, link and exp(estimate) for log-scale rows."""
+    def coefficient_table(fit, level: float = 0.95, test: str = "z") -> pd.DataFrame:
+        """estimate, std_error, z (or t and df), p, Wald CI, link and exp(estimate) for log-scale rows.
+
+        ``test="t"``: the mu rows get t statistics, p-values and intervals with
+        ``nobs - p_mu`` df (metafor's ``test="t"``); the other rows keep z (df = inf).
+        """
+        if test not in ("z", "t"):
+            from ..errors import DrmError
+
+            raise DrmError(f"summary(test=...) must be 'z' or 't', got {test!r}.")
         est = fit.params
         se = fit.std_errors
         z = est / se
-        from scipy.special import ndtr
+        from scipy import stats
 
-        p = 2.0 * ndtr(-np.abs(z.to_numpy()))
-        q = NormalDist().inv_cdf(0.5 + level / 2.0)
-        table = pd.DataFrame(
-            {
-                "estimate": est,
-                "std_error": se,
-                "z": z,
-                "p": p,
-                "ci_lower": est - q * se,
-                "ci_upper": est + q * se,
-            }
-        )
+        df = np.full(len(est), np.inf)
+        if test == "t":
+            p_mu = sum(1 for n in est.index if n.startswith("mu"))
+            df[[n.startswith("mu") for n in est.index]] = fit.nobs - p_mu
+        normal = np.isinf(df)
+        safe = np.where(normal, 1.0, df)
+        p = np.where(normal, 2.0 * stats.norm.sf(np.abs(z.to_numpy())), 2.0 * stats.t.sf(np.abs(z.to_numpy()), safe))
+        q = np.where(normal, NormalDist().inv_cdf(0.5 + level / 2.0), stats.t.ppf(0.5 + level / 2.0, safe))
+        columns = {"estimate": est, "std_error": se, "z": z}
+        if test == "t":
+            columns = {"estimate": est, "std_error": se, "t": z, "df": df}
+        table = pd.DataFrame({**columns, "p": p, "ci_lower": est - q * se, "ci_upper": est + q * se})
         table["link"] = [_link(n) for n in est.index]
         log_rows = table["link"] == "log"
         table["exp_estimate"] = np.where(log_rows, np.exp(table["estimate"]), np.nan)
         return table
 
     @classmethod
-    def from_fit(cls, fit, level: float = 0.95) -> "Summary":
-        table = cls.coefficient_table(fit, level)
+    def from_fit(cls, fit, level: float = 0.95, test: str = "z") -> "Summary":
+        table = cls.coefficient_table(fit, level, test)
         sig = fit.sigma()
         d = fit.design
         dropped = f"; {d.n_dropped} row(s) dropped" if d.n_dropped else ""
@@ -90,9 +98,10 @@ class Summary:
             f"known sampling covariance: {vtxt}\n"
             f"nobs = {fit.nobs}{dropped}; df = {fit.df}; structure = {fit.structure}"
         )
-        lines = [
-            f"fitted sigma (response scale): min {sig.min():.6g}, max {sig.max():.6g}",
-        ]
+        if d.common_effect:
+            lines = ["sigma fixed at 0 (sigma ~ 0: common-effect model)"]
+        else:
+            lines = [f"fitted sigma (response scale): min {sig.min():.6g}, max {sig.max():.6g}"]
         for rd in d.random:
             sds = fit.sd(rd.group)
             for col in sds.columns:
@@ -101,6 +110,8 @@ class Summary:
                     f"max {sds[col].max():.6g} over {len(sds)} levels"
                 )
         lines.extend(fit_lines(fit))
+        if test == "t":
+            lines.append("t tests for mu (df = nobs - p_mu, metafor's test = \"t\"); other rows: z.")
         return cls(table, header, "\n".join(lines))
 
     def as_text(self) -> str:
@@ -115,6 +126,72 @@ class Summary:
 
     __repr__ = __str__
 
+    def _shown(self) -> pd.DataFrame:
+        """The coefficient table as shown: a ``parameter`` column, the numbers, no ``link`` column."""
+        shown = self.coefficients.drop(columns=["link"])
+        return shown.rename_axis("parameter").reset_index()
+
     def _repr_html_(self) -> str:
-        return (f"<pre>{self.header}</pre>" + self.coefficients.to_html(na_rep="", float_format="{:.6g}".format)
-                + f"<pre>{self.footer}</pre>")
+        """A notebook shows the header, the coefficient table as an HTML table, then the footer."""
+        import html
+
+        table = self._shown().to_html(na_rep="", float_format="{:.6g}".format, classes="drmpy-summary",
+                                         index=False)
+        return (f"<pre>{html.escape(self.header)}</pre>\n{table}\n<pre>{html.escape(self.footer)}</pre>")
+
+    def to_markdown(self, digits: int = 6) -> str:
+        """The summary as Markdown: header lines, a pipe table of the coefficients (numbers with
+        ``digits`` significant digits, right-aligned; empty where not applicable), footer lines."""
+        shown = self._shown()
+        numbers = shown.drop(columns=["parameter"])
+        cells = numbers.map(lambda v: "" if pd.isna(v) else f"{v:.{digits}g}")
+        columns = list(shown.columns)
+
+        def row(values) -> str:
+            return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+        lines = [row(columns), "| :--- | " + " | ".join("---:" for _ in numbers.columns) + " |"]
+        lines.extend(row([name, *values]) for name, values in zip(shown["parameter"], cells.to_numpy()))
+        hard_break = "  \n"
+        return f"{hard_break.join(self.header.splitlines())}\n\n" + "\n".join(lines) + \
+            f"\n\n{hard_break.join(self.footer.splitlines())}\n"
+
+    def to_latex(self, digits: int = 6, caption: str | None = None, label: str | None = None) -> str:
+        """The coefficient table as a LaTeX ``tabular`` (booktabs rules), via pandas'
+        ``DataFrame.to_latex`` (which needs jinja2: ``pip install "drmpy[reports]"``); names
+        are LaTeX-escaped, numbers have ``digits`` significant digits.  With ``caption`` or
+        ``label`` the tabular is wrapped in a ``table`` environment."""
+        from ..errors import DrmError
+
+        try:
+            import jinja2  # noqa: F401  (pandas' to_latex renders through it)
+        except ImportError as exc:
+            raise DrmError('to_latex needs jinja2 (pandas renders LaTeX with it): pip install "drmpy[reports]".') \
+                from exc
+        return self._shown().to_latex(na_rep="", float_format=f"{{:.{digits}g}}".format, escape=True,
+                                      caption=caption, label=label, index=False)
+
+def tidy_table(fit, level: float = 0.95) -> pd.DataFrame:
+    """One row per parameter in broom's column names: ``dpar``, ``term``, ``estimate``,
+    ``std_error``, ``statistic`` (Wald z), ``p_value`` (two-sided normal) and the Wald
+    interval ``conf_low``/``conf_high`` at ``level``, all on the link scale of ``fit.params``."""
+    from ..errors import DrmError
+    from .fit import _dpar_of
+
+    if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
+        raise DrmError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}.")
+    table = Summary.coefficient_table(fit, float(level))
+    names = list(table.index)
+    dpars = [_dpar_of(n) for n in names]
+    return pd.DataFrame(
+        {
+            "dpar": dpars,
+            "term": [n[len(d) + 1:] for n, d in zip(names, dpars)],
+            "estimate": table["estimate"].to_numpy(),
+            "std_error": table["std_error"].to_numpy(),
+            "statistic": table["z"].to_numpy(),
+            "p_value": table["p"].to_numpy(),
+            "conf_low": table["ci_lower"].to_numpy(),
+            "conf_high": table["ci_upper"].to_numpy(),
+        }
+    )

@@ -197,7 +197,8 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
         mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
     X, mu_terms, _ = mats["mu"]
     Z, sigma_terms, _ = mats["sigma"]
-    require_scale_coefficients("sigma", Z.shape[1], texts["sigma"])
+    require_scale_coefficients("sigma", Z.shape[1], texts["sigma"],
+                               fix="fit_batch does not fit the common-effect model sigma ~ 0; fit it with drm.fit")
     names = [f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms]
     if keep_pos is None:
         keep_pos = np.arange(n_data)

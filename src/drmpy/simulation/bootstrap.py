@@ -1,10 +1,11 @@
 """Parametric bootstrap: refit responses simulated from a fitted model, through the batch path.
 
-Every simulated data set has the fitted design (same rows, V, random-effect structure);
-only the response changes.  So one compiled program, ``vmap``-ed over the response, refits
+Every simulated data set has the fitted design (same rows, V, random-effect structure,
+weights); only the response changes.  So one compiled program, ``vmap``-ed over the response, refits
 them all, chunk by chunk: the closed-form diagonal program of :mod:`drmpy.batch_engine`
 for models without random effects and with a diagonal V, otherwise the engine's own
-program for any structure (block, Woodbury, dense).  Each refit starts at the original
+program for any structure (block, Woodbury, dense; bivariate pair and dense, the two
+responses row-paired).  Each refit starts at the original
 estimate and stops by the same rule as :func:`drmpy.fit`; a first pass caps the
 iterations and only unfinished refits are resumed.
 """
@@ -43,15 +44,26 @@ class _Refitter:
     def __init__(self, fit):
         import jax
 
-        from ..engine.program import prepare
+        from ..results.bivariate import BivariateFit
 
         self.fit = fit
-        (arrs, struct, beta0, phi0), _ = prepare(fit.design, fit.method, fit._control)
+        if isinstance(fit, BivariateFit):
+            # row-paired responses (y1_1, y2_1, y1_2, ...); responses not kept are masked rows
+            from ..engine.bivariate import prepare_bivariate, stacked_designs
+
+            arrs, struct, beta0, _ = prepare_bivariate(fit.design, fit.method, fit._control)
+            self.X = stacked_designs(fit.design)[0]
+            self.row_mask = fit.design.kept.reshape(-1)
+        else:
+            from ..engine.program import prepare
+
+            (arrs, struct, beta0, _), _ = prepare(fit.design, fit.method, fit._control)
+            self.X = fit.design.fixed["mu"].matrix
+            self.row_mask = None
         self.arrs, self.struct, self.beta0 = arrs, struct, np.asarray(beta0)
         self.phi_hat = np.asarray(fit.params.to_numpy()[struct.p:], dtype=float)
-        self.n = fit.design.nobs
+        self.n = self.X.shape[0]
         self.N = int(arrs.y.shape[0])
-        self.X = fit.design.fixed["mu"].matrix
         self.kind = struct.kind
         self.treedef = jax.tree_util.tree_structure(arrs)
         if self.kind == "diag":
@@ -66,6 +78,8 @@ class _Refitter:
     def centred(self, Y: np.ndarray) -> np.ndarray:
         """(lanes, N) padded responses in the engine's centred coordinates."""
         Yc = (Y - (self.X @ self.beta0)[:, None]).T
+        if self.row_mask is not None:
+            Yc = np.where(self.row_mask[None, :], Yc, 0.0)
         out = np.zeros((Yc.shape[0], self.N))
         out[:, : self.n] = Yc
         return out
@@ -92,14 +106,27 @@ class _Refitter:
         return out
 
 
+def simulated_responses(fit, nsim: int, seed: Any) -> np.ndarray:
+    """(rows, nsim) responses of ``fit.simulate(nsim, seed)`` in the engine's row order:
+    a bivariate fit's draws row-paired ``(y1_1, y2_1, y1_2, ...)``."""
+    from ..results.bivariate import BivariateFit
+
+    sims = fit.simulate(nsim, seed=seed).to_numpy()
+    if not isinstance(fit, BivariateFit):
+        return sims
+    n = sims.shape[0]  # columns sim_j_<y1>, sim_j_<y2>, draw by draw
+    return sims.reshape(n, nsim, 2).transpose(0, 2, 1).reshape(2 * n, nsim)
+
+
 def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: float = 0.95,
                          progress: bool = True, chunk_size: int | None = None) -> pd.DataFrame:
     """Parametric-bootstrap percentile intervals for every parameter of a fit.
 
-    Draws ``nsim`` responses from the fitted model (:meth:`DrmFit.simulate` with ``seed``),
-    refits the same model to each with the batch path, and summarises the refits that
-    converged.  All values are on the link scales of ``fit.params`` (identity for ``mu``,
-    log-SD for ``sigma`` and ``sd(g)``, guarded atanh for correlations).
+    Draws ``nsim`` responses from the fitted model (:meth:`DrmFit.simulate` or
+    :meth:`BivariateFit.simulate` with ``seed``), refits the same model (same rows, V and
+    weights) to each with the batch path, and summarises the refits that converged.  All values are on the link scales of ``fit.params`` (identity for ``mu``,
+    log-SD for ``sigma`` and ``sd(g)`` (bivariate: ``sigma1``, ``sigma2``), guarded atanh
+    for correlations (bivariate: ``rho12``)).
 
     Returns a DataFrame with one row per parameter: ``parameter``, ``estimate`` (the
     original fit), ``boot_mean`` and ``boot_se`` (mean and SD of the converged refits),
@@ -108,9 +135,10 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     A log-SD whose true value is near its zero boundary has refits at the boundary (very
     negative estimates): its lower limit is then not informative.
     """
+    from ..results.bivariate import BivariateFit
     from ..results.fit import DrmFit
 
-    if not isinstance(fit, DrmFit):
+    if not isinstance(fit, (DrmFit, BivariateFit)):
         raise DrmError(f"parametric_bootstrap needs a fit from drm.fit, got {type(fit).__name__}.")
     if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or int(nsim) < 2:
         raise DrmError(f"nsim must be an integer >= 2, got {nsim!r}.")
@@ -120,7 +148,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
                                    or int(chunk_size) < 1):
         raise DrmError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
     nsim = int(nsim)
-    Y = fit.simulate(nsim, seed=seed).to_numpy()
+    Y = simulated_responses(fit, nsim, seed)
     refit = _Refitter(fit)
     ctrl = fit._control
     lanes = _lanes(refit.per_lane, nsim, chunk_size)

@@ -6,6 +6,10 @@ random effect redrawn from its fitted distribution (``b ~ N(0, G_hat)``), so tha
 ``y* ~ MVN(X beta_hat, V + diag(sigma^2) + Z G Z')``, the fitted marginal model.  The
 pieces are drawn separately (V block by block, G level by level, relmat through the
 Cholesky factor of K), so no n x n covariance is formed unless V itself is one block.
+
+Bivariate fits: per study ``(y1*, y2*) ~ MVN((mu1, mu2), V_i + B_i)``, each study's 2 x 2
+block (its 1 x 1 marginal for a study with one kept response); a V that correlates
+studies is drawn through the factor of the whole V, and ``B_i`` study by study.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pandas as pd
 from ..errors import DrmError
 from ..results.random_effects import _term_params, level_covariances, level_sds
 
-__all__ = ["simulate_responses"]
+__all__ = ["simulate_responses", "simulate_bivariate_draws", "simulate_bivariate_responses"]
 
 
 def _psd_factor(M: np.ndarray) -> np.ndarray:
@@ -66,9 +70,57 @@ def simulate_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
 
 def simulate_responses(fit, nsim: int, seed=None) -> pd.DataFrame:
     """See :meth:`drmpy.DrmFit.simulate`."""
-    if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or int(nsim) < 1:
-        raise DrmError(f"nsim must be a positive integer, got {nsim!r}.")
+    nsim = _check_nsim(nsim)
     rng = np.random.default_rng(seed)
     draws = simulate_draws(fit, int(nsim), rng)
     columns = [f"sim_{i + 1}" for i in range(int(nsim))]
     return pd.DataFrame(draws, index=fit.design.row_labels, columns=columns)
+
+
+def _check_nsim(nsim) -> int:
+    if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or int(nsim) < 1:
+        raise DrmError(f"nsim must be a positive integer, got {nsim!r}.")
+    return int(nsim)
+
+
+def simulate_bivariate_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2, nsim) responses of a bivariate fit for the retained studies, NaN where a
+    response is not kept."""
+    design = fit.design
+    n = design.nobs
+    kept = design.kept
+    mean = fit.fitted().to_numpy()  # (n, 2), NaN where not kept
+    z = rng.standard_normal((n, 2, nsim))
+    if design.v.block_diagonal:
+        # V_i + B_i in closed form: Cholesky of each study's 2 x 2 block (1 x 1 marginals alone)
+        var1, var2, cov = fit._covariances()
+        both = kept.all(axis=1)
+        l11 = np.sqrt(np.where(kept[:, 0], var1, 1.0))
+        l21 = np.where(both, np.nan_to_num(cov) / l11, 0.0)
+        l22 = np.sqrt(np.where(kept[:, 1], var2 - l21**2, 1.0))
+        e1 = l11[:, None] * z[:, 0]
+        e2 = l21[:, None] * z[:, 0] + l22[:, None] * z[:, 1]
+        out = np.stack([e1, e2], axis=1)
+    else:
+        # e_V through the factor of the whole V (kept entries, row-paired), B_i study by study
+        entries = np.flatnonzero(kept.reshape(-1))
+        e_v = np.zeros((2 * n, nsim))
+        e_v[entries] = _psd_factor(design.v.known.matrix) @ rng.standard_normal((len(entries), nsim))
+        s = fit.sigma()
+        s1, s2 = np.nan_to_num(s["sigma1"]), np.nan_to_num(s["sigma2"])
+        r = np.where(design.pair, np.nan_to_num(fit.rho12()), 0.0)
+        b1 = s1[:, None] * z[:, 0]
+        b2 = s2[:, None] * (r[:, None] * z[:, 0] + np.sqrt(1.0 - r**2)[:, None] * z[:, 1])
+        out = e_v.reshape(n, 2, nsim) + np.stack([b1, b2], axis=1)
+    out = out + mean[:, :, None]
+    return np.where(kept[:, :, None], out, np.nan)
+
+
+def simulate_bivariate_responses(fit, nsim: int, seed=None) -> pd.DataFrame:
+    """See :meth:`drmpy.BivariateFit.simulate`."""
+    nsim = _check_nsim(nsim)
+    draws = simulate_bivariate_draws(fit, nsim, np.random.default_rng(seed))  # (n, 2, nsim)
+    names = fit.design.responses
+    columns = [f"sim_{i + 1}_{name}" for i in range(nsim) for name in names]
+    return pd.DataFrame(draws.transpose(0, 2, 1).reshape(fit.nobs, 2 * nsim), index=fit.row_labels,
+                        columns=columns)

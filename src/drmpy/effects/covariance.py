@@ -1,0 +1,257 @@
+"""Sampling covariance matrices of dependent effect sizes (metafor's ``vcalc``; shared control groups).
+
+Both functions return a scipy.sparse CSR matrix, block-diagonal by cluster, rows and
+columns in data order, ready for ``meta_V(V = V)``.  Built with vectorised numpy: every
+within-cluster pair of rows is enumerated once (sum of squared cluster sizes entries).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import DataError
+
+__all__ = ["sampling_covariance", "shared_control_covariance"]
+
+
+# ------------------------------------------------------------------------------------------
+# columns
+
+
+def _column(data: Any, spec: Any, arg: str, where: str, n: int | None = None) -> np.ndarray:
+    """A column of ``data`` named by ``spec``, or ``spec`` itself as an array."""
+    if isinstance(spec, str):
+        if data is None:
+            raise DataError(f"{where}: `{arg}` = '{spec}' names a column but no `data` was given.")
+        if isinstance(data, pd.DataFrame):
+            if spec not in data.columns:
+                raise DataError(f"{where}: `{arg}` = '{spec}' is not a column of `data` "
+                                f"(columns: {', '.join(map(str, data.columns[:20]))}).")
+            values = data[spec].to_numpy()
+        else:
+            import narwhals as nw
+
+            try:
+                frame = nw.from_native(data, eager_only=True)
+            except TypeError as exc:
+                raise DataError(f"{where}: `data` must be a pandas or polars DataFrame, got {type(data).__name__}.") from exc
+            if spec not in frame.columns:
+                raise DataError(f"{where}: `{arg}` = '{spec}' is not a column of `data` "
+                                f"(columns: {', '.join(frame.columns[:20])}).")
+            values = frame[spec].to_numpy()
+    else:
+        values = np.asarray(spec)
+    if values.ndim != 1:
+        raise DataError(f"{where}: `{arg}` must be one-dimensional, got shape {values.shape}.")
+    if n is not None and values.shape[0] != n:
+        raise DataError(f"{where}: `{arg}` has {values.shape[0]} values, `vi` has {n}.")
+    return values
+
+
+def _numeric(values: np.ndarray, arg: str, where: str) -> np.ndarray:
+    try:
+        if isinstance(values, pd.Series):
+            return values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return pd.to_numeric(pd.Series(values), errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: `{arg}` is not numeric.") from exc
+
+
+def _codes(values: np.ndarray, arg: str, where: str) -> np.ndarray:
+    """Integer codes of a grouping variable; a missing value is an error (naming its row)."""
+    codes, _ = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    if (codes < 0).any():
+        raise DataError(f"{where}: `{arg}` has a missing value; first at row {int(np.argmax(codes < 0))}.")
+    return codes
+
+
+def _within_cluster_pairs(cluster_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(i, j)`` of every ordered pair of rows in the same cluster (i == j included)."""
+    order = np.argsort(cluster_codes, kind="stable")
+    sizes = np.bincount(cluster_codes)
+    size_of_row = sizes[cluster_codes[order]]               # cluster size, per sorted row
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    start_of_row = starts[cluster_codes[order]]
+    total = int(size_of_row.sum())
+    i_sorted = np.repeat(np.arange(order.size), size_of_row)
+    first_of_run = np.repeat(np.cumsum(size_of_row) - size_of_row, size_of_row)
+    j_sorted = np.repeat(start_of_row, size_of_row) + (np.arange(total) - first_of_run)
+    return order[i_sorted], order[j_sorted]
+
+
+def _to_csr(i: np.ndarray, j: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
+    out = sp.csr_matrix((values, (i, j)), shape=(n, n))
+    out.sort_indices()
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# vcalc
+
+
+def sampling_covariance(data: Any = None, vi: Any = "vi", cluster: Any = "study", rho: float = 0.5,
+                        obs: Any = None, time: Any = None, phi: float | None = None) -> sp.csr_matrix:
+    """Sampling covariance of effect sizes that share a cluster, as metafor's ``vcalc``.
+
+    ``V[i, j] = sqrt(vi_i vi_j) R[i, j]`` for rows i and j of the same cluster (0 between
+    clusters), with ``R[i, i] = 1`` and, for i != j,
+    ``R[i, j] = (1 if obs_i == obs_j else rho) * (phi ** |time_i - time_j| if time is given else 1)``.
+
+    This is ``vcalc(vi, cluster, obs = obs, rho = rho)`` and, with ``time`` and ``phi``,
+    ``vcalc(vi, cluster, obs = obs, rho = rho, time1 = time, phi = phi)``.  ``obs=None`` means
+    every row is its own outcome (``obs`` = row number): rows of a cluster correlate at
+    ``rho``.  (metafor's own default ``obs`` is the same for every row, which correlates the
+    rows of a cluster at 1.)
+
+    Parameters
+    ----------
+    data
+        A pandas or polars frame (None when every argument is an array).
+    vi, cluster, obs, time
+        Column names of ``data`` or arrays: sampling variances, cluster (study) labels,
+        outcome labels (rows with the same ``obs`` in a cluster correlate at 1 before the time
+        factor), and numeric time points.
+    rho
+        The within-cluster correlation of different outcomes, in [-1, 1].
+    phi
+        The autocorrelation per unit of time, in [-1, 1]; required with ``time``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, n x n, rows and columns in data order.  A missing ``vi`` gives
+    NaN in its row and column within its cluster (as ``vcalc``); the fit drops such rows
+    when their effect size is missing too.
+
+    Examples
+    --------
+    >>> import drmpy as drm, pandas as pd
+    >>> d = pd.DataFrame({"study": [1, 1, 2], "vi": [0.04, 0.09, 0.01]})
+    >>> drm.sampling_covariance(d, rho=0.5).toarray()
+    array([[0.04, 0.03, 0.  ],
+           [0.03, 0.09, 0.  ],
+           [0.  , 0.  , 0.01]])
+    """
+    where = "sampling_covariance"
+    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    n = v.shape[0]
+    negative = v < 0
+    if negative.any():
+        raise DataError(f"{where}: `vi` must be >= 0; first negative at row {int(np.argmax(negative))} "
+                        f"(value {v[np.argmax(negative)]:g}).")
+    rho = _correlation(rho, "rho", where)
+    cluster_codes = _codes(_column(data, cluster, "cluster", where, n), "cluster", where)
+    i, j = _within_cluster_pairs(cluster_codes)
+    off = i != j
+    r = np.ones(i.shape[0])
+    if obs is None:
+        r[off] = rho
+    else:
+        obs_codes = _codes(_column(data, obs, "obs", where, n), "obs", where)
+        r[off] = np.where(obs_codes[i[off]] == obs_codes[j[off]], 1.0, rho)
+    if time is not None:
+        if phi is None:
+            raise DataError(f"{where}: give `phi` (the autocorrelation per unit of time) with `time`.")
+        phi = _correlation(phi, "phi", where)
+        t = _numeric(_column(data, time, "time", where, n), "time", where)
+        if np.isnan(t).any():
+            raise DataError(f"{where}: `time` has a missing value; first at row {int(np.argmax(np.isnan(t)))}.")
+        lag = np.abs(t[i[off]] - t[j[off]])
+        r[off] *= np.where(lag == 0, 1.0, phi ** lag)
+    elif phi is not None:
+        raise DataError(f"{where}: `phi` needs `time` (the time point of each row).")
+    sd = np.sqrt(v)
+    return _to_csr(i, j, sd[i] * sd[j] * r, n)
+
+
+def _correlation(value: Any, arg: str, where: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: `{arg}` must be a number in [-1, 1], got {value!r}.") from exc
+    if not (-1.0 <= value <= 1.0):
+        raise DataError(f"{where}: `{arg}` must be in [-1, 1], got {value:g}.")
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# shared control groups
+
+
+def shared_control_covariance(data: Any, measure: str, cluster: Any = "study", control_id: Any = "control",
+                              *, yi: Any = "yi", vi: Any = "vi", m2i: Any = "m2i", sd2i: Any = "sd2i",
+                              n1i: Any = "n1i", n2i: Any = "n2i") -> sp.csr_matrix:
+    """Sampling covariance of effect sizes that compare several groups with one shared control group.
+
+    Rows of the same ``cluster`` with the same ``control_id`` share their control group
+    (columns ``m2i``, ``sd2i``, ``n2i``: the control group's mean, SD and size, equal on those
+    rows); their covariance is
+
+    * ``ROM`` (log response ratio; Lajeunesse 2011): ``sd2i^2 / (n2i m2i^2)``;
+    * ``SMD`` (Gleser and Olkin 2009, eq. 19.19): ``1 / n2i + yi_i yi_j / (2 N)``, with ``N`` the
+      total sample size of the groups sharing that control (``n2i`` plus every ``n1i``).
+
+    The diagonal is ``vi`` (e.g. from :func:`drmpy.effect_size` with the same measure); rows
+    with different controls, or in different clusters, are uncorrelated.
+
+    Parameters
+    ----------
+    data
+        A pandas or polars frame holding the columns named below.
+    measure
+        ``"ROM"`` or ``"SMD"``.
+    cluster, control_id
+        Study labels and, within a study, the label of each row's control group.
+    yi, vi, m2i, sd2i, n1i, n2i
+        Column names (or arrays): effect sizes and variances, the control group's mean, SD
+        and size, the treatment group's size.  ``ROM`` uses ``vi, m2i, sd2i, n2i``; ``SMD`` uses
+        ``yi, vi, n1i, n2i``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, n x n, rows and columns in data order.
+    """
+    where = f"shared_control_covariance('{measure}')"
+    if measure not in ("ROM", "SMD"):
+        raise DataError(f"shared_control_covariance: `measure` must be 'ROM' or 'SMD', got {measure!r}.")
+    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    n = v.shape[0]
+    cluster_codes = _codes(_column(data, cluster, "cluster", where, n), "cluster", where)
+    control_codes = _codes(_column(data, control_id, "control_id", where, n), "control_id", where)
+    group = _codes(cluster_codes.astype(np.int64) * (int(control_codes.max(initial=0)) + 1) + control_codes,
+                   "control_id", where)
+    n_control = _numeric(_column(data, n2i, "n2i", where, n), "n2i", where)
+    _same_within(group, n_control, "n2i", where)
+    i, j = _within_cluster_pairs(group)
+    off = i != j
+    if measure == "ROM":
+        m_control = _numeric(_column(data, m2i, "m2i", where, n), "m2i", where)
+        sd_control = _numeric(_column(data, sd2i, "sd2i", where, n), "sd2i", where)
+        _same_within(group, m_control, "m2i", where)
+        _same_within(group, sd_control, "sd2i", where)
+        shared = sd_control**2 / (n_control * m_control**2)
+        cov = shared[i[off]]
+    else:
+        y = _numeric(_column(data, yi, "yi", where, n), "yi", where)
+        n_treat = _numeric(_column(data, n1i, "n1i", where, n), "n1i", where)
+        total = np.bincount(group, weights=n_treat)[group] + n_control
+        cov = 1.0 / n_control[i[off]] + y[i[off]] * y[j[off]] / (2.0 * total[i[off]])
+    values = np.empty(i.shape[0])
+    values[off] = cov
+    values[~off] = v[i[~off]]
+    return _to_csr(i, j, values, n)
+
+
+def _same_within(group: np.ndarray, values: np.ndarray, arg: str, where: str) -> None:
+    """The control group's summaries must agree on every row that shares it."""
+    order = np.argsort(group, kind="stable")
+    g, x = group[order], values[order]
+    same_group = g[1:] == g[:-1]
+    differs = same_group & ~((x[1:] == x[:-1]) | (np.isnan(x[1:]) & np.isnan(x[:-1])))
+    if differs.any():
+        k = int(np.argmax(differs))
+        raise DataError(f"{where}: `{arg}` differs between rows {int(order[k])} and {int(order[k + 1])}, "
+                        "which share a control group; a shared control has one value.")

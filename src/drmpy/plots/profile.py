@@ -1,0 +1,80 @@
+"""Profile-likelihood plot of one parameter with its profile interval marked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import DrmError
+from ._common import TransformArg, new_axes, resolve_transform
+
+__all__ = ["profile_table", "profile"]
+
+
+def profile_table(fit: Any, param: str, level: float = 0.95, *, n: int = 25, grid_level: float = 0.99,
+                  transform: TransformArg = None) -> pd.DataFrame:
+    """The profile curve of ``param`` and its ``level`` profile interval, one row per point.
+
+    ``kind == "curve"``: ``fit.profile(param, n, grid_level)`` (``n`` values spanning the
+    ``grid_level`` interval); ``"estimate"`` (statistic 0) and ``"lower"``/``"upper"`` (the
+    ``fit.conf_int(level, method="profile")`` endpoints, statistic ``qchisq(level, 1)``; an
+    open side is left out).  Columns ``kind``, ``link_value`` (the parameter on its link scale,
+    as in ``fit.params``), ``value`` (back-transformed by ``transform``, e.g. ``"exp"`` for an
+    SD), ``loglik`` (curve rows) and ``statistic`` = ``2 (l_hat - l_p)``.
+    """
+    if not hasattr(fit, "profile") or not hasattr(fit, "conf_int"):
+        raise DrmError(f"profile() needs a fit from drm.fit(), got {type(fit).__name__}.")
+    tf = resolve_transform(transform)
+    curve = fit.profile(param, n=n, level=grid_level)
+    interval = fit.conf_int(level=level, method="profile", params=[param]).iloc[0]
+    critical = float(stats.chi2.ppf(level, 1))
+    rows = [pd.DataFrame({"kind": "curve", "link_value": curve["value"].to_numpy(),
+                          "loglik": curve["loglik"].to_numpy(), "statistic": curve["statistic"].to_numpy()})]
+    marks = [("estimate", float(interval["estimate"]), 0.0),
+             ("lower", float(interval["lower"]), critical), ("upper", float(interval["upper"]), critical)]
+    rows.append(pd.DataFrame([{"kind": k, "link_value": v, "loglik": np.nan, "statistic": s}
+                              for k, v, s in marks if np.isfinite(v)]))
+    table = pd.concat(rows, ignore_index=True)
+    table.insert(2, "value", tf(table["link_value"].to_numpy()))
+    table.attrs.update(param=param, level=level, critical=critical, status=str(interval.get("status", "")),
+                       transformed=transform is not None)
+    return table
+
+
+def profile(fit: Any, param: str | None = None, level: float = 0.95, *, n: int = 25,
+            grid_level: float = 0.99, transform: TransformArg = None, xlab: str | None = None,
+            ax: Any = None, **kwargs: Any):
+    """Profile plot of :func:`profile_table` (or of such a table passed as ``fit``): the curve
+    ``2 (l_hat - l_p)``, the ``qchisq(level, 1)`` cut (dashed), the interval's ends (dotted
+    verticals) and the estimate.  ``kwargs`` style the curve."""
+    if isinstance(fit, pd.DataFrame):
+        table = fit
+    else:
+        if param is None:
+            raise DrmError("profile: name the parameter, e.g. profile(fit, 'sigma:(Intercept)').")
+        table = profile_table(fit, param, level, n=n, grid_level=grid_level, transform=transform)
+    ax = new_axes(ax, (5.2, 4.0))
+    curve = table[table["kind"] == "curve"].sort_values("value")
+    line_kw = {"color": "C0", "linewidth": 1.8}
+    line_kw.update(kwargs)
+    ax.plot(curve["value"], curve["statistic"], label="_profile", **line_kw)
+    critical = table.attrs.get("critical", float(stats.chi2.ppf(level, 1)))
+    lev = table.attrs.get("level", level)
+    ax.axhline(critical, color="0.35", linestyle="--", linewidth=0.9, label="_cut")
+    # centred above the cut, where the curve is near its minimum and cannot collide with it
+    ax.text(0.5, critical, f"{lev:.0%} interval cut: {critical:.2f}", transform=ax.get_yaxis_transform(),
+            ha="center", va="bottom", fontsize=8, color="0.3")
+    ends = table[table["kind"].isin(["lower", "upper"])]
+    ax.vlines(ends["value"], 0.0, ends["statistic"], colors="0.2", linestyles=":", linewidth=1.0,
+              label="_interval ends")
+    est = table[table["kind"] == "estimate"]
+    ax.scatter(est["value"], est["statistic"], s=30, color="0.1", zorder=3, label="_estimate")
+    name = table.attrs.get("param", param)
+    ax.set_xlabel(xlab if xlab is not None else
+                  (f"{name}" if table.attrs.get("transformed") else f"{name} (link scale)"))
+    ax.set_ylabel("2 (logLik max - profile logLik)")
+    ax.set_ylim(bottom=0.0)
+    return ax
