@@ -175,3 +175,24 @@ def test_caller_data_untouched(restoration):
     drm.egger_test(f)
     f.leave_one_out(by="habitat")
     pd.testing.assert_frame_equal(restoration, before)
+
+
+def test_common_effect_deletions():
+    """sigma ~ 0 (no variance parameter): each deletion is the GLS refit of the kept rows."""
+    from pathlib import Path
+
+    d = pd.read_csv(Path(__file__).resolve().parents[1] / "reference_extra" / "bias" / "data_bcg.csv")
+    formula = drm.Formula("yi ~ 1 + meta_V(V = vi)", "sigma ~ 0")
+    f = drm.fit(formula, d)
+    loo = f.leave_one_out()
+    inf = f.influence()
+    w = 1.0 / d["vi"].to_numpy()
+    for i in (0, 4):
+        keep = np.arange(len(d)) != i
+        r = drm.fit(formula, d[keep])
+        np.testing.assert_allclose(loo.loc[i, "mu:(Intercept)"], r.params.iloc[0], rtol=1e-10)
+        np.testing.assert_allclose(loo.loc[i, "loglik"], r.loglik, rtol=1e-10)
+        b_i = np.sum(w[keep] * d["yi"][keep]) / np.sum(w[keep])
+        np.testing.assert_allclose(inf.loc[i, "rstudent"],
+                                   (d["yi"][i] - b_i) / np.sqrt(d["vi"][i] + 1.0 / np.sum(w[keep])), rtol=1e-8)
+    assert (inf["sigma2_deleted"] == 0).all()

@@ -427,11 +427,14 @@ def deletion_program(struct, with_gls: bool = False):
             # one more Newton step from the converged point (its gradient and Hessian are at
             # hand): the stopping rule leaves up to ~1e-6 standard errors, which ratios of
             # determinants (metafor's cov.r) magnify; skipped at a flat (boundary) end
-            step = _solve_small(sol.hess, sol.grad[:, None])[:, 0]
-            polish = ((sol.status == CONVERGED) & jnp.all(jnp.isfinite(step))
-                      & (jnp.max(jnp.abs(step), initial=0.0) < 1e-3))
-            phi = jnp.where(polish, sol.x - step, sol.x)
-            f = jnp.where(polish, objective(phi, kept, struct), sol.f)
+            if phi0.shape[0]:
+                step = _solve_small(sol.hess, sol.grad[:, None])[:, 0]
+                polish = ((sol.status == CONVERGED) & jnp.all(jnp.isfinite(step))
+                          & (jnp.max(jnp.abs(step), initial=0.0) < 1e-3))
+                phi = jnp.where(polish, sol.x - step, sol.x)
+                f = jnp.where(polish, objective(phi, kept, struct), sol.f)
+            else:
+                phi, f = sol.x, sol.f
             _, M = gram(phi, kept, struct)
             A = M[:p, :p]
             out = dict(beta=_solve_small(A, M[:p, p:])[:, 0], phi=phi, f=f, status=sol.status,
