@@ -39,6 +39,10 @@ _LAZY = {
     "sampling_covariance": "drmpy.effects.covariance",
     "shared_control_covariance": "drmpy.effects.covariance",
     "phylo_corr": "drmpy.effects.phylogeny",
+    "egger_test": "drmpy.bias.egger",
+    "pet_peese": "drmpy.bias.egger",
+    "trim_and_fill": "drmpy.bias.trimfill",
+    "selection_model": "drmpy.bias.selection",
 }
 # Later-stage subpackages reached as attributes (``drm.plots``), imported on first use.
 _LAZY_SUBMODULES = {"plots": "drmpy.plots"}
@@ -53,6 +57,10 @@ __all__ = [
     "sampling_covariance",
     "shared_control_covariance",
     "phylo_corr",
+    "egger_test",
+    "pet_peese",
+    "trim_and_fill",
+    "selection_model",
     "Formula",
     "gaussian",
     "biv_gaussian",

@@ -196,8 +196,9 @@ def fit(
         prepared_cache[pkey] = prepare(design, method_u, ctrl) + (boundary_candidates(design),)
     prepared, clusters, boundary = prepared_cache[pkey]
     raw = run_fit(prepared, ctrl, boundary)
-    result = DrmFit(design, raw, method_u, ctrl, clusters)
-    result._data = data  # a reference (never modified) for columns named later, e.g. coef_test(cluster=)
+    # the caller's data and env by reference (never modified): columns named later, e.g.
+    # coef_test(cluster=), leave_one_out(by=), egger_test(ni=)
+    result = DrmFit(design, raw, method_u, ctrl, clusters, data=data, env=env)
     return _warn_unless_converged(result)
 
 

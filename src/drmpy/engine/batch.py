@@ -8,6 +8,9 @@
   optimiser run); with ``shared_design=True`` for refits of simulated responses.
 * :func:`generic_program`: ``vmap`` of the engine's own program for any structure, over
   the response only (every lane shares one design): parametric-bootstrap refits.
+* :func:`deletion_program`: ``vmap`` of the engine's own program over row-deletion masks
+  (every lane shares one design and drops its own rows, :func:`drop_rows`): leave-one-out
+  and influence refits, any structure.
 
 The diagonal model's gradient and Hessian in gamma are written in closed form (below)
 instead of ``jax.hessian`` of the engine's objective: per fit and iteration they cost
@@ -50,11 +53,11 @@ import numpy as np
 
 from .program import BOUNDARY_START
 from .likelihood import _unrolled_cholesky_solve
-from .optimize import newton_trust_region
+from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
-           "start_values"]
+           "start_values", "drop_rows", "deletion_program"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -358,3 +361,87 @@ def generic_program(struct, treedef):
     template = jax.tree_util.tree_unflatten(treedef, [None] * treedef.num_leaves)
     axes = template._replace(y=0)
     return jax.jit(jax.vmap(lane, in_axes=(axes, 0, None, None)))
+
+
+def drop_rows(arrs, keep, struct):
+    """The engine's arrays with every row whose ``keep`` is 0 turned into a padding row.
+
+    A padding row has zero response and design, unit variance, no sigma, no random-effect
+    level and no covariance with any other row, so it adds nothing to ``log|S|`` or to
+    ``[X y]'S^-1[X y]``: the likelihood is exactly that of the kept rows, for every
+    structure (diag, block, woodbury, dense), with the same shapes (one compiled program
+    serves every deletion).  ``n_obs`` becomes the kept rows' weight (REML's ``n``).
+    """
+    on = keep > 0
+    kf = on.astype(arrs.y.dtype)
+    w = arrs.w * kf
+    out = arrs._replace(y=arrs.y * kf, X=arrs.X * kf[:, None], w=w, mask=arrs.mask * kf,
+                        n_obs=jnp.sum(w), v=jnp.where(on, arrs.v, 1.0))
+    if arrs.V_dense.shape[0]:
+        both = on[:, None] & on[None, :]
+        out = out._replace(V_dense=jnp.where(both, arrs.V_dense, jnp.eye(arrs.V_dense.shape[0], dtype=kf.dtype)))
+    if arrs.buckets:
+        on_ext = jnp.concatenate([on, jnp.ones((1,), bool)])  # index N: the dummy row, already padding
+        buckets = []
+        for bucket in arrs.buckets:
+            kb = on_ext[bucket.rows]  # (nb, m)
+            m = bucket.V.shape[-1]
+            V = jnp.where(kb[:, :, None] & kb[:, None, :], bucket.V, jnp.eye(m, dtype=kf.dtype))
+            levels = tuple(jnp.where(kb, lev, rs.n_levels) for lev, rs in zip(bucket.levels, struct.random))
+            buckets.append(bucket._replace(V=V, levels=levels))
+        out = out._replace(buckets=tuple(buckets))
+    if arrs.random:
+        out = out._replace(random=tuple(
+            ra._replace(level_index=jnp.where(on, ra.level_index, rs.n_levels), z=ra.z * kf[:, None])
+            for ra, rs in zip(arrs.random, struct.random)))
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def deletion_program(struct, with_gls: bool = False):
+    """jit(vmap) of the engine's optimiser (any structure) over row-deletion masks.
+
+    Arguments: (Arrays shared by every lane, keep (lanes, N) with 1 for the rows a lane
+    keeps, phi0 (lanes, k), max_iter, gtol).  Returns per lane ``beta`` (GLS estimate at the
+    lane's variance estimate, centred coordinates of the arrays), ``phi``, ``f`` (minimised
+    objective), ``status`` and ``iterations``: the optimiser and stopping rule of
+    :func:`drmpy.engine.program._program_fn`, without its covariance step.  ``with_gls``
+    adds ``A_kept`` (``X'S^-1X`` over the kept rows at the lane's estimate: the inverse of
+    metafor's ``vb`` of the refit) and ``A_all`` (the same over every row at the lane's
+    variance estimate: metafor's ``vb.del`` of dfbetas).
+    """
+    from .likelihood import elementwise_linalg, gram, variance_objective
+
+    objective = variance_objective(struct)
+    p = struct.p
+
+    def lane(arrs, keep, phi0, max_iter, gtol):
+        kept = drop_rows(arrs, keep, struct)
+        with elementwise_linalg():
+            if phi0.shape[0] == 0:  # no variance parameter: the GLS estimate is the refit
+                sol = SolverOutput(phi0, objective(phi0, kept, struct), jnp.zeros(0), jnp.zeros((0, 0)),
+                                   jnp.asarray(CONVERGED), jnp.asarray(0), jnp.asarray(1))
+            else:
+                sol = newton_trust_region(lambda ph: objective(ph, kept, struct), phi0,
+                                          max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
+            # one more Newton step from the converged point (its gradient and Hessian are at
+            # hand): the stopping rule leaves up to ~1e-6 standard errors, which ratios of
+            # determinants (metafor's cov.r) magnify; skipped at a flat (boundary) end
+            if phi0.shape[0]:
+                step = _solve_small(sol.hess, sol.grad[:, None])[:, 0]
+                polish = ((sol.status == CONVERGED) & jnp.all(jnp.isfinite(step))
+                          & (jnp.max(jnp.abs(step), initial=0.0) < 1e-3))
+                phi = jnp.where(polish, sol.x - step, sol.x)
+                f = jnp.where(polish, objective(phi, kept, struct), sol.f)
+            else:
+                phi, f = sol.x, sol.f
+            _, M = gram(phi, kept, struct)
+            A = M[:p, :p]
+            out = dict(beta=_solve_small(A, M[:p, p:])[:, 0], phi=phi, f=f, status=sol.status,
+                       iterations=sol.iterations)
+            if with_gls:
+                out["A_kept"] = A
+                out["A_all"] = gram(phi, arrs, struct)[1][:p, :p]
+        return out
+
+    return jax.jit(jax.vmap(lane, in_axes=(None, 0, 0, None, None)))

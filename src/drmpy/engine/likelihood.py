@@ -21,6 +21,9 @@ Structures (``Structure.kind``):
 * ``woodbury``: V diagonal with random effects that do not nest (crossed, relmat);
   ``log|S| = log|R| + log|I + L'Z'R^-1ZL|`` with ``G = LL'``.
 * ``dense``: S formed and factored in full (dense V, or any design as an oracle).
+* ``intercepts``: V diagonal and one random-intercept term ``(1|g)`` (no slopes, no relmat):
+  closed form per level by segment sums, O(n) (used by the deletion refits of
+  :func:`drmpy.engine.batch.deletion_program`; ``choose_structure`` does not pick it).
 * ``pair``: the bivariate model with V block-diagonal by study: closed-form 2 x 2
   determinant and inverse per study, O(studies), optionally study-weighted.
 
@@ -354,6 +357,38 @@ def _gram_woodbury(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     return logdet_R + logdet_cap, 0.5 * (M + M.T)
 
 
+def _gram_intercepts(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
+    """One random intercept per level l of a single grouping factor, diagonal V.
+
+    With ``D = diag(v_i + sigma_i^2)`` and level variance ``tau_l^2``, each level's block is
+    ``D_l + tau_l^2 11'``: ``log|S| = sum log d_i + sum_l log(1 + tau_l^2 a_l)`` and
+    ``B'S^-1B = B'D^-1B - sum_l tau_l^2 / (1 + tau_l^2 a_l) c_l c_l'``, with
+    ``a_l = sum_{i in l} 1/d_i`` and ``c_l = sum_{i in l} B_i / d_i``.  The rows of each level
+    sit in one block of the block structure's buckets (one level per block), so the sums
+    over a level are sums over a block's slots: O(n), no scatter, no factorisation.
+    """
+    (alphas, _), = re_terms
+    ra, = arrs.random
+    L = struct.random[0].n_levels
+    tau2 = jnp.exp(2.0 * (ra.sd_designs[0] @ alphas[0]))  # (L,)
+    s = jnp.where(arrs.mask > 0, arrs.v + sigma2, 1.0)
+    u = arrs.w / s
+    Bu = B * u[:, None]
+    M = Bu.T @ B
+    logdet = jnp.sum(arrs.w * jnp.log(s))
+    u_ext = jnp.concatenate([u, jnp.zeros((1,))])
+    Bu_ext = jnp.concatenate([Bu, jnp.zeros((1, B.shape[1]))], axis=0)
+    for bucket in arrs.buckets:
+        a = jnp.sum(u_ext[bucket.rows], axis=1)  # (nb,)
+        c = jnp.sum(Bu_ext[bucket.rows], axis=1)  # (nb, p + 1)
+        level = jnp.min(bucket.levels[0], axis=1)  # a block's real slots share one level
+        t = jnp.where(level < L, tau2[jnp.minimum(level, L - 1)], 0.0)
+        e = 1.0 + t * a
+        M = M - (c * (t / e)[:, None]).T @ c
+        logdet = logdet + jnp.sum(jnp.log(e))
+    return logdet, 0.5 * (M + M.T)
+
+
 def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     return _chol_gram(_dense_covariance(sigma2, re_terms, arrs, struct), B)
 
@@ -441,6 +476,8 @@ def gram(phi: jax.Array, arrs: Arrays, struct: Structure):
         return _gram_woodbury(sigma2, re_terms, arrs, struct, B)
     if struct.kind == "dense":
         return _gram_dense(sigma2, re_terms, arrs, struct, B)
+    if struct.kind == "intercepts":
+        return _gram_intercepts(sigma2, re_terms, arrs, struct, B)
     raise ValueError(f"unknown structure {struct.kind}")
 
 

@@ -93,6 +93,7 @@ class ModelDesign:
     dropped: Mapping[str, int]
     dropped_labels: tuple = field(repr=False)
     columns: tuple[str, ...] = ()  # every data column the model read (formulas, groups, V, weights)
+    row_positions: np.ndarray | None = field(default=None, repr=False)  # positions of the retained rows in the data
     # the retained rows of those columns, as read (index = row_labels): what plots and
     # marginal means need to know about the data (factor shares, covariate means, moderator levels)
     frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)
@@ -536,6 +537,7 @@ def build_design(
         dropped=dropped,
         dropped_labels=dropped_labels,
         columns=columns,
+        row_positions=np.flatnonzero(keep),
         frame=sub,
     )
 

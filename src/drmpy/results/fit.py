@@ -175,9 +175,13 @@ class DrmFit(FitResult):
     _data: Any = None  # the data given to drm.fit (a reference), for columns named later
 
     def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
-                 clusters: np.ndarray | None) -> None:
+                 clusters: np.ndarray | None, data: Any = None, env: Any = None) -> None:
         super().__init__(design, raw, method, control)
         self._clusters = clusters
+        # the caller's data and env, by reference (never copied or modified): later stages
+        # (bias tests, leave-one-out by a column) read columns the formulas did not use
+        self._data = data
+        self._env = env
 
     @cached_property
     def _names(self) -> list[str]:
@@ -460,6 +464,24 @@ class DrmFit(FitResult):
         from ..heterogeneity import r2
 
         return r2(self)
+
+    # ---------------------------------------------------------------- bias and sensitivity (bias/)
+    def leave_one_out(self, by: str | None = None) -> pd.DataFrame:
+        """Refits without each effect size (or each level of the data column ``by``): one row
+        per deletion with ``omitted``, every parameter of ``params`` (link scales), ``loglik``
+        and ``converged``.  See :func:`drmpy.bias.deletion.leave_one_out`."""
+        from ..bias.deletion import leave_one_out
+
+        return leave_one_out(self, by=by)
+
+    def influence(self, cluster: str | None = None) -> pd.DataFrame:
+        """Case-deletion diagnostics as metafor's ``influence`` (rstudent, dffits, Cook's
+        distance, covariance ratio, hat, weight, DFBETAS, is_influential), each row with its
+        own fitted sigma_i; ``cluster=`` deletes whole levels.  See
+        :func:`drmpy.bias.deletion.influence`."""
+        from ..bias.deletion import influence
+
+        return influence(self, cluster=cluster)
 
     def __repr__(self) -> str:
         return (f"<DrmFit {self.method} nobs={self.nobs} df={self.df} logLik={self.loglik:.4f} "
