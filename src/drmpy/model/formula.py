@@ -353,13 +353,14 @@ def _check_no_specials(dpar: str, rhs: str, text: str) -> None:
         )
     for raw in _split_top_level(rhs, "+"):
         term = raw.strip()
+        # phylo() in a univariate model is a random effect of the mu formula (below); in a
+        # bivariate model it is not supported anywhere, and the message says so first
+        allowed = frozenset() if dpar in BIVARIATE_DPARS else frozenset({"phylo"})
+        _reject_unsupported_special(term, f"the {dpar} formula `{text}`", allowed)
         if (term.startswith("(") and "|" in term) or term.startswith(("relmat", "phylo(")):
             raise FormulaError(
                 f"`{text}`: random-effect terms such as `{term}` belong in the mu formula."
             )
-        # phylo() in a univariate model is the effects stage's to parse
-        allowed = frozenset() if dpar in BIVARIATE_DPARS else frozenset({"phylo"})
-        _reject_unsupported_special(term, f"the {dpar} formula `{text}`", allowed)
 
 
 def _capture_env(depth: int) -> dict[str, Any]:
