@@ -1,16 +1,38 @@
 """Shared fixtures. drmpy turns on JAX float64 at import; tests rely on that."""
 
+import functools
+import gc
 import os
+import sys
 
 os.environ.setdefault("DRMPY_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "drmpy-jax"))
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 import drmpy  # noqa: E402,F401
 
-# The pytest process compiles several hundred programs.  With jaxlib 0.10.2, writing one of
-# them to XLA's persistent cache (executable.serialize()) aborted the whole process (SIGABRT)
-# about 550 tests into a cold-cache run, twice, at the same test, which passes on its own.
-# One process re-uses its compiled programs in memory anyway, so this process writes no XLA
-# cache entries; subprocesses (the command-line tests) keep drmpy's cache settings.
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module.
+
+    One process running the whole suite compiles several hundred XLA programs.  Kept alive,
+    their memory mappings approach the kernel's limit (vm.max_map_count = 65530 here) and
+    jaxlib 0.10.2 then crashed inside XLA (SIGABRT while serializing an executable, SIGSEGV
+    while compiling one) about 550 tests into a cold run; each of those tests passes alone.
+    Programs a later module needs again come back from the persistent cache on disk.
+    """
+    yield
+    jax.clear_caches()
+    drmpy.clear_cache()
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("drmpy.") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, functools._lru_cache_wrapper):
+                value.cache_clear()
+    from drmpy.engine import program
+
+    program._callables.clear()
+    gc.collect()
