@@ -17,11 +17,13 @@ import drmpy  # noqa: E402,F401
 def _release_compiled_programs():
     """Drop every compiled program after each test module.
 
-    One process running the whole suite compiles several hundred XLA programs.  Kept alive,
-    their memory mappings approach the kernel's limit (vm.max_map_count = 65530 here) and
-    jaxlib 0.10.2 then crashed inside XLA (SIGABRT while serializing an executable, SIGSEGV
-    while compiling one) about 550 tests into a cold run; each of those tests passes alone.
-    Programs a later module needs again come back from the persistent cache on disk.
+    One process running the whole suite compiles several hundred XLA programs.  With all of
+    them kept alive, jaxlib 0.10.2 crashed inside XLA (SIGABRT while serializing an executable
+    for the persistent cache, SIGSEGV while compiling one) about 550 tests into a cold run,
+    three runs out of three; each of those tests passes alone.  The cause is not pinned down
+    (memory maps peaked near 9,000, far below vm.max_map_count); keeping only one module's
+    programs resident avoided it.  Programs a later module needs again come back from the
+    persistent cache on disk.
     """
     yield
     jax.clear_caches()
