@@ -161,20 +161,8 @@ class BivariateFit(FitResult):
         else:
             from ..model import frames
 
-            design = self._design.fixed[dpar]
-            spec = design.model_spec
-            if spec is None:
-                raise DrmError(f"The {dpar} formula had no rows in the fit; nothing to predict.")
-            have = set(frames.column_names(newdata))
-            missing = sorted(set(spec.required_variables) - have - set(self.formula.env))
-            if missing:
-                raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula.")
-            frame = frames.as_pandas(newdata, sorted(set(spec.required_variables) & have))
-            try:
-                X = np.asarray(spec.get_model_matrix(frame, context=dict(self.formula.env)), dtype=np.float64)
-            except Exception as exc:
-                raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
-            eta, index = X @ self._raw.theta[self._offsets[dpar]], frame.index
+            X = self._new_matrix(dpar, newdata)
+            eta, index = X @ self._raw.theta[self._offsets[dpar]], frames.as_pandas(newdata, []).index
         values = eta if type == "link" else self._inverse_link(dpar, eta)
         return pd.Series(values, index=index, name=dpar)
 

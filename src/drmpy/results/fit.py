@@ -168,6 +168,54 @@ class FitResult:
 
         return profile_curve(self, param, n=n, level=level)
 
+    # ---------------------------------------------------------------- designs for new data
+    def _dpar_design(self, dpar: str):
+        """The fixed-effect design of ``dpar`` (subclasses add their other dpars)."""
+        return self._design.fixed[dpar]
+
+    def _new_matrix(self, dpar: str, newdata: Any, purpose: str = "prediction") -> np.ndarray:
+        """Design matrix of ``dpar`` for the rows of newdata, built through the fitted model
+        spec (same levels and stateful transforms).  A missing value gives a NaN row; a factor
+        level the fit did not see is an error (formulaic would encode it as the reference)."""
+        from ..model import frames
+
+        design = self._dpar_design(dpar)
+        spec = design.model_spec
+        if spec is None:
+            raise DrmError(f"The {dpar} formula had no rows in the fit; nothing to predict.")
+        available = set(frames.column_names(newdata))
+        missing = sorted(set(spec.required_variables) - available - set(self.formula.env))
+        if missing:
+            raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula for {purpose}.")
+        cols = sorted(set(spec.required_variables) & available)
+        frame = frames.as_pandas(newdata, cols)
+        n = len(frame)
+        if not spec.required_variables and tuple(design.terms) in ((), ("(Intercept)",)):
+            # intercept-only (or empty) design: a constant column, no formula evaluation per row
+            return np.ones((n, design.matrix.shape[1]))
+        import warnings
+
+        from formulaic.errors import DataMismatchWarning
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataMismatchWarning)
+            try:
+                mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
+            except Exception as exc:
+                raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
+        for w in caught:
+            if issubclass(w.category, DataMismatchWarning) and "{nan}" not in str(w.message):
+                # formulaic would encode an unseen level as the reference level: a wrong number
+                raise DrmError(f"newdata has a factor level the fit did not see, in a variable of the "
+                               f"{dpar} formula ({w.message})")
+            if not issubclass(w.category, DataMismatchWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        X = np.array(mm, dtype=np.float64)
+        # a missing factor value would be encoded as the reference level: make its row NaN
+        missing_rows = frame.isna().any(axis=1).to_numpy() if cols else np.zeros(n, dtype=bool)
+        X[missing_rows] = np.nan
+        return X
+
 
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
@@ -334,48 +382,11 @@ class DrmFit(FitResult):
             eta = np.exp(eta)
         return pd.Series(eta, index=index, name=dpar)
 
-    def _new_matrix(self, dpar: str, newdata: Any, purpose: str = "prediction") -> np.ndarray:
-        """Design matrix of ``dpar`` (``mu``, ``sigma`` or an ``sd(...)``) for the rows of newdata,
-        built through the fitted model spec (same levels and stateful transforms)."""
-        from ..model import frames
-
+    def _dpar_design(self, dpar: str):
+        """The fixed-effect design of ``dpar``: ``mu``, ``sigma`` or a random-effect SD ``sd(...)``."""
         if dpar in self._design.fixed:
-            design = self._design.fixed[dpar]
-        else:
-            design = next(d for rd in self._design.random for d in rd.sd_designs if d.dpar == dpar)
-        spec = design.model_spec
-        available = set(frames.column_names(newdata))
-        missing = sorted(set(spec.required_variables) - available - set(self.formula.env))
-        if missing:
-            raise DrmError(f"newdata lacks column `{missing[0]}` needed by the {dpar} formula for {purpose}.")
-        cols = sorted(set(spec.required_variables) & available)
-        frame = frames.as_pandas(newdata, cols)
-        n = len(frame)
-        if not spec.required_variables and tuple(design.terms) in ((), ("(Intercept)",)):
-            # intercept-only (or empty) design: a constant column, no formula evaluation per row
-            return np.ones((n, design.matrix.shape[1]))
-        import warnings
-
-        from formulaic.errors import DataMismatchWarning
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DataMismatchWarning)
-            try:
-                mm = spec.get_model_matrix(frame, context=dict(self.formula.env))
-            except Exception as exc:
-                raise DrmError(f"Cannot build the {dpar} design for newdata: {exc}") from exc
-        for w in caught:
-            if issubclass(w.category, DataMismatchWarning) and "{nan}" not in str(w.message):
-                # formulaic would encode an unseen level as the reference level: a wrong number
-                raise DrmError(f"newdata has a factor level the fit did not see, in a variable of the "
-                               f"{dpar} formula ({w.message})")
-            if not issubclass(w.category, DataMismatchWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        X = np.array(mm, dtype=np.float64)
-        # a missing factor value would be encoded as the reference level: make its row NaN
-        missing_rows = frame.isna().any(axis=1).to_numpy() if cols else np.zeros(n, dtype=bool)
-        X[missing_rows] = np.nan
-        return X
+            return self._design.fixed[dpar]
+        return next(d for rd in self._design.random for d in rd.sd_designs if d.dpar == dpar)
 
     def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
         from ..model import frames
