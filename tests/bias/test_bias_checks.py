@@ -65,6 +65,14 @@ def test_leave_one_out_by_column(ls_fit, restoration):
         r = drm.fit(drm.Formula("yi ~ duration + meta_V(V = vi)"), data=restoration[restoration.habitat != row["omitted"]])
         np.testing.assert_allclose(row[list(r.params.index)].to_numpy(dtype=float), r.params.to_numpy(), atol=2e-6)
         np.testing.assert_allclose(row["loglik"], r.loglik, atol=1e-8)
+        np.testing.assert_allclose(row[["Q", "Q_df", "Q_p_value"]].to_numpy(dtype=float), r.q_test().to_numpy(),
+                                   rtol=1e-9)
+        np.testing.assert_allclose(row[["I2", "H2"]].to_numpy(dtype=float),
+                                   [r.i2().loc["total", "i2"], r.h2()], rtol=1e-5)
+        # without one habitat the habitat contrast is collinear with the intercept: the Q test
+        # of the rank-deficient design is that of the design without it (metafor drops it)
+        q = loo.loc[loo["omitted"] == row["omitted"], ["Q", "Q_df"]].to_numpy(dtype=float)[0]
+        np.testing.assert_allclose(q, r.q_test()[["Q", "df"]].to_numpy(), rtol=1e-9)
 
 
 def _nested(seed=3, studies=12):
@@ -92,6 +100,11 @@ def test_deletion_refits_equal_subset_fits(formula, structure):
         r = drm.fit(formula, data=d[d.study != s], method="REML", control=ctrl)
         row = loo[loo["omitted"] == s].iloc[0]
         np.testing.assert_allclose(row["loglik"], r.loglik, atol=1e-8)
+        # Q depends on V alone; I2 on the refit's variances (1e-4: SDs near zero differ by path)
+        np.testing.assert_allclose(row[["Q", "Q_df", "Q_p_value"]].to_numpy(dtype=float),
+                                   r.q_test().to_numpy(), rtol=1e-9)
+        np.testing.assert_allclose(row["I2"], r.i2().loc["total", "i2"], atol=1e-4)
+        np.testing.assert_allclose(row["H2"], r.h2(), rtol=1e-4)
         mu = [n for n in r.params.index if n.startswith("mu:")]
         np.testing.assert_allclose(row[mu].to_numpy(dtype=float), r.params[mu].to_numpy(), atol=1e-5)
         # SDs compared on the response scale per level: an SD at its zero boundary has a
@@ -116,6 +129,9 @@ def test_deletion_with_full_v():
         keep = np.arange(n) != i
         r = drm.fit(drm.Formula("yi ~ x + meta_V(V = V)"), data=d[keep], env={"V": V[np.ix_(keep, keep)]})
         np.testing.assert_allclose(loo.loc[i, "loglik"], r.loglik, atol=1e-8)
+        np.testing.assert_allclose(loo.loc[i, ["Q", "Q_df", "Q_p_value"]].to_numpy(dtype=float),
+                                   r.q_test().to_numpy(), rtol=1e-9)
+        np.testing.assert_allclose(loo.loc[i, "I2"], r.i2().loc["total", "i2"], rtol=1e-5)
         np.testing.assert_allclose(loo.loc[i, list(r.params.index)].to_numpy(dtype=float), r.params.to_numpy(),
                                    atol=1e-5)
 

@@ -132,6 +132,8 @@ def test_leave1out(fits, key):
     tau2 = np.exp(2 * out["sigma:(Intercept)"])
     close(tau2, r["tau2"], 1e-6 * max(1.0, max(x for x in r["tau2"] if x is not None)))
     assert list(out["omitted"]) == list(fits[key].design.row_labels)
+    close(out["Q"], r["Q"], 1e-6 * max(1.0, max(x for x in r["Q"] if x is not None)))
+    close(out["I2"], r["I2"], 1e-6 * 100)
 
 
 def check_influence(inf, r, p, tol=1e-6):

@@ -132,7 +132,10 @@ def leave_one_out(fit, by: str | None = None) -> pd.DataFrame:
 
     Returns one row per deletion: ``omitted`` (the row label, or the level of ``by``), one
     column per parameter of ``fit.params`` (same names, link scales), ``loglik`` of the
-    refit (drmpy's convention: REML without metafor's ``0.5 log|X'X|``) and ``converged``.
+    refit (drmpy's convention: REML without metafor's ``0.5 log|X'X|``), ``converged``, and
+    the refit's heterogeneity as metafor's ``leave1out``: ``Q`` (``QE``, from V alone),
+    ``Q_df``, ``Q_p_value``, ``I2`` (percent, :func:`drmpy.i2`'s ``total``) and ``H2`` (NaN
+    without ``meta_V``, with ``weights=``, and ``I2``/``H2`` with a correlated random term).
     Every structure drmpy fits works (random effects, full V); the refits run side by side
     in one compiled program.
     """
@@ -144,7 +147,30 @@ def leave_one_out(fit, by: str | None = None) -> pd.DataFrame:
     out.insert(0, "omitted", labels.to_numpy())
     out["loglik"] = res["loglik"]
     out["converged"] = np.isin(res["status"], (CONVERGED, CONVERGED_FLAT))
+    for name, values in _heterogeneity_columns(fit, keep, theta).items():
+        out[name] = values
     return out
+
+
+def _heterogeneity_columns(fit, keep: np.ndarray, theta: np.ndarray) -> dict[str, np.ndarray]:
+    """``Q``, ``Q_df``, ``Q_p_value``, ``I2``, ``H2`` of every refit (metafor's ``leave1out``
+    columns); NaN where the fit has none: no ``meta_V``, ``weights=``, or a correlated random
+    term (whose variance does not split by SD parameter; ``I2``, ``H2`` only)."""
+    from ..heterogeneity.statistics import deleted_heterogeneity, deleted_sampling_gls
+
+    names = ("Q", "Q_df", "Q_p_value", "I2", "H2")
+    nan = np.full(len(keep), np.nan)
+    design = fit.design
+    if design.known_v.kind == "none" or design.weights is not None:
+        return {k: nan for k in names}
+    if any(rd.n_cor for rd in design.random):
+        g = deleted_sampling_gls(fit, keep)
+        df = g["df"].to_numpy().astype(np.float64)
+        return {"Q": g["Q"].to_numpy(), "Q_df": df,
+                "Q_p_value": np.where(df > 0, stats.chi2.sf(g["Q"].to_numpy(), np.maximum(df, 1.0)), np.nan),
+                "I2": nan, "H2": nan}
+    table = deleted_heterogeneity(fit, keep, theta)
+    return {k: table[k].to_numpy() for k in names}
 
 
 def _row_variances(fit, phi: np.ndarray) -> np.ndarray | None:

@@ -29,7 +29,7 @@ from scipy import linalg, stats
 
 from ..errors import ConvergenceWarning, DrmError
 
-__all__ = ["SamplingGLS", "sampling_gls", "q_test", "typical_sampling_variance", "variance_components",
+__all__ = ["SamplingGLS", "sampling_gls", "deleted_sampling_gls", "deleted_heterogeneity", "q_test", "typical_sampling_variance", "variance_components",
            "i2", "h2", "r2"]
 
 
@@ -60,11 +60,120 @@ def _univariate(fit, what: str):
         )
 
 
-def _whitened_blocks(known_v):
-    """Yield (row positions, Cholesky factor of V's block) for every independent block of V."""
-    for block in known_v.blocks:
-        L = linalg.cholesky(known_v.matrix[np.ix_(block, block)], lower=True)
-        yield block, L
+class _Whitened(NamedTuple):
+    """The mu design and response whitened by V's blocks: ``L_b^-1 X_b`` and ``L_b^-1 y_b`` with
+    ``V_b = L_b L_b'`` for every independent block b of V (``X / sqrt(v)`` for a diagonal V), and
+    per row its share of ``tr(V^-1)`` (the squared norm of its column of ``L_b^-1``) and its row
+    of ``V^-1 X``.  Every quantity of the sampling GLS is a sum of per-row terms over these rows,
+    so deleting whole blocks of V deletes rows of the sums."""
+
+    Xw: np.ndarray
+    yw: np.ndarray
+    WX: np.ndarray
+    trace_W: np.ndarray
+    block: np.ndarray  # (n,) index of each row's block of V
+
+
+def _block_pieces(V: np.ndarray, X: np.ndarray, y: np.ndarray, first_row):
+    """(Xw, yw, WX, per-row tr(V^-1) share) of one block of V, named by its first row in messages."""
+    try:
+        L = linalg.cholesky(V, lower=True)
+    except linalg.LinAlgError as exc:
+        raise DrmError(f"q_test needs a positive definite V (V^-1 enters Q and s2); the block of V that "
+                       f"contains row {first_row!r} is not.") from exc
+    Linv = linalg.solve_triangular(L, np.eye(len(V)), lower=True)
+    Xw = Linv @ X
+    return Xw, Linv @ y, Linv.T @ Xw, np.sum(Linv**2, axis=0)
+
+
+def _whitened(fit) -> _Whitened:
+    cached = getattr(fit, "_whitened_cache", None)
+    if cached is not None:
+        return cached
+    _univariate(fit, "q_test")
+    design = fit.design
+    kv = design.known_v
+    if kv.kind == "none":
+        raise DrmError("q_test, i2 and h2 need the known sampling variances: the mu formula has no meta_V(V = ...).")
+    X = design.fixed["mu"].matrix
+    y = design.y
+    n = len(y)
+    if kv.matrix is None:
+        v = kv.diag
+        if np.any(v <= 0):
+            bad = design.row_labels[int(np.flatnonzero(v <= 0)[0])]
+            raise DrmError(f"q_test needs positive sampling variances; row {bad!r} has v_i = "
+                           f"{v[v <= 0][0]:g} (V^-1 does not exist).")
+        r = 1.0 / np.sqrt(v)
+        out = _Whitened(X * r[:, None], y * r, X / v[:, None], 1.0 / v, np.arange(n))
+    else:
+        Xw, yw, WX, tw, block = np.empty_like(X), np.empty_like(y), np.empty_like(X), np.empty(n), np.empty(n, int)
+        for b, rows in enumerate(kv.blocks):
+            Xw[rows], yw[rows], WX[rows], tw[rows] = _block_pieces(
+                kv.matrix[np.ix_(rows, rows)], X[rows], y[rows], design.row_labels[rows[0]])
+            block[rows] = b
+        out = _Whitened(Xw, yw, WX, tw, block)
+    fit._whitened_cache = out
+    return out
+
+
+def _pinv_psd(A: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pseudo-inverse and numerical rank of a symmetric positive semi-definite p x p matrix
+    (a deletion can leave the mu design rank-deficient: metafor then drops redundant columns,
+    which leaves Q, its df = kept rows - rank and tr(P) as with the pseudo-inverse)."""
+    vals, vecs = np.linalg.eigh(0.5 * (A + A.T))
+    keep = vals > max(vals.max(initial=0.0), 0.0) * len(A) * 1e-12
+    inv = (vecs[:, keep] / vals[keep]) @ vecs[:, keep].T
+    return inv, int(keep.sum())
+
+
+def deleted_sampling_gls(fit, keep: np.ndarray) -> pd.DataFrame:
+    """The sampling GLS (``W = V^-1``, no fitted heterogeneity) of the rows each row of
+    ``keep`` (deletions x nobs, bool) keeps: columns ``Q``, ``df`` (kept rows - rank of the
+    kept mu design), ``trace_P`` (NaN where no row is kept).  A block of V that loses some
+    of its rows is re-factored over the rows it keeps; whole blocks enter as row sums
+    (O(deletions x n p^2) for a diagonal V)."""
+    wh = _whitened(fit)
+    kv = fit.design.known_v
+    X, y = fit.design.fixed["mu"].matrix, fit.design.y
+    n, p = X.shape
+    keep = np.asarray(keep, dtype=bool)
+    D = keep.shape[0]
+    # rows whose whole block of V is kept enter as sums of their whitened pieces
+    dropped_blocks = np.zeros((D, wh.block.max(initial=-1) + 1), dtype=bool)
+    dropped_blocks[np.nonzero(~keep)[0], wh.block[np.nonzero(~keep)[1]]] = True
+    whole = keep & ~dropped_blocks[:, wh.block]
+    partial = keep & dropped_blocks[:, wh.block]  # kept rows of a block that lost rows
+    per_row = np.concatenate([
+        (wh.Xw[:, :, None] * wh.Xw[:, None, :]).reshape(n, p * p), wh.Xw * wh.yw[:, None],
+        (wh.WX[:, :, None] * wh.WX[:, None, :]).reshape(n, p * p), wh.trace_W[:, None]], axis=1)
+    sums = whole.astype(np.float64) @ per_row
+    Q, df, trace_P = np.full(D, np.nan), np.zeros(D, dtype=np.int64), np.full(D, np.nan)
+    for d in range(D):
+        A = sums[d, : p * p].reshape(p, p)
+        Xwy = sums[d, p * p: p * p + p]
+        B = sums[d, p * p + p: 2 * p * p + p].reshape(p, p)
+        trace_W = sums[d, -1]
+        extra = []  # re-whitened pieces of the blocks this deletion cuts
+        if partial[d].any():
+            for b in np.unique(wh.block[partial[d]]):
+                rows = np.flatnonzero(partial[d] & (wh.block == b))
+                piece = _block_pieces(kv.matrix[np.ix_(rows, rows)], X[rows], y[rows], fit.design.row_labels[rows[0]])
+                A = A + piece[0].T @ piece[0]
+                Xwy = Xwy + piece[0].T @ piece[1]
+                B = B + piece[2].T @ piece[2]
+                trace_W = trace_W + piece[3].sum()
+                extra.append(piece)
+        k = int(keep[d].sum())
+        if k == 0:
+            continue
+        A_inv, rank = _pinv_psd(A)
+        b_v = A_inv @ Xwy
+        r = wh.yw[whole[d]] - wh.Xw[whole[d]] @ b_v
+        Q[d] = float(r @ r) + sum(float(np.sum((pc[1] - pc[0] @ b_v) ** 2)) for pc in extra)
+        df[d] = k - rank
+        trace_P[d] = trace_W - float(np.sum(A_inv * B))
+    return pd.DataFrame({"Q": Q, "df": df, "trace_P": trace_P})
 
 
 def sampling_gls(fit) -> SamplingGLS:
@@ -75,42 +184,17 @@ def sampling_gls(fit) -> SamplingGLS:
     cached = getattr(fit, "_sampling_gls_cache", None)
     if cached is not None:
         return cached
-    _univariate(fit, "q_test")
-    design = fit.design
-    kv = design.known_v
-    if kv.kind == "none":
-        raise DrmError("q_test, i2 and h2 need the known sampling variances: the mu formula has no meta_V(V = ...).")
-    X = design.fixed["mu"].matrix
-    y = design.y
-    n, p = X.shape
+    wh = _whitened(fit)
+    n, p = wh.Xw.shape
     if n <= p:
         raise DrmError(f"q_test needs more rows ({n}) than mu coefficients ({p}).")
-    if kv.matrix is None:
-        v = kv.diag
-        if np.any(v <= 0):
-            bad = design.row_labels[int(np.flatnonzero(v <= 0)[0])]
-            raise DrmError(f"q_test needs positive sampling variances; row {bad!r} has v_i = "
-                           f"{v[v <= 0][0]:g} (V^-1 does not exist).")
-        w = 1.0 / v
-        WX, Wy, trace_W = X * w[:, None], y * w, float(np.sum(w))
-    else:
-        WX, Wy, trace_W = np.empty_like(X), np.empty_like(y), 0.0
-        try:
-            blocks = list(_whitened_blocks(kv))
-        except linalg.LinAlgError as exc:
-            raise DrmError("q_test needs a positive definite V (V^-1 enters Q and s2); a block of V is not.") from exc
-        for block, L in blocks:
-            WX[block] = linalg.cho_solve((L, True), X[block])
-            Wy[block] = linalg.cho_solve((L, True), y[block])
-            Linv = linalg.solve_triangular(L, np.eye(len(block)), lower=True)
-            trace_W += float(np.sum(Linv**2))  # tr(V_b^-1) = ||L^-1||_F^2
-    A = X.T @ WX  # X' W X
+    A = wh.Xw.T @ wh.Xw  # X' W X
     A = 0.5 * (A + A.T)
     chol = linalg.cho_factor(A)
-    b = linalg.cho_solve(chol, X.T @ Wy)
-    r = y - X @ b
-    Q = float(r @ (Wy - WX @ b))  # r' W r, with W r = W y - W X b
-    trace_P = trace_W - float(np.trace(linalg.cho_solve(chol, WX.T @ WX)))
+    b = linalg.cho_solve(chol, wh.Xw.T @ wh.yw)
+    r = wh.yw - wh.Xw @ b
+    Q = float(r @ r)  # r' W r
+    trace_P = float(np.sum(wh.trace_W)) - float(np.trace(linalg.cho_solve(chol, wh.WX.T @ wh.WX)))
     out = SamplingGLS(Q, n - p, trace_P, b)
     fit._sampling_gls_cache = out
     return out
@@ -129,18 +213,25 @@ def typical_sampling_variance(fit) -> float:
     return g.df / g.trace_P
 
 
-def _row_variances(fit) -> dict[str, np.ndarray]:
+def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per retained row, the fitted variance of each component: ``sigma`` (sigma_i^2; absent
     under ``sigma ~ 0``), then
-    per random-effect SD parameter ``(z_ic sd_c[level_i])^2`` (times K_ll for relmat)."""
+    per random-effect SD parameter ``(z_ic sd_c[level_i])^2`` (times K_ll for relmat).
+    ``theta``: parameters in ``fit.params`` order (link scales) to evaluate at; the fit's own
+    estimates by default."""
     from ..results.random_effects import _term_params, level_sds
 
     design = fit.design
+    theta = fit._raw.theta if theta is None else np.asarray(theta, dtype=np.float64)
     # sigma ~ 0 (common effect): no row-level component at all, rather than a row of zeros
-    out = {} if design.common_effect else {"sigma": np.asarray(fit.sigma(), dtype=np.float64) ** 2}
+    out = {}
+    if not design.common_effect:
+        p = design.fixed["mu"].matrix.shape[1]
+        Zs = design.fixed["sigma"].matrix
+        out["sigma"] = np.exp(2.0 * (Zs @ theta[p:p + Zs.shape[1]]))
     if not design.random:
         return out
-    _, terms = _term_params(design, fit._raw.theta)
+    _, terms = _term_params(design, theta)
     for rd, (alphas, _) in zip(design.random, terms):
         if rd.n_cor:
             raise DrmError(
@@ -262,6 +353,33 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
               for level, idx in groups.items()}
     out = pd.concat(tables, names=[name, "component"])
     return out
+
+
+def deleted_heterogeneity(fit, keep: np.ndarray, theta: np.ndarray) -> pd.DataFrame:
+    """Q test, I2 and H2 of the refits of a leave-one-out: for deletion d, the rows
+    ``keep[d]`` keeps and the refit's parameters ``theta[d]`` (``fit.params`` order).
+
+    Columns ``Q``, ``Q_df``, ``Q_p_value`` (metafor's ``QE`` and ``QEp`` of the refit, from V
+    alone), ``I2`` (percent) and ``H2``: as :func:`i2` (``total``) and :func:`h2` of the refit,
+    with the refit's fitted variances averaged over the kept rows and the kept rows' ``s2``;
+    for a common-effect model metafor's EE ``I2`` and ``H2`` from Q.  metafor's ``leave1out``
+    reports the same ``Q``, ``Qp``, ``I2`` and ``H2``.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    g = deleted_sampling_gls(fit, keep)
+    Q, df = g["Q"].to_numpy(), g["df"].to_numpy().astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_value = np.where(df > 0, stats.chi2.sf(Q, np.maximum(df, 1.0)), np.nan)
+        if _common_effect(fit):
+            I2 = np.where(Q > 0, 100.0 * np.maximum(0.0, (Q - df) / Q), 0.0)
+            H2 = Q / df
+        else:
+            s2 = df / g["trace_P"].to_numpy()
+            total = np.array([sum(float(np.mean(v[k])) for v in _row_variances(fit, t).values())
+                              for k, t in zip(keep, np.asarray(theta, dtype=np.float64))])
+            I2 = 100.0 * total / (total + s2)
+            H2 = (total + s2) / s2
+    return pd.DataFrame({"Q": Q, "Q_df": df, "Q_p_value": p_value, "I2": I2, "H2": H2})
 
 
 def h2(fit) -> float:
