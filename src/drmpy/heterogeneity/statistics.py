@@ -117,22 +117,12 @@ def _whitened(fit) -> _Whitened:
     return out
 
 
-def _pinv_psd(A: np.ndarray) -> tuple[np.ndarray, int]:
-    """Pseudo-inverse and numerical rank of a symmetric positive semi-definite p x p matrix
-    (a deletion can leave the mu design rank-deficient: metafor then drops redundant columns,
-    which leaves Q, its df = kept rows - rank and tr(P) as with the pseudo-inverse)."""
-    vals, vecs = np.linalg.eigh(0.5 * (A + A.T))
-    keep = vals > max(vals.max(initial=0.0), 0.0) * len(A) * 1e-12
-    inv = (vecs[:, keep] / vals[keep]) @ vecs[:, keep].T
-    return inv, int(keep.sum())
-
-
 def deleted_sampling_gls(fit, keep: np.ndarray) -> pd.DataFrame:
     """The sampling GLS (``W = V^-1``, no fitted heterogeneity) of the rows each row of
     ``keep`` (deletions x nobs, bool) keeps: columns ``Q``, ``df`` (kept rows - rank of the
     kept mu design), ``trace_P`` (NaN where no row is kept).  A block of V that loses some
-    of its rows is re-factored over the rows it keeps; whole blocks enter as row sums
-    (O(deletions x n p^2) for a diagonal V)."""
+    of its rows is re-factored over the rows it keeps; whole blocks enter as row sums, so a
+    diagonal V costs a few (deletions x n) products."""
     wh = _whitened(fit)
     kv = fit.design.known_v
     X, y = fit.design.fixed["mu"].matrix, fit.design.y
@@ -141,39 +131,46 @@ def deleted_sampling_gls(fit, keep: np.ndarray) -> pd.DataFrame:
     D = keep.shape[0]
     # rows whose whole block of V is kept enter as sums of their whitened pieces
     dropped_blocks = np.zeros((D, wh.block.max(initial=-1) + 1), dtype=bool)
-    dropped_blocks[np.nonzero(~keep)[0], wh.block[np.nonzero(~keep)[1]]] = True
+    gone = np.nonzero(~keep)
+    dropped_blocks[gone[0], wh.block[gone[1]]] = True
     whole = keep & ~dropped_blocks[:, wh.block]
     partial = keep & dropped_blocks[:, wh.block]  # kept rows of a block that lost rows
     per_row = np.concatenate([
         (wh.Xw[:, :, None] * wh.Xw[:, None, :]).reshape(n, p * p), wh.Xw * wh.yw[:, None],
         (wh.WX[:, :, None] * wh.WX[:, None, :]).reshape(n, p * p), wh.trace_W[:, None]], axis=1)
     sums = whole.astype(np.float64) @ per_row
-    Q, df, trace_P = np.full(D, np.nan), np.zeros(D, dtype=np.int64), np.full(D, np.nan)
-    for d in range(D):
-        A = sums[d, : p * p].reshape(p, p)
-        Xwy = sums[d, p * p: p * p + p]
-        B = sums[d, p * p + p: 2 * p * p + p].reshape(p, p)
-        trace_W = sums[d, -1]
-        extra = []  # re-whitened pieces of the blocks this deletion cuts
-        if partial[d].any():
-            for b in np.unique(wh.block[partial[d]]):
-                rows = np.flatnonzero(partial[d] & (wh.block == b))
-                piece = _block_pieces(kv.matrix[np.ix_(rows, rows)], X[rows], y[rows], fit.design.row_labels[rows[0]])
-                A = A + piece[0].T @ piece[0]
-                Xwy = Xwy + piece[0].T @ piece[1]
-                B = B + piece[2].T @ piece[2]
-                trace_W = trace_W + piece[3].sum()
-                extra.append(piece)
-        k = int(keep[d].sum())
-        if k == 0:
-            continue
-        A_inv, rank = _pinv_psd(A)
-        b_v = A_inv @ Xwy
-        r = wh.yw[whole[d]] - wh.Xw[whole[d]] @ b_v
-        Q[d] = float(r @ r) + sum(float(np.sum((pc[1] - pc[0] @ b_v) ** 2)) for pc in extra)
-        df[d] = k - rank
-        trace_P[d] = trace_W - float(np.sum(A_inv * B))
-    return pd.DataFrame({"Q": Q, "df": df, "trace_P": trace_P})
+    A = sums[:, : p * p].reshape(D, p, p)
+    Xwy = sums[:, p * p: p * p + p]
+    B = sums[:, p * p + p: 2 * p * p + p].reshape(D, p, p)
+    trace_W = sums[:, -1].copy()
+    pieces: dict[int, list] = {}  # re-whitened pieces of the blocks a deletion cuts
+    for d in np.flatnonzero(partial.any(axis=1)):
+        for b in np.unique(wh.block[partial[d]]):
+            rows = np.flatnonzero(partial[d] & (wh.block == b))
+            pc = _block_pieces(kv.matrix[np.ix_(rows, rows)], X[rows], y[rows], fit.design.row_labels[rows[0]])
+            A[d] += pc[0].T @ pc[0]
+            Xwy[d] += pc[0].T @ pc[1]
+            B[d] += pc[2].T @ pc[2]
+            trace_W[d] += pc[3].sum()
+            pieces.setdefault(d, []).append(pc)
+    # pseudo-inverse and rank of each kept design (metafor drops redundant columns)
+    vals, vecs = np.linalg.eigh(0.5 * (A + np.swapaxes(A, 1, 2)))
+    ok = vals > np.maximum(vals.max(axis=1, keepdims=True), 0.0) * p * 1e-12
+    inv_vals = np.where(ok, 1.0 / np.where(ok, vals, 1.0), 0.0)
+    A_inv = np.einsum("dij,dj,dkj->dik", vecs, inv_vals, vecs)
+    b_v = np.einsum("dij,dj->di", A_inv, Xwy)
+    Q = np.empty(D)
+    step = max(1, int(4e6 // max(n, 1)))  # deletions per (deletions x n) residual block
+    for s0 in range(0, D, step):
+        r = wh.yw[None, :] - b_v[s0:s0 + step] @ wh.Xw.T
+        Q[s0:s0 + step] = np.sum(np.where(whole[s0:s0 + step], r, 0.0) ** 2, axis=1)
+    for d, pcs in pieces.items():
+        Q[d] += sum(float(np.sum((pc[1] - pc[0] @ b_v[d]) ** 2)) for pc in pcs)
+    k = keep.sum(axis=1)
+    trace_P = trace_W - np.einsum("dij,dji->d", A_inv, B)
+    empty = k == 0
+    Q[empty], trace_P[empty] = np.nan, np.nan
+    return pd.DataFrame({"Q": Q, "df": np.where(empty, 0, k - ok.sum(axis=1)), "trace_P": trace_P})
 
 
 def sampling_gls(fit) -> SamplingGLS:
@@ -217,8 +214,9 @@ def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray
     """Per retained row, the fitted variance of each component: ``sigma`` (sigma_i^2; absent
     under ``sigma ~ 0``), then
     per random-effect SD parameter ``(z_ic sd_c[level_i])^2`` (times K_ll for relmat).
-    ``theta``: parameters in ``fit.params`` order (link scales) to evaluate at; the fit's own
-    estimates by default."""
+    ``theta``: parameters in ``fit.params`` order (link scales) to evaluate at, or a
+    (parameters, sets) array for several sets at once (each variance then (rows, sets));
+    the fit's own estimates by default."""
     from ..results.random_effects import _term_params, level_sds
 
     design = fit.design
@@ -228,7 +226,7 @@ def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray
     if not design.common_effect:
         p = design.fixed["mu"].matrix.shape[1]
         Zs = design.fixed["sigma"].matrix
-        out["sigma"] = np.exp(2.0 * (Zs @ theta[p:p + Zs.shape[1]]))
+        out["sigma"] = np.exp(2.0 * (Zs @ theta[p:p + Zs.shape[1]]))  # (n[, sets])
     if not design.random:
         return out
     _, terms = _term_params(design, theta)
@@ -239,10 +237,11 @@ def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray
                 f"`{rd.term.text}` does not allow (its covariance adds cross terms); write it with `||` "
                 "(independent SDs) to get these summaries."
             )
-        sd = level_sds(rd, alphas)  # (levels, coefficients)
-        scale = np.diag(rd.relmat)[rd.level_index] if rd.relmat is not None else 1.0
+        sd = level_sds(rd, alphas)  # (levels, coefficients[, parameter sets])
+        extra = (1,) * (sd.ndim - 2)
+        scale = np.diag(rd.relmat)[rd.level_index].reshape(-1, *extra) if rd.relmat is not None else 1.0
         for c, name in enumerate(rd.term.sd_dpars()):
-            out[name] = (rd.z[:, c] * sd[rd.level_index, c]) ** 2 * scale
+            out[name] = (rd.z[:, c].reshape(-1, *extra) * sd[rd.level_index, c]) ** 2 * scale
     return out
 
 
@@ -375,8 +374,9 @@ def deleted_heterogeneity(fit, keep: np.ndarray, theta: np.ndarray) -> pd.DataFr
             H2 = Q / df
         else:
             s2 = df / g["trace_P"].to_numpy()
-            total = np.array([sum(float(np.mean(v[k])) for v in _row_variances(fit, t).values())
-                              for k, t in zip(keep, np.asarray(theta, dtype=np.float64))])
+            # every refit's variances per row at once: (rows, deletions), averaged over kept rows
+            per_row = sum(_row_variances(fit, np.asarray(theta, dtype=np.float64).T).values())
+            total = np.sum(np.where(keep.T, per_row, 0.0), axis=0) / keep.sum(axis=1)
             I2 = 100.0 * total / (total + s2)
             H2 = (total + s2) / s2
     return pd.DataFrame({"Q": Q, "Q_df": df, "Q_p_value": p_value, "I2": I2, "H2": H2})
