@@ -54,3 +54,31 @@ def test_location_scale_gls_estimate_is_the_fitted_mu():
     np.testing.assert_allclose(gls(fit).estimate, fit.params.to_numpy()[:p], atol=1e-10)
     with pytest.raises(drm.DrmError, match="vcov must be"):
         location_vcov(fit, "sandwich")
+
+
+@pytest.mark.parametrize("case_name,weighted", [
+    (None, True),                              # location-scale, diagonal S: numpy
+    ("konstantopoulos_3level_ml", False),      # random effects: the fit program's own A
+])
+def test_gls_information_without_compiling_equals_dense(case_name, weighted):
+    """X'S^-1X read from the fit (no gram program) equals the dense X' diag(w) S^-1 X."""
+    if case_name is None:
+        data = drm.datasets.restoration()
+        formula = drm.Formula("yi ~ habitat + meta_V(V = vi)", "sigma ~ habitat")
+    else:
+        case, data = _case(case_name)
+        formula = drm.Formula(*case["formulas"])
+    w = np.linspace(0.5, 2.0, len(data)) if weighted else None
+    fit = drm.fit(formula, data=data, weights=w)
+    assert fit._raw.information is not None or fit._raw.structure.kind == "diag"
+    X = fit.design.fixed["mu"].matrix
+    S = marginal_covariance(fit) if not weighted else np.diag(fit.design.known_v.diag + fit.sigma().to_numpy() ** 2)
+    W = np.diag(w) if weighted else np.eye(len(X))
+    expected = X.T @ W @ np.linalg.solve(S, X)
+    np.testing.assert_allclose(gls(fit).information, expected, rtol=1e-9)
+    # and equals the engine's gram at the fitted variances (the route bivariate fits take)
+    from drmpy.inference.marginal import _gram_program, _prepared, variance_parameters
+
+    arrs, struct, _ = _prepared(fit, None)
+    _, M = _gram_program(struct)(variance_parameters(fit), arrs)
+    np.testing.assert_allclose(gls(fit).information, np.asarray(M)[:struct.p, :struct.p], rtol=1e-9)

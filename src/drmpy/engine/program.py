@@ -88,6 +88,9 @@ class RawFit:
     # log-likelihood gained by moving from the optimiser's interior optimum to a better fit
     # with a variance component at zero (0 when the first optimum was the best)
     boundary_gain: float = 0.0
+    # X'S^-1X at the estimate (centred location coordinates), from the program's last step;
+    # None where the program does not return it (the closed-form diagonal structure)
+    information: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -441,7 +444,7 @@ def _program_fn(struct: Structure, elementwise: bool = False):
         sigma = jnp.sqrt(row_sigma2(gamma, arrs)) if struct.k_sigma == 0 else jnp.exp(arrs.Z_sigma @ gamma)
         out = dict(beta=beta, phi=phi, f=f, grad=full_grad, vcov=vcov, min_eig=min_eig,
                    status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
-                   sigma=sigma)
+                   sigma=sigma, information=A)
         if boundary is not None:
             # the objective with each variance component at its zero boundary, the others at
             # their estimates (see boundary_candidates): one evaluation each, no derivatives
@@ -665,4 +668,5 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
         structure=struct,
         sigma=np.asarray(out["sigma"])[:n],
         boundary_gain=gain,
+        information=np.asarray(out["information"]) if "information" in out else None,
     )

@@ -109,17 +109,45 @@ def gls(fit) -> GLS:
     cached = getattr(fit, "_gls_cache", None)
     if cached is not None:
         return cached
-    arrs, struct, beta0 = _prepared(fit, None)
-    _, M = jax.device_get(_gram_program(struct)(jnp.asarray(variance_parameters(fit)), arrs))
-    M = np.asarray(M)
-    p = struct.p
-    A = 0.5 * (M[:p, :p] + M[:p, :p].T)
-    vcov = np.linalg.inv(A)
+    A = _gls_information(fit)
+    if A is not None:
+        p = A.shape[0]
+        vcov = np.linalg.inv(A)
+        estimate = np.asarray(fit._raw.theta[:p], dtype=np.float64)  # the fit's beta is this GLS estimate
+    else:
+        arrs, struct, beta0 = _prepared(fit, None)
+        _, M = jax.device_get(_gram_program(struct)(jnp.asarray(variance_parameters(fit)), arrs))
+        M = np.asarray(M)
+        p = struct.p
+        A = 0.5 * (M[:p, :p] + M[:p, :p].T)
+        vcov = np.linalg.inv(A)
+        estimate = vcov @ M[:p, p] + beta0  # the arrays hold y centred at beta0
     vcov = 0.5 * (vcov + vcov.T)
-    estimate = vcov @ M[:p, p] + beta0  # the arrays hold y centred at beta0
     out = GLS(A, vcov, estimate)
     fit._gls_cache = out
     return out
+
+
+def _gls_information(fit) -> np.ndarray | None:
+    """``X'S^-1X`` without compiling anything where the fit already has it: the fit program's
+    own last step, or, for a diagonal S (no random effects, diagonal V), the weighted cross
+    product ``X' diag(w_i / (v_i + sigma_i^2)) X`` in numpy.  None otherwise (bivariate fits)."""
+    from ..results.bivariate import BivariateFit
+
+    if isinstance(fit, BivariateFit):
+        return None
+    raw = fit._raw
+    if raw.information is not None:
+        A = np.asarray(raw.information, dtype=np.float64)
+    elif raw.structure.kind == "diag":
+        design = fit.design
+        X = design.fixed["mu"].matrix
+        w = np.ones(len(X)) if design.weights is None else np.asarray(design.weights, dtype=np.float64)
+        s = design.known_v.diag + np.asarray(raw.sigma, dtype=np.float64) ** 2
+        A = (X * (w / s)[:, None]).T @ X
+    else:
+        return None
+    return 0.5 * (A + A.T)
 
 
 def location_vcov(fit, vcov: str = "observed") -> np.ndarray:
