@@ -6,6 +6,10 @@ import os
 import sys
 
 os.environ.setdefault("DRMPY_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "drmpy-jax"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one persistent-cache folder per pytest-xdist worker: JAX writes cache entries in place
+    # (not atomically), so two processes must not read and write one folder at once
+    os.environ["DRMPY_CACHE_DIR"] = os.path.join(os.environ["DRMPY_CACHE_DIR"], os.environ["PYTEST_XDIST_WORKER"])
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -559,7 +560,7 @@ def _compiled(struct: Structure, treedef, leaves):
             try:
                 exported = jax.export.export(fn)(*leaves)
                 folder.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one writer per file name
                 tmp.write_bytes(exported.serialize())
                 tmp.replace(path)
                 # run the exported module here too, so that XLA's cache holds the binary
