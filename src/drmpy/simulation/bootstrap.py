@@ -90,7 +90,7 @@ class _Refitter:
 
         from ..engine.batch import DiagArrays, diag_program, generic_program
 
-        if self.kind == "diag":
+        if self.kind == "diag" and self.struct.k_sigma > 0:
             # the diag program centres y itself: give it the raw response and the centring
             a = self.arrs
             y = Yc + np.concatenate([self.X @ self.beta0, np.zeros(self.N - self.n)])[None, :]
@@ -155,7 +155,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     k = len(refit.phi_hat)
     p = refit.struct.p
     beta = np.full((nsim, p), np.nan)
-    phi = np.tile(refit.phi_hat, (nsim, 1))
+    phi = np.array(np.broadcast_to(refit.phi_hat, (nsim, k)), dtype=np.float64)  # writable, also when k = 0
     status = np.full(nsim, -1, dtype=np.int64)
     iterations = np.zeros(nsim, dtype=np.int64)
     cap = min(FIRST_PASS_ITER.get(refit.kind, FIRST_PASS_ITER_OTHER), int(ctrl.max_iter))
@@ -172,7 +172,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
                 ids = todo[start : start + lanes]
                 Yc = np.zeros((lanes, refit.N))
                 Yc[: len(ids)] = refit.centred(Y[:, ids])
-                phi0 = np.tile(refit.phi_hat, (lanes, 1))
+                phi0 = np.array(np.broadcast_to(refit.phi_hat, (lanes, k)), dtype=np.float64)
                 phi0[: len(ids)] = phi[ids]
                 out = refit.run(Yc, phi0.reshape(lanes, k), budget, float(ctrl.gtol))
                 m = len(ids)
