@@ -177,7 +177,22 @@ def _lstsq_const(Z: np.ndarray, value: float) -> np.ndarray:
     """Coefficients of design Z that reproduce the constant ``value`` as closely as possible."""
     if Z.shape[1] == 0:
         return np.zeros(0)
+    ones = np.flatnonzero(np.all(Z == 1.0, axis=0))
+    if ones.size:  # an intercept column reproduces it exactly (no SVD of a million-row Z)
+        coef = np.zeros(Z.shape[1])
+        coef[ones[0]] = value
+        return coef
     coef, *_ = np.linalg.lstsq(Z, np.full(Z.shape[0], value), rcond=None)
+    return coef
+
+
+def _least_squares(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """OLS coefficients: normal equations when X'X is well conditioned (the start values
+    of a million-row fit without an SVD), else the SVD solution."""
+    G = X.T @ X
+    if X.shape[0] > 10_000 and X.shape[1] and np.linalg.cond(G) < 1e10:
+        return np.linalg.solve(G, X.T @ y)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     return coef
 
 
@@ -185,7 +200,7 @@ def moment_start(X: np.ndarray, y: np.ndarray, v: np.ndarray, w: np.ndarray) -> 
     """(beta_ols, residuals, tau2, scale2): weighted OLS location, the DerSimonian-Laird
     between-row variance (residual variance without usable V) and a variance scale."""
     sw = np.sqrt(w)
-    beta0, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
+    beta0 = _least_squares(X * sw[:, None], y * sw)
     r = y - X @ beta0
     n, p = X.shape
     pos = (v > 0) & (w > 0)
