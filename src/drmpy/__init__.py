@@ -14,17 +14,20 @@ Importing drmpy enables JAX float64 and a persistent compilation cache (see
 -24.77
 """
 
-from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
-from . import datasets
-from .api import biv_gaussian, check, clear_cache, fit, gaussian
-from .engine.program import Control
-from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
-                     DrmWarning, FormulaError, RandomEffectsError)
-from .model.bivariate import meta_vcov_bivariate
-from .model.formula import Formula
-from .model.long_format import long_to_bivariate
-from .results.bivariate import BivariateFit
-from .results.fit import DrmFit
+from ._startup import long_lived_imports
+
+with long_lived_imports():  # see drmpy._startup: the objects of these imports live as long as the process
+    from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
+    from . import datasets
+    from .api import biv_gaussian, check, clear_cache, fit, gaussian
+    from .engine.program import Control
+    from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
+                         DrmWarning, FormulaError, RandomEffectsError)
+    from .model.bivariate import meta_vcov_bivariate
+    from .model.formula import Formula
+    from .model.long_format import long_to_bivariate
+    from .results.bivariate import BivariateFit
+    from .results.fit import DrmFit
 
 __version__ = "0.1.0"
 

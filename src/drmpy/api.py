@@ -76,20 +76,33 @@ _design_cache: "OrderedDict[tuple, tuple[ModelDesign, dict]]" = OrderedDict()
 _columns_by_formula: dict[tuple, tuple[str, ...]] = {}
 
 
-def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, Any] | None):
-    """Content hash of everything the design depends on, or None when it cannot be formed cheaply."""
+_SAMPLE_ROWS = 64  # rows per column the cache key hashes; a hit is then checked in full
+
+
+def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, Any] | None,
+                 sampled: bool = True):
+    """Hash of everything the design depends on, or None when it cannot be formed cheaply.
+
+    ``sampled=True`` hashes the columns' names, dtypes, lengths and about 64 evenly spaced
+    rows (a key: a cache hit is confirmed by :func:`_same_data`); ``sampled=False`` hashes
+    every value (for designs that dropped rows, whose data a comparison cannot confirm).
+    V, K and weight arrays given outside the data are hashed in full either way.
+    """
     key = formula.key()
     cols = _columns_by_formula.get(key)
     if cols is None or not isinstance(data, pd.DataFrame):
         return None
     if any(c not in data.columns for c in cols):
         return None
+    n = len(data)
+    rows = slice(None, None, max(1, n // _SAMPLE_ROWS)) if sampled else slice(None)
     h = hashlib.blake2b(digest_size=16)
+    h.update(str(n).encode())
     try:
         for c in cols:
             h.update(c.encode())
-            hash_column(h, data[c])
-        hash_array(h, np.asarray(data.index))
+            hash_column(h, data[c].iloc[rows])
+        hash_array(h, np.asarray(data.index[rows]))
         names = []
         if formula.meta_v is not None and formula.meta_v.name not in data.columns:
             names.append(formula.meta_v.name)
@@ -104,21 +117,82 @@ def _fingerprint(formula: Formula, data: Any, weights: Any, env: Mapping[str, An
             hash_array(h, np.asarray(weights, dtype=np.float64))
     except (TypeError, ValueError):
         return None
-    return (key, weights if isinstance(weights, str) else None,
-            h.hexdigest())
+    return (key, weights if isinstance(weights, str) else None, sampled, h.hexdigest())
+
+
+def _copy_on_write() -> bool:
+    """Whether pandas copies a shared buffer before any write (always from pandas 3)."""
+    if int(pd.__version__.split(".")[0]) >= 3:
+        return True
+    try:
+        return pd.get_option("mode.copy_on_write") is True
+    except (KeyError, pd.errors.OptionError):
+        return False
+
+
+def _same_buffer(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two arrays are views of the same memory with the same layout."""
+    return (x.__array_interface__["data"][0] == y.__array_interface__["data"][0]
+            and x.strides == y.strides and x.shape == y.shape and x.dtype == y.dtype)
+
+
+def _same_column(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two columns hold the same values (categories, and their order, included).
+
+    Under pandas' copy-on-write two columns backed by one buffer hold the same values (a
+    write to either copies it first), so the design's own copy, which shares the caller's
+    buffers until the caller writes, is confirmed without reading a million values."""
+    if a.dtype != b.dtype or len(a) != len(b):
+        return False
+    if (not isinstance(a.dtype, pd.CategoricalDtype) and _copy_on_write()
+            and _same_buffer(a.to_numpy(), b.to_numpy())):
+        return True
+    if isinstance(a.dtype, pd.CategoricalDtype):
+        return (list(a.cat.categories) == list(b.cat.categories)
+                and np.array_equal(a.cat.codes.to_numpy(), b.cat.codes.to_numpy()))
+    x, y = a.to_numpy(), b.to_numpy()
+    if x.dtype == object:  # 1, 1.0 and True compare equal as objects; their hashes do not
+        try:
+            return np.array_equal(pd.util.hash_array(x, categorize=False), pd.util.hash_array(y, categorize=False))
+        except TypeError:
+            return False
+    return bool(np.array_equal(x, y))
+
+
+def _same_data(design: ModelDesign, data: pd.DataFrame) -> bool:
+    """Whether ``data`` has the values the design was built from (compared in full; the
+    design's frame is its own copy of the columns it read).  False for designs that dropped
+    rows: the dropped values are not kept."""
+    frame = design.frame
+    if frame is None or design.n_dropped or len(frame) != len(data):
+        return False
+    if not (data.index.equals(frame.index) and data.index.dtype == frame.index.dtype):
+        return False
+    return all(_same_column(data[c], frame[c]) for c in design.columns)
 
 
 def _design_for(formula: Formula, data: Any, weights: Any, env) -> tuple[ModelDesign, dict]:
     fp = _fingerprint(formula, data, weights, env)
-    if fp is not None and fp in _design_cache:
+    entry = _design_cache.get(fp) if fp is not None else None
+    if entry is not None and entry[0].n_dropped:
+        # its data cannot be compared: the design is stored under its full hash
+        fp = _fingerprint(formula, data, weights, env, sampled=False)
+        entry = _design_cache.get(fp)
+    elif entry is not None and not _same_data(entry[0], data):
+        entry = None
+    if entry is not None:
         _design_cache.move_to_end(fp)
-        return _design_cache[fp]
+        return entry
     design = build_design(formula, data, weights=weights, env=env)
     entry = (design, {})
     key = formula.key()
     if key not in _columns_by_formula:
         _columns_by_formula[key] = design.columns
-        fp = _fingerprint(formula, data, weights, env)
+    fp = _fingerprint(formula, data, weights, env)
+    if fp is not None and design.n_dropped:
+        # the sampled key marks "look up by full hash" (an entry whose design dropped rows)
+        _design_cache[fp] = entry
+        fp = _fingerprint(formula, data, weights, env, sampled=False)
     if fp is not None:
         _design_cache[fp] = entry
         while len(_design_cache) > _CACHE_SIZE:

@@ -100,12 +100,14 @@ class RawFit:
 
 def _clusters(design: ModelDesign) -> np.ndarray | None:
     """Cluster id per row such that S is block-diagonal by cluster, or None if unavailable."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = design.nobs
     if any(r.relmat is not None for r in design.random):
         return None
+    if not design.random and design.known_v.blocks is None:
+        return np.arange(n)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     rows, cols = [], []
     offset = n
     kv = design.known_v
@@ -179,7 +181,22 @@ def _lstsq_const(Z: np.ndarray, value: float) -> np.ndarray:
     """Coefficients of design Z that reproduce the constant ``value`` as closely as possible."""
     if Z.shape[1] == 0:
         return np.zeros(0)
+    ones = np.flatnonzero(np.all(Z == 1.0, axis=0))
+    if ones.size:  # an intercept column reproduces it exactly (no SVD of a million-row Z)
+        coef = np.zeros(Z.shape[1])
+        coef[ones[0]] = value
+        return coef
     coef, *_ = np.linalg.lstsq(Z, np.full(Z.shape[0], value), rcond=None)
+    return coef
+
+
+def _least_squares(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """OLS coefficients: normal equations when X'X is well conditioned (the start values
+    of a million-row fit without an SVD), else the SVD solution."""
+    G = X.T @ X
+    if X.shape[0] > 10_000 and X.shape[1] and np.linalg.cond(G) < 1e10:
+        return np.linalg.solve(G, X.T @ y)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     return coef
 
 
@@ -187,7 +204,7 @@ def moment_start(X: np.ndarray, y: np.ndarray, v: np.ndarray, w: np.ndarray) -> 
     """(beta_ols, residuals, tau2, scale2): weighted OLS location, the DerSimonian-Laird
     between-row variance (residual variance without usable V) and a variance scale."""
     sw = np.sqrt(w)
-    beta0, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
+    beta0 = _least_squares(X * sw[:, None], y * sw)
     r = y - X @ beta0
     n, p = X.shape
     pos = (v > 0) & (w > 0)
@@ -243,6 +260,12 @@ def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
 # arrays
 
 
+def _device(value) -> jax.Array:
+    """A host value on the default device.  ``jax.device_put`` of a numpy array transfers
+    it; ``jnp.asarray`` would also run (and, in a fresh process, compile) a conversion."""
+    return jax.device_put(np.asarray(value))
+
+
 def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
                  beta0: np.ndarray, method: str) -> tuple[Arrays, Structure]:
     n = design.nobs
@@ -283,9 +306,9 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         for d in rd.sd_designs:
             W = np.zeros((L_pad, d.matrix.shape[1]))
             W[: rd.n_levels] = d.matrix
-            sd_designs.append(jnp.asarray(W))
-        random_arrays.append(RandomArrays(jnp.asarray(lev), jnp.asarray(padrows(rd.z)),
-                                          tuple(sd_designs), jnp.asarray(Kchol)))
+            sd_designs.append(_device(W))
+        random_arrays.append(RandomArrays(_device(lev), _device(padrows(rd.z)),
+                                          tuple(sd_designs), _device(Kchol)))
         random_static.append(RandomStatic(L_pad, rd.n_coef,
                                           tuple(d.matrix.shape[1] for d in rd.sd_designs),
                                           rd.n_cor, rd.relmat is not None))
@@ -293,14 +316,14 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
     if kind == "block":
         buckets = _buckets(design, clusters)
     arrs = Arrays(
-        y=jnp.asarray(padrows(y)),
-        X=jnp.asarray(padrows(X)),
-        Z_sigma=jnp.asarray(padrows(Zs)),
-        w=jnp.asarray(padrows(w, 0.0)),
-        mask=jnp.asarray(mask),
-        n_obs=jnp.asarray(float(np.sum(w))),
-        v=jnp.asarray(v),
-        V_dense=jnp.asarray(Vd),
+        y=_device(padrows(y)),
+        X=_device(padrows(X)),
+        Z_sigma=_device(padrows(Zs)),
+        w=_device(padrows(w, 0.0)),
+        mask=_device(mask),
+        n_obs=_device(float(np.sum(w))),
+        v=_device(v),
+        V_dense=_device(Vd),
         buckets=tuple(buckets),
         random=tuple(random_arrays),
     )
@@ -337,10 +360,10 @@ def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
             both = real[:, :, None] & real[:, None, :]
             Vb = np.where(both, full, Vb)
         levels = tuple(
-            jnp.asarray(np.where(real, np.concatenate([rd.level_index, [0]])[rows], padded_levels(rd.n_levels)))
+            _device(np.where(real, np.concatenate([rd.level_index, [0]])[rows], padded_levels(rd.n_levels)))
             for rd in design.random
         )
-        out.append(BlockBucket(jnp.asarray(rows), jnp.asarray(Vb), levels))
+        out.append(BlockBucket(_device(rows), _device(Vb), levels))
     return out
 
 
@@ -466,29 +489,42 @@ def _closed_form_diag(struct: Structure, elementwise: bool) -> bool:
 def _diag_closed_form_fn(struct: Structure):
     """``_program_fn`` for the diagonal structure with the closed-form gradient and Hessian
     of :func:`drmpy.engine.batch.diag_derivatives` (beta profiled; O(n k^2) per iteration
-    instead of automatic differentiation of the objective), same outputs and conventions."""
+    instead of automatic differentiation of the objective), same outputs and conventions.
+    With few columns the designs are transposed once and every row sum is a fused
+    reduction (:mod:`drmpy.engine.diag_columns`)."""
+    from . import diag_columns as dc
     from .batch import DiagArrays, _diag_post, diag_derivatives
 
     reml = struct.method == "REML"
     objective = variance_objective(struct)
+    by_columns = max(struct.p, struct.k_sigma) <= dc.MAX_COLUMNS
 
     def run(arrs: Arrays, phi0, max_iter, gtol, boundary=None):
-        a = DiagArrays(arrs.y, arrs.X, arrs.Z_sigma, arrs.v, arrs.w)
-        sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
-                                  derivatives=lambda x: diag_derivatives(x, a, reml))
-        out = _diag_post(a, sol.x, sol.f, sol.grad, sol.hess, sol.status, sol.iterations, reml)
+        if by_columns:
+            c = dc.DiagColumns(arrs.y, arrs.X.T, arrs.Z_sigma.T, arrs.v, arrs.w)
+            sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
+                                      derivatives=lambda x: dc.columns_derivatives(x, c, reml))
+            beta, grad, vcov = dc.columns_post(c, sol.x, sol.grad, sol.hess, reml)
+            out = dict(beta=beta, grad=grad, vcov=vcov)
+            value = lambda ph: dc.columns_value(ph, c, reml)  # noqa: E731
+            sigma = jnp.exp(dc._combine(sol.x[: struct.k_sigma], c.Zt))
+        else:
+            a = DiagArrays(arrs.y, arrs.X, arrs.Z_sigma, arrs.v, arrs.w)
+            sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
+                                      derivatives=lambda x: diag_derivatives(x, a, reml))
+            out = _diag_post(a, sol.x, sol.f, sol.grad, sol.hess, sol.status, sol.iterations, reml)
+            value = lambda ph: objective(ph, arrs, struct)  # noqa: E731
+            sigma = jnp.exp(arrs.Z_sigma @ sol.x[: struct.k_sigma])
         if reml:
             min_eig = jnp.min(jnp.linalg.eigvalsh(sol.hess))
         else:  # the joint Hessian is the inverse of the covariance
             min_eig = 1.0 / jnp.max(jnp.linalg.eigvalsh(out["vcov"]))
-        gamma = sol.x[: struct.k_sigma]
         result = dict(beta=out["beta"], phi=sol.x, f=sol.f, grad=out["grad"], vcov=out["vcov"], min_eig=min_eig,
                       status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
-                      sigma=jnp.exp(arrs.Z_sigma @ gamma))
+                      sigma=sigma)
         if boundary is not None:  # as in _program_fn: the objective at each zero-variance point
             masks, values = boundary
-            result["boundary_f"] = jax.lax.map(lambda ph: objective(ph, arrs, struct),
-                                               jnp.where(masks > 0, values, sol.x[None, :]))
+            result["boundary_f"] = jax.lax.map(value, jnp.where(masks > 0, values, sol.x[None, :]))
         return result
 
     return run
@@ -620,9 +656,9 @@ def boundary_candidates(design: ModelDesign) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _run_once(arrs, struct, phi0, control: Control, boundary):
-    args = (arrs, jnp.asarray(phi0), jnp.asarray(int(control.max_iter)), jnp.asarray(float(control.gtol)))
+    args = (arrs, _device(phi0), _device(int(control.max_iter)), _device(float(control.gtol)))
     if boundary is not None:
-        args = args + (tuple(jnp.asarray(b) for b in boundary),)
+        args = args + (tuple(_device(b) for b in boundary),)
     leaves, treedef = jax.tree_util.tree_flatten(args)
     return jax.device_get(_compiled(struct, treedef, leaves)(*leaves))
 

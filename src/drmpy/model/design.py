@@ -127,10 +127,23 @@ def _required_variables(rhs: str, dpar: str, text: str) -> frozenset[str]:
         raise FormulaError(f"Cannot parse the {dpar} formula `{text}`: {exc}") from exc
 
 
+def _formulaic():
+    """The formulaic module; its first import (with scipy.sparse and narwhals, some 0.4 s)
+    runs with the cyclic collector paused (:func:`drmpy._startup.long_lived_imports`)."""
+    import sys
+
+    module = sys.modules.get("formulaic")
+    if module is None:
+        from .._startup import long_lived_imports
+
+        with long_lived_imports():
+            import formulaic as module
+    return module
+
+
 @functools.lru_cache(maxsize=256)
 def _required_variables_of(rhs: str) -> frozenset[str]:
-    import formulaic
-
+    formulaic = _formulaic()
     return frozenset(formulaic.Formula(rhs).required_variables)
 
 
@@ -167,8 +180,7 @@ def _materialize(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: M
 
 
 def _materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
-    import formulaic
-
+    formulaic = _formulaic()
     try:
         mm = formulaic.model_matrix(rhs, frame, na_action="ignore", context=dict(context))
     except Exception as exc:
@@ -230,8 +242,7 @@ def _response_values(frame: pd.DataFrame, lhs: str, context: Mapping[str, Any]) 
         if not frames.is_numeric(col):
             raise DataError(f"The response `{lhs}` must be numeric, but has dtype {col.dtype}.")
         return np.asarray(col, dtype=np.float64)
-    import formulaic
-
+    formulaic = _formulaic()
     try:
         mm = formulaic.model_matrix(f"{lhs} ~ 1", frame, na_action="ignore", context=dict(context))
     except Exception as exc:
