@@ -313,6 +313,14 @@ def _lanes_ladder(n: int) -> int:
     return lanes
 
 
+def _half_octave(n: int) -> int:
+    """Smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... (2^j and 3 * 2^j) that is >= n."""
+    m = 1
+    while m < n:
+        m = 3 * m // 2 if m >= 2 and (m & (m - 1)) == 0 else (4 * m // 3 if m >= 3 else m + 1)
+    return m
+
+
 def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int) -> list[_Chunk]:
     """Pools of groups sorted by size; each pool pads its groups to its bucket's rows."""
     if group_ids.size == 0:
@@ -335,10 +343,11 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
         if len(members) < lanes:
             lanes = min(lanes, _lanes_ladder(len(members)))
         # equal pools (one compiled shape per bucket) of at most POOL_LANES * lanes groups,
-        # padded to lanes times a power of two (padding groups stop at their first step)
+        # padded to lanes times 1, 2, 3, 4, 6, 8, 12, 16 (few shapes; the start values and
+        # covariances are computed for every slot, so padding costs up to a third, not half)
         n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
         per = math.ceil(len(members) / n_pools)
-        size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+        size = lanes * _half_octave(math.ceil(per / lanes))
         for start in range(0, len(members), per):
             chunks.append(_Chunk(members[start : start + per], n_rows, lanes, size))
     return chunks
@@ -498,7 +507,7 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
     sigma = 0 replaces an interior optimum that is worse (the boundary rule).
     """
     from ..engine.batch import run_pool
-    from ..engine.tau2_batch import BOUNDARY_BETTER, run_boundary, run_tau2
+    from ..engine.tau2_batch import BOUNDARY_BETTER, run_tau2
 
     res = _empty_results(gr)
     positive = _positive_v_groups(gr)
@@ -522,15 +531,10 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
             beta0 = np.full((ch.size, gr.p), np.nan)
             yield ("pool", i), len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
                                                          float(ctrl.gtol), reml, ch.lanes), {}
-            if positive[ch.groups].any():  # sigma = 0 on the same arrays (Z unused)
-                y, X, _, v, w = arrays
-                yield ("zero", i), 0, (y, X, v, w, reml), {}
 
     def dispatch(*args, device=None, block=True):
         if len(args) == 6:
             return run_tau2(*args, device=device, block=block)
-        if len(args) == 5:
-            return run_boundary(*args, device=device, block=block)
         return run_pool(*args, device=device, block=block)
 
     runner = _Runner(dispatch, client, progress, len(fit_ids), "drmpy fit_batch")
@@ -548,9 +552,43 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         n = len(ch.groups)
         for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
-        if ("zero", i) in out:
-            _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], out[("zero", i)], BOUNDARY_BETTER)
+    # the boundary rule: sigma = 0 (computed here, in numpy, for the groups where it exists)
+    zero_ids = slow[positive[slow]]
+    if zero_ids.size:
+        zero = _zero_variance_fits(gr, zero_ids, reml)
+        _apply_boundary_rule(gr, res, zero_ids, np.ones(len(zero_ids), dtype=bool), zero, BOUNDARY_BETTER)
     return res
+
+
+def _zero_variance_fits(gr: _Groups, groups: np.ndarray, reml: bool) -> dict:
+    """The model with sigma = 0 (``y ~ N(X beta, V)``, GLS) of each of ``groups``, in numpy.
+
+    Returns ``f`` (the negative (restricted) log-likelihood, drmTMB's REML convention),
+    ``beta`` and ``var_beta`` (diagonal of ``(X'V^-1X)^-1``).  Every group must have positive
+    sampling variances and a full-rank mu design (as :func:`_check_groups` ensures).
+    """
+    p = gr.p
+    u = np.where(gr.v > 0, 1.0 / np.where(gr.v > 0, gr.v, 1.0), 0.0)
+    pairs = [(i, j) for i in range(p) for j in range(i, p)]
+    ux = gr.X * u[:, None]
+    sums = gr.group_sums(np.column_stack([ux[:, i] * gr.X[:, j] for i, j in pairs] + [ux * gr.y[:, None]]))[groups]
+    A = np.empty((len(groups), p, p))
+    for c, (i, j) in enumerate(pairs):
+        A[:, i, j] = A[:, j, i] = sums[:, c]
+    A_inv = np.linalg.inv(A)
+    beta = np.einsum("gij,gj->gi", A_inv, sums[:, len(pairs):])
+    rows_beta = np.zeros((len(gr.y), p))
+    size = gr.sizes[groups]
+    rows = np.repeat(gr.offsets[groups], size) + (np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size))
+    rows_beta[rows] = np.repeat(beta, size, axis=0)
+    r = gr.y - np.sum(gr.X * rows_beta, axis=1)
+    quad, logv = gr.group_sums(np.column_stack([u * r * r, np.log(np.where(gr.v > 0, gr.v, 1.0))]))[groups].T
+    n = size.astype(float)
+    if reml:
+        f = 0.5 * ((n - p) * math.log(2.0 * math.pi) + logv + np.linalg.slogdet(A)[1] + quad)
+    else:
+        f = 0.5 * (n * math.log(2.0 * math.pi) + logv + quad)
+    return dict(f=f, beta=beta, var_beta=np.diagonal(A_inv, axis1=1, axis2=2))
 
 
 def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, feasible: np.ndarray, zero: dict,
