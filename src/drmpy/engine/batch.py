@@ -57,7 +57,7 @@ from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
-           "start_values", "drop_rows", "deletion_program"]
+           "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -152,6 +152,22 @@ def _diag_post(a: DiagArrays, gamma, f, grad_phi, H_phi, status, iterations, rem
     score_beta = jnp.zeros(p) if reml else A @ beta - b
     full_grad = jnp.concatenate([score_beta, grad_phi])
     return dict(beta=beta, phi=gamma, f=f, grad=full_grad, vcov=vcov, status=status, iterations=iterations)
+
+
+def zero_variance_fit(a: DiagArrays, reml: bool) -> dict:
+    """The model with sigma = 0 (``y ~ N(X beta, V)``, GLS) of one group: ``f`` (negative
+    (restricted) log-likelihood), ``beta`` and ``var_beta`` (diagonal of ``(X'V^-1X)^-1``).
+    Meaningful when every sampling variance is positive (the boundary rule's candidate)."""
+    data = a.w > 0
+    u = jnp.where(data & (a.v > 0), a.w / jnp.where(data & (a.v > 0), a.v, 1.0), 0.0)
+    Xu = a.X * u[:, None]
+    logdet_A, A_inv, beta = _location(Xu.T @ a.X, Xu.T @ a.y)
+    r = a.y - a.X @ beta
+    p = a.X.shape[1]
+    n = jnp.sum(a.w)
+    base = jnp.sum(a.w * jnp.log(jnp.where(data, a.v, 1.0))) + jnp.sum(u * r * r)
+    f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A) if reml else 0.5 * (n * LOG_2PI + base)
+    return dict(f=f, beta=beta, var_beta=jnp.diagonal(A_inv))
 
 
 def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
@@ -317,6 +333,11 @@ def pool_program(reml: bool, lanes: int):
             final["status"][:M], final["it"][:M])
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
+        # the boundary rule's candidate: every group's fit with sigma = 0
+        zero = jax.vmap(lambda a: zero_variance_fit(a, reml))(centred)
+        post["zero_f"] = zero["f"]
+        post["zero_beta"] = zero["beta"] + beta0
+        post["zero_var_beta"] = zero["var_beta"]
         return post
 
     return jax.jit(run)

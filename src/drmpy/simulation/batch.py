@@ -357,22 +357,25 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     """(y, X, Z, v, w) as (size, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
     L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
-    sz = gr.sizes[gs]
-    local_start = np.cumsum(sz) - sz
-    pos = np.arange(int(sz.sum())) - np.repeat(local_start, sz)
-    rows = np.repeat(gr.offsets[gs], sz) + pos
-    flat = np.repeat(np.arange(len(gs)) * N, sz) + pos
-    y = np.zeros(L * N)
-    X = np.zeros((L * N, gr.p))
-    Z = np.zeros((L * N, gr.k))
-    v = np.ones(L * N)
-    w = np.zeros(L * N)
-    y[flat] = gr.y[rows]
-    X[flat] = gr.X[rows]
-    Z[flat] = gr.Z[rows]
-    v[flat] = gr.v[rows]
-    w[flat] = 1.0
-    return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
+    n = len(gs)
+    col = np.arange(N)
+    mask = col[None, :] < gr.sizes[gs][:, None]
+    idx = gr.offsets[gs][:, None] + col[None, :]
+    full = bool(mask.all())  # every group fills its rows: no masking (the common case)
+    if not full:
+        idx = np.where(mask, idx, 0)
+    out = []
+    for src, fill in ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0)):
+        arr = np.full((L, N) + src.shape[1:], fill)
+        vals = src[idx]  # one gather per array (faster than scattering the rows)
+        if not full:
+            vals = np.where(mask.reshape(mask.shape + (1,) * (src.ndim - 1)), vals, fill)
+        arr[:n] = vals
+        out.append(arr)
+    w = np.zeros((L, N))
+    w[:n] = mask
+    y, X, Z, v = out
+    return y, X, Z, v, w
 
 
 def _plan_tau2(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None) -> list[_Chunk]:
@@ -552,43 +555,9 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         n = len(ch.groups)
         for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
-    # the boundary rule: sigma = 0 (computed here, in numpy, for the groups where it exists)
-    zero_ids = slow[positive[slow]]
-    if zero_ids.size:
-        zero = _zero_variance_fits(gr, zero_ids, reml)
-        _apply_boundary_rule(gr, res, zero_ids, np.ones(len(zero_ids), dtype=bool), zero, BOUNDARY_BETTER)
+        zero = dict(f=o["zero_f"], beta=o["zero_beta"], var_beta=o["zero_var_beta"])  # sigma = 0
+        _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], zero, BOUNDARY_BETTER)
     return res
-
-
-def _zero_variance_fits(gr: _Groups, groups: np.ndarray, reml: bool) -> dict:
-    """The model with sigma = 0 (``y ~ N(X beta, V)``, GLS) of each of ``groups``, in numpy.
-
-    Returns ``f`` (the negative (restricted) log-likelihood, drmTMB's REML convention),
-    ``beta`` and ``var_beta`` (diagonal of ``(X'V^-1X)^-1``).  Every group must have positive
-    sampling variances and a full-rank mu design (as :func:`_check_groups` ensures).
-    """
-    p = gr.p
-    u = np.where(gr.v > 0, 1.0 / np.where(gr.v > 0, gr.v, 1.0), 0.0)
-    pairs = [(i, j) for i in range(p) for j in range(i, p)]
-    ux = gr.X * u[:, None]
-    sums = gr.group_sums(np.column_stack([ux[:, i] * gr.X[:, j] for i, j in pairs] + [ux * gr.y[:, None]]))[groups]
-    A = np.empty((len(groups), p, p))
-    for c, (i, j) in enumerate(pairs):
-        A[:, i, j] = A[:, j, i] = sums[:, c]
-    A_inv = np.linalg.inv(A)
-    beta = np.einsum("gij,gj->gi", A_inv, sums[:, len(pairs):])
-    rows_beta = np.zeros((len(gr.y), p))
-    size = gr.sizes[groups]
-    rows = np.repeat(gr.offsets[groups], size) + (np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size))
-    rows_beta[rows] = np.repeat(beta, size, axis=0)
-    r = gr.y - np.sum(gr.X * rows_beta, axis=1)
-    quad, logv = gr.group_sums(np.column_stack([u * r * r, np.log(np.where(gr.v > 0, gr.v, 1.0))]))[groups].T
-    n = size.astype(float)
-    if reml:
-        f = 0.5 * ((n - p) * math.log(2.0 * math.pi) + logv + np.linalg.slogdet(A)[1] + quad)
-    else:
-        f = 0.5 * (n * math.log(2.0 * math.pi) + logv + quad)
-    return dict(f=f, beta=beta, var_beta=np.diagonal(A_inv, axis1=1, axis2=2))
 
 
 def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, feasible: np.ndarray, zero: dict,
