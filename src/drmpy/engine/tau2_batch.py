@@ -163,6 +163,31 @@ def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
                   (-Xq / A)[:, None])
 
 
+def _value_score(tau2, y, X, v, w, reml: bool):
+    """(f, score) alone: :func:`_stats` without the informations (7 row sums instead of 13
+    for a one-column design), for probing the criterion."""
+    if X is not None and X.shape[-1] > 1:
+        st = _stats(tau2, y, X, v, w, reml)
+        return st.f, st.score
+    x = None if X is None else X[..., 0]
+    data = w > 0
+    s = jnp.where(data, v + tau2[:, None], 1.0)
+    u = w / s
+    u2 = u * u
+    xy = y if x is None else x * y
+    xx = None if x is None else x * x
+    trW, b, Syy, B_y, S2yy, logs, n = (jnp.sum(t, axis=1) for t in (u, u * xy, u * y * y, u2 * xy, u2 * y * y,
+                                                                   w * jnp.log(s), w))
+    A = trW if x is None else jnp.sum(u * xx, axis=1)
+    B = jnp.sum(u2, axis=1) if x is None else jnp.sum(u2 * xx, axis=1)
+    beta = b / A
+    quad = Syy - beta * b
+    qq = S2yy - 2.0 * beta * B_y + beta * beta * B
+    zero = jnp.zeros_like(A)
+    f, score, _, _ = _criterion(reml, n, 1, logs, jnp.log(A), quad, qq, zero, trW - B / A, trW, zero, zero)
+    return f, score
+
+
 def _rowsum(c, T):
     """sum_n c[m, n] T[m, n, ...] (M, ...)."""
     return jnp.sum(c.reshape(c.shape + (1,) * (T.ndim - 2)) * T, axis=1)
@@ -258,34 +283,40 @@ def tau2_program(reml: bool):
 
         # A lane that stopped at tau^2 = 0 is a local maximum there, not necessarily the
         # global one: probe PROBE_FRACTIONS of the mean sampling variance (on the boundary
-        # lanes gathered into M / 2 lanes when they fit), and restart Newton from the best
-        # probe that fits better than zero or where the criterion still rises.
+        # lanes gathered into fewer lanes), and restart Newton from the best probe that fits
+        # better than zero or where the criterion still rises.
         at_bound = (carry[3] == CONVERGED) & (carry[0] <= 0.0)
-        half = max(M // 2, 1)
+        f_bound = carry[1].f  # the criterion at tau^2 = 0 on those lanes
 
-        def probe(lanes_arrays):
+        def probe(lanes_arrays, f_zero):
             yc_, X_, v_, w_, scale_ = lanes_arrays
-            f_zero = _stats(jnp.zeros_like(scale_), yc_, X_, v_, w_, reml).f
             best_f = jnp.full_like(scale_, jnp.inf)
             best_t = jnp.zeros_like(scale_)
+            tol = 1e-12 * jnp.maximum(1.0, jnp.abs(f_zero))
             for frac in PROBE_FRACTIONS:
                 t = frac * scale_
-                pst = _stats(t, yc_, X_, v_, w_, reml)
-                tol = 1e-12 * jnp.maximum(1.0, jnp.abs(f_zero))
-                promising = jnp.isfinite(pst.f) & ((pst.f < f_zero - tol) | (pst.score > 0.0))
-                take = promising & (pst.f < best_f)
-                best_f = jnp.where(take, pst.f, best_f)
+                f_t, score_t = _value_score(t, yc_, X_, v_, w_, reml)
+                take = jnp.isfinite(f_t) & ((f_t < f_zero - tol) | (score_t > 0.0)) & (f_t < best_f)
+                best_f = jnp.where(take, f_t, best_f)
                 best_t = jnp.where(take, t, best_t)
             return best_t
 
-        def probe_compacted(_):
-            idx = jnp.argsort(~at_bound, stable=True)[:half]  # boundary lanes first
-            sub = jax.tree_util.tree_map(lambda a: a[idx], arrays)
-            found = jnp.where(at_bound[idx], probe(sub), 0.0)
-            return jnp.zeros(M, y.dtype).at[idx].set(found)
+        def probe_compacted(width):
+            def run_probe(_):
+                idx = jnp.argsort(~at_bound, stable=True)[:width]  # boundary lanes first
+                sub = jax.tree_util.tree_map(lambda a: a[idx], arrays)
+                found = jnp.where(at_bound[idx], probe(sub, f_bound[idx]), 0.0)
+                return jnp.zeros(M, y.dtype).at[idx].set(found)
+            return run_probe
 
-        restart_t = jax.lax.cond(jnp.sum(at_bound) <= half, probe_compacted,
-                                 lambda _: jnp.where(at_bound, probe(arrays), 0.0), None)
+        def probe_all(_):
+            return jnp.where(at_bound, probe(arrays, f_bound), 0.0)
+
+        n_bound = jnp.sum(at_bound)
+        quarter, half = max(M // 4, 1), max(M // 2, 1)
+        # the probes run on M / 4, M / 2 or M lanes, whichever holds every boundary lane
+        restart_t = jax.lax.switch((n_bound > quarter).astype(jnp.int32) + (n_bound > half).astype(jnp.int32),
+                                   [probe_compacted(quarter), probe_compacted(half), probe_all], None)
         restart = at_bound & (restart_t > 0.0)
 
         def second_start(carry):
