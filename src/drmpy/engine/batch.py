@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -343,6 +344,50 @@ def pool_program(reml: bool, lanes: int):
     return jax.jit(run)
 
 
+_EXPORTED: dict = {}
+
+
+def exported_call(tag: tuple, jitted, *args):
+    """``jitted(*args)``, through a serialized ``jax.export`` module kept on disk.
+
+    A fresh process then skips tracing the program (about a second for the pool program)
+    and XLA's persistent cache supplies the binary, as for single fits
+    (:func:`drmpy.engine.program._compiled`; same folder, keyed by the engine's source).
+    ``tag`` names the program and its closure constants; the argument shapes complete the key.
+    Without drmpy's persistent cache, or if exporting fails, ``jitted`` runs as it is.
+    """
+    from .program import _export_dir
+
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    signature = (tag, str(treedef), tuple((np.shape(x), str(np.result_type(x))) for x in leaves),
+                 jax.default_backend())
+    fn = _EXPORTED.get(signature)
+    if fn is None:
+        # a function of the flat leaves: the arguments' containers (DiagArrays, None) need
+        # no serialization
+        fn = jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat)))
+        folder = _export_dir()
+        if folder is not None:
+            import hashlib
+
+            digest = hashlib.blake2b(repr(signature).encode(), digest_size=16).hexdigest()
+            path = folder / f"{digest}.jaxexport"
+            try:
+                if path.exists():
+                    exported = jax.export.deserialize(bytearray(path.read_bytes()))
+                else:
+                    exported = jax.export.export(fn)(*leaves)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_bytes(exported.serialize())
+                    tmp.replace(path)
+                fn = jax.jit(exported.call)
+            except Exception:  # exporting is an optimisation only
+                pass
+        _EXPORTED[signature] = fn
+    return fn(*leaves)
+
+
 def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: float, reml: bool,
              lanes: int, *, device=None, block: bool = True) -> dict:
     """Fit one pool of groups (numpy arrays with a leading group axis; see :func:`pool_program`).
@@ -358,7 +403,8 @@ def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: flo
     args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
     if device is not None:
         args = jax.device_put(args, device)
-    out = pool_program(bool(reml), int(lanes))(*args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
+    out = exported_call(("pool", bool(reml), int(lanes)), pool_program(bool(reml), int(lanes)),
+                        *args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out

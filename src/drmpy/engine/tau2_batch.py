@@ -402,7 +402,9 @@ def run_tau2(y, X, v, w, max_iter: int, reml: bool, *, device=None, block: bool 
     args = (y, X, v, w)
     if device is not None:
         args = jax.device_put(args, device)
-    out = tau2_program(bool(reml))(*args, np.int64(max_iter))
+    from .batch import exported_call
+
+    out = exported_call(("tau2", bool(reml)), tau2_program(bool(reml)), *args, np.int64(max_iter))
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out
