@@ -359,7 +359,8 @@ def exported_call(tag: tuple, jitted, *args):
     from .program import _export_dir
 
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    signature = (tag, str(treedef), tuple((np.shape(x), str(np.result_type(x))) for x in leaves),
+    signature = (tag, str(treedef), tuple((np.shape(x), str(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
+                                          for x in leaves),
                  jax.default_backend())
     fn = _EXPORTED.get(signature)
     if fn is None:
