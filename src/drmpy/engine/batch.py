@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import NamedTuple
 
 import jax
@@ -356,7 +355,7 @@ def exported_call(tag: tuple, jitted, *args):
     ``tag`` names the program and its closure constants; the argument shapes complete the key.
     Without drmpy's persistent cache, or if exporting fails, ``jitted`` runs as it is.
     """
-    from .program import _export_dir
+    from .program import _exported
 
     leaves, treedef = jax.tree_util.tree_flatten(args)
     signature = (tag, str(treedef), tuple((np.shape(x), str(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
@@ -366,25 +365,8 @@ def exported_call(tag: tuple, jitted, *args):
     if fn is None:
         # a function of the flat leaves: the arguments' containers (DiagArrays, None) need
         # no serialization
-        fn = jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat)))
-        folder = _export_dir()
-        if folder is not None:
-            import hashlib
-
-            digest = hashlib.blake2b(repr(signature).encode(), digest_size=16).hexdigest()
-            path = folder / f"{digest}.jaxexport"
-            try:
-                if path.exists():
-                    exported = jax.export.deserialize(bytearray(path.read_bytes()))
-                else:
-                    exported = jax.export.export(fn)(*leaves)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_bytes(exported.serialize())
-                    tmp.replace(path)
-                fn = jax.jit(exported.call)
-            except Exception:  # exporting is an optimisation only
-                pass
+        fn = _exported(signature, leaves,
+                       lambda: jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat))))
         _EXPORTED[signature] = fn
     return fn(*leaves)
 

@@ -20,9 +20,12 @@ expected one (``1/2 tr(PP)``, Fisher scoring), and is halved until the objective
 get worse.  The start is the DerSimonian-Laird moment estimate.
 
 Boundary rule: the likelihood in ``tau^2`` can be bimodal (an interior local maximum
-lower than the value at ``tau^2 = 0``).  The value at zero is evaluated first (it also
-gives the moment start), and after convergence the better of the interior optimum and
-``tau^2 = 0`` is kept; a zero variance is reported as ``log sigma = -inf``.
+lower than the value at ``tau^2 = 0``, or a local maximum at zero lower than an interior
+one).  The value at zero is evaluated first (it also gives the moment start), and after
+convergence the better of the interior optimum and ``tau^2 = 0`` is kept; a lane that
+stopped at zero probes the criterion at ``PROBE_FRACTIONS`` of its mean sampling variance
+and climbs again from a probe that fits better or where the criterion still rises.  A zero
+variance is reported as ``log sigma = -inf``.
 
 The reported estimates, standard errors and gradients are those of the engine's diagonal
 structure at the optimum (:func:`drmpy.engine.batch._diag_post`), from the same sums:
@@ -323,9 +326,12 @@ def tau2_program(reml: bool):
             tau2, st, lam, status, its, _ = carry
             st = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(restart, a), a, b),
                                         _stats(restart_t, yc, X, v, w, reml), st)
-            carry = (jnp.where(restart, restart_t, tau2), st, jnp.where(restart, 1.0, lam),
-                     jnp.where(restart, RUNNING, status), its, jnp.asarray(0))
-            return iterate(carry, arrays, max_iter)
+            again = iterate((jnp.where(restart, restart_t, tau2), st, jnp.where(restart, 1.0, lam),
+                             jnp.where(restart, RUNNING, status), its, jnp.asarray(0)), arrays, max_iter)
+            # a second climb that does not converge leaves the lane at its boundary optimum
+            keep = restart & (again[3] == CONVERGED)
+            merged = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(keep, a), a, b), again[:4], carry[:4])
+            return merged + (again[4], again[5])
 
         carry = jax.lax.cond(jnp.any(restart), second_start, lambda c: c, carry)
         tau2, st, _, status, its, _ = carry
