@@ -101,6 +101,14 @@ def child(devices: int, quick: bool) -> None:
         warm.append(time.perf_counter() - t)
     out["a_warm"] = warm
     out["a_R"] = R
+    out["a_load"] = os.getloadavg()
+    cpu = []
+    for _ in range(3):
+        c = time.process_time()
+        drm.fit_batch(f, big, by="replicate", progress=False)
+        cpu.append(time.process_time() - c)
+    out["a_cpu"] = min(cpu)  # CPU seconds of the process (all threads) per warm call
+    out["a_stages"] = stage_profile(lambda: drm.fit_batch(f, big, by="replicate", progress=False))
     out["a_converged"] = int(res.groupby("replicate")["converged"].first().sum())
     out["a_boundary"] = int((res.loc[res["parameter"] == "sigma:(Intercept)", "estimate"] < -6).sum())
     res.groupby("replicate")["loglik"].first().to_csv(os.environ["BENCH_LOGLIK_CSV"], header=True)
@@ -132,11 +140,59 @@ def child(devices: int, quick: bool) -> None:
     print("JSON" + json.dumps(out))
 
 
-def run_child(devices: int, quick: bool, tmp: str) -> dict:
-    # an empty compilation cache: the first call's time includes compiling
+def stage_profile(call) -> dict:
+    """Wall seconds of one warm call by stage: formula and grouping (_build_groups), per-group
+    checks (_check_groups), chunk arrays (_chunk_arrays, _dense_chunk), the compiled programs
+    with their transfers (_Runner.map less the chunk arrays built inside it), and the result
+    frame (_result_frame); 'other' is the rest of the call."""
+    from drmpy.simulation import batch as sb
+
+    spent = dict.fromkeys(["_build_groups", "_check_groups", "_chunk_arrays", "_dense_chunk", "map",
+                           "_result_frame"], 0.0)
+    saved = {}
+
+    def wrap(owner, name):
+        fn = getattr(owner, name)
+        saved[(owner, name)] = fn
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t
+        setattr(owner, name, timed)
+
+    for name in spent:
+        wrap(sb._Runner if name == "map" else sb, name)
+    try:
+        import jax
+
+        t = time.perf_counter()
+        jax.block_until_ready(call())
+        total = time.perf_counter() - t
+    finally:
+        for (owner, name), fn in saved.items():
+            setattr(owner, name, fn)
+    arrays = spent["_chunk_arrays"] + spent["_dense_chunk"]
+    return {"total": total, "grouping and designs": spent["_build_groups"], "group checks": spent["_check_groups"],
+            "chunk arrays": arrays, "compiled programs and transfers": spent["map"] - arrays,
+            "result frame": spent["_result_frame"],
+            "other": total - spent["_build_groups"] - spent["_check_groups"] - spent["map"] - spent["_result_frame"]}
+
+
+def format_stages(st: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in st.items() if k != "total") + f" (total {st['total']:.3f} s)"
+
+
+def run_child(devices: int, quick: bool, tmp: str, cache: str | None = None, part: str | None = None) -> dict:
+    # an empty compilation cache: the first call's time includes compiling (a second child
+    # given the same cache measures a fresh process whose cache is warm)
     env = dict(os.environ, BENCH_LOGLIK_CSV=os.path.join(tmp, f"loglik{devices}.csv"),
                BENCH_SNP_NPY=os.path.join(tmp, f"snp{devices}.npy"),
-               DRMPY_CACHE_DIR=os.path.join(tmp, f"jax-cache-{devices}"))
+               DRMPY_CACHE_DIR=cache or os.path.join(tmp, f"cache-{devices}", "jax"))
+    if part is not None:
+        env["BENCH_PART"] = part
     cmd = [sys.executable, os.path.abspath(__file__), "--child", str(devices)] + (["--quick"] if quick else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1]
@@ -259,6 +315,8 @@ def main(quick: bool) -> None:
     tmp = tempfile.mkdtemp(prefix="drmpy-bench-")
     try:
         kids = {dev: run_child(dev, quick, tmp) for dev in (1, 2)}
+        again = {dev: run_child(dev, quick, tmp, cache=os.path.join(tmp, f"cache-{dev}", "jax"), part="a")
+                 for dev in (1, 2)}
         import drmpy as drm
 
         print(f"drmpy {drm.__version__}")
@@ -272,6 +330,11 @@ def main(quick: bool) -> None:
                   f"(compile ~{k['a_first'] - warm:.2f} s); warm best {warm:.3f} s, median "
                   f"{float(np.median(k['a_warm'])):.3f} s -> {R / warm:,.0f} fits/s "
                   f"(median {R / float(np.median(k['a_warm'])):,.0f}); converged {k['a_converged']}/{R}")
+            ag = again[dev]
+            print(f"    fresh process with the compilation cache warm: first call {ag['a_first']:.2f} s; warm best "
+                  f"{min(ag['a_warm']):.3f} s ({R / min(ag['a_warm']):,.0f} fits/s); CPU time of a warm call "
+                  f"{ag['a_cpu']:.3f} s; load average then {tuple(round(x, 2) for x in ag['a_load'])}")
+            print(f"    where a warm call's time goes (s): {format_stages(ag['a_stages'])}")
         print(f"  replicates with sigma:(Intercept) < -6 (heterogeneity at the zero boundary): {kids[1]['a_boundary']}")
         single = single_fit_loop(dat, big)
         print(f"  loop of single drm.fit (200 replicates, formula handling included): {single:,.0f} fits/s")

@@ -57,6 +57,9 @@ def child(G: int, reps: int) -> None:
         t = time.perf_counter()
         res = drm.fit_batch(f, d, by="snp", method="REML", progress=False)
         warm.append(time.perf_counter() - t)
+    from bench_batch import stage_profile
+
+    stages = stage_profile(lambda: drm.fit_batch(f, d, by="snp", method="REML", progress=False))
     per = res.groupby("snp", sort=True, observed=True).first()
     est = res.pivot(index="snp", columns="parameter", values="estimate")
     np.save(os.environ["BENCH_SNP_NPY"], est[["mu:(Intercept)", "sigma:(Intercept)"]].to_numpy())
@@ -66,7 +69,7 @@ def child(G: int, reps: int) -> None:
                se_finite=int(np.isfinite(res["std_error"]).sum()),
                boundary=int(per["message"].str.contains("zero boundary").sum()),
                boundary_better=int(per["message"].str.contains("better than the interior").sum()),
-               loglik_sum=float(per["loglik"].sum()))
+               loglik_sum=float(per["loglik"].sum()), stages=stages, load=os.getloadavg())
     print("JSON" + json.dumps(out))
 
 
@@ -85,7 +88,7 @@ def main(G: int, reps: int) -> None:
 
     import numpy as np
 
-    from bench_batch import pymare_run, snp_data
+    from bench_batch import format_stages, pymare_run, snp_data
 
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; load average at start {os.getloadavg()}")
     print("(the machine is shared with other jobs: compare the ratios measured in this run)")
@@ -104,6 +107,7 @@ def main(G: int, reps: int) -> None:
               f"-> best {G / best:,.0f} fits/s; converged {ours['converged']:,}/{G:,}; finite SEs "
               f"{ours['se_finite']:,}/{2 * G:,} (the tau^2 = 0 groups have no SE of log sigma: {ours['boundary']:,} at zero, "
               f"{ours['boundary_better']} of them better than an interior local optimum)")
+        print(f"    where a warm call's time goes (s): {format_stages(ours['stages'])}")
         print(f"    memory: input frame {ours['data_mb']:.0f} MB, child peak RSS {ours['peak_mb']:.0f} MB "
               f"(before the first call {ours['before_mb']:.0f} MB)")
         if pm is None:

@@ -9,7 +9,13 @@ JAX's configuration is process-global.  Importing drmpy
   process re-uses the compiled solver instead of compiling it again.  A cache
   directory the user already configured (``JAX_COMPILATION_CACHE_DIR`` or
   ``jax.config.jax_compilation_cache_dir``) is left alone, and setting the
-  environment variable ``DRMPY_NO_JAX_CACHE=1`` switches drmpy's cache off.
+  environment variable ``DRMPY_NO_JAX_CACHE=1`` switches drmpy's cache off;
+* gives JAX one CPU device per core (at most 8; ``jax_num_cpu_devices``), so that
+  ``fit_batch`` and the other batch runners, which send pools of groups round-robin to the
+  local devices, use every core (one device runs its compiled loops on one core).  Single
+  fits run on the first device as before.  Skipped when JAX has already started, when the
+  user set ``jax_num_cpu_devices`` or ``--xla_force_host_platform_device_count``; the
+  environment variable ``DRMPY_CPU_DEVICES`` sets the number (``1``: JAX's default).
 """
 
 from __future__ import annotations
@@ -51,9 +57,34 @@ def configure_jax() -> None:
     _CACHE_ENABLED_BY_DRMPY = True
 
 
+MAX_CPU_DEVICES = 8
+
+
+def use_cpu_cores() -> None:
+    """One JAX CPU device per available core (see the module docstring), when still possible."""
+    wanted = os.environ.get("DRMPY_CPU_DEVICES", "").strip()
+    try:
+        n = int(wanted) if wanted else min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
+    except (ValueError, AttributeError):
+        n = min(os.cpu_count() or 1, MAX_CPU_DEVICES)
+    if n <= 1 or jax.config.jax_num_cpu_devices not in (-1, None):
+        return
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    try:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return
+        jax.config.update("jax_num_cpu_devices", n)
+    except Exception:  # a JAX without this option or state: keep its default
+        return
+
+
 def cache_enabled_by_drmpy() -> bool:
     """Whether drmpy itself switched the persistent compilation cache on."""
     return _CACHE_ENABLED_BY_DRMPY
 
 
 configure_jax()
+use_cpu_cores()

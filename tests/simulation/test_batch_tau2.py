@@ -23,6 +23,28 @@ BIMODAL_Y = [-0.14988253478817393, 0.13909509334973974, -0.04268869648812626, -0
 BIMODAL_V = [0.008460668873635346, 0.09297896427968426, 0.008673572167874863, 0.010181709818683642,
              0.08121454061947, 0.09232156733470169, 0.04711710331862109, 0.033981417015796565]
 
+# SNP 239981 of benchmarks/bench_batch.py's snp_data(1_000_000): the other bimodal shape.  The
+# REML criterion has a local maximum at tau^2 = 0 (where the climb from the moment start
+# stops) and a higher interior one (logLik -5.11763 at tau^2 = 0.00306 against -5.11968 at 0;
+# found by PyMARE).
+INTERIOR_Y = [
+    0.10528697623014048, 0.2565394708767835, 0.16907391479741601, -0.05376000644202181, 0.0992300084320828,
+    -0.031564455308118924, 0.9052176034528584, -0.16166771908382876, 0.9504478510702052, 0.13959330817268292,
+    0.0013009553373210733, 0.1524123526216548, -0.28857701529241697, 0.34320663171877225, 0.055912530055733274,
+    0.29055878544431807, -0.43985622759144727, 0.35034973695497545, 0.13668016243804026, 0.031025787926938567,
+    0.2467862167157584, 0.22093670486564065, -0.17284509161675615, 0.30852111653361575, -0.06697416185700072,
+    -0.40764627373692014, -0.029809692123319548, 0.004634563541825995, -0.20656159726441542
+]
+INTERIOR_V = [
+    0.005113812948562927, 0.022490663955046765, 0.038983123421576886, 0.040020912043694165,
+    0.019466350636197206, 0.0934109047713636, 0.09445885492449331, 0.058742541605035864, 0.07968397537122553,
+    0.06120552070003452, 0.03344050177682094, 0.060542148258063894, 0.08760643020169284, 0.06795662605154222,
+    0.03581700044884667, 0.07627365479587009, 0.05038975850958888, 0.06615235596926983, 0.0567851332813311,
+    0.040156229848052026, 0.021188874923796338, 0.035797446149098584, 0.042261831480017095,
+    0.020809997942466484, 0.06033312699453685, 0.06024385933970722, 0.08077729393924234, 0.07249785359097642,
+    0.07658751576187166
+]
+
 
 def dense_loglik(y, v, tau2, X=None, reml=True):
     """Log-likelihood of y ~ N(X beta, diag(v) + tau2 I), beta by GLS; REML in drmTMB's convention."""
@@ -133,3 +155,18 @@ def test_newton_path_with_a_moderator_and_zero_variance_rows():
         assert rows["loglik"].iloc[0] >= fit.loglik - 1e-10
         assert rows["loglik"].iloc[0] - fit.loglik <= 1e-7
         np.testing.assert_allclose(rows["estimate"].to_numpy()[:2], fit.params.to_numpy()[:2], atol=2e-6)
+
+
+def test_boundary_stop_with_a_higher_interior_maximum_is_left():
+    """Global optimum rule, other side: the climb stops at tau^2 = 0 while an interior maximum
+    is higher; fit_batch's logLik must reach the maximum of a dense grid of the criterion."""
+    grid = np.concatenate([[0.0], np.geomspace(1e-7, 1.0, 4001)])
+    ll = np.array([dense_loglik(INTERIOR_Y, INTERIOR_V, t) for t in grid])
+    assert ll.max() > ll[0] + 1e-3  # the group is what it says: the interior is higher
+    d = pd.DataFrame({"snp": 0, "yi": INTERIOR_Y, "vi": INTERIOR_V})
+    out = drm.fit_batch(drm.Formula("yi ~ 1 + meta_V(V=vi)"), d, by="snp", method="REML", progress=False)
+    assert out["converged"].all()
+    assert out["loglik"].iloc[0] >= ll.max() - 1e-10
+    tau2 = math.exp(2.0 * out["estimate"].iloc[1])
+    assert tau2 == pytest.approx(grid[ll.argmax()], rel=2e-3)
+    assert out["loglik"].iloc[0] == pytest.approx(dense_loglik(INTERIOR_Y, INTERIOR_V, tau2), abs=1e-10)

@@ -57,7 +57,7 @@ from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
-           "start_values", "drop_rows", "deletion_program"]
+           "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -152,6 +152,22 @@ def _diag_post(a: DiagArrays, gamma, f, grad_phi, H_phi, status, iterations, rem
     score_beta = jnp.zeros(p) if reml else A @ beta - b
     full_grad = jnp.concatenate([score_beta, grad_phi])
     return dict(beta=beta, phi=gamma, f=f, grad=full_grad, vcov=vcov, status=status, iterations=iterations)
+
+
+def zero_variance_fit(a: DiagArrays, reml: bool) -> dict:
+    """The model with sigma = 0 (``y ~ N(X beta, V)``, GLS) of one group: ``f`` (negative
+    (restricted) log-likelihood), ``beta`` and ``var_beta`` (diagonal of ``(X'V^-1X)^-1``).
+    Meaningful when every sampling variance is positive (the boundary rule's candidate)."""
+    data = a.w > 0
+    u = jnp.where(data & (a.v > 0), a.w / jnp.where(data & (a.v > 0), a.v, 1.0), 0.0)
+    Xu = a.X * u[:, None]
+    logdet_A, A_inv, beta = _location(Xu.T @ a.X, Xu.T @ a.y)
+    r = a.y - a.X @ beta
+    p = a.X.shape[1]
+    n = jnp.sum(a.w)
+    base = jnp.sum(a.w * jnp.log(jnp.where(data, a.v, 1.0))) + jnp.sum(u * r * r)
+    f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A) if reml else 0.5 * (n * LOG_2PI + base)
+    return dict(f=f, beta=beta, var_beta=jnp.diagonal(A_inv))
 
 
 def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
@@ -317,9 +333,42 @@ def pool_program(reml: bool, lanes: int):
             final["status"][:M], final["it"][:M])
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
+        # the boundary rule's candidate: every group's fit with sigma = 0
+        zero = jax.vmap(lambda a: zero_variance_fit(a, reml))(centred)
+        post["zero_f"] = zero["f"]
+        post["zero_beta"] = zero["beta"] + beta0
+        post["zero_var_beta"] = zero["var_beta"]
         return post
 
     return jax.jit(run)
+
+
+_EXPORTED: dict = {}
+
+
+def exported_call(tag: tuple, jitted, *args):
+    """``jitted(*args)``, through a serialized ``jax.export`` module kept on disk.
+
+    A fresh process then skips tracing the program (about a second for the pool program)
+    and XLA's persistent cache supplies the binary, as for single fits
+    (:func:`drmpy.engine.program._compiled`; same folder, keyed by the engine's source).
+    ``tag`` names the program and its closure constants; the argument shapes complete the key.
+    Without drmpy's persistent cache, or if exporting fails, ``jitted`` runs as it is.
+    """
+    from .program import _exported
+
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    signature = (tag, str(treedef), tuple((np.shape(x), str(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
+                                          for x in leaves),
+                 jax.default_backend())
+    fn = _EXPORTED.get(signature)
+    if fn is None:
+        # a function of the flat leaves: the arguments' containers (DiagArrays, None) need
+        # no serialization
+        fn = _exported(signature, leaves,
+                       lambda: jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat))))
+        _EXPORTED[signature] = fn
+    return fn(*leaves)
 
 
 def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: float, reml: bool,
@@ -337,7 +386,8 @@ def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: flo
     args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
     if device is not None:
         args = jax.device_put(args, device)
-    out = pool_program(bool(reml), int(lanes))(*args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
+    out = exported_call(("pool", bool(reml), int(lanes)), pool_program(bool(reml), int(lanes)),
+                        *args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out

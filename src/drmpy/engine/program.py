@@ -565,20 +565,13 @@ def _export_dir():
     return default_cache_dir().parent / "programs" / _source_digest()
 
 
-def _compiled(struct: Structure, treedef, leaves):
-    """The compiled program for these shapes.
-
-    Within a process: jax.jit's own cache.  Across processes (when drmpy's persistent cache
-    is on) the program is also kept as a serialized ``jax.export`` module, so a fresh
-    process skips tracing and lowering; XLA's compilation cache then supplies the binary.
-    """
-    signature = (struct, treedef, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves),
-                 jax.default_backend())
-    fn = _callables.get(signature)
-    if fn is not None:
-        return fn
+def _exported(signature, leaves, build):
+    """A jitted function of the flat ``leaves`` for ``signature``: the serialized ``jax.export``
+    module kept on disk when drmpy's persistent cache is on (written on first use), else
+    ``build()`` (the traced program)."""
     folder = _export_dir()
     path = None
+    fn = None
     if folder is not None:
         import hashlib
 
@@ -591,7 +584,7 @@ def _compiled(struct: Structure, treedef, leaves):
             except Exception:  # a damaged or incompatible file: rebuild it below
                 fn = None
     if fn is None:
-        fn = _flat_program(struct, treedef)
+        fn = build()
         if path is not None:
             try:
                 exported = jax.export.export(fn)(*leaves)
@@ -604,6 +597,22 @@ def _compiled(struct: Structure, treedef, leaves):
                 fn = jax.jit(exported.call)
             except Exception:  # exporting is an optimisation only
                 pass
+    return fn
+
+
+def _compiled(struct: Structure, treedef, leaves):
+    """The compiled program for these shapes.
+
+    Within a process: jax.jit's own cache.  Across processes (when drmpy's persistent cache
+    is on) the program is also kept as a serialized ``jax.export`` module, so a fresh
+    process skips tracing and lowering; XLA's compilation cache then supplies the binary.
+    """
+    signature = (struct, treedef, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves),
+                 jax.default_backend())
+    fn = _callables.get(signature)
+    if fn is not None:
+        return fn
+    fn = _exported(signature, leaves, lambda: _flat_program(struct, treedef))
     _callables[signature] = fn
     return fn
 

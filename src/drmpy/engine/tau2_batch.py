@@ -20,9 +20,12 @@ expected one (``1/2 tr(PP)``, Fisher scoring), and is halved until the objective
 get worse.  The start is the DerSimonian-Laird moment estimate.
 
 Boundary rule: the likelihood in ``tau^2`` can be bimodal (an interior local maximum
-lower than the value at ``tau^2 = 0``).  The value at zero is evaluated first (it also
-gives the moment start), and after convergence the better of the interior optimum and
-``tau^2 = 0`` is kept; a zero variance is reported as ``log sigma = -inf``.
+lower than the value at ``tau^2 = 0``, or a local maximum at zero lower than an interior
+one).  The value at zero is evaluated first (it also gives the moment start), and after
+convergence the better of the interior optimum and ``tau^2 = 0`` is kept; a lane that
+stopped at zero probes the criterion at ``PROBE_FRACTIONS`` of its mean sampling variance
+and climbs again from a probe that fits better or where the criterion still rises.  A zero
+variance is reported as ``log sigma = -inf``.
 
 The reported estimates, standard errors and gradients are those of the engine's diagonal
 structure at the optimum (:func:`drmpy.engine.batch._diag_post`), from the same sums:
@@ -63,6 +66,10 @@ BOUNDARY_MESSAGES = {
 BOUNDARY_MARGIN = 1e-6
 # iterations every lane of a chunk runs before the running ones are gathered into M / 4 lanes
 FULL_WIDTH_ITERATIONS = 4
+# probes of the criterion for lanes that stop at tau^2 = 0, as fractions of the group's mean
+# sampling variance (an interior maximum above the boundary's value, missed by the climb
+# from the moment start, was found at ~1/20 of it in 1 of 1e6 simulated meta-analyses)
+PROBE_FRACTIONS = (1.0 / 32.0, 1.0 / 8.0, 0.5, 2.0)
 # stop when the Newton decrement score^2 / information <= DECREMENT * max(1, |f|), after
 # taking that last (quadratically convergent) step
 DECREMENT = 1e-12
@@ -159,6 +166,31 @@ def _stats_one_column(tau2, y, x, v, w, reml: bool) -> _Stats:
                   (-Xq / A)[:, None])
 
 
+def _value_score(tau2, y, X, v, w, reml: bool):
+    """(f, score) alone: :func:`_stats` without the informations (7 row sums instead of 13
+    for a one-column design), for probing the criterion."""
+    if X is not None and X.shape[-1] > 1:
+        st = _stats(tau2, y, X, v, w, reml)
+        return st.f, st.score
+    x = None if X is None else X[..., 0]
+    data = w > 0
+    s = jnp.where(data, v + tau2[:, None], 1.0)
+    u = w / s
+    u2 = u * u
+    xy = y if x is None else x * y
+    xx = None if x is None else x * x
+    trW, b, Syy, B_y, S2yy, logs, n = (jnp.sum(t, axis=1) for t in (u, u * xy, u * y * y, u2 * xy, u2 * y * y,
+                                                                   w * jnp.log(s), w))
+    A = trW if x is None else jnp.sum(u * xx, axis=1)
+    B = jnp.sum(u2, axis=1) if x is None else jnp.sum(u2 * xx, axis=1)
+    beta = b / A
+    quad = Syy - beta * b
+    qq = S2yy - 2.0 * beta * B_y + beta * beta * B
+    zero = jnp.zeros_like(A)
+    f, score, _, _ = _criterion(reml, n, 1, logs, jnp.log(A), quad, qq, zero, trW - B / A, trW, zero, zero)
+    return f, score
+
+
 def _rowsum(c, T):
     """sum_n c[m, n] T[m, n, ...] (M, ...)."""
     return jnp.sum(c.reshape(c.shape + (1,) * (T.ndim - 2)) * T, axis=1)
@@ -251,6 +283,57 @@ def tau2_program(reml: bool):
 
         carry = jax.lax.cond(jnp.sum(carry[3] == RUNNING) <= K, compacted,
                              lambda c: iterate(c, arrays, max_iter), carry)
+
+        # A lane that stopped at tau^2 = 0 is a local maximum there, not necessarily the
+        # global one: probe PROBE_FRACTIONS of the mean sampling variance (on the boundary
+        # lanes gathered into fewer lanes), and restart Newton from the best probe that fits
+        # better than zero or where the criterion still rises.
+        at_bound = (carry[3] == CONVERGED) & (carry[0] <= 0.0)
+        f_bound = carry[1].f  # the criterion at tau^2 = 0 on those lanes
+
+        def probe(lanes_arrays, f_zero):
+            yc_, X_, v_, w_, scale_ = lanes_arrays
+            best_f = jnp.full_like(scale_, jnp.inf)
+            best_t = jnp.zeros_like(scale_)
+            tol = 1e-12 * jnp.maximum(1.0, jnp.abs(f_zero))
+            for frac in PROBE_FRACTIONS:
+                t = frac * scale_
+                f_t, score_t = _value_score(t, yc_, X_, v_, w_, reml)
+                take = jnp.isfinite(f_t) & ((f_t < f_zero - tol) | (score_t > 0.0)) & (f_t < best_f)
+                best_f = jnp.where(take, f_t, best_f)
+                best_t = jnp.where(take, t, best_t)
+            return best_t
+
+        def probe_compacted(width):
+            def run_probe(_):
+                idx = jnp.argsort(~at_bound, stable=True)[:width]  # boundary lanes first
+                sub = jax.tree_util.tree_map(lambda a: a[idx], arrays)
+                found = jnp.where(at_bound[idx], probe(sub, f_bound[idx]), 0.0)
+                return jnp.zeros(M, y.dtype).at[idx].set(found)
+            return run_probe
+
+        def probe_all(_):
+            return jnp.where(at_bound, probe(arrays, f_bound), 0.0)
+
+        n_bound = jnp.sum(at_bound)
+        quarter, half = max(M // 4, 1), max(M // 2, 1)
+        # the probes run on M / 4, M / 2 or M lanes, whichever holds every boundary lane
+        restart_t = jax.lax.switch((n_bound > quarter).astype(jnp.int32) + (n_bound > half).astype(jnp.int32),
+                                   [probe_compacted(quarter), probe_compacted(half), probe_all], None)
+        restart = at_bound & (restart_t > 0.0)
+
+        def second_start(carry):
+            tau2, st, lam, status, its, _ = carry
+            st = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(restart, a), a, b),
+                                        _stats(restart_t, yc, X, v, w, reml), st)
+            again = iterate((jnp.where(restart, restart_t, tau2), st, jnp.where(restart, 1.0, lam),
+                             jnp.where(restart, RUNNING, status), its, jnp.asarray(0)), arrays, max_iter)
+            # a second climb that does not converge leaves the lane at its boundary optimum
+            keep = restart & (again[3] == CONVERGED)
+            merged = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(keep, a), a, b), again[:4], carry[:4])
+            return merged + (again[4], again[5])
+
+        carry = jax.lax.cond(jnp.any(restart), second_start, lambda c: c, carry)
         tau2, st, _, status, its, _ = carry
         status = jnp.where(status == RUNNING, MAX_ITER, status)
         # the last, quadratically small Newton step of a converged interior lane
@@ -325,7 +408,9 @@ def run_tau2(y, X, v, w, max_iter: int, reml: bool, *, device=None, block: bool 
     args = (y, X, v, w)
     if device is not None:
         args = jax.device_put(args, device)
-    out = tau2_program(bool(reml))(*args, np.int64(max_iter))
+    from .batch import exported_call
+
+    out = exported_call(("tau2", bool(reml)), tau2_program(bool(reml)), *args, np.int64(max_iter))
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out

@@ -313,6 +313,14 @@ def _lanes_ladder(n: int) -> int:
     return lanes
 
 
+def _half_octave(n: int) -> int:
+    """Smallest of 1, 2, 3, 4, 6, 8, 12, 16, ... (2^j and 3 * 2^j) that is >= n."""
+    m = 1
+    while m < n:
+        m = 3 * m // 2 if m >= 2 and (m & (m - 1)) == 0 else (4 * m // 3 if m >= 3 else m + 1)
+    return m
+
+
 def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int) -> list[_Chunk]:
     """Pools of groups sorted by size; each pool pads its groups to its bucket's rows."""
     if group_ids.size == 0:
@@ -335,10 +343,11 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
         if len(members) < lanes:
             lanes = min(lanes, _lanes_ladder(len(members)))
         # equal pools (one compiled shape per bucket) of at most POOL_LANES * lanes groups,
-        # padded to lanes times a power of two (padding groups stop at their first step)
+        # padded to lanes times 1, 2, 3, 4, 6, 8, 12, 16 (few shapes; the start values and
+        # covariances are computed for every slot, so padding costs up to a third, not half)
         n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
         per = math.ceil(len(members) / n_pools)
-        size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+        size = lanes * _half_octave(math.ceil(per / lanes))
         for start in range(0, len(members), per):
             chunks.append(_Chunk(members[start : start + per], n_rows, lanes, size))
     return chunks
@@ -348,22 +357,25 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     """(y, X, Z, v, w) as (size, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
     L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
-    sz = gr.sizes[gs]
-    local_start = np.cumsum(sz) - sz
-    pos = np.arange(int(sz.sum())) - np.repeat(local_start, sz)
-    rows = np.repeat(gr.offsets[gs], sz) + pos
-    flat = np.repeat(np.arange(len(gs)) * N, sz) + pos
-    y = np.zeros(L * N)
-    X = np.zeros((L * N, gr.p))
-    Z = np.zeros((L * N, gr.k))
-    v = np.ones(L * N)
-    w = np.zeros(L * N)
-    y[flat] = gr.y[rows]
-    X[flat] = gr.X[rows]
-    Z[flat] = gr.Z[rows]
-    v[flat] = gr.v[rows]
-    w[flat] = 1.0
-    return y.reshape(L, N), X.reshape(L, N, gr.p), Z.reshape(L, N, gr.k), v.reshape(L, N), w.reshape(L, N)
+    n = len(gs)
+    col = np.arange(N)
+    mask = col[None, :] < gr.sizes[gs][:, None]
+    idx = gr.offsets[gs][:, None] + col[None, :]
+    full = bool(mask.all())  # every group fills its rows: no masking (the common case)
+    if not full:
+        idx = np.where(mask, idx, 0)
+    out = []
+    for src, fill in ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0)):
+        arr = np.full((L, N) + src.shape[1:], fill)
+        vals = src[idx]  # one gather per array (faster than scattering the rows)
+        if not full:
+            vals = np.where(mask.reshape(mask.shape + (1,) * (src.ndim - 1)), vals, fill)
+        arr[:n] = vals
+        out.append(arr)
+    w = np.zeros((L, N))
+    w[:n] = mask
+    y, X, Z, v = out
+    return y, X, Z, v, w
 
 
 def _plan_tau2(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None) -> list[_Chunk]:
@@ -498,7 +510,7 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
     sigma = 0 replaces an interior optimum that is worse (the boundary rule).
     """
     from ..engine.batch import run_pool
-    from ..engine.tau2_batch import BOUNDARY_BETTER, run_boundary, run_tau2
+    from ..engine.tau2_batch import BOUNDARY_BETTER, run_tau2
 
     res = _empty_results(gr)
     positive = _positive_v_groups(gr)
@@ -522,15 +534,10 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
             beta0 = np.full((ch.size, gr.p), np.nan)
             yield ("pool", i), len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
                                                          float(ctrl.gtol), reml, ch.lanes), {}
-            if positive[ch.groups].any():  # sigma = 0 on the same arrays (Z unused)
-                y, X, _, v, w = arrays
-                yield ("zero", i), 0, (y, X, v, w, reml), {}
 
     def dispatch(*args, device=None, block=True):
         if len(args) == 6:
             return run_tau2(*args, device=device, block=block)
-        if len(args) == 5:
-            return run_boundary(*args, device=device, block=block)
         return run_pool(*args, device=device, block=block)
 
     runner = _Runner(dispatch, client, progress, len(fit_ids), "drmpy fit_batch")
@@ -548,8 +555,8 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         n = len(ch.groups)
         for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
-        if ("zero", i) in out:
-            _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], out[("zero", i)], BOUNDARY_BETTER)
+        zero = dict(f=o["zero_f"], beta=o["zero_beta"], var_beta=o["zero_var_beta"])  # sigma = 0
+        _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], zero, BOUNDARY_BETTER)
     return res
 
 
