@@ -47,8 +47,7 @@ import numpy as np
 from .likelihood import _unrolled_cholesky_solve
 from .optimize import CONVERGED, MAX_ITER, RADIUS_COLLAPSED, RUNNING
 
-__all__ = ["BOUNDARY", "BOUNDARY_BETTER", "BOUNDARY_MESSAGES", "tau2_program", "run_tau2", "boundary_program",
-           "run_boundary"]
+__all__ = ["BOUNDARY", "BOUNDARY_BETTER", "BOUNDARY_MESSAGES", "tau2_program", "run_tau2"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -411,37 +410,6 @@ def run_tau2(y, X, v, w, max_iter: int, reml: bool, *, device=None, block: bool 
     from .batch import exported_call
 
     out = exported_call(("tau2", bool(reml)), tau2_program(bool(reml)), *args, np.int64(max_iter))
-    if block:
-        return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def boundary_program(reml: bool):
-    """jit of the fit with every heterogeneity variance at zero (sigma = 0), per group.
-
-    Arguments ``(y, X, v, w)`` as :func:`tau2_program` (every ``v > 0`` on data rows);
-    returns ``f`` (the negative (restricted) log-likelihood of ``y ~ N(X beta, V)``),
-    ``beta`` (GLS) and ``var_beta`` (diagonal of ``(X'V^-1X)^-1``).
-    """
-
-    def run(y, X, v, w):
-        M = y.shape[0]
-        zero = jnp.zeros(M, y.dtype)
-        beta_fe = _gls_at_zero(y, X, v, w)
-        yc = (y - _fitted(X, beta_fe)) * (w > 0)
-        st0 = _stats(zero, yc, X, v, w, reml)
-        return dict(f=st0.f, beta=beta_fe + st0.beta, var_beta=jnp.diagonal(st0.A_inv, axis1=-2, axis2=-1))
-
-    return jax.jit(run)
-
-
-def run_boundary(y, X, v, w, reml: bool, *, device=None, block: bool = True) -> dict:
-    """:func:`boundary_program` on one chunk (numpy arrays with a leading group axis)."""
-    args = (y, X, v, w)
-    if device is not None:
-        args = jax.device_put(args, device)
-    out = boundary_program(bool(reml))(*args)
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out
