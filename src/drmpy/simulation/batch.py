@@ -650,6 +650,11 @@ def fit_batch(
     if ctrl.structure not in (None, "diag"):
         raise DrmError(f"control: fit_batch uses the diagonal structure; structure={ctrl.structure!r} is not available.")
     chunk = _coerce_chunk_size(chunk_size)
+    if formula.random_terms and not formula.is_bivariate:
+        from .batch_random import fit_batch_random
+
+        return fit_batch_random(formula, data, by, method=method_u, ctrl=ctrl, chunk_size=chunk, client=client,
+                                progress=progress)
 
     gr = _build_groups(formula, data, by)
     v_name = formula.meta_v.name if formula.meta_v is not None else None
