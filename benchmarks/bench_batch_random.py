@@ -5,8 +5,7 @@ Run: python3 benchmarks/bench_batch_random.py [--groups 10000]
 10,000 genes, each a three-level meta-analysis of 10 studies x 3 effect sizes
 (``yi ~ 1 + (1|study) + meta_V(V = vi)``, sigma = the effect-size level, REML), simulated
 with tau = sd(study) = 0.25, sigma = 0.15, vi ~ U(0.01, 0.1).  Study labels s0..s9 repeat in
-every gene (unrelated levels).  Measured: ``fit_batch`` first call 
-with an empty compilation cache (DRMPY_CACHE_DIR set to a new temporary folder unless given)
+every gene (unrelated levels).  Measured: ``fit_batch`` first call with an empty compilation cache (DRMPY_CACHE_DIR set to a new temporary folder unless given)
 and warm best of 3; converged count; agreement with single ``drm.fit`` on 50 genes (max
 |logLik difference|) and the single-fit loop's rate; when Rscript with metafor is
 installed, ``rma.mv(yi, vi, random = ~ 1 | study/es)`` looped over the first 200 genes
