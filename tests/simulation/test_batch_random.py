@@ -98,6 +98,7 @@ def reml_mod(data):
     return drm.fit_batch(F_MOD, data, by="gene", method="REML", progress=False)
 
 
+@pytest.mark.slow  # compiles a batch program (about 30 s cold on the loaded 2-core machine)
 def test_reml_moderator_matches_single_fits(reml_mod, data):
     assert list(reml_mod.columns) == COLUMNS
     assert list(reml_mod["parameter"].unique()) == ["mu:(Intercept)", "mu:x", "sigma:(Intercept)", "sd(study):(Intercept)"]
@@ -105,6 +106,7 @@ def test_reml_moderator_matches_single_fits(reml_mod, data):
     assert at_zero >= 1  # the boundary rule is exercised
 
 
+@pytest.mark.slow
 def test_groups_that_cannot_be_fitted(reml_mod):
     msg = reml_mod.groupby("gene", observed=True)["message"].first().astype(str)
     assert msg["z_single"].startswith("not fitted: every level of `study` has a single row")
@@ -114,6 +116,7 @@ def test_groups_that_cannot_be_fitted(reml_mod):
     assert bad["estimate"].isna().all() and not bad["converged"].any()
 
 
+@pytest.mark.slow
 def test_ml_intercept_only_matches_single_fits(data):
     res = drm.fit_batch(F_INT, data, by="gene", method="ML", progress=False)
     _compare(res, data, F_INT, "ML")

@@ -110,3 +110,109 @@ def pack_intercepts(y: np.ndarray, X: np.ndarray, Z: np.ndarray, v: np.ndarray, 
         n_obs=n_rows.astype(np.float64), v=rows(v, 1.0), V_dense=np.zeros((C, 0, 0)),
         buckets=(bucket,), random=(random,),
     )
+
+
+@functools.lru_cache(maxsize=32)
+def intercepts_pool_program(struct: Structure, lanes: int):
+    """:func:`intercepts_program` with ``lanes`` optimisers side by side, each lane taking the
+    next group of the pool as soon as its group finishes (as
+    :func:`drmpy.engine.batch.pool_program`), so a slow group (a variance walking to zero)
+    holds one lane instead of the whole chunk.
+
+    Arguments ``(Arrays (P, ...), phi0 (P, k), masks, values (P, c, k), n_real, max_iter,
+    gtol)``; only the first ``n_real`` groups are fitted.  Each group's iterations are those
+    of its own :func:`~drmpy.engine.optimize.newton_trust_region` run; the covariance, the
+    gradient and the zero-variance candidates are then computed at each group's estimate by
+    the engine's program (:func:`drmpy.engine.program._program_fn` started there), with the
+    optimiser's objective, status and iteration count.
+    """
+    from .batch import _select, _summary
+    from .likelihood import elementwise_linalg, variance_objective
+    from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
+    from .program import _program_fn
+    from .small_linalg import jacobi_eigh
+
+    objective = variance_objective(struct)
+    value_and_grad = jax.value_and_grad(objective)
+    hessian = jax.hessian(objective)
+    run = _program_fn(struct, elementwise=True)
+
+    def evaluate(x, a):
+        f, g = value_and_grad(x, a, struct)
+        return f, g, hessian(x, a, struct)
+
+    def program(arrs: Arrays, phi0, masks, values, n_real, max_iter, gtol):
+        with elementwise_linalg():
+            return _program(arrs, phi0, masks, values, n_real, max_iter, gtol)
+
+    def _program(arrs, phi0, masks, values, n_real, max_iter, gtol):
+        P = phi0.shape[0]
+        L = lanes
+
+        def take(idx):
+            return jax.tree_util.tree_map(lambda x: x[idx], arrs)
+
+        def lane_step(state, a):
+            return trust_region_step(state, lambda x: evaluate(x, a), max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
+
+        step = jax.vmap(lane_step)
+        init = jax.vmap(trust_region_init)
+        k = phi0.shape[1]
+        dtype = phi0.dtype
+        final0 = dict(x=jnp.zeros((P + 1, k), dtype), f=jnp.zeros(P + 1, dtype),
+                      status=jnp.zeros(P + 1, jnp.int64), it=jnp.zeros(P + 1, jnp.int64))
+
+        def cond(carry):
+            return jnp.any(carry[1] < P)
+
+        def body(carry):
+            state, prob, nxt, lane, final = carry
+            busy = prob < P
+            state = _select(busy, step(state, lane), state)
+            done = busy & (state.status != RUNNING)
+            out = trust_region_output(state)
+            slot = jnp.where(done, prob, P)  # finished groups write their row; others row P
+            final = dict(x=final["x"].at[slot].set(out.x), f=final["f"].at[slot].set(out.f),
+                         status=final["status"].at[slot].set(out.status), it=final["it"].at[slot].set(out.iterations))
+            want = nxt + jnp.cumsum(done) - 1
+            prob = jnp.where(done, jnp.where(want < n_real, want, P), prob)
+            nxt = nxt + jnp.sum(done)
+
+            def refill(args):
+                state, lane = args
+                idx = jnp.minimum(prob, P - 1)
+                return _select(done, init(phi0[idx]), state), _select(done, take(idx), lane)
+
+            state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
+            return state, prob, nxt, lane, final
+
+        first = jnp.minimum(jnp.arange(L), P - 1)
+        prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), P)
+        carry = (init(phi0[first]), prob0, jnp.asarray(L), take(first), final0)
+        final = jax.lax.while_loop(cond, body, carry)[4]
+
+        def post(a, x, vals):
+            out = run(a, x, jnp.asarray(0), gtol, (masks, vals))  # no step: the estimate's covariance
+            summary = _summary(out)
+            summary["boundary_f"] = out["boundary_f"]
+            return summary
+
+        out = jax.vmap(post)(arrs, final["x"][:P], values)
+        out["f"] = final["f"][:P]
+        out["status"] = final["status"][:P]
+        out["iterations"] = final["it"][:P]
+        return out
+
+    return jax.jit(program)
+
+
+def run_intercepts_pool(struct: Structure, arrs: Arrays, phi0, masks, values, n_real: int, max_iter: int,
+                        gtol: float, lanes: int, *, device=None, block: bool = True) -> dict:
+    """Fit one pool of packed groups (see :func:`intercepts_pool_program`)."""
+    args = (arrs, phi0, masks, values)
+    if device is not None:
+        args = jax.device_put(args, device)
+    out = intercepts_pool_program(struct, int(lanes))(*args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
+    if block:
+        return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
+    return out

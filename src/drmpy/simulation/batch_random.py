@@ -25,7 +25,7 @@ from ..model import frames
 from ..model.design import _materialize_uncached, _response_values
 from ..model.formula import Formula
 from ..model.known_v import resolve_v
-from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, _by_codes, _check_groups, _column_lists, _Groups,
+from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, POOL_LANES, _by_codes, _check_groups, _column_lists, _Groups,
                     _lanes_ladder, _result_frame, _Runner, padded_rows)
 
 __all__ = ["fit_batch_random"]
@@ -291,7 +291,7 @@ def _shapes(ids: np.ndarray, gr: _Groups, lv: _Levels, chunk_size: int | None):
 def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl: Control,
                      chunk_size: int | None, client, progress: bool) -> pd.DataFrame:
     """``fit_batch`` of a model with one random intercept (see :func:`drmpy.fit_batch`)."""
-    from ..engine.batch_random import intercepts_structure, pack_intercepts, run_intercepts
+    from ..engine.batch_random import intercepts_structure, pack_intercepts, run_intercepts_pool
 
     check_random_formula(formula)
     gr, lv, sd_names = _build(formula, data, by)
@@ -320,14 +320,19 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
             N, L, M, lanes = (int(s) for s in shape)
             members = groups[np.all(shape_of == shape, axis=1)]
             struct = intercepts_structure(p, k, k_sd, L, method)
-            for s in range(0, len(members), lanes):
-                real = members[s:s + lanes]
-                gs = np.concatenate([real, np.repeat(real[-1:], lanes - len(real))])
+            # equal pools of at most POOL_LANES * lanes groups, padded to lanes times a power
+            # of two (few compiled shapes; padding groups are never loaded into a lane)
+            n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
+            per = math.ceil(len(members) / n_pools)
+            size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+            for s in range(0, len(members), per):
+                real = members[s:s + per]
+                gs = np.concatenate([real, np.repeat(real[-1:], size - len(real))])
                 arrs = pack_intercepts(y_c, gr.X, gr.Z, gr.v, lv.within, lv.slot, lv.W, gr.offsets[gs], gr.sizes[gs],
                                        lv.start[gs], lv.count[gs], N, L, M)
                 yield ((N, L, M, lanes, s), len(real) if count else 0,
-                       (struct, arrs, start[gs], masks, values[gs], int(ctrl.max_iter), float(ctrl.gtol)),
-                       {}), real
+                       (struct, arrs, start[gs], masks, values[gs], len(real), int(ctrl.max_iter), float(ctrl.gtol),
+                        lanes), {}), real
 
     def run(groups: np.ndarray, start: np.ndarray, count: bool):
         """Fit ``groups`` from ``start``: (group ids in result order, results)."""
@@ -346,7 +351,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
         order = np.concatenate([members[key] for key in members]) if members else groups[:0]
         return order, {name: np.concatenate([parts[key] for key in members]) for name, parts in merged.items()}
 
-    runner = _Runner(run_intercepts, client, progress, len(ids), "drmpy fit_batch")
+    runner = _Runner(run_intercepts_pool, client, progress, len(ids), "drmpy fit_batch")
     try:
         done, out = run(ids, phi0, True)
         for name in ("phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f"):
