@@ -6,10 +6,12 @@ is the engine's closed-form ``intercepts`` structure (segment sums per level,
 :func:`drmpy.engine.likelihood._gram_intercepts`).  Groups are packed into arrays of one
 common shape (rows padded to ``N``, levels to ``L``, rows per level to ``M``; a padding
 row has zero response and design, unit variance and no level, a padding level no rows),
-and the engine's whole fit (:func:`drmpy.engine.program._program_fn`, elementwise small
-linear algebra) is ``jax.vmap``-ed over every leaf of the arrays, so one compiled
-program fits every group of a shape.  Estimates, objective, covariance and the
-zero-variance candidates are those of the single fit's program on the same rows.
+and one compiled program fits a pool of groups of a shape: ``lanes`` trust-region
+optimisers of the engine's objective (automatic derivatives, elementwise small linear
+algebra) advance side by side and a lane whose group has finished takes the next one;
+the engine's program (:func:`drmpy.engine.program._program_fn`) then gives every group's
+covariance and zero-variance candidates at its estimate.  Estimates, objective,
+covariance and candidates are those of the single fit's program on the same rows.
 """
 
 from __future__ import annotations
@@ -22,51 +24,13 @@ import numpy as np
 
 from .likelihood import Arrays, BlockBucket, RandomArrays, RandomStatic, Structure
 
-__all__ = ["intercepts_structure", "intercepts_program", "run_intercepts", "pack_intercepts"]
+__all__ = ["intercepts_structure", "intercepts_pool_program", "run_intercepts_pool", "pack_intercepts"]
 
 
 def intercepts_structure(p: int, k_sigma: int, k_sd: int, n_levels: int, method: str) -> Structure:
     """The engine's ``intercepts`` structure for ``p`` mu, ``k_sigma`` sigma and ``k_sd``
     sd coefficients, ``n_levels`` (padded) levels per group."""
     return Structure("intercepts", p, k_sigma, (RandomStatic(n_levels, 1, (k_sd,), 0, False),), method)
-
-
-@functools.lru_cache(maxsize=32)
-def intercepts_program(struct: Structure):
-    """jit(vmap) of the engine's fit over groups (every leaf of the arrays has a lane axis).
-
-    Arguments ``(Arrays, phi0 (G, k), masks (c, k), values (G, c, k), max_iter, gtol)``;
-    ``masks``/``values`` are the zero-variance candidates of
-    :func:`drmpy.engine.program.boundary_candidates` (masks common to all groups).
-    Returns per group ``beta`` (centred coordinates of ``y``), ``phi``, ``f``, ``var``
-    (diagonal of the covariance of (beta, phi)), ``max_gradient``, ``status``,
-    ``iterations`` and ``boundary_f`` (the objective at each candidate).
-    """
-    from .batch import _summary
-    from .program import _program_fn
-
-    run = _program_fn(struct, elementwise=True)
-
-    def lane(arrs, phi0, masks, values, max_iter, gtol):
-        out = run(arrs, phi0, max_iter, gtol, (masks, values))
-        summary = _summary(out)
-        summary["boundary_f"] = out["boundary_f"]
-        return summary
-
-    return jax.jit(jax.vmap(lane, in_axes=(0, 0, None, 0, None, None)))
-
-
-def run_intercepts(struct: Structure, arrs: Arrays, phi0, masks, values, max_iter: int, gtol: float, *,
-                   device=None, block: bool = True) -> dict:
-    """Fit one chunk of packed groups (see :func:`intercepts_program`); numpy results unless
-    ``block=False`` (then the result stays on the device)."""
-    args = (arrs, phi0, masks, values)
-    if device is not None:
-        args = jax.device_put(args, device)
-    out = intercepts_program(struct)(*args, np.int64(max_iter), np.float64(gtol))
-    if block:
-        return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
-    return out
 
 
 def pack_intercepts(y: np.ndarray, X: np.ndarray, Z: np.ndarray, v: np.ndarray, level: np.ndarray,
@@ -114,23 +78,26 @@ def pack_intercepts(y: np.ndarray, X: np.ndarray, Z: np.ndarray, v: np.ndarray, 
 
 @functools.lru_cache(maxsize=32)
 def intercepts_pool_program(struct: Structure, lanes: int):
-    """:func:`intercepts_program` with ``lanes`` optimisers side by side, each lane taking the
+    """Fit a pool of packed groups with ``lanes`` optimisers side by side, each lane taking the
     next group of the pool as soon as its group finishes (as
     :func:`drmpy.engine.batch.pool_program`), so a slow group (a variance walking to zero)
     holds one lane instead of the whole chunk.
 
-    Arguments ``(Arrays (P, ...), phi0 (P, k), masks, values (P, c, k), n_real, max_iter,
-    gtol)``; only the first ``n_real`` groups are fitted.  Each group's iterations are those
+    Arguments ``(Arrays (P, ...), phi0 (P, k), masks (c, k), values (P, c, k), n_real,
+    max_iter, gtol)``: every leaf of the arrays has a group axis; ``masks``/``values`` are the
+    zero-variance candidates of :func:`drmpy.engine.program.boundary_candidates` (masks
+    common to all groups).  Only the first ``n_real`` groups are fitted.  Returns per group
+    ``beta`` (centred coordinates of ``y``), ``phi``, ``f``, ``var`` (diagonal of the
+    covariance of (beta, phi)), ``max_gradient``, ``status``, ``iterations`` and
+    ``boundary_f`` (the objective at each candidate).  Each group's iterations are those
     of its own :func:`~drmpy.engine.optimize.newton_trust_region` run; the covariance, the
     gradient and the zero-variance candidates are then computed at each group's estimate by
     the engine's program (:func:`drmpy.engine.program._program_fn` started there), with the
     optimiser's objective, status and iteration count.
     """
-    from .batch import _select, _summary
+    from .batch import _summary, refill_lanes
     from .likelihood import elementwise_linalg, variance_objective
-    from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
     from .program import _program_fn
-    from .small_linalg import jacobi_eigh
 
     objective = variance_objective(struct)
     value_and_grad = jax.value_and_grad(objective)
@@ -146,50 +113,7 @@ def intercepts_pool_program(struct: Structure, lanes: int):
             return _program(arrs, phi0, masks, values, n_real, max_iter, gtol)
 
     def _program(arrs, phi0, masks, values, n_real, max_iter, gtol):
-        P = phi0.shape[0]
-        L = lanes
-
-        def take(idx):
-            return jax.tree_util.tree_map(lambda x: x[idx], arrs)
-
-        def lane_step(state, a):
-            return trust_region_step(state, lambda x: evaluate(x, a), max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
-
-        step = jax.vmap(lane_step)
-        init = jax.vmap(trust_region_init)
-        k = phi0.shape[1]
-        dtype = phi0.dtype
-        final0 = dict(x=jnp.zeros((P + 1, k), dtype), f=jnp.zeros(P + 1, dtype),
-                      status=jnp.zeros(P + 1, jnp.int64), it=jnp.zeros(P + 1, jnp.int64))
-
-        def cond(carry):
-            return jnp.any(carry[1] < P)
-
-        def body(carry):
-            state, prob, nxt, lane, final = carry
-            busy = prob < P
-            state = _select(busy, step(state, lane), state)
-            done = busy & (state.status != RUNNING)
-            out = trust_region_output(state)
-            slot = jnp.where(done, prob, P)  # finished groups write their row; others row P
-            final = dict(x=final["x"].at[slot].set(out.x), f=final["f"].at[slot].set(out.f),
-                         status=final["status"].at[slot].set(out.status), it=final["it"].at[slot].set(out.iterations))
-            want = nxt + jnp.cumsum(done) - 1
-            prob = jnp.where(done, jnp.where(want < n_real, want, P), prob)
-            nxt = nxt + jnp.sum(done)
-
-            def refill(args):
-                state, lane = args
-                idx = jnp.minimum(prob, P - 1)
-                return _select(done, init(phi0[idx]), state), _select(done, take(idx), lane)
-
-            state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
-            return state, prob, nxt, lane, final
-
-        first = jnp.minimum(jnp.arange(L), P - 1)
-        prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), P)
-        carry = (init(phi0[first]), prob0, jnp.asarray(L), take(first), final0)
-        final = jax.lax.while_loop(cond, body, carry)[4]
+        final = refill_lanes(evaluate, arrs, phi0, n_real, lanes, max_iter, gtol)
 
         def post(a, x, vals):
             out = run(a, x, jnp.asarray(0), gtol, (masks, vals))  # no step: the estimate's covariance
@@ -197,10 +121,10 @@ def intercepts_pool_program(struct: Structure, lanes: int):
             summary["boundary_f"] = out["boundary_f"]
             return summary
 
-        out = jax.vmap(post)(arrs, final["x"][:P], values)
-        out["f"] = final["f"][:P]
-        out["status"] = final["status"][:P]
-        out["iterations"] = final["it"][:P]
+        out = jax.vmap(post)(arrs, final["x"], values)
+        out["f"] = final["f"]
+        out["status"] = final["status"]
+        out["iterations"] = final["it"]
         return out
 
     return jax.jit(program)

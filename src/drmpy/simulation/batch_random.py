@@ -3,9 +3,9 @@
 The random-effect levels of a group are the distinct values of ``g`` among its rows (a
 label repeated in two groups is two unrelated levels).  Designs are materialised once on
 the whole data, as for models without random effects; rows are then sorted by (group,
-level) and packed per chunk into the engine's ``intercepts`` arrays
-(:func:`drmpy.engine.batch_random.pack_intercepts`), and every chunk is one call of the
-engine's fit ``vmap``-ed over groups.  Start values, the zero-variance candidates and the
+level) and packed per pool into the engine's ``intercepts`` arrays
+(:func:`drmpy.engine.batch_random.pack_intercepts`), and every pool is one call of a
+compiled program whose lanes are refilled as groups finish.  Start values, the zero-variance candidates and the
 refits from them are those of a single :func:`drmpy.fit` on the group's rows
 (:func:`drmpy.engine.program.start_values`, ``boundary_candidates``, ``run_fit``),
 computed here for all groups at once.
@@ -30,8 +30,9 @@ from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, POOL_LANES, _by_codes, _chec
 
 __all__ = ["fit_batch_random"]
 
-LANES = 64  # groups side by side in one compiled call (each call runs until its slowest group ends:
-# 64 lanes were faster than 16, 32, 128, 256, 512 or 1024 on 2,000 genes of 30 rows)
+# optimisers side by side (lanes refilled from a pool of up to POOL_LANES * LANES groups):
+# 64 and 256 lanes took the same time on 2,000 genes of 30 rows
+LANES = 64
 
 
 def check_random_formula(formula: Formula) -> None:
