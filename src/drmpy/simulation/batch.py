@@ -594,8 +594,10 @@ def fit_batch(
 ) -> pd.DataFrame:
     """Fit the same model to every level of ``by``, each level an independent data set.
 
-    Supported models: no random effects, ``meta_V(V = vi)`` given as one sampling variance
-    per row (a data column or a vector), any ``mu`` and ``sigma`` formulas.  Designs are
+    Supported models: ``meta_V(V = vi)`` given as one sampling variance per row (a data
+    column or a vector), any ``mu`` and ``sigma`` formulas, and no random effects or one
+    random intercept ``(1|g)`` (optionally ``sd(g) ~ ...``) whose levels are the values of
+    ``g`` within each group (:mod:`drmpy.simulation.batch_random`).  Designs are
     built once on the whole data, so factor levels (and stateful transforms such as
     ``center(x)``) are those of the whole data and every group has the same parameters.
 
