@@ -148,3 +148,13 @@ def test_unsupported_random_structures(data):
         drm.fit_batch(drm.Formula("yi ~ 1 + (1|study) + meta_V(V = V)"), data, by="gene")
     with pytest.raises(drm.RandomEffectsError, match=r"Column `lab` of the random-effect term"):
         drm.fit_batch(drm.Formula("yi ~ 1 + (1|lab) + meta_V(V = vi)"), data, by="gene")
+
+
+@pytest.mark.slow
+def test_random_intercept_without_sigma_matches_single_fits(data):
+    """``sigma ~ 0``: the two-level random-effects model (metafor's rma.mv(random = ~ 1 | study))."""
+    f = drm.Formula("yi ~ x + (1|study) + meta_V(V = vi)", "sigma ~ 0")
+    res = drm.fit_batch(f, data, by="gene", method="REML", progress=False)
+    assert list(res["parameter"].unique()) == ["mu:(Intercept)", "mu:x", "sd(study):(Intercept)"]
+    assert res.loc[res["gene"] == "z_single", "converged"].all()  # one row per study is fine without sigma
+    _compare(res, data, f, "REML")
