@@ -237,8 +237,8 @@ def test_input_not_modified_and_errors(batch_data):
     d2.iloc[2, d2.columns.get_loc("set")] = None
     with pytest.raises(drm.DataError, match=r"by: column `set` has 1 missing value\(s\)"):
         drm.fit_batch(drm.Formula(*FORMULA), d2, by="set")
-    with pytest.raises(drm.FormulaError, match=r"random-effect term"):
-        drm.fit_batch(drm.Formula("yi ~ x + (1|f) + meta_V(V=vi)"), d, by="set")
+    with pytest.raises(drm.FormulaError, match=r"random slope"):  # (1|f) alone: tests/simulation/test_batch_random.py
+        drm.fit_batch(drm.Formula("yi ~ x + (1 + x|f) + meta_V(V=vi)"), d, by="set")
     V = np.eye(len(d)) * 0.05  # noqa: F841  (meta_V(V=V) finds it in this namespace)
     with pytest.raises(drm.FormulaError, match=r"full covariance matrix is not supported"):
         drm.fit_batch(drm.Formula("yi ~ x + meta_V(V=V)"), d, by="set")

@@ -56,8 +56,8 @@ from .likelihood import _unrolled_cholesky_solve
 from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
-__all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "generic_program", "diag_derivatives",
-           "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
+__all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
+           "diag_derivatives", "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -259,6 +259,70 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
+def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> dict:
+    """:func:`~drmpy.engine.optimize.newton_trust_region` for the first ``n_real`` problems of a
+    pool, ``lanes`` of them side by side (inside a traced program).
+
+    ``arrays`` (every leaf with the pool axis first) and ``x0`` (pool, k) describe the
+    problems; ``evaluate(x, a) -> (f, g, H)`` for one problem's arrays ``a``.  Each step
+    advances every busy lane by one trust-region iteration (``jax.vmap`` of
+    :func:`drmpy.engine.optimize.trust_region_step`); a lane whose problem has finished takes
+    the next problem of the pool at once.  Every problem's iterations are exactly those of
+    its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
+    (rows beyond ``n_real`` are zeros).
+    """
+    from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
+
+    M = x0.shape[0]
+    L = lanes
+
+    def take(idx):
+        return jax.tree_util.tree_map(lambda x: x[idx], arrays)
+
+    def lane_step(state, a):
+        return trust_region_step(state, lambda x: evaluate(x, a), max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
+
+    step = jax.vmap(lane_step)
+    init = jax.vmap(trust_region_init)
+    k = x0.shape[1]
+    dtype = x0.dtype
+    final0 = dict(x=jnp.zeros((M + 1, k), dtype), f=jnp.zeros(M + 1, dtype), g=jnp.zeros((M + 1, k), dtype),
+                  H=jnp.zeros((M + 1, k, k), dtype), status=jnp.zeros(M + 1, jnp.int64),
+                  it=jnp.zeros(M + 1, jnp.int64))
+    prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
+
+    def cond(carry):
+        return jnp.any(carry[1] < M)
+
+    def body(carry):
+        state, prob, nxt, lane, final = carry
+        busy = prob < M
+        state = _select(busy, step(state, lane), state)
+        done = busy & (state.status != RUNNING)
+        out = trust_region_output(state)
+        slot = jnp.where(done, prob, M)  # finished problems write their row; others row M
+        final = dict(x=final["x"].at[slot].set(out.x), f=final["f"].at[slot].set(out.f),
+                     g=final["g"].at[slot].set(out.grad), H=final["H"].at[slot].set(out.hess),
+                     status=final["status"].at[slot].set(out.status),
+                     it=final["it"].at[slot].set(out.iterations))
+        want = nxt + jnp.cumsum(done) - 1
+        prob = jnp.where(done, jnp.where(want < n_real, want, M), prob)
+        nxt = nxt + jnp.sum(done)
+
+        def refill(args):
+            state, lane = args
+            idx = jnp.minimum(prob, M - 1)
+            return _select(done, init(x0[idx]), state), _select(done, take(idx), lane)
+
+        state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
+        return state, prob, nxt, lane, final
+
+    first = jnp.minimum(jnp.arange(L), M - 1)
+    carry = (init(x0[first]), prob0, jnp.asarray(L), take(first), final0)
+    final = jax.lax.while_loop(cond, body, carry)[4]
+    return {key: val[:M] for key, val in final.items()}
+
+
 @functools.lru_cache(maxsize=32)
 def pool_program(reml: bool, lanes: int):
     """Fit a pool of M groups with ``lanes`` optimisers side by side, refilling lanes.
@@ -272,65 +336,17 @@ def pool_program(reml: bool, lanes: int):
     boundary) occupies one lane instead of holding a whole chunk back.  Every group's
     iterations are exactly those of its own :func:`newton_trust_region` run.
     """
-    from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
-
     def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
-        M = data.y.shape[0]
-        L = lanes
         b0, g0 = jax.vmap(start_values)(data)
         fresh = jnp.isnan(gamma0_in[:, 0])
         beta0 = jnp.where(fresh[:, None], b0, beta0_in)
         gamma0 = jnp.where(fresh[:, None], g0, gamma0_in)
         centred = data._replace(y=(data.y - jnp.einsum("mnp,mp->mn", data.X, beta0)) * (data.w > 0))
 
-        def take(idx):
-            return jax.tree_util.tree_map(lambda x: x[idx], centred)
-
-        def lane_step(state, a):
-            return trust_region_step(state, lambda x: diag_derivatives(x, a, reml), max_iter=max_iter,
-                                     gtol=gtol, eigh=jacobi_eigh)
-
-        step = jax.vmap(lane_step)
-        init = jax.vmap(trust_region_init)
-        k = gamma0.shape[1]
-        dtype = gamma0.dtype
-        final0 = dict(x=jnp.zeros((M + 1, k), dtype), f=jnp.zeros(M + 1, dtype), g=jnp.zeros((M + 1, k), dtype),
-                      H=jnp.zeros((M + 1, k, k), dtype), status=jnp.zeros(M + 1, jnp.int64),
-                      it=jnp.zeros(M + 1, jnp.int64))
-        prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
-
-        def cond(carry):
-            return jnp.any(carry[1] < M)
-
-        def body(carry):
-            state, prob, nxt, lane, final = carry
-            busy = prob < M
-            state = _select(busy, step(state, lane), state)
-            done = busy & (state.status != RUNNING)
-            out = trust_region_output(state)
-            slot = jnp.where(done, prob, M)  # finished groups write their row; others row M
-            final = dict(x=final["x"].at[slot].set(out.x), f=final["f"].at[slot].set(out.f),
-                         g=final["g"].at[slot].set(out.grad), H=final["H"].at[slot].set(out.hess),
-                         status=final["status"].at[slot].set(out.status),
-                         it=final["it"].at[slot].set(out.iterations))
-            want = nxt + jnp.cumsum(done) - 1
-            prob = jnp.where(done, jnp.where(want < n_real, want, M), prob)
-            nxt = nxt + jnp.sum(done)
-
-            def refill(args):
-                state, lane = args
-                idx = jnp.minimum(prob, M - 1)
-                return _select(done, init(gamma0[idx]), state), _select(done, take(idx), lane)
-
-            state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
-            return state, prob, nxt, lane, final
-
-        first = jnp.minimum(jnp.arange(L), M - 1)
-        carry = (init(gamma0[first]), prob0, jnp.asarray(L), take(first), final0)
-        final = jax.lax.while_loop(cond, body, carry)[4]
+        final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), centred, gamma0, n_real, lanes,
+                             max_iter, gtol)
         post = jax.vmap(lambda a, x, f, g, H, st, it: _summary(_diag_post(a, x, f, g, H, st, it, reml)))(
-            centred, final["x"][:M], final["f"][:M], final["g"][:M], final["H"][:M],
-            final["status"][:M], final["it"][:M])
+            centred, final["x"], final["f"], final["g"], final["H"], final["status"], final["it"])
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
         # the boundary rule's candidate: every group's fit with sigma = 0

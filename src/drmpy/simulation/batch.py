@@ -601,8 +601,10 @@ def fit_batch(
 ) -> pd.DataFrame:
     """Fit the same model to every level of ``by``, each level an independent data set.
 
-    Supported models: no random effects, ``meta_V(V = vi)`` given as one sampling variance
-    per row (a data column or a vector), any ``mu`` and ``sigma`` formulas.  Designs are
+    Supported models: ``meta_V(V = vi)`` given as one sampling variance per row (a data
+    column or a vector), any ``mu`` and ``sigma`` formulas, and no random effects or one
+    random intercept ``(1|g)`` (optionally ``sd(g) ~ ...``) whose levels are the values of
+    ``g`` within each group (:mod:`drmpy.simulation.batch_random`).  Designs are
     built once on the whole data, so factor levels (and stateful transforms such as
     ``center(x)``) are those of the whole data and every group has the same parameters.
 
@@ -657,6 +659,11 @@ def fit_batch(
     if ctrl.structure not in (None, "diag"):
         raise DrmError(f"control: fit_batch uses the diagonal structure; structure={ctrl.structure!r} is not available.")
     chunk = _coerce_chunk_size(chunk_size)
+    if formula.random_terms and not formula.is_bivariate:
+        from .batch_random import fit_batch_random
+
+        return fit_batch_random(formula, data, by, method=method_u, ctrl=ctrl, chunk_size=chunk, client=client,
+                                progress=progress)
 
     gr = _build_groups(formula, data, by)
     v_name = formula.meta_v.name if formula.meta_v is not None else None

@@ -1,0 +1,385 @@
+"""``fit_batch`` for models with one random intercept ``(1|g)``: one three-level meta-analysis per group.
+
+The random-effect levels of a group are the distinct values of ``g`` among its rows (a
+label repeated in two groups is two unrelated levels).  Designs are materialised once on
+the whole data, as for models without random effects; rows are then sorted by (group,
+level) and packed per pool into the engine's ``intercepts`` arrays
+(:func:`drmpy.engine.batch_random.pack_intercepts`), and every pool is one call of a
+compiled program whose lanes are refilled as groups finish.  Start values, the zero-variance candidates and the
+refits from them are those of a single :func:`drmpy.fit` on the group's rows
+(:func:`drmpy.engine.program.start_values`, ``boundary_candidates``, ``run_fit``),
+computed here for all groups at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..engine.program import BOUNDARY_GAIN_MIN, BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size
+from ..errors import DataError, FormulaError, RandomEffectsError
+from ..model import frames
+from ..model.design import _materialize_uncached, _response_values
+from ..model.formula import Formula
+from ..model.known_v import resolve_v
+from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, POOL_LANES, _by_codes, _check_groups, _column_lists, _Groups,
+                    _lanes_ladder, _result_frame, _Runner, padded_rows)
+
+__all__ = ["fit_batch_random"]
+
+# optimisers side by side (lanes refilled from a pool of up to POOL_LANES * LANES groups):
+# 64 and 256 lanes took the same time on 2,000 genes of 30 rows
+LANES = 64
+
+
+def check_random_formula(formula: Formula) -> None:
+    """fit_batch takes one random-intercept term ``(1|g)`` (no slopes, no relmat)."""
+    terms = formula.random_terms
+    if len(terms) > 1:
+        names = ", ".join(f"`(1|{t.group})`" for t in terms)
+        raise FormulaError(
+            f"fit_batch fits one random-intercept term per group; the formula has {len(terms)} "
+            f"random terms ({names}, from `{terms[0].text}`). Fit such models one group at a time with drm.fit."
+        )
+    term = terms[0]
+    if term.slopes or not term.intercept:
+        what = f"random slope(s) {', '.join(term.slopes)}" if term.slopes else "no intercept"
+        raise FormulaError(
+            f"fit_batch takes a random intercept `(1|{term.group})` only; `{term.text}` has {what}. "
+            "Fit such models one group at a time with drm.fit."
+        )
+    if term.relmat:
+        raise FormulaError(
+            f"fit_batch takes a random intercept `(1|{term.group})` with independent levels; `{term.text}` "
+            "has a relatedness matrix. Fit such models one group at a time with drm.fit."
+        )
+
+
+class _Levels:
+    """Random-effect levels of the sorted rows: per row its level within its group and its
+    slot within the level; per (group, level) the sd-design row; per group its levels."""
+
+    def __init__(self, group: np.ndarray, key: np.ndarray, sd_matrix: np.ndarray, G: int):
+        n = len(group)
+        new = np.ones(n, dtype=bool)
+        new[1:] = (group[1:] != group[:-1]) | (key[1:] != key[:-1])
+        self.of_row = np.cumsum(new) - 1  # global (group, level) index of every row
+        first = np.flatnonzero(new)
+        self.group = group[first]  # group of every (group, level)
+        self.size = np.diff(np.append(first, n))  # rows per level
+        self.count = np.bincount(self.group, minlength=G)  # levels per group
+        self.start = np.concatenate([[0], np.cumsum(self.count)[:-1]])  # first level of each group
+        self.within = self.of_row - self.start[group]  # level within the group
+        self.slot = np.arange(n) - first[self.of_row]  # position within the level
+        self.W = sd_matrix[first]
+        self.W_rows = sd_matrix
+        self.max_size = np.zeros(G, dtype=np.int64)
+        np.maximum.at(self.max_size, self.group, self.size)
+
+
+def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list[str]]:
+    """Rows of every group sorted by (group, level), as ``simulation.batch._build_groups``."""
+    if data is None:
+        raise DataError("`data` is required.")
+    all_columns = frames.column_names(data)
+    if not isinstance(by, str) or by not in all_columns:
+        raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
+    term = formula.random_terms[0]
+    context: dict[str, Any] = dict(formula.env)
+    texts = formula.text
+    needed, v_col = _column_lists(formula, all_columns, context)
+    for c in term.group_columns:
+        if c not in all_columns:
+            raise RandomEffectsError(f"Column `{c}` of the random-effect term `{term.text}` is not in the data.")
+        needed.append(c)
+    needed = list(dict.fromkeys(needed))
+    frame = frames.as_pandas(data, list(dict.fromkeys(needed + ([v_col] if v_col else []) + [by])))
+    n_data = len(frame)
+    codes, labels = _by_codes(frame, by)
+    G = len(labels)
+    meta_v = formula.meta_v
+    if meta_v is not None:
+        raw_v = resolve_v(meta_v.name, all_columns, lambda c: frame[c], None, formula.env, n_data)
+        if not raw_v.is_vector:
+            raise FormulaError(
+                f"fit_batch takes a diagonal V with `{term.text}`: meta_V(V = {meta_v.name}) must be one "
+                "sampling variance per row (a data column or a vector), not a full covariance matrix. "
+                "Fit such models one group at a time with drm.fit."
+            )
+        v_all = raw_v.vector
+    else:
+        v_all = np.zeros(n_data)
+    reason = np.zeros(n_data, dtype=np.int64)
+    used = [c for c in needed if c != by]
+    reason[frame[used].isna().any(axis=1).to_numpy()] = 1
+    reason[(reason == 0) & ~frames.without_infinities(frame, used)] = 2
+    if meta_v is not None:
+        reason[(reason == 0) & ~np.isfinite(v_all)] = 3
+    keep_pos = np.flatnonzero(reason == 0)
+    sub = frame.iloc[keep_pos]
+    if len(sub) == 0:
+        raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
+    y = _response_values(sub, formula.response, context)
+    sd_dpar = term.sd_dpars()[0]
+    mats = {d: _materialize_uncached(formula.dpars[d], sub, d, texts[d], context) for d in ("mu", "sigma", sd_dpar)}
+    ok = np.isfinite(y)
+    for m, _, _ in mats.values():
+        ok &= np.all(np.isfinite(m), axis=1)
+    if not ok.all():
+        reason[keep_pos[~ok]] = 4
+        keep_pos, y, sub = keep_pos[ok], y[ok], sub.iloc[np.flatnonzero(ok)]
+        mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
+    # level key: the (possibly interacted) grouping columns, as one integer code per row
+    key = np.zeros(len(sub), dtype=np.int64)
+    for c in term.group_columns:
+        col_codes, col_uniques = pd.factorize(sub[c])
+        key = key * max(len(col_uniques), 1) + col_codes
+    key = pd.factorize(key)[0]
+    group = codes[keep_pos]
+    order = np.lexsort((key, group))
+    y, group, key, keep_pos = y[order], group[order], key[order], keep_pos[order]
+    X, mu_terms, _ = mats["mu"]
+    Z, sigma_terms, _ = mats["sigma"]
+    Wr, sd_terms, _ = mats[sd_dpar]
+    X, Z, Wr = X[order], Z[order], Wr[order]
+    v = v_all[keep_pos]
+    sizes = np.bincount(group, minlength=G)
+    notes: dict[int, list[str]] = {}
+    if reason.any():
+        dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
+        for g, r in zip(*np.nonzero(dropped[:, 1:])):
+            n_drop = int(dropped[g, r + 1])
+            what = f"missing or non-finite sampling variance `{meta_v.name}`" if r == 2 else _DROP_REASONS[r]
+            notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
+    gr = _Groups(labels=labels, names=[f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms],
+                 p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v, row_pos=keep_pos, index=frame.index,
+                 offsets=np.concatenate([[0], np.cumsum(sizes)]), sizes=sizes, notes=notes)
+    return gr, _Levels(group, key, Wr, G), [f"{sd_dpar}:{t}" for t in sd_terms]
+
+
+def _check_levels(gr: _Groups, lv: _Levels, ok: np.ndarray, formula: Formula) -> None:
+    """Groups a single fit would refuse for their random-effect levels (marked in ``gr.error``)."""
+    term = formula.random_terms[0]
+    sd_dpar = term.sd_dpars()[0]
+    varies = np.any(np.abs(lv.W_rows - lv.W[lv.of_row]) > 1e-12 * (1 + np.abs(lv.W_rows)), axis=1)
+    for g in np.unique(lv.group[lv.of_row[varies]]):
+        if ok[g]:
+            gr.error[int(g)] = (f"the predictors of `{formula.text[sd_dpar]}` must be constant within each "
+                                f"level of `{term.group}`")
+            ok[g] = False
+    if gr.k > 0:  # every level one row: sd(g) is confounded with sigma
+        single = ok & (lv.count == gr.sizes)
+        for g in np.flatnonzero(single):
+            gr.error[int(g)] = (f"every level of `{term.group}` has a single row in this group, so "
+                                f"sd({term.group}) is confounded with the row-level sigma")
+            ok[g] = False
+    k_sd = lv.W.shape[1]
+    if k_sd > 1:
+        for g in np.flatnonzero(ok):
+            Wg = lv.W[lv.start[g]:lv.start[g] + lv.count[g]]
+            if np.linalg.matrix_rank(Wg) < k_sd:
+                gr.error[int(g)] = f"the `{formula.text[sd_dpar]}` design is rank-deficient among this group's levels"
+                ok[g] = False
+
+
+def _per_group_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A^-1 b for a stack of small systems (G, m, m), (G, m)."""
+    return np.linalg.solve(A, b[..., None])[..., 0]
+
+
+def _const_coefficients(M: np.ndarray, owner: np.ndarray, G: int, ids: np.ndarray) -> np.ndarray:
+    """Per group: coefficients of its rows of M that reproduce the constant 1 (least squares)."""
+    k = M.shape[1]
+    out = np.zeros((G, k))
+    if k == 0:
+        return out
+    gram = np.zeros((G, k, k))
+    np.add.at(gram, owner, np.einsum("ni,nj->nij", M, M))
+    rhs = np.zeros((G, k))
+    np.add.at(rhs, owner, M)
+    out[ids] = _per_group_solve(gram[ids], rhs[ids])
+    return out
+
+
+def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
+    """(beta0, phi0, masks, values) of every group in ``ids`` (other rows NaN), as
+    :func:`drmpy.engine.program.start_values` and ``boundary_candidates`` for one random
+    intercept: OLS location, DerSimonian-Laird between-row variance split between sigma
+    and sd(g), the SD of the level means of the OLS residuals for sd(g)."""
+    G, p, k = len(gr.sizes), gr.p, gr.k
+    owner = np.repeat(np.arange(G), gr.sizes)
+    n = gr.sizes.astype(float)
+    X, y, v = gr.X, gr.y, gr.v
+    beta0 = np.full((G, p), np.nan)
+    beta0[ids] = _per_group_solve(gr.cross(X, X)[ids], gr.group_sums(X * y[:, None])[ids])
+    r = y - np.einsum("np,np->n", X, np.nan_to_num(beta0[owner]))
+    v_pos = gr.group_sums((v <= 0).astype(float)) == 0
+    dl = np.zeros(G, dtype=bool)
+    dl[ids] = v_pos[ids] & (n[ids] > p)
+    wi = np.where(dl[owner], 1.0 / np.where(v > 0, v, 1.0), 0.0)
+    tau2 = gr.group_sums(r * r) / np.maximum(n - p, 1.0)
+    if dl.any():
+        d = np.flatnonzero(dl)
+        XtWX = gr.cross(X, X, wi)[d]
+        bw = _per_group_solve(XtWX, gr.group_sums(X * (wi * y)[:, None])[d])
+        bw_rows = np.zeros((G, p))
+        bw_rows[d] = bw
+        rw = y - np.einsum("np,np->n", X, bw_rows[owner])
+        Q = gr.group_sums(wi * rw * rw)[d]
+        trace = np.trace(np.linalg.solve(XtWX, gr.cross(X, X, wi * wi)[d]), axis1=1, axis2=2)
+        denom = gr.group_sums(wi)[d] - trace
+        tau2[d] = np.where(denom > 0, np.maximum(0.0, (Q - (n[d] - p)) / np.where(denom > 0, denom, 1.0)), 0.0)
+    mean_v = gr.group_sums(v) / np.maximum(n, 1)
+    mean_r = gr.group_sums(r) / np.maximum(n, 1)
+    var_r = gr.group_sums((r - mean_r[owner]) ** 2) / np.maximum(n, 1)
+    scale2 = np.where(mean_v > 0, mean_v, var_r + 1e-12)
+    half = tau2 / 2.0  # the moment estimate shared between sigma and sd(g)
+    tau2_sigma = np.where(half > 0, np.maximum(half, 1e-2 * scale2), BOUNDARY_START * scale2)
+    cZ = _const_coefficients(gr.Z, owner, G, ids)
+    cW = _const_coefficients(lv.W, lv.group, G, ids)
+    # sd(g): the SD of the level means of the OLS residuals
+    level_mean = np.bincount(lv.of_row, weights=r, minlength=len(lv.group)) / lv.size
+    count = lv.count.astype(float)
+    mm = np.bincount(lv.group, weights=level_mean, minlength=G) / np.maximum(count, 1)
+    sd_means = np.sqrt(np.bincount(lv.group, weights=(level_mean - mm[lv.group]) ** 2, minlength=G)
+                       / np.maximum(count, 1))
+    sd0 = np.where(count > 1, sd_means, np.sqrt(tau2_sigma))
+    sd0 = np.maximum(sd0, np.sqrt(np.maximum(half, 1e-2 * scale2)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi0 = np.concatenate([cZ * (0.5 * np.log(tau2_sigma))[:, None], cW * np.log(sd0)[:, None]], axis=1)
+        # zero-variance candidates: each component's SD at 1e-8 of the sampling SD scale
+        var_y = gr.group_sums((y - (gr.group_sums(y) / np.maximum(n, 1))[owner]) ** 2) / np.maximum(n, 1)
+        scale_b = np.where(mean_v > 0, mean_v, var_y + 1e-300)
+        log_sd = np.log(BOUNDARY_SD_RATIO * np.sqrt(scale_b))
+    k_sd = lv.W.shape[1]
+    blocks = ([(0, cZ)] if k > 0 else []) + [(k, cW)]
+    masks = np.zeros((len(blocks), k + k_sd))
+    values = np.zeros((G, len(blocks), k + k_sd))
+    for i, (start, coef) in enumerate(blocks):
+        masks[i, start:start + coef.shape[1]] = 1.0
+        values[:, i, start:start + coef.shape[1]] = coef * log_sd[:, None]
+    return beta0, phi0, masks, values
+
+
+def _shapes(ids: np.ndarray, gr: _Groups, lv: _Levels, chunk_size: int | None):
+    """Chunks (group ids, N, L, M, lanes): groups sorted by rows, adjacent row sizes merged
+    while padding costs less than another compile (as ``simulation.batch._plan``)."""
+    if ids.size == 0:
+        return []
+    order = ids[np.argsort(gr.sizes[ids], kind="stable")]
+    padded = np.array([padded_rows(s) for s in gr.sizes[order]])
+    buckets = [[int(nr), order[padded == nr]] for nr in np.unique(padded)]
+    merged = [buckets[-1]]
+    for nr, members in reversed(buckets[:-1]):
+        if len(members) * (merged[-1][0] - nr) <= MERGE_LANE_ROWS:
+            merged[-1][1] = np.concatenate([members, merged[-1][1]])
+        else:
+            merged.append([nr, members])
+    chunks = []
+    for nr, members in reversed(merged):
+        L = padded_rows(int(lv.count[members].max()))
+        M = _bucket_size(int(lv.max_size[members].max()))
+        lanes = int(chunk_size) if chunk_size is not None else LANES
+        lanes = min(lanes, _lanes_ladder(len(members)))
+        for start in range(0, len(members), lanes):
+            chunks.append((members[start:start + lanes], nr, L, M, lanes))
+    return chunks
+
+
+def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl: Control,
+                     chunk_size: int | None, client, progress: bool) -> pd.DataFrame:
+    """``fit_batch`` of a model with one random intercept (see :func:`drmpy.fit_batch`)."""
+    from ..engine.batch_random import intercepts_structure, pack_intercepts, run_intercepts_pool
+
+    check_random_formula(formula)
+    gr, lv, sd_names = _build(formula, data, by)
+    v_name = formula.meta_v.name if formula.meta_v is not None else None
+    fit_mask = _check_groups(gr, formula, v_name)
+    _check_levels(gr, lv, fit_mask, formula)
+    gr.names = gr.names + sd_names
+    ids = np.flatnonzero(fit_mask)
+    G, p, k, k_sd = len(gr.sizes), gr.p, gr.k, lv.W.shape[1]
+    beta0, phi0, masks, values = start_values(gr, lv, ids)
+    owner = np.repeat(np.arange(G), gr.sizes)
+    y_c = gr.y - np.einsum("np,np->n", gr.X, np.nan_to_num(beta0[owner]))
+    res = dict(beta=np.full((G, p), np.nan), phi=np.full((G, k + k_sd), np.nan), f=np.full(G, np.nan),
+               var=np.full((G, p + k + k_sd), np.nan), max_gradient=np.full(G, np.nan),
+               status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
+               boundary_f=np.full((G, len(masks)), np.nan))
+    chunks = _shapes(ids, gr, lv, chunk_size)
+    by_group = {}  # group id -> its chunk's shape
+    for members, N, L, M, lanes in chunks:
+        for g in members:
+            by_group[int(g)] = (N, L, M, lanes)
+
+    def tasks(groups: np.ndarray, start: np.ndarray, count: bool):
+        shape_of = np.array([by_group[int(g)] for g in groups]).reshape(-1, 4)
+        for shape in np.unique(shape_of, axis=0):
+            N, L, M, lanes = (int(s) for s in shape)
+            members = groups[np.all(shape_of == shape, axis=1)]
+            struct = intercepts_structure(p, k, k_sd, L, method)
+            # equal pools of at most POOL_LANES * lanes groups, padded to lanes times a power
+            # of two (few compiled shapes; padding groups are never loaded into a lane)
+            n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
+            per = math.ceil(len(members) / n_pools)
+            size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+            for s in range(0, len(members), per):
+                real = members[s:s + per]
+                gs = np.concatenate([real, np.repeat(real[-1:], size - len(real))])
+                arrs = pack_intercepts(y_c, gr.X, gr.Z, gr.v, lv.within, lv.slot, lv.W, gr.offsets[gs], gr.sizes[gs],
+                                       lv.start[gs], lv.count[gs], N, L, M)
+                yield ((N, L, M, lanes, s), len(real) if count else 0,
+                       (struct, arrs, start[gs], masks, values[gs], len(real), int(ctrl.max_iter), float(ctrl.gtol),
+                        lanes), {}), real
+
+    def run(groups: np.ndarray, start: np.ndarray, count: bool):
+        """Fit ``groups`` from ``start``: (group ids in result order, results)."""
+        members = {}
+
+        def keyed():
+            for task, real in tasks(groups, start, count):
+                members[task[0]] = real
+                yield task
+
+        out = runner.map(keyed())
+        merged = {}
+        for key, real in members.items():
+            for name, val in out[key].items():
+                merged.setdefault(name, {})[key] = np.asarray(val)[: len(real)]
+        order = np.concatenate([members[key] for key in members]) if members else groups[:0]
+        return order, {name: np.concatenate([parts[key] for key in members]) for name, parts in merged.items()}
+
+    runner = _Runner(run_intercepts_pool, client, progress, len(ids), "drmpy fit_batch")
+    try:
+        done, out = run(ids, phi0, True)
+        for name in ("phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f"):
+            if done.size:
+                res[name][done] = out[name]
+        if done.size:
+            res["beta"][done] = out["beta"]
+        # the boundary rule of a single fit (engine.program.run_fit): when the objective with
+        # a variance component at zero beats the optimum, refit from that point (3 rounds at most)
+        active = fit_mask.copy()
+        for _ in range(3):
+            f_b = res["boundary_f"]
+            best = np.argmin(np.where(np.isnan(f_b), np.inf, f_b), axis=1)
+            f_best = f_b[np.arange(G), best]
+            again = np.flatnonzero(active & (f_best < res["f"] - BOUNDARY_GAIN_MIN))
+            if again.size == 0:
+                break
+            start = res["phi"].copy()
+            start[again] = np.where(masks[best[again]] > 0, values[again, best[again]], res["phi"][again])
+            done, out = run(again, start, False)
+            better = out["f"] < res["f"][done]
+            active[:] = False
+            active[done[better]] = True
+            g = done[better]
+            for name in ("beta", "phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f"):
+                res[name][g] = out[name][better]
+    finally:
+        runner.close()
+    res["beta"] = res["beta"] + beta0
+    return _result_frame(gr, by, res, fit_mask)
