@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .program import BOUNDARY_START
-from .likelihood import _unrolled_cholesky_solve
+from .likelihood import small_cholesky_solve
 from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
@@ -75,7 +75,7 @@ class DiagArrays(NamedTuple):
 def _location(A, b):
     """(log|A|, A^-1, A^-1 b) from one unrolled Cholesky factor of the p x p matrix A."""
     p = A.shape[-1]
-    logdet, sol = _unrolled_cholesky_solve(A, jnp.concatenate([jnp.eye(p, dtype=A.dtype), b[:, None]], axis=1))
+    logdet, sol = small_cholesky_solve(A, jnp.concatenate([jnp.eye(p, dtype=A.dtype), b[:, None]], axis=1))
     return logdet, sol[:, :p], sol[:, p]
 
 
@@ -178,8 +178,8 @@ def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
 
 
 def _solve_small(M, B):
-    """M^-1 B for a small SPD M (unrolled Cholesky; B (m, r))."""
-    return _unrolled_cholesky_solve(M, B)[1]
+    """M^-1 B for a small SPD M (no LAPACK call; B (m, r))."""
+    return small_cholesky_solve(M, B)[1]
 
 
 def start_values(a: DiagArrays):

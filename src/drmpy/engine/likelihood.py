@@ -222,6 +222,17 @@ def _unrolled_cholesky_solve(S, R):
     return logdet, jnp.stack(x, axis=-2)
 
 
+def small_cholesky_solve(S, R):
+    """``(log|S|, S^-1 R)`` for SPD ``S`` without a LAPACK call (usable under vmap on CPU):
+    unrolled up to ``UNROLL_MAX`` rows, a loop of matrix-vector products beyond (an unrolled
+    30 x 30 factor made a fit with a 30-level factor in mu compile for minutes)."""
+    if S.shape[-1] <= UNROLL_MAX:
+        return _unrolled_cholesky_solve(S, R)
+    from .small_linalg import loop_cholesky_solve
+
+    return loop_cholesky_solve(S, R)
+
+
 _ELEMENTWISE = contextvars.ContextVar("drmpy_elementwise_linalg", default=False)
 
 

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .likelihood import _unrolled_cholesky_solve
+from .likelihood import small_cholesky_solve
 from .optimize import CONVERGED, MAX_ITER, RADIUS_COLLAPSED, RUNNING
 
 __all__ = ["BOUNDARY", "BOUNDARY_BETTER", "BOUNDARY_MESSAGES", "tau2_program", "run_tau2"]
@@ -101,7 +101,7 @@ def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
     b = _rowsum(u * y, X)
     B = _rowsum(u * u, XX)  # X'W^2X
     eye = jnp.broadcast_to(jnp.eye(p, dtype=y.dtype), A.shape)
-    logdet_A, sol = _unrolled_cholesky_solve(A, jnp.concatenate([eye, b[..., None], B], axis=-1))
+    logdet_A, sol = small_cholesky_solve(A, jnp.concatenate([eye, b[..., None], B], axis=-1))
     A_inv, beta, AiB = sol[..., :p], sol[..., p], sol[..., p + 1:]
     r = y - jnp.sum(X * beta[:, None, :], axis=-1)
     q = u * r
@@ -367,7 +367,7 @@ def _gls_at_zero(y, X, v, w):
     p = X.shape[-1]
     A = _rowsum(u, X[..., :, None] * X[..., None, :])
     b = _rowsum(u * y, X)
-    return _unrolled_cholesky_solve(A, b[..., None])[1][..., 0] if p > 1 else b / A[..., 0]
+    return small_cholesky_solve(A, b[..., None])[1][..., 0] if p > 1 else b / A[..., 0]
 
 
 def _log_sd_summary(st: _Stats, tau2):
