@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -125,7 +125,23 @@ def _by_codes(frame: pd.DataFrame, by: str) -> tuple[np.ndarray, Any]:
     return codes.astype(np.int64), uniques
 
 
-def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
+class _RawRows(NamedTuple):
+    """The data's rows as every fit_batch path first reads them: the model's columns, each
+    row's group code, its sampling variance and why it is dropped (0 kept, else 1 + index in
+    ``_DROP_REASONS``; only the reasons found before designs are built)."""
+
+    frame: pd.DataFrame
+    context: dict
+    codes: np.ndarray
+    labels: Any
+    v: np.ndarray
+    reason: np.ndarray
+
+
+def _read_rows(formula: Formula, data: Any, by: str, full_v_error: str, extra_columns=(), extra_error=None) -> _RawRows:
+    """Read the columns ``formula`` (plus ``extra_columns``) needs and mark the rows
+    :func:`drmpy.fit` would drop, counted per group later.  ``full_v_error``: the message for
+    a full V (``{name}`` is its name); ``extra_error(column)``: the error for a missing extra column."""
     if data is None:
         raise DataError("`data` is required.")
     all_columns = frames.column_names(data)
@@ -133,6 +149,35 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
         raise DrmError(f"by must be a column name, got {type(by).__name__}.")
     if by not in all_columns:
         raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
+    context: dict[str, Any] = dict(formula.env)
+    needed, v_col = _column_lists(formula, all_columns, context)
+    for c in extra_columns:
+        if c not in all_columns:
+            raise extra_error(c)
+    needed = list(dict.fromkeys(needed + list(extra_columns)))
+    frame = frames.as_pandas(data, list(dict.fromkeys(needed + ([v_col] if v_col else []) + [by])))
+    n_data = len(frame)
+    codes, labels = _by_codes(frame, by)
+    meta_v = formula.meta_v
+    if meta_v is not None:
+        raw_v = resolve_v(meta_v.name, all_columns, lambda c: frame[c], None, formula.env, n_data)
+        if not raw_v.is_vector:
+            raise FormulaError(full_v_error.format(name=meta_v.name))
+        v_all = raw_v.vector
+    else:
+        v_all = np.zeros(n_data)
+    # rows: the same rules as build_design, counted per group instead of per data set
+    reason = np.zeros(n_data, dtype=np.int64)
+    used = [c for c in needed if c != by]
+    if used:
+        reason[frame[used].isna().any(axis=1).to_numpy()] = 1
+    reason[(reason == 0) & ~frames.without_infinities(frame, used)] = 2
+    if meta_v is not None:
+        reason[(reason == 0) & ~np.isfinite(v_all)] = 3
+    return _RawRows(frame, context, codes, labels, v_all, reason)
+
+
+def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if formula.is_bivariate:
         raise FormulaError(
             "fit_batch fits models with one response; a bivariate model (mu1, mu2) is not "
@@ -144,38 +189,15 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
             f"column); `{formula.random_terms[0].text}` is a random-effect term. Fit such "
             "models one group at a time with drm.fit."
         )
-    context: dict[str, Any] = dict(formula.env)
+    rows = _read_rows(formula, data, by, full_v_error=(
+        "fit_batch takes the sampling variances of meta_V(V = {name}) as one value per "
+        "row (a data column or a vector); a full covariance matrix is not supported in "
+        "batches. Fit such models one group at a time with drm.fit."))
+    frame, context, codes, labels, v_all, reason = rows
     texts = formula.text
-    needed, v_col = _column_lists(formula, all_columns, context)
-    frame = frames.as_pandas(data, list(dict.fromkeys(needed + ([v_col] if v_col else []) + [by])))
     n_data = len(frame)
-    codes, labels = _by_codes(frame, by)
     G = len(labels)
     meta_v = formula.meta_v
-    if meta_v is not None:
-        raw_v = resolve_v(meta_v.name, all_columns, lambda c: frame[c], None, formula.env, n_data)
-        if not raw_v.is_vector:
-            raise FormulaError(
-                f"fit_batch takes the sampling variances of meta_V(V = {meta_v.name}) as one value per "
-                "row (a data column or a vector); a full covariance matrix is not supported in "
-                "batches. Fit such models one group at a time with drm.fit."
-            )
-        v_all = raw_v.vector
-    else:
-        v_all = np.zeros(n_data)
-
-    # rows: the same rules as build_design, counted per group instead of per data set
-    reason = np.zeros(n_data, dtype=np.int64)  # 0 kept, else 1 + index in _DROP_REASONS
-    used = [c for c in needed if c != by]
-    if used:
-        complete = ~frame[used].isna().any(axis=1).to_numpy()
-    else:
-        complete = np.ones(n_data, dtype=bool)
-    reason[~complete] = 1
-    finite = frames.without_infinities(frame, used)
-    reason[(reason == 0) & ~finite] = 2
-    if meta_v is not None:
-        reason[(reason == 0) & ~np.isfinite(v_all)] = 3
     keep = reason == 0
     sub = frame.loc[keep] if not keep.all() else frame
     if len(sub) == 0:

@@ -21,12 +21,10 @@ import pandas as pd
 
 from ..engine.program import BOUNDARY_GAIN_MIN, BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size
 from ..errors import DataError, FormulaError, RandomEffectsError
-from ..model import frames
 from ..model.design import _materialize_uncached, _response_values
 from ..model.formula import Formula
-from ..model.known_v import resolve_v
-from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, POOL_LANES, _by_codes, _check_groups, _column_lists, _Groups,
-                    _lanes_ladder, _result_frame, _Runner, padded_rows)
+from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, POOL_LANES, _check_groups, _Groups, _lanes_ladder, _read_rows,
+                    _result_frame, _Runner, padded_rows)
 
 __all__ = ["fit_batch_random"]
 
@@ -82,42 +80,18 @@ class _Levels:
 
 def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list[str]]:
     """Rows of every group sorted by (group, level), as ``simulation.batch._build_groups``."""
-    if data is None:
-        raise DataError("`data` is required.")
-    all_columns = frames.column_names(data)
-    if not isinstance(by, str) or by not in all_columns:
-        raise DataError(f"by: column `{by}` is not in the data (columns: {', '.join(all_columns[:20])}).")
     term = formula.random_terms[0]
-    context: dict[str, Any] = dict(formula.env)
+    frame, context, codes, labels, v_all, reason = _read_rows(
+        formula, data, by, extra_columns=term.group_columns,
+        extra_error=lambda c: RandomEffectsError(
+            f"Column `{c}` of the random-effect term `{term.text}` is not in the data."),
+        full_v_error=(f"fit_batch takes a diagonal V with `{term.text}`: meta_V(V = {{name}}) must be one "
+                      "sampling variance per row (a data column or a vector), not a full covariance matrix. "
+                      "Fit such models one group at a time with drm.fit."))
     texts = formula.text
-    needed, v_col = _column_lists(formula, all_columns, context)
-    for c in term.group_columns:
-        if c not in all_columns:
-            raise RandomEffectsError(f"Column `{c}` of the random-effect term `{term.text}` is not in the data.")
-        needed.append(c)
-    needed = list(dict.fromkeys(needed))
-    frame = frames.as_pandas(data, list(dict.fromkeys(needed + ([v_col] if v_col else []) + [by])))
-    n_data = len(frame)
-    codes, labels = _by_codes(frame, by)
-    G = len(labels)
     meta_v = formula.meta_v
-    if meta_v is not None:
-        raw_v = resolve_v(meta_v.name, all_columns, lambda c: frame[c], None, formula.env, n_data)
-        if not raw_v.is_vector:
-            raise FormulaError(
-                f"fit_batch takes a diagonal V with `{term.text}`: meta_V(V = {meta_v.name}) must be one "
-                "sampling variance per row (a data column or a vector), not a full covariance matrix. "
-                "Fit such models one group at a time with drm.fit."
-            )
-        v_all = raw_v.vector
-    else:
-        v_all = np.zeros(n_data)
-    reason = np.zeros(n_data, dtype=np.int64)
-    used = [c for c in needed if c != by]
-    reason[frame[used].isna().any(axis=1).to_numpy()] = 1
-    reason[(reason == 0) & ~frames.without_infinities(frame, used)] = 2
-    if meta_v is not None:
-        reason[(reason == 0) & ~np.isfinite(v_all)] = 3
+    n_data = len(frame)
+    G = len(labels)
     keep_pos = np.flatnonzero(reason == 0)
     sub = frame.iloc[keep_pos]
     if len(sub) == 0:
