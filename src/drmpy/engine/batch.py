@@ -57,7 +57,7 @@ from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
-           "diag_derivatives", "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
+           "diag_derivatives", "derivative_row_terms", "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -105,6 +105,19 @@ def diag_value(gamma, a: DiagArrays, reml: bool):
     return 0.5 * (n * LOG_2PI + f)
 
 
+def derivative_row_terms(w, v, t, s, u, q):
+    """Per-row factors of the closed-form derivatives in gamma (any layout; elementwise):
+    ``u1 = d(w/s)/d(log sigma)`` per row, ``e`` (gradient = Z' e) and ``d`` (first Hessian
+    term = Z' diag(d) Z), with ``t = sigma_i^2``, ``s = v_i + t``, ``u = w/s`` and ``q`` the
+    squared residual (plus the REML leverage term)."""
+    a_ = 2.0 * t / s
+    u1 = -u * a_
+    u2 = -4.0 * w * t * (v - t) / (s * s * s)
+    e = 0.5 * (w * a_ + u1 * q)
+    d = 0.5 * (4.0 * w * t * v / (s * s) + u2 * q)
+    return u1, e, d
+
+
 def diag_derivatives(gamma, a: DiagArrays, reml: bool):
     """(f, gradient, Hessian) in gamma, in closed form (see the module docstring)."""
     t, s, u, A, b, logdet_A, A_inv, beta, r = _pieces(gamma, a, reml)
@@ -119,12 +132,8 @@ def diag_derivatives(gamma, a: DiagArrays, reml: bool):
     else:
         q = r2
         f = 0.5 * (n * LOG_2PI + base)
-    a_ = 2.0 * t / s
-    u1 = -u * a_
-    u2 = -4.0 * a.w * t * (a.v - t) / (s * s * s)
-    e = 0.5 * (a.w * a_ + u1 * q)
+    u1, e, d = derivative_row_terms(a.w, a.v, t, s, u, q)
     g = a.Z.T @ e
-    d = 0.5 * (4.0 * a.w * t * a.v / (s * s) + u2 * q)
     T = a.X.T @ ((u1 * r)[:, None] * a.Z)  # (p, k)
     H = (a.Z * d[:, None]).T @ a.Z - T.T @ A_inv @ T
     if reml:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .batch import derivative_row_terms
 from .likelihood import _unrolled_cholesky_solve
 from .small_linalg import sym_inverse
 
@@ -106,12 +107,8 @@ def columns_derivatives(gamma, c: DiagColumns, reml: bool):
     else:
         q = r2
         f = 0.5 * (n * LOG_2PI + base)
-    a_ = 2.0 * t / s
-    u1 = -u * a_
-    u2 = -4.0 * c.w * t * (c.v - t) / (s * s * s)
-    e = 0.5 * (c.w * a_ + u1 * q)
+    u1, e, d = derivative_row_terms(c.w, c.v, t, s, u, q)
     g = jnp.sum(c.Zt * e, axis=-1)
-    d = 0.5 * (4.0 * c.w * t * c.v / (s * s) + u2 * q)
     T = _cross(c.Xt, c.Zt, u1 * r)  # (p, k)
     H = _cross(c.Zt, c.Zt, d) - T.T @ A_inv @ T
     if reml:
