@@ -156,19 +156,12 @@ def _heterogeneity_columns(fit, keep: np.ndarray, theta: np.ndarray) -> dict[str
     """``Q``, ``Q_df``, ``Q_p_value``, ``I2``, ``H2`` of every refit (metafor's ``leave1out``
     columns); NaN where the fit has none: no ``meta_V``, ``weights=``, or a correlated random
     term (whose variance does not split by SD parameter; ``I2``, ``H2`` only)."""
-    from ..heterogeneity.statistics import deleted_heterogeneity, deleted_sampling_gls
+    from ..heterogeneity.statistics import deleted_heterogeneity
 
     names = ("Q", "Q_df", "Q_p_value", "I2", "H2")
-    nan = np.full(len(keep), np.nan)
     design = fit.design
     if design.known_v.kind == "none" or design.weights is not None:
-        return {k: nan for k in names}
-    if any(rd.n_cor for rd in design.random):
-        g = deleted_sampling_gls(fit, keep)
-        df = g["df"].to_numpy().astype(np.float64)
-        return {"Q": g["Q"].to_numpy(), "Q_df": df,
-                "Q_p_value": np.where(df > 0, stats.chi2.sf(g["Q"].to_numpy(), np.maximum(df, 1.0)), np.nan),
-                "I2": nan, "H2": nan}
+        return {k: np.full(len(keep), np.nan) for k in names}
     table = deleted_heterogeneity(fit, keep, theta)
     return {k: table[k].to_numpy() for k in names}
 

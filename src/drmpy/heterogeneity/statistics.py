@@ -361,7 +361,8 @@ def deleted_heterogeneity(fit, keep: np.ndarray, theta: np.ndarray) -> pd.DataFr
     Columns ``Q``, ``Q_df``, ``Q_p_value`` (metafor's ``QE`` and ``QEp`` of the refit, from V
     alone), ``I2`` (percent) and ``H2``: as :func:`i2` (``total``) and :func:`h2` of the refit,
     with the refit's fitted variances averaged over the kept rows and the kept rows' ``s2``;
-    for a common-effect model metafor's EE ``I2`` and ``H2`` from Q.  metafor's ``leave1out``
+    for a common-effect model metafor's EE ``I2`` and ``H2`` from Q; NaN with a correlated
+    random term (as :func:`i2` refuses it).  metafor's ``leave1out``
     reports the same ``Q``, ``Qp``, ``I2`` and ``H2``.
     """
     keep = np.asarray(keep, dtype=bool)
@@ -372,6 +373,9 @@ def deleted_heterogeneity(fit, keep: np.ndarray, theta: np.ndarray) -> pd.DataFr
         if _common_effect(fit):
             I2 = np.where(Q > 0, 100.0 * np.maximum(0.0, (Q - df) / Q), 0.0)
             H2 = Q / df
+        elif any(rd.n_cor for rd in fit.design.random):
+            # a correlated term's variance does not split by SD parameter (see _row_variances)
+            I2 = H2 = np.full(len(Q), np.nan)
         else:
             s2 = df / g["trace_P"].to_numpy()
             # every refit's variances per row at once: (rows, deletions), averaged over kept rows
