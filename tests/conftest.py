@@ -5,11 +5,26 @@ import gc
 import os
 import sys
 
-os.environ.setdefault("DRMPY_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "drmpy-jax"))
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one persistent-cache folder per pytest-xdist worker: JAX writes cache entries in place
-    # (not atomically), so two processes must not read and write one folder at once
-    os.environ["DRMPY_CACHE_DIR"] = os.path.join(os.environ["DRMPY_CACHE_DIR"], os.environ["PYTEST_XDIST_WORKER"])
+os.environ.setdefault("DRMPY_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "drmpy-jax-shared"))
+
+# The suite compiles with JAX's ``jax_disable_most_optimizations`` (XLA backend optimisation
+# level 0, no expensive LLVM passes): the same HLO programs, machine code that is not
+# optimised.  Compiling is most of the suite's time; this halves its CPU, and the tests'
+# runtimes are milliseconds either way.  Results agree with the default compiler to rounding
+# (tests/engine/test_compiler_level.py fits in a subprocess with the default and compares).
+# Set ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` to run the suite with the default compiler.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# One OpenBLAS thread per process: the tests' numpy matrices are small, and with two pytest
+# workers and XLA's compiler threads on two cores, OpenBLAS's spinning threads slowed
+# small-matrix tests by up to 10x (a 120-row dense REML check: 27 s -> 2.4 s under load).
+# Must be set before numpy is imported; nothing imports it before this file.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The pytest-xdist workers (and the subprocesses tests start) share one persistent cache, so
+# a program one worker compiled is a cache hit for the other.  JAX writes cache entries in
+# place, not atomically; a size limit turns on its LRU cache, which holds a file lock (the
+# ``filelock`` package) around every read and write.  The limit is far above the suite's
+# ~50 MB, so nothing is evicted.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

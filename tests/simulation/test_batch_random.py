@@ -130,12 +130,6 @@ def test_modelled_sigma_and_sd_match_single_fits(data, method):
     _compare(res, data, f, method)
 
 
-@pytest.mark.slow
-def test_ml_moderator_and_reml_intercept_match_single_fits(data):
-    _compare(drm.fit_batch(F_MOD, data, by="gene", method="ML", progress=False), data, F_MOD, "ML")
-    _compare(drm.fit_batch(F_INT, data, by="gene", method="REML", progress=False), data, F_INT, "REML")
-
-
 def test_unsupported_random_structures(data):
     with pytest.raises(drm.FormulaError, match=r"one random-intercept term per group; the formula has 2"):
         drm.fit_batch(drm.Formula("yi ~ 1 + (1|study/x) + meta_V(V = vi)"), data, by="gene")
