@@ -491,7 +491,7 @@ def _diag_closed_form_fn(struct: Structure):
     of :func:`drmpy.engine.batch.diag_derivatives` (beta profiled; O(n k^2) per iteration
     instead of automatic differentiation of the objective), same outputs and conventions.
     With few columns the designs are transposed once and every row sum is a fused
-    reduction (:mod:`drmpy.engine.diag_columns`)."""
+    reduction per pass over the rows (:mod:`drmpy.engine.diag_columns`)."""
     from . import diag_columns as dc
     from .batch import DiagArrays, _diag_post, diag_derivatives
 
@@ -501,7 +501,7 @@ def _diag_closed_form_fn(struct: Structure):
 
     def run(arrs: Arrays, phi0, max_iter, gtol, boundary=None):
         if by_columns:
-            c = dc.DiagColumns(arrs.y, arrs.X.T, arrs.Z_sigma.T, arrs.v, arrs.w)
+            c = dc.DiagColumns(arrs.y, dc.columns(arrs.X), dc.columns(arrs.Z_sigma), arrs.v, arrs.w)
             sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
                                       derivatives=lambda x: dc.columns_derivatives(x, c, reml))
             beta, grad, vcov = dc.columns_post(c, sol.x, sol.grad, sol.hess, reml)
