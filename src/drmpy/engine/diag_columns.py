@@ -29,7 +29,7 @@ from .batch import derivative_row_terms
 from .likelihood import _unrolled_cholesky_solve
 from .small_linalg import sym_inverse
 
-__all__ = ["MAX_COLUMNS", "DiagColumns", "columns", "columns_derivatives", "columns_value", "columns_post"]
+__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "location_post", "columns_derivatives", "columns_value", "columns_post"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -45,6 +45,16 @@ class DiagColumns(NamedTuple):
     Zt: tuple | jax.Array  # sigma design: k columns of shape (N,) (or a (k, N) array)
     v: jax.Array  # (N,)
     w: jax.Array  # (N,)
+
+
+class Location(NamedTuple):
+    """The location pieces at gamma that the covariance at the optimum needs."""
+
+    beta: jax.Array  # (p,) GLS estimate (of y centred at beta0)
+    A: jax.Array  # (p, p) X' S^-1 X
+    b: jax.Array  # (p,) X' S^-1 y
+    A_inv: jax.Array  # (p, p)
+    T: jax.Array  # (p, k) sum_i x_i (u'_i r_i z_i)'
 
 
 def columns(M: jax.Array) -> tuple:
@@ -126,8 +136,10 @@ def columns_value(gamma, c: DiagColumns, reml: bool):
     return 0.5 * (n * LOG_2PI + f)
 
 
-def columns_derivatives(gamma, c: DiagColumns, reml: bool):
-    """(f, gradient, Hessian) in gamma (= ``batch.diag_derivatives``)."""
+def columns_derivatives(gamma, c: DiagColumns, reml: bool, location: bool = False):
+    """(f, gradient, Hessian) in gamma (= ``batch.diag_derivatives``); with ``location``
+    also the :class:`Location` pieces at gamma (for :func:`location_post` without another
+    pass over the rows)."""
     t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s = _pieces(gamma, c)
     X, Z = c.Xt, c.Zt
     p, k = len(X), len(Z)
@@ -160,6 +172,8 @@ def columns_derivatives(gamma, c: DiagColumns, reml: bool):
     else:
         f = 0.5 * (n * LOG_2PI + base)
     H = 0.5 * (H + H.T)
+    if location:
+        return f, g, H, Location(beta, A, b, A_inv, T)
     return f, g, H
 
 
@@ -169,9 +183,14 @@ def columns_post(c: DiagColumns, gamma, grad_phi, H_phi, reml: bool):
     t, s, u, A, b, logdet_A, A_inv, beta, r, _ = _pieces(gamma, c)
     u1r = -u * (2.0 * t / s) * r
     T = _row_sums([x * (z * u1r) for x in c.Xt for z in c.Zt]).reshape(len(c.Xt), len(c.Zt))
-    J = A_inv @ T
+    return location_post(Location(beta, A, b, A_inv, T), grad_phi, H_phi, reml)
+
+
+def location_post(loc: Location, grad_phi, H_phi, reml: bool):
+    """:func:`columns_post` from the location pieces at the optimum."""
+    J = loc.A_inv @ loc.T
     C = sym_inverse(H_phi)
     cross = J @ C
-    vcov = jnp.block([[A_inv + cross @ J.T, cross], [cross.T, C]])
-    score_beta = jnp.zeros_like(beta) if reml else A @ beta - b
-    return beta, jnp.concatenate([score_beta, grad_phi]), vcov
+    vcov = jnp.block([[loc.A_inv + cross @ J.T, cross], [cross.T, C]])
+    score_beta = jnp.zeros_like(loc.beta) if reml else loc.A @ loc.beta - loc.b
+    return loc.beta, jnp.concatenate([score_beta, grad_phi]), vcov

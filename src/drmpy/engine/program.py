@@ -535,10 +535,12 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
             step = subsample_stride(arrs.y.shape[0]) if stride == "auto" else stride
             if step is not None and step > 1:
                 phi0 = _subsample_start(c, phi0, max_iter, gtol, reml, step)
+            # the evaluations also return the location pieces, so the covariance at the
+            # optimum takes no further pass over the rows
             sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
-                                      derivatives=lambda x: dc.columns_derivatives(x, c, reml))
-            beta, grad, vcov = dc.columns_post(c, sol.x, sol.grad, sol.hess, reml)
-            out = dict(beta=beta, grad=grad, vcov=vcov)
+                                      derivatives=lambda x: dc.columns_derivatives(x, c, reml, location=True))
+            beta, grad, vcov = dc.location_post(sol.aux, sol.grad, sol.hess, reml)
+            out = dict(beta=beta, grad=grad, vcov=vcov, information=sol.aux.A)
             value = lambda ph: dc.columns_value(ph, c, reml)  # noqa: E731
             sigma = jnp.exp(dc._combine(sol.x[: struct.k_sigma], c.Zt))
         else:
@@ -555,6 +557,8 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
         result = dict(beta=out["beta"], phi=sol.x, f=sol.f, grad=out["grad"], vcov=out["vcov"], min_eig=min_eig,
                       status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
                       sigma=sigma)
+        if "information" in out:  # X'S^-1X (inference.marginal.gls)
+            result["information"] = out["information"]
         if boundary is not None:  # as in _program_fn: the objective at each zero-variance point
             masks, values = boundary
             result["boundary_f"] = jax.lax.map(value, jnp.where(masks > 0, values, sol.x[None, :]))
