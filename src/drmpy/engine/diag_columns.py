@@ -29,7 +29,7 @@ from .batch import derivative_row_terms
 from .likelihood import _unrolled_cholesky_solve
 from .small_linalg import sym_inverse
 
-__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "location_post", "columns_derivatives", "columns_value", "columns_post"]
+__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "location_post", "loop_derivatives", "columns_derivatives", "columns_value", "columns_post"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -175,6 +175,21 @@ def columns_derivatives(gamma, c: DiagColumns, reml: bool, location: bool = Fals
     if location:
         return f, g, H, Location(beta, A, b, A_inv, T)
     return f, g, H
+
+
+def loop_derivatives(c: DiagColumns, reml: bool, location: bool = False):
+    """:func:`columns_derivatives` as the ``derivatives`` of a Newton loop over ``c``.
+
+    The columns pass an optimisation barrier together with gamma: otherwise XLA hoists the
+    loop-invariant row products (``x_a x_b``, ``z_j z_l``, ...) out of the loop as extra
+    (N,) arrays, which costs their computation on every call and makes each pass of the
+    loop read more arrays (about 20% slower at n = 1e6)."""
+
+    def evaluate(gamma):
+        gamma, cols = lax.optimization_barrier((gamma, c))
+        return columns_derivatives(gamma, cols, reml, location)
+
+    return evaluate
 
 
 def columns_post(c: DiagColumns, gamma, grad_phi, H_phi, reml: bool):

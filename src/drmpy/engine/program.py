@@ -507,8 +507,7 @@ def _subsample_start(c, phi0, max_iter, gtol, reml: bool, stride: int):
 
     sub = dc.DiagColumns(c.y[::stride], tuple(x[::stride] for x in c.Xt), tuple(z[::stride] for z in c.Zt),
                          c.v[::stride], c.w[::stride])
-    pre = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
-                              derivatives=lambda x: dc.columns_derivatives(x, sub, reml))
+    pre = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol, derivatives=dc.loop_derivatives(sub, reml))
     ok = (pre.status == CONVERGED) & jnp.all(jnp.isfinite(pre.x))
     return jnp.where(ok, pre.x, phi0)
 
@@ -538,7 +537,7 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
             # the evaluations also return the location pieces, so the covariance at the
             # optimum takes no further pass over the rows
             sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
-                                      derivatives=lambda x: dc.columns_derivatives(x, c, reml, location=True))
+                                      derivatives=dc.loop_derivatives(c, reml, location=True))
             beta, grad, vcov = dc.location_post(sol.aux, sol.grad, sol.hess, reml)
             out = dict(beta=beta, grad=grad, vcov=vcov, information=sol.aux.A)
             value = lambda ph: dc.columns_value(ph, c, reml)  # noqa: E731
