@@ -151,6 +151,19 @@ def per_evaluation(drm, d: pd.DataFrame, method: str) -> tuple[int, float, float
     return fit.evaluations, out[0], out[1], out[2]
 
 
+def warm_calls(drm, d: pd.DataFrame, method: str, repeats: int = 5):
+    """(fit, wall times, CPU times) of ``repeats`` warm calls on the same data, after one
+    call that compiles or loads the program."""
+    fit = drm.fit(drm.Formula(*FORMULA), data=d, method=method)
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        drm.fit(drm.Formula(*FORMULA), data=d, method=method)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return fit, walls, cpus
+
+
 def main() -> None:
     print(f"python {sys.version.split()[0]}; cores {os.cpu_count()}; load average {os.getloadavg()}")
     print(f"n = {N:,}; mu: {FORMULA[0]}; sigma: {FORMULA[1].split('~')[1].strip()}")
@@ -161,14 +174,7 @@ def main() -> None:
 
     d = simulate()
     for method in ("ML", "REML"):
-        f = drm.Formula(*FORMULA)
-        fit = drm.fit(f, data=d, method=method)
-        same, same_cpu = [], []
-        for _ in range(5):
-            t, c = time.perf_counter(), time.process_time()
-            drm.fit(drm.Formula(*FORMULA), data=d, method=method)
-            same.append(time.perf_counter() - t)
-            same_cpu.append(time.process_time() - c)
+        fit, same, same_cpu = warm_calls(drm, d, method)
         new = []
         for i in range(3):
             d2 = d.copy()

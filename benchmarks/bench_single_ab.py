@@ -15,20 +15,14 @@ import subprocess
 import sys
 
 CHILD = """
-import os, sys, time
+import os, sys
 sys.path.insert(0, {here!r})
 import numpy as np
 import drmpy as drm
-from bench_single import FORMULA, simulate
+from bench_single import simulate, warm_calls
 d = simulate()
 for method in ("ML", "REML"):
-    fit = drm.fit(drm.Formula(*FORMULA), data=d, method=method)
-    walls, cpus = [], []
-    for _ in range(5):
-        t, c = time.perf_counter(), time.process_time()
-        drm.fit(drm.Formula(*FORMULA), data=d, method=method)
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.process_time() - c)
+    fit, walls, cpus = warm_calls(drm, d, method)
     i = int(np.argmin(walls))
     print(f"{{method:4s}} warm best {{walls[i]:.3f}} s (CPU {{cpus[i]:.3f}} s; least CPU {{min(cpus):.3f}} s); "
           f"{{fit.evaluations}} full-data Newton evaluations; logLik {{fit.loglik:.8f}}; "
