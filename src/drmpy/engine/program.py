@@ -516,8 +516,9 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
     """``_program_fn`` for the diagonal structure with the closed-form gradient and Hessian
     of :func:`drmpy.engine.batch.diag_derivatives` (beta profiled; O(n k^2) per iteration
     instead of automatic differentiation of the objective), same outputs and conventions.
-    With few columns the designs are transposed once and every row sum is a fused
-    reduction per pass over the rows (:mod:`drmpy.engine.diag_columns`), and many rows
+    With few columns the designs are split into (N,) columns once and the row sums of each
+    pass over the rows are one reduction (:mod:`drmpy.engine.diag_columns`); the covariance
+    and ``information`` (X'S^-1X) come from the last evaluation's location pieces; many rows
     start from the optimum of a subsample (``stride``: "auto" = :func:`subsample_stride`
     of the padded row count, None = never, an int = that stride).
     ``evaluations`` counts the full-data evaluations."""
