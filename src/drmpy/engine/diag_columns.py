@@ -29,7 +29,8 @@ from .batch import derivative_row_terms
 from .likelihood import _unrolled_cholesky_solve
 from .small_linalg import sym_inverse
 
-__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "location_post", "loop_derivatives", "columns_derivatives", "columns_value", "columns_post"]
+__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value", "columns_post",
+           "location_post", "loop_derivatives"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
