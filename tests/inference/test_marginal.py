@@ -82,3 +82,15 @@ def test_gls_information_without_compiling_equals_dense(case_name, weighted):
     arrs, struct, _ = _prepared(fit, None)
     _, M = _gram_program(struct)(variance_parameters(fit), arrs)
     np.testing.assert_allclose(gls(fit).information, np.asarray(M)[:struct.p, :struct.p], rtol=1e-9)
+
+
+def test_closed_form_diagonal_program_returns_information():
+    """The closed-form diagonal program (location-scale, diagonal V) returns X' W S^-1 X
+    itself, at its optimum: equal to the weighted cross product in numpy."""
+    data = drm.datasets.restoration()
+    w = np.linspace(0.5, 2.0, len(data))
+    fit = drm.fit(drm.Formula("yi ~ habitat + meta_V(V = vi)", "sigma ~ habitat"), data=data, weights=w)
+    assert fit._raw.structure.kind == "diag" and fit._raw.information is not None
+    X = fit.design.fixed["mu"].matrix
+    s = fit.design.known_v.diag + fit.sigma().to_numpy() ** 2
+    np.testing.assert_allclose(fit._raw.information, (X * (w / s)[:, None]).T @ X, rtol=1e-10)

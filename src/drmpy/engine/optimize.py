@@ -19,7 +19,7 @@ Stopping (status codes, see :data:`STATUS_MESSAGES`):
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,7 @@ class SolverOutput(NamedTuple):
     status: jax.Array
     iterations: jax.Array
     evaluations: jax.Array
+    aux: Any = ()  # what ``derivatives`` returned beside (f, g, H) at x, if anything
 
 
 class _State(NamedTuple):
@@ -71,6 +72,7 @@ class _State(NamedTuple):
     status: jax.Array
     evals: jax.Array  # eigen-decomposition of H (ascending), shared by the stopping test
     evecs: jax.Array  # and the next trust-region step
+    aux: Any = ()  # the evaluation's extra output at x (a pytree), kept with f, g, H
 
 
 def _trust_step(g, evals, evecs, radius):
@@ -107,18 +109,19 @@ def _trust_step(g, evals, evecs, radius):
     return d
 
 
-def trust_region_init(x0: jax.Array, radius0: float = 1.0) -> _State:
+def trust_region_init(x0: jax.Array, radius0: float = 1.0, aux: Any = ()) -> _State:
     """Solver state before the first iteration, which evaluates ``x0`` (a zero step that is
-    always accepted, so the derivative code appears once in a compiled loop)."""
+    always accepted, so the derivative code appears once in a compiled loop).  ``aux``: a
+    placeholder of the evaluation's extra output (same shapes), when it has one."""
     k = x0.shape[0]
     return _State(x0, jnp.asarray(jnp.inf), jnp.zeros(k), jnp.eye(k), jnp.asarray(radius0), jnp.asarray(-1),
-                  jnp.asarray(0), jnp.asarray(0), jnp.asarray(RUNNING), jnp.ones(k), jnp.eye(k))
+                  jnp.asarray(0), jnp.asarray(0), jnp.asarray(RUNNING), jnp.ones(k), jnp.eye(k), aux)
 
 
 def trust_region_output(s: _State) -> SolverOutput:
     """The solution of a finished (or stopped) state; RUNNING counts as MAX_ITER."""
     status = jnp.where(s.status == RUNNING, MAX_ITER, s.status)
-    return SolverOutput(s.x, s.f, s.g, s.H, status, s.it, s.nfev)
+    return SolverOutput(s.x, s.f, s.g, s.H, status, s.it, s.nfev, s.aux)
 
 
 def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: float = 1e-12,
@@ -126,14 +129,17 @@ def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: fl
                       eigh: Callable = jnp.linalg.eigh) -> _State:
     """One iteration of :func:`newton_trust_region` (the body of its loop).
 
-    ``evaluate(x) -> (f, g, H)``.  The first call (``it == -1``) evaluates the start
-    point; a state whose ``status`` is not RUNNING is finished.
+    ``evaluate(x) -> (f, g, H)`` or ``(f, g, H, aux)`` (aux is kept with the accepted point).
+    The first call (``it == -1``) evaluates the start point; a state whose ``status`` is not
+    RUNNING is finished.
     """
     first = s.it < 0
     d = jnp.where(first, 0.0, _trust_step(s.g, s.evals, s.evecs, s.radius))
     predicted = s.g @ d + 0.5 * d @ s.H @ d
     x_new = s.x + d
-    f_new, g_new, H_new = evaluate(x_new)
+    evaluated = evaluate(x_new)
+    f_new, g_new, H_new = evaluated[:3]
+    aux_new = evaluated[3] if len(evaluated) > 3 else ()
     finite = jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new)) & jnp.all(jnp.isfinite(H_new))
     actual = f_new - s.f
     rho = jnp.where(predicted < 0, actual / jnp.where(predicted < 0, predicted, -1.0), -1.0)
@@ -153,6 +159,7 @@ def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: fl
     f = jnp.where(accept, f_new, s.f)
     g = jnp.where(accept, g_new, s.g)
     H = jnp.where(accept, H_new, s.H)
+    aux = jax.tree_util.tree_map(lambda new, old: jnp.where(accept, new, old), aux_new, s.aux)
     flat = jnp.where(first, 0, jnp.where(accept & tiny_change, s.flat + 1, jnp.where(accept, 0, s.flat)))
     it = s.it + 1
     gmax = jnp.max(jnp.abs(g), initial=0.0)
@@ -180,7 +187,7 @@ def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: fl
             jnp.where(collapsed, RADIUS_COLLAPSED, jnp.where(it >= max_iter, MAX_ITER, RUNNING)),
         ),
     ))
-    return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status, evals, evecs)
+    return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status, evals, evecs, aux)
 
 
 def newton_trust_region(
@@ -199,7 +206,8 @@ def newton_trust_region(
     """Minimise ``fun`` from ``x0`` with exact gradient and Hessian (``jax.hessian``).
 
     ``derivatives(x) -> (f, g, H)`` replaces automatic differentiation when given (a
-    closed form; ``fun`` is then unused).  ``eigh`` decomposes the Hessian; pass
+    closed form; ``fun`` is then unused); when it returns ``(f, g, H, aux)``, the solution's
+    ``aux`` is that of its point (e.g. pieces a post-processing step would recompute).  ``eigh`` decomposes the Hessian; pass
     :func:`drmpy.small_linalg.jacobi_eigh` when the solver is vmapped over many problems
     (batched LAPACK can deadlock on CPU).
     """
@@ -213,7 +221,12 @@ def newton_trust_region(
             f, g = value_and_grad(x)
             return f, g, hessian(x)
 
-    state = trust_region_init(x0, radius0)
+    aux0 = ()
+    if derivatives is not None:
+        shapes = jax.eval_shape(derivatives, x0)
+        if len(shapes) > 3:
+            aux0 = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes[3])
+    state = trust_region_init(x0, radius0, aux0)
 
     def cond(s):
         return (s.status == RUNNING) & ((s.it < max_iter) | (s.it < 0))
