@@ -74,6 +74,20 @@ class _Groups:
             out[nonempty] = np.add.reduceat(flat, self.offsets[:-1][nonempty], axis=0)
         return out.reshape((G,) + values.shape[1:])
 
+    def gram(self, M: np.ndarray) -> np.ndarray:
+        """Per-group M'M (G, m, m): one batched product when every group has the same rows
+        (rows sorted by group: a reshaped view), else one segment sum per entry."""
+        G, m = len(self.sizes), M.shape[1]
+        s = int(self.sizes[0]) if G else 0
+        if G and s > 0 and len(M) == G * s and bool(np.all(self.sizes == s)):
+            Mg = M.reshape(G, s, m)
+            return np.matmul(Mg.transpose(0, 2, 1), Mg)
+        out = np.empty((G, m, m))
+        for i in range(m):
+            for j in range(i, m):
+                out[:, i, j] = out[:, j, i] = self.group_sums(M[:, i] * M[:, j])
+        return out
+
     def cross(self, A: np.ndarray, B: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
         """Per-group sum of w_i a_i b_i' (G, a, b)."""
         if w is None:
@@ -104,8 +118,17 @@ def _rank_deficient(gram: np.ndarray, ok: np.ndarray) -> np.ndarray:
     if m == 1:
         flag[idx] = gram[idx, 0, 0] <= 0
         return flag
-    ev = np.linalg.eigvalsh(gram[idx])
-    flag[idx] = ev[:, 0] <= 1e-9 * np.maximum(ev[:, -1], np.finfo(float).tiny)
+    # cheap exclusion first: lambda_min / lambda_max >= det / trace^m for a positive
+    # semi-definite matrix, so a determinant well above 1e-9 trace^m clears the group
+    # (margin 4 for the determinant's rounding); eigenvalues decide the rest
+    sub = gram[idx]
+    trace = np.trace(sub, axis1=1, axis2=2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        clear = np.linalg.det(sub) > 4e-9 * trace**m
+    idx = idx[~clear]
+    if idx.size:
+        ev = np.linalg.eigvalsh(gram[idx])
+        flag[idx] = ev[:, 0] <= 1e-9 * np.maximum(ev[:, -1], np.finfo(float).tiny)
     return flag
 
 
@@ -274,7 +297,7 @@ def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarr
                                 f"{label!r} has {vv[i]:g} ({int((vv < 0).sum())} negative in all)")
         ok &= ~neg
     for dpar, M, terms in (("mu", gr.X, gr.names[: gr.p]), ("sigma", gr.Z, gr.names[gr.p:])):
-        suspect = _rank_deficient(gr.cross(M, M), ok)
+        suspect = _rank_deficient(gr.gram(M), ok)
         for g in np.flatnonzero(suspect):
             rows = slice(gr.offsets[g], gr.offsets[g + 1])
             design = FixedDesign(dpar, tuple(t.split(":", 1)[1] for t in terms), M[rows], None)
@@ -380,6 +403,18 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
     n = len(gs)
+    start = int(gr.offsets[gs[0]])
+    if bool(np.all(gr.sizes[gs] == N)) and bool(np.all(gr.offsets[gs] == start + N * np.arange(n))):
+        # consecutive groups that fill their rows (the common case): slices, no gather
+        out = []
+        for src, fill in ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0)):
+            arr = np.empty((L, N) + src.shape[1:])
+            arr[:n] = src[start:start + n * N].reshape((n, N) + src.shape[1:])
+            arr[n:] = fill
+            out.append(arr)
+        w = np.zeros((L, N))
+        w[:n] = 1.0
+        return tuple(out) + (w,)
     col = np.arange(N)
     mask = col[None, :] < gr.sizes[gs][:, None]
     idx = gr.offsets[gs][:, None] + col[None, :]
