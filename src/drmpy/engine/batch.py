@@ -268,6 +268,11 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
+# lanes of the draining program: a quarter of the pool program's, when that is at least 16
+DRAIN_FACTOR = 4
+MIN_DRAIN_LANES = 16
+
+
 def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> dict:
     """:func:`~drmpy.engine.optimize.newton_trust_region` for the first ``n_real`` problems of a
     pool, ``lanes`` of them side by side (inside a traced program).
@@ -300,10 +305,7 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
                   it=jnp.zeros(M + 1, jnp.int64))
     prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
 
-    def cond(carry):
-        return jnp.any(carry[1] < M)
-
-    def body(carry):
+    def body(carry, refill_on: bool):
         state, prob, nxt, lane, final = carry
         busy = prob < M
         state = _select(busy, step(state, lane), state)
@@ -314,6 +316,8 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
                      g=final["g"].at[slot].set(out.grad), H=final["H"].at[slot].set(out.hess),
                      status=final["status"].at[slot].set(out.status),
                      it=final["it"].at[slot].set(out.iterations))
+        if not refill_on:  # every problem has been handed out: a finished lane goes idle
+            return state, jnp.where(done, M, prob), nxt, lane, final
         want = nxt + jnp.cumsum(done) - 1
         prob = jnp.where(done, jnp.where(want < n_real, want, M), prob)
         nxt = nxt + jnp.sum(done)
@@ -326,9 +330,29 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
         state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
         return state, prob, nxt, lane, final
 
+    # Draining: once every problem has been handed out and at most a quarter of the lanes
+    # are busy, the busy lanes move to a program a quarter as wide (each lane's arithmetic
+    # is unchanged, so are its iterations), which spares the idle lanes' work while the
+    # slowest problems finish.
+    narrow = L // DRAIN_FACTOR if L // DRAIN_FACTOR >= MIN_DRAIN_LANES else 0
+
+    def cond(carry):
+        busy = carry[1] < M
+        go = jnp.any(busy)
+        if narrow:
+            go = go & ~((carry[2] >= n_real) & (jnp.sum(busy) <= narrow))
+        return go
+
     first = jnp.minimum(jnp.arange(L), M - 1)
     carry = (init(x0[first]), prob0, jnp.asarray(L), take(first), final0)
-    final = jax.lax.while_loop(cond, body, carry)[4]
+    carry = jax.lax.while_loop(cond, lambda c: body(c, True), carry)
+    if narrow:
+        state, prob, nxt, lane, final = carry
+        keep = jnp.argsort(prob >= M, stable=True)[:narrow]  # the busy lanes first
+        carry = (jax.tree_util.tree_map(lambda x: x[keep], state), prob[keep], nxt,
+                 jax.tree_util.tree_map(lambda x: x[keep], lane), final)
+        carry = jax.lax.while_loop(lambda c: jnp.any(c[1] < M), lambda c: body(c, False), carry)
+    final = carry[4]
     return {key: val[:M] for key, val in final.items()}
 
 
