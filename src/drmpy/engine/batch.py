@@ -356,6 +356,28 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
     return {key: val[:M] for key, val in final.items()}
 
 
+def _by_blocks(fn, args, n_real, block: int):
+    """``jax.vmap(fn)(*args)`` over the first ``n_real`` rows of ``args`` (pytrees whose leaves
+    have a leading axis that is a multiple of ``block``), ``block`` rows at a time; rows of
+    blocks past ``n_real`` are zeros.  Padding groups cost nothing, and each block's arrays
+    stay in cache while ``fn`` reads them several times."""
+    M = jax.tree_util.tree_leaves(args)[0].shape[0]
+    vfn = jax.vmap(fn)
+
+    def rows(tree, start):
+        return jax.tree_util.tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, block, 0), tree)
+
+    shapes = jax.eval_shape(vfn, *rows(args, 0))
+    out0 = jax.tree_util.tree_map(lambda s: jnp.zeros((M,) + s.shape[1:], s.dtype), shapes)
+
+    def body(b, out):
+        start = b * block
+        part = vfn(*rows(args, start))
+        return jax.tree_util.tree_map(lambda o, x: jax.lax.dynamic_update_slice_in_dim(o, x, start, 0), out, part)
+
+    return jax.lax.fori_loop(0, (n_real + block - 1) // block, body, out0)
+
+
 @functools.lru_cache(maxsize=32)
 def pool_program(reml: bool, lanes: int):
     """Fit a pool of M groups with ``lanes`` optimisers side by side, refilling lanes.
@@ -369,24 +391,40 @@ def pool_program(reml: bool, lanes: int):
     boundary) occupies one lane instead of holding a whole chunk back.  Every group's
     iterations are exactly those of its own :func:`newton_trust_region` run.
     """
-    def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
-        b0, g0 = jax.vmap(start_values)(data)
-        fresh = jnp.isnan(gamma0_in[:, 0])
-        beta0 = jnp.where(fresh[:, None], b0, beta0_in)
-        gamma0 = jnp.where(fresh[:, None], g0, gamma0_in)
-        centred = data._replace(y=(data.y - jnp.einsum("mnp,mp->mn", data.X, beta0)) * (data.w > 0))
+    from .diag_columns import MAX_COLUMNS, DiagColumns, columns_derivatives
 
-        final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), centred, gamma0, n_real, lanes,
-                             max_iter, gtol)
-        post = jax.vmap(lambda a, x, f, g, H, st, it: _summary(_diag_post(a, x, f, g, H, st, it, reml)))(
-            centred, final["x"], final["f"], final["g"], final["H"], final["status"], final["it"])
+    def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
+        def prepare(a, gamma0_in, beta0_in):
+            b0, g0 = start_values(a)
+            fresh = jnp.isnan(gamma0_in[0])
+            beta0 = jnp.where(fresh, b0, beta0_in)
+            gamma0 = jnp.where(fresh, g0, gamma0_in)
+            return beta0, gamma0, (a.y - a.X @ beta0) * (a.w > 0), a.X.T, a.Z.T
+
+        beta0, gamma0, y_centred, Xt, Zt = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
+        centred = data._replace(y=y_centred)
+        if max(data.X.shape[2], data.Z.shape[2]) <= MAX_COLUMNS:
+            # the optimiser's derivatives in the column layout (every row sum a reduction over
+            # the last axis: about 10% less CPU per iteration than the matrix form under vmap)
+            final = refill_lanes(lambda x, c: columns_derivatives(x, c, reml),
+                                 DiagColumns(y_centred, Xt, Zt, data.v, data.w), gamma0, n_real, lanes,
+                                 max_iter, gtol)
+        else:
+            final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), centred, gamma0, n_real, lanes,
+                                 max_iter, gtol)
+
+        def finish(a, x, f, g, H, st, it):
+            out = _summary(_diag_post(a, x, f, g, H, st, it, reml))
+            # the boundary rule's candidate: the group's fit with sigma = 0
+            zero = zero_variance_fit(a, reml)
+            out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
+            return out
+
+        post = _by_blocks(finish, (centred, final["x"], final["f"], final["g"], final["H"], final["status"],
+                                   final["it"]), n_real, lanes)
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
-        # the boundary rule's candidate: every group's fit with sigma = 0
-        zero = jax.vmap(lambda a: zero_variance_fit(a, reml))(centred)
-        post["zero_f"] = zero["f"]
-        post["zero_beta"] = zero["beta"] + beta0
-        post["zero_var_beta"] = zero["var_beta"]
+        post["zero_beta"] = post["zero_beta"] + beta0
         return post
 
     return jax.jit(run)
