@@ -399,11 +399,14 @@ def pool_program(reml: bool, lanes: int):
             fresh = jnp.isnan(gamma0_in[0])
             beta0 = jnp.where(fresh, b0, beta0_in)
             gamma0 = jnp.where(fresh, g0, gamma0_in)
-            return beta0, gamma0, (a.y - a.X @ beta0) * (a.w > 0), a.X.T, a.Z.T
+            y_centred = (a.y - a.X @ beta0) * (a.w > 0)
+            return (beta0, gamma0, y_centred) + ((a.X.T, a.Z.T) if by_columns else ())
 
-        beta0, gamma0, y_centred, Xt, Zt = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
+        by_columns = max(data.X.shape[2], data.Z.shape[2]) <= MAX_COLUMNS
+        beta0, gamma0, y_centred, *columns = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
         centred = data._replace(y=y_centred)
-        if max(data.X.shape[2], data.Z.shape[2]) <= MAX_COLUMNS:
+        if by_columns:
+            Xt, Zt = columns
             # the optimiser's derivatives in the column layout (every row sum a reduction over
             # the last axis: about 10% less CPU per iteration than the matrix form under vmap)
             final = refill_lanes(lambda x, c: columns_derivatives(x, c, reml),

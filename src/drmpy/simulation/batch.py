@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ..model import frames
-from ..model.design import (FixedDesign, _check_full_rank, _materialize_uncached, _response_values, formula_columns,
-                     require_scale_coefficients, response_columns)
+from ..model.design import (FixedDesign, _check_full_rank, _formulaic, _materialize_uncached, _response_values,
+                            formula_columns, require_scale_coefficients, response_columns, term_name)
 from ..engine.program import Control
 from ..errors import DataError, DrmError, FormulaError
 from ..model.formula import Formula
@@ -200,6 +200,27 @@ def _read_rows(formula: Formula, data: Any, by: str, full_v_error: str, extra_co
     return _RawRows(frame, context, codes, labels, v_all, reason)
 
 
+def _materialize_dpars(formula: Formula, sub: pd.DataFrame, context: Mapping[str, Any]) -> dict:
+    """The mu and sigma designs on ``sub`` as ``_materialize_uncached`` builds them, from one
+    formulaic call (variables the two formulas share are evaluated and encoded once); any
+    failure falls back to one call per formula, whose error names the formula."""
+    dpars = ("mu", "sigma")
+    try:
+        formulaic = _formulaic()
+        both = formulaic.model_matrix(formulaic.Formula({d: formulaic.Formula(formula.dpars[d]) for d in dpars}), sub,
+                                      na_action="ignore", context=dict(context))
+        out = {}
+        for d in dpars:
+            mm = both[d]
+            values = np.asarray(mm, dtype=np.float64)
+            if values.ndim == 1:
+                values = values[:, None]
+            out[d] = (values, tuple(term_name(str(c)) for c in mm.columns), mm.model_spec)
+        return out
+    except Exception:
+        return {d: _materialize_uncached(formula.dpars[d], sub, d, formula.text[d], context) for d in dpars}
+
+
 def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if formula.is_bivariate:
         raise FormulaError(
@@ -226,9 +247,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if len(sub) == 0:
         raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
     y = _response_values(sub, formula.response, context)
-    mats = {}
-    for dpar in ("mu", "sigma"):
-        mats[dpar] = _materialize_uncached(formula.dpars[dpar], sub, dpar, texts[dpar], context)
+    mats = _materialize_dpars(formula, sub, context)
     ok = np.isfinite(y)
     for m, _, _ in mats.values():
         ok &= np.all(np.isfinite(m), axis=1)
