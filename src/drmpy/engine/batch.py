@@ -281,8 +281,9 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
     problems; ``evaluate(x, a) -> (f, g, H)`` for one problem's arrays ``a``.  Each step
     advances every busy lane by one trust-region iteration (``jax.vmap`` of
     :func:`drmpy.engine.optimize.trust_region_step`); a lane whose problem has finished takes
-    the next problem of the pool at once.  Every problem's iterations are exactly those of
-    its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
+    the next problem of the pool at once; once every problem has been handed out and at most
+    ``lanes // DRAIN_FACTOR`` lanes are busy, those lanes continue in a program that much
+    narrower.  Every problem's iterations are exactly those of its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
     (rows beyond ``n_real`` are zeros).
     """
     from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
@@ -388,8 +389,11 @@ def pool_program(reml: bool, lanes: int):
     every busy lane by one trust-region iteration (``jax.vmap`` of
     :func:`drmpy.optimize.trust_region_step`); a lane whose group has finished takes the
     next group of the pool at once, so a slow group (a variance walking to its zero
-    boundary) occupies one lane instead of holding a whole chunk back.  Every group's
-    iterations are exactly those of its own :func:`newton_trust_region` run.
+    boundary) occupies one lane instead of holding a whole chunk back, and the last busy
+    lanes finish in a program a quarter as wide (:func:`refill_lanes`).  Every group's
+    iterations are exactly those of its own :func:`newton_trust_region` run.  Start values,
+    covariances and the sigma = 0 candidates are computed ``lanes`` groups at a time over the
+    first ``n_real`` groups only (:func:`_by_blocks`); padding groups get zeros.
     """
     from .diag_columns import MAX_COLUMNS, DiagColumns, columns_derivatives
 
