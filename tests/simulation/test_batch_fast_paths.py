@@ -1,6 +1,6 @@
 """fit_batch's shortcuts for the common layout (equal groups stacked in order of a numeric
 ``by``) equal its general code: Gram matrices, the rank screen, group codes, the designs from
-one formulaic call, sliced chunk arrays, and the narrower draining program of the pool."""
+one formulaic call and sliced chunk arrays (the pool's draining program: test_batch.py)."""
 
 from __future__ import annotations
 
@@ -103,30 +103,3 @@ def test_sorted_equal_groups_equal_shuffled_rows():
     np.testing.assert_allclose(fast.loc[good, "estimate"], slow.loc[good, "estimate"], rtol=1e-6, atol=1e-8)
     single = drm.fit(drm.Formula(*FORMULA), data=d[d["replicate"] == 3])
     np.testing.assert_allclose(fast.loc[fast["replicate"] == 3, "loglik"].iloc[0], single.loglik, rtol=1e-10)
-
-
-@pytest.mark.slow
-def test_draining_program_keeps_each_groups_iterations(monkeypatch):
-    """With the narrower draining program switched on for 8 lanes (2 after draining), every
-    group still runs exactly its own optimiser (its iterations and estimates)."""
-    from drmpy.engine import batch as eb
-
-    rng = np.random.default_rng(4)
-    M, N = 48, 12
-    v = rng.uniform(0.01, 0.1, (M, N))
-    tau = np.where(np.arange(M) % 3 == 0, 0.0, 0.3)  # a third at the zero boundary (slow)
-    y = 0.2 + rng.normal(size=(M, N)) * np.sqrt(v + tau[:, None] ** 2)
-    w = np.ones((M, N))
-    X = np.ones((M, N, 1))
-    a = eb.DiagArrays(y, X, np.ones((M, N, 1)), v, w)
-    nan = np.full((M, 1), np.nan)
-    monkeypatch.setattr(eb, "MIN_DRAIN_LANES", 2)
-    pooled = eb.pool_program.__wrapped__(False, 8)(a, nan, nan, M - 3, 200, 1e-8)
-    single = eb.diag_program(False)(a, nan, nan, 200, 1e-8)
-    assert np.ptp(np.asarray(single["iterations"])) > 5
-    for key in ("iterations", "status"):
-        np.testing.assert_array_equal(np.asarray(pooled[key])[: M - 3], np.asarray(single[key])[: M - 3])
-    for key in ("beta", "phi", "f"):
-        np.testing.assert_allclose(np.asarray(pooled[key])[: M - 3], np.asarray(single[key])[: M - 3],
-                                   rtol=1e-10, atol=1e-12)
-    assert (np.asarray(pooled["iterations"])[M - 3:] == 0).all()
