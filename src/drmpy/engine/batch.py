@@ -268,9 +268,11 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
-# lanes of the draining program: a quarter of the pool program's, when that is at least 16
+# lanes of the draining program: a quarter of the pool program's, when that is at least 128
+# (pools of 512 lanes or more: there the idle lanes of the tail cost most; the second copy of
+# the optimiser's step adds about 3 s of compiling, which smaller pools are spared)
 DRAIN_FACTOR = 4
-MIN_DRAIN_LANES = 16
+MIN_DRAIN_LANES = 128
 
 
 def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> dict:
