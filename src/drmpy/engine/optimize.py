@@ -95,17 +95,13 @@ def _trust_step(g, evals, evecs, radius):
     newton_ok = (evals[0] > 1e-12 * scale) & (norm_at(0.0) <= radius)
     lam_hi = lam_lo + jnp.linalg.norm(g) / radius + scale
 
-    def bisect(carry):
-        i, lo, hi, _ = carry
+    def bisect(_, bounds):
+        lo, hi = bounds
         mid = jnp.sqrt(lo * hi)
         too_long = norm_at(mid) > radius
-        new_lo, new_hi = jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
-        return i + 1, new_lo, new_hi, (new_lo != lo) | (new_hi != hi)
+        return jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
 
-    # at most 80 halvings (in log scale); a bracket that no longer moves never moves again,
-    # so stopping there gives the same lam, and a Newton step needs none
-    _, lo, hi, _ = jax.lax.while_loop(lambda c: (c[0] < 80) & c[3], bisect,
-                                      (jnp.asarray(0), lam_lo, lam_hi, ~newton_ok))
+    lo, hi = jax.lax.fori_loop(0, 80, bisect, (lam_lo, lam_hi))
     lam = jnp.where(newton_ok, 0.0, hi)
     d = -evecs @ (gt / (evals + lam))
     return d
