@@ -181,12 +181,12 @@ def test_chunking_does_not_change_results(batch_data, batch_ml):
     assert (small["message"] == batch_ml["message"]).all()
 
 
-def test_lane_refill_runs_each_group_as_its_own_optimiser():
-    """Pool program (lanes refilled as groups finish) == one while loop per group."""
-    from drmpy.engine.batch import pool_program, diag_program, DiagArrays
+def _pool_problems(M: int, N: int = 12):
+    """M random-effects meta-analyses of N rows as pool arrays (a third at the zero boundary,
+    every fifth padded after 9 rows) and NaN start values."""
+    from drmpy.engine.batch import DiagArrays
 
     rng = np.random.default_rng(4)
-    M, N = 40, 12
     v = rng.uniform(0.01, 0.1, (M, N))
     tau = np.where(np.arange(M) % 3 == 0, 0.0, 0.3)  # a third at the zero boundary (slow)
     y = 0.2 + rng.normal(size=(M, N)) * np.sqrt(v + tau[:, None] ** 2)
@@ -194,7 +194,15 @@ def test_lane_refill_runs_each_group_as_its_own_optimiser():
     w[::5, 9:] = 0.0  # some groups padded
     X = np.ones((M, N, 1)) * w[..., None]
     a = DiagArrays(y * w, X, np.ones((M, N, 1)), np.where(w > 0, v, 1.0), w)
-    nan = np.full((M, 1), np.nan)
+    return a, np.full((M, 1), np.nan)
+
+
+def test_lane_refill_runs_each_group_as_its_own_optimiser():
+    """Pool program (lanes refilled as groups finish) == one while loop per group."""
+    from drmpy.engine.batch import pool_program, diag_program
+
+    M = 40
+    a, nan = _pool_problems(M)
     pooled = pool_program(True, 4)(a, nan, nan, M, 200, 1e-8)
     fewer = pool_program(True, 4)(a, nan, nan, M - 7, 200, 1e-8)  # the last 7 are padding
     np.testing.assert_array_equal(np.asarray(fewer["iterations"])[: M - 7], np.asarray(pooled["iterations"])[: M - 7])
@@ -205,6 +213,26 @@ def test_lane_refill_runs_each_group_as_its_own_optimiser():
         np.testing.assert_array_equal(np.asarray(pooled[key]), np.asarray(single[key]))
     for key in ("beta", "phi", "f", "var"):
         np.testing.assert_allclose(np.asarray(pooled[key]), np.asarray(single[key]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_draining_program_keeps_each_groups_iterations(monkeypatch):
+    """With the narrower draining program switched on for 8 lanes (2 after draining), every
+    group still runs exactly its own optimiser (its iterations and estimates)."""
+    from drmpy.engine import batch as eb
+
+    M = 48
+    a, nan = _pool_problems(M)
+    monkeypatch.setattr(eb, "MIN_DRAIN_LANES", 2)
+    pooled = eb.pool_program.__wrapped__(False, 8)(a, nan, nan, M - 3, 200, 1e-8)  # the last 3 are padding
+    single = eb.diag_program(False)(a, nan, nan, 200, 1e-8)
+    assert np.ptp(np.asarray(single["iterations"])) > 5
+    for key in ("iterations", "status"):
+        np.testing.assert_array_equal(np.asarray(pooled[key])[: M - 3], np.asarray(single[key])[: M - 3])
+    for key in ("beta", "phi", "f"):
+        np.testing.assert_allclose(np.asarray(pooled[key])[: M - 3], np.asarray(single[key])[: M - 3],
+                                   rtol=1e-10, atol=1e-12)
+    assert (np.asarray(pooled["iterations"])[M - 3:] == 0).all()
 
 
 def test_iteration_limit_reported(batch_data):

@@ -268,6 +268,13 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(pick, new, old)
 
 
+# lanes of the draining program: a quarter of the pool program's, when that is at least 128
+# (pools of 512 lanes or more: there the idle lanes of the tail cost most; the second copy of
+# the optimiser's step adds about 3 s of compiling, which smaller pools are spared)
+DRAIN_FACTOR = 4
+MIN_DRAIN_LANES = 128
+
+
 def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> dict:
     """:func:`~drmpy.engine.optimize.newton_trust_region` for the first ``n_real`` problems of a
     pool, ``lanes`` of them side by side (inside a traced program).
@@ -276,8 +283,9 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
     problems; ``evaluate(x, a) -> (f, g, H)`` for one problem's arrays ``a``.  Each step
     advances every busy lane by one trust-region iteration (``jax.vmap`` of
     :func:`drmpy.engine.optimize.trust_region_step`); a lane whose problem has finished takes
-    the next problem of the pool at once.  Every problem's iterations are exactly those of
-    its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
+    the next problem of the pool at once; once every problem has been handed out and at most
+    ``lanes // DRAIN_FACTOR`` lanes are busy, those lanes continue in a program that much
+    narrower.  Every problem's iterations are exactly those of its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
     (rows beyond ``n_real`` are zeros).
     """
     from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
@@ -300,10 +308,7 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
                   it=jnp.zeros(M + 1, jnp.int64))
     prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
 
-    def cond(carry):
-        return jnp.any(carry[1] < M)
-
-    def body(carry):
+    def body(carry, refill_on: bool):
         state, prob, nxt, lane, final = carry
         busy = prob < M
         state = _select(busy, step(state, lane), state)
@@ -314,6 +319,8 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
                      g=final["g"].at[slot].set(out.grad), H=final["H"].at[slot].set(out.hess),
                      status=final["status"].at[slot].set(out.status),
                      it=final["it"].at[slot].set(out.iterations))
+        if not refill_on:  # every problem has been handed out: a finished lane goes idle
+            return state, jnp.where(done, M, prob), nxt, lane, final
         want = nxt + jnp.cumsum(done) - 1
         prob = jnp.where(done, jnp.where(want < n_real, want, M), prob)
         nxt = nxt + jnp.sum(done)
@@ -326,10 +333,52 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
         state, lane = jax.lax.cond(jnp.any(done), refill, lambda args: args, (state, lane))
         return state, prob, nxt, lane, final
 
+    # Draining: once every problem has been handed out and at most a quarter of the lanes
+    # are busy, the busy lanes move to a program a quarter as wide (each lane's arithmetic
+    # is unchanged, so are its iterations), which spares the idle lanes' work while the
+    # slowest problems finish.
+    narrow = L // DRAIN_FACTOR if L // DRAIN_FACTOR >= MIN_DRAIN_LANES else 0
+
+    def cond(carry):
+        busy = carry[1] < M
+        go = jnp.any(busy)
+        if narrow:
+            go = go & ~((carry[2] >= n_real) & (jnp.sum(busy) <= narrow))
+        return go
+
     first = jnp.minimum(jnp.arange(L), M - 1)
     carry = (init(x0[first]), prob0, jnp.asarray(L), take(first), final0)
-    final = jax.lax.while_loop(cond, body, carry)[4]
+    carry = jax.lax.while_loop(cond, lambda c: body(c, True), carry)
+    if narrow:
+        state, prob, nxt, lane, final = carry
+        keep = jnp.argsort(prob >= M, stable=True)[:narrow]  # the busy lanes first
+        carry = (jax.tree_util.tree_map(lambda x: x[keep], state), prob[keep], nxt,
+                 jax.tree_util.tree_map(lambda x: x[keep], lane), final)
+        carry = jax.lax.while_loop(lambda c: jnp.any(c[1] < M), lambda c: body(c, False), carry)
+    final = carry[4]
     return {key: val[:M] for key, val in final.items()}
+
+
+def _by_blocks(fn, args, n_real, block: int):
+    """``jax.vmap(fn)(*args)`` over the first ``n_real`` rows of ``args`` (pytrees whose leaves
+    have a leading axis that is a multiple of ``block``), ``block`` rows at a time; rows of
+    blocks past ``n_real`` are zeros.  Padding groups cost nothing, and each block's arrays
+    stay in cache while ``fn`` reads them several times."""
+    M = jax.tree_util.tree_leaves(args)[0].shape[0]
+    vfn = jax.vmap(fn)
+
+    def rows(tree, start):
+        return jax.tree_util.tree_map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, block, 0), tree)
+
+    shapes = jax.eval_shape(vfn, *rows(args, 0))
+    out0 = jax.tree_util.tree_map(lambda s: jnp.zeros((M,) + s.shape[1:], s.dtype), shapes)
+
+    def body(b, out):
+        start = b * block
+        part = vfn(*rows(args, start))
+        return jax.tree_util.tree_map(lambda o, x: jax.lax.dynamic_update_slice_in_dim(o, x, start, 0), out, part)
+
+    return jax.lax.fori_loop(0, (n_real + block - 1) // block, body, out0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -342,27 +391,49 @@ def pool_program(reml: bool, lanes: int):
     every busy lane by one trust-region iteration (``jax.vmap`` of
     :func:`drmpy.optimize.trust_region_step`); a lane whose group has finished takes the
     next group of the pool at once, so a slow group (a variance walking to its zero
-    boundary) occupies one lane instead of holding a whole chunk back.  Every group's
-    iterations are exactly those of its own :func:`newton_trust_region` run.
+    boundary) occupies one lane instead of holding a whole chunk back, and the last busy
+    lanes finish in a program a quarter as wide (:func:`refill_lanes`).  Every group's
+    iterations are exactly those of its own :func:`newton_trust_region` run.  Start values,
+    covariances and the sigma = 0 candidates are computed ``lanes`` groups at a time over the
+    first ``n_real`` groups only (:func:`_by_blocks`); padding groups get zeros.
     """
-    def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
-        b0, g0 = jax.vmap(start_values)(data)
-        fresh = jnp.isnan(gamma0_in[:, 0])
-        beta0 = jnp.where(fresh[:, None], b0, beta0_in)
-        gamma0 = jnp.where(fresh[:, None], g0, gamma0_in)
-        centred = data._replace(y=(data.y - jnp.einsum("mnp,mp->mn", data.X, beta0)) * (data.w > 0))
+    from .diag_columns import MAX_COLUMNS, DiagColumns, columns_derivatives
 
-        final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), centred, gamma0, n_real, lanes,
-                             max_iter, gtol)
-        post = jax.vmap(lambda a, x, f, g, H, st, it: _summary(_diag_post(a, x, f, g, H, st, it, reml)))(
-            centred, final["x"], final["f"], final["g"], final["H"], final["status"], final["it"])
+    def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
+        def prepare(a, gamma0_in, beta0_in):
+            b0, g0 = start_values(a)
+            fresh = jnp.isnan(gamma0_in[0])
+            beta0 = jnp.where(fresh, b0, beta0_in)
+            gamma0 = jnp.where(fresh, g0, gamma0_in)
+            y_centred = (a.y - a.X @ beta0) * (a.w > 0)
+            return (beta0, gamma0, y_centred) + ((a.X.T, a.Z.T) if by_columns else ())
+
+        by_columns = max(data.X.shape[2], data.Z.shape[2]) <= MAX_COLUMNS
+        beta0, gamma0, y_centred, *columns = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
+        centred = data._replace(y=y_centred)
+        if by_columns:
+            Xt, Zt = columns
+            # the optimiser's derivatives in the column layout (every row sum a reduction over
+            # the last axis: about 10% less CPU per iteration than the matrix form under vmap)
+            final = refill_lanes(lambda x, c: columns_derivatives(x, c, reml),
+                                 DiagColumns(y_centred, Xt, Zt, data.v, data.w), gamma0, n_real, lanes,
+                                 max_iter, gtol)
+        else:
+            final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), centred, gamma0, n_real, lanes,
+                                 max_iter, gtol)
+
+        def finish(a, x, f, g, H, st, it):
+            out = _summary(_diag_post(a, x, f, g, H, st, it, reml))
+            # the boundary rule's candidate: the group's fit with sigma = 0
+            zero = zero_variance_fit(a, reml)
+            out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
+            return out
+
+        post = _by_blocks(finish, (centred, final["x"], final["f"], final["g"], final["H"], final["status"],
+                                   final["it"]), n_real, lanes)
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
-        # the boundary rule's candidate: every group's fit with sigma = 0
-        zero = jax.vmap(lambda a: zero_variance_fit(a, reml))(centred)
-        post["zero_f"] = zero["f"]
-        post["zero_beta"] = zero["beta"] + beta0
-        post["zero_var_beta"] = zero["var_beta"]
+        post["zero_beta"] = post["zero_beta"] + beta0
         return post
 
     return jax.jit(run)

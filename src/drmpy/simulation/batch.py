@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ..model import frames
-from ..model.design import (FixedDesign, _check_full_rank, _materialize_uncached, _response_values, formula_columns,
-                     require_scale_coefficients, response_columns)
+from ..model.design import (FixedDesign, _check_full_rank, _formulaic, _materialize_uncached, _response_values,
+                            formula_columns, require_scale_coefficients, response_columns, term_name)
 from ..engine.program import Control
 from ..errors import DataError, DrmError, FormulaError
 from ..model.formula import Formula
@@ -74,6 +74,20 @@ class _Groups:
             out[nonempty] = np.add.reduceat(flat, self.offsets[:-1][nonempty], axis=0)
         return out.reshape((G,) + values.shape[1:])
 
+    def gram(self, M: np.ndarray) -> np.ndarray:
+        """Per-group M'M (G, m, m): one batched product when every group has the same rows
+        (rows sorted by group: a reshaped view), else one segment sum per entry."""
+        G, m = len(self.sizes), M.shape[1]
+        s = int(self.sizes[0]) if G else 0
+        if G and s > 0 and len(M) == G * s and bool(np.all(self.sizes == s)):
+            Mg = M.reshape(G, s, m)
+            return np.matmul(Mg.transpose(0, 2, 1), Mg)
+        out = np.empty((G, m, m))
+        for i in range(m):
+            for j in range(i, m):
+                out[:, i, j] = out[:, j, i] = self.group_sums(M[:, i] * M[:, j])
+        return out
+
     def cross(self, A: np.ndarray, B: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
         """Per-group sum of w_i a_i b_i' (G, a, b)."""
         if w is None:
@@ -104,8 +118,17 @@ def _rank_deficient(gram: np.ndarray, ok: np.ndarray) -> np.ndarray:
     if m == 1:
         flag[idx] = gram[idx, 0, 0] <= 0
         return flag
-    ev = np.linalg.eigvalsh(gram[idx])
-    flag[idx] = ev[:, 0] <= 1e-9 * np.maximum(ev[:, -1], np.finfo(float).tiny)
+    # cheap exclusion first: lambda_min / lambda_max >= det / trace^m for a positive
+    # semi-definite matrix, so a determinant well above 1e-9 trace^m clears the group
+    # (margin 4 for the determinant's rounding); eigenvalues decide the rest
+    sub = gram[idx]
+    trace = np.trace(sub, axis1=1, axis2=2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        clear = np.linalg.det(sub) > 4e-9 * trace**m
+    idx = idx[~clear]
+    if idx.size:
+        ev = np.linalg.eigvalsh(gram[idx])
+        flag[idx] = ev[:, 0] <= 1e-9 * np.maximum(ev[:, -1], np.finfo(float).tiny)
     return flag
 
 
@@ -118,6 +141,16 @@ def _by_codes(frame: pd.DataFrame, by: str) -> tuple[np.ndarray, Any]:
             f"by: column `{by}` has {int(missing.sum())} missing value(s) (first at row {first!r}); "
             "every row must belong to a group: fill or drop them first."
         )
+    if col.dtype.kind in "iuf" and len(col):
+        # a numeric column already sorted (data sets stacked one after another, the usual
+        # layout of simulated replicates): the codes are a running count of value changes,
+        # the same as pd.factorize(sort=True) without hashing every row
+        values = col.to_numpy()
+        change = values[1:] != values[:-1]
+        if not np.any(values[1:] < values[:-1]):
+            codes = np.concatenate([[0], np.cumsum(change)]).astype(np.int64)
+            starts = np.concatenate([[0], np.flatnonzero(change) + 1])
+            return codes, pd.Index(values[starts], dtype=col.dtype)
     try:
         codes, uniques = pd.factorize(col, sort=True)
     except TypeError:  # unorderable mixture of types: order of first appearance
@@ -177,6 +210,27 @@ def _read_rows(formula: Formula, data: Any, by: str, full_v_error: str, extra_co
     return _RawRows(frame, context, codes, labels, v_all, reason)
 
 
+def _materialize_dpars(formula: Formula, sub: pd.DataFrame, context: Mapping[str, Any]) -> dict:
+    """The mu and sigma designs on ``sub`` as ``_materialize_uncached`` builds them, from one
+    formulaic call (variables the two formulas share are evaluated and encoded once); any
+    failure falls back to one call per formula, whose error names the formula."""
+    dpars = ("mu", "sigma")
+    try:
+        formulaic = _formulaic()
+        both = formulaic.model_matrix(formulaic.Formula({d: formulaic.Formula(formula.dpars[d]) for d in dpars}), sub,
+                                      na_action="ignore", context=dict(context))
+        out = {}
+        for d in dpars:
+            mm = both[d]
+            values = np.asarray(mm, dtype=np.float64)
+            if values.ndim == 1:
+                values = values[:, None]
+            out[d] = (values, tuple(term_name(str(c)) for c in mm.columns), mm.model_spec)
+        return out
+    except Exception:
+        return {d: _materialize_uncached(formula.dpars[d], sub, d, formula.text[d], context) for d in dpars}
+
+
 def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if formula.is_bivariate:
         raise FormulaError(
@@ -203,9 +257,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if len(sub) == 0:
         raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
     y = _response_values(sub, formula.response, context)
-    mats = {}
-    for dpar in ("mu", "sigma"):
-        mats[dpar] = _materialize_uncached(formula.dpars[dpar], sub, dpar, texts[dpar], context)
+    mats = _materialize_dpars(formula, sub, context)
     ok = np.isfinite(y)
     for m, _, _ in mats.values():
         ok &= np.all(np.isfinite(m), axis=1)
@@ -274,7 +326,7 @@ def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarr
                                 f"{label!r} has {vv[i]:g} ({int((vv < 0).sum())} negative in all)")
         ok &= ~neg
     for dpar, M, terms in (("mu", gr.X, gr.names[: gr.p]), ("sigma", gr.Z, gr.names[gr.p:])):
-        suspect = _rank_deficient(gr.cross(M, M), ok)
+        suspect = _rank_deficient(gr.gram(M), ok)
         for g in np.flatnonzero(suspect):
             rows = slice(gr.offsets[g], gr.offsets[g + 1])
             design = FixedDesign(dpar, tuple(t.split(":", 1)[1] for t in terms), M[rows], None)
@@ -380,6 +432,18 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
     L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
     n = len(gs)
+    start = int(gr.offsets[gs[0]])
+    if bool(np.all(gr.sizes[gs] == N)) and bool(np.all(gr.offsets[gs] == start + N * np.arange(n))):
+        # consecutive groups that fill their rows (the common case): slices, no gather
+        out = []
+        for src, fill in ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0)):
+            arr = np.empty((L, N) + src.shape[1:])
+            arr[:n] = src[start:start + n * N].reshape((n, N) + src.shape[1:])
+            arr[n:] = fill
+            out.append(arr)
+        w = np.zeros((L, N))
+        w[:n] = 1.0
+        return tuple(out) + (w,)
     col = np.arange(N)
     mask = col[None, :] < gr.sizes[gs][:, None]
     idx = gr.offsets[gs][:, None] + col[None, :]
