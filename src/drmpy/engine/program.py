@@ -164,6 +164,20 @@ def padded_levels(n_levels: int) -> int:
     return _padded_size(n_levels) if n_levels > 16 else n_levels
 
 
+# a single fit's rows are padded to 64 or 128 up to 128 rows: a pass over so few rows costs
+# microseconds, compiling another shape about a second
+SMALL_FIT_ROWS = (64, 128)
+
+
+def padded_rows(n: int) -> int:
+    """Rows of a single fit after padding: 64 or 128 for small data (one compile serves every
+    data set of up to 128 rows of a model), else :func:`_padded_size`."""
+    for size in SMALL_FIT_ROWS:
+        if n <= size:
+            return size
+    return _padded_size(n)
+
+
 def _padded_size(n: int) -> int:
     """Row count padded up a geometric ladder (ratio 2^(1/4)) so nearby sizes share a compile."""
     if n <= 16:
@@ -274,7 +288,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
     y = design.y - X @ beta0
     w = design.weights if design.weights is not None else np.ones(n)
     kv = design.known_v
-    N = _padded_size(n)
+    N = padded_rows(n)
     pad = N - n
 
     def padrows(a, fill=0.0):
