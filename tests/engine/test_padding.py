@@ -5,13 +5,13 @@ import pytest
 
 import drmpy as drm
 from drmpy.engine import program
-from drmpy.engine.program import _padded_size, padded_rows
+from drmpy.engine.program import _padded_size, single_fit_rows
 
 
 def test_padded_rows_ladder():
-    assert [padded_rows(n) for n in (1, 16, 64, 65, 128)] == [64, 64, 64, 128, 128]
+    assert [single_fit_rows(n) for n in (1, 16, 64, 65, 128)] == [64, 64, 64, 128, 128]
     for n in (129, 200, 1000, 12345):
-        assert padded_rows(n) == _padded_size(n) >= n
+        assert single_fit_rows(n) == _padded_size(n) >= n
 
 
 def test_small_data_sets_share_one_program():

@@ -169,7 +169,7 @@ def padded_levels(n_levels: int) -> int:
 SMALL_FIT_ROWS = (64, 128)
 
 
-def padded_rows(n: int) -> int:
+def single_fit_rows(n: int) -> int:
     """Rows of a single fit after padding: 64 or 128 for small data (one compile serves every
     data set of up to 128 rows of a model), else :func:`_padded_size`."""
     for size in SMALL_FIT_ROWS:
@@ -288,7 +288,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
     y = design.y - X @ beta0
     w = design.weights if design.weights is not None else np.ones(n)
     kv = design.known_v
-    N = padded_rows(n)
+    N = single_fit_rows(n)
     pad = N - n
 
     def padrows(a, fill=0.0):
