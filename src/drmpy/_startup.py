@@ -17,13 +17,16 @@ __all__ = ["long_lived_imports"]
 
 
 @contextlib.contextmanager
-def long_lived_imports():
-    """Pause the cyclic collector for the block, then freeze what exists (collector state restored)."""
+def long_lived_imports(freeze: bool = True):
+    """Pause the cyclic collector for the block, then (``freeze``) freeze what exists
+    (collector state restored).  Freeze only at ``import drmpy``: later, the objects alive
+    include the user's, which the collector would then never free from reference cycles."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-        gc.freeze()
+        if freeze:
+            gc.freeze()
     finally:
         if was_enabled:
             gc.enable()

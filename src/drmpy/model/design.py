@@ -129,14 +129,15 @@ def _required_variables(rhs: str, dpar: str, text: str) -> frozenset[str]:
 
 def _formulaic():
     """The formulaic module; its first import (with scipy.sparse and narwhals, some 0.4 s)
-    runs with the cyclic collector paused (:func:`drmpy._startup.long_lived_imports`)."""
+    runs with the cyclic collector paused (:func:`drmpy._startup.long_lived_imports`), not
+    frozen: it happens at the first fit, when the user's objects exist too."""
     import sys
 
     module = sys.modules.get("formulaic")
     if module is None:
         from .._startup import long_lived_imports
 
-        with long_lived_imports():
+        with long_lived_imports(freeze=False):
             import formulaic as module
     return module
 
