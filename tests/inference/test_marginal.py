@@ -57,7 +57,7 @@ def test_location_scale_gls_estimate_is_the_fitted_mu():
 
 
 @pytest.mark.parametrize("case_name,weighted", [
-    (None, True),                              # location-scale, diagonal S: numpy
+    (None, True),                              # location-scale, diagonal S: the closed form's A
     ("konstantopoulos_3level_ml", False),      # random effects: the fit program's own A
 ])
 def test_gls_information_without_compiling_equals_dense(case_name, weighted):
@@ -70,7 +70,7 @@ def test_gls_information_without_compiling_equals_dense(case_name, weighted):
         formula = drm.Formula(*case["formulas"])
     w = np.linspace(0.5, 2.0, len(data)) if weighted else None
     fit = drm.fit(formula, data=data, weights=w)
-    assert fit._raw.information is not None or fit._raw.structure.kind == "diag"
+    assert fit._raw.information is not None
     X = fit.design.fixed["mu"].matrix
     S = marginal_covariance(fit) if not weighted else np.diag(fit.design.known_v.diag + fit.sigma().to_numpy() ** 2)
     W = np.diag(w) if weighted else np.eye(len(X))
@@ -84,12 +84,16 @@ def test_gls_information_without_compiling_equals_dense(case_name, weighted):
     np.testing.assert_allclose(gls(fit).information, np.asarray(M)[:struct.p, :struct.p], rtol=1e-9)
 
 
-def test_closed_form_diagonal_program_returns_information():
+@pytest.mark.parametrize("mu", [
+    "yi ~ habitat + meta_V(V = vi)",                                   # column layout (p <= 6)
+    "yi ~ habitat * (duration + I(duration**2) + I(duration**3)) + meta_V(V = vi)",  # matrix form (p = 8)
+])
+def test_closed_form_diagonal_program_returns_information(mu):
     """The closed-form diagonal program (location-scale, diagonal V) returns X' W S^-1 X
     itself, at its optimum: equal to the weighted cross product in numpy."""
     data = drm.datasets.restoration()
     w = np.linspace(0.5, 2.0, len(data))
-    fit = drm.fit(drm.Formula("yi ~ habitat + meta_V(V = vi)", "sigma ~ habitat"), data=data, weights=w)
+    fit = drm.fit(drm.Formula(mu, "sigma ~ habitat"), data=data, weights=w)
     assert fit._raw.structure.kind == "diag" and fit._raw.information is not None
     X = fit.design.fixed["mu"].matrix
     s = fit.design.known_v.diag + fit.sigma().to_numpy() ** 2

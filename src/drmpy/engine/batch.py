@@ -57,7 +57,7 @@ from .optimize import CONVERGED, SolverOutput, newton_trust_region
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
-           "diag_derivatives", "derivative_row_terms", "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
+           "diag_derivatives", "derivative_row_terms", "location_covariance", "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -145,22 +145,32 @@ def diag_derivatives(gamma, a: DiagArrays, reml: bool):
     return f, g, H
 
 
-def _diag_post(a: DiagArrays, gamma, f, grad_phi, H_phi, status, iterations, reml: bool) -> dict:
-    """Location estimate and covariance of one finished fit (engine's conventions)."""
-    t, s, u, A, b, logdet_A, A_inv, beta, r = _pieces(gamma, a, reml)
-    u1 = -u * (2.0 * t / s)
-    T = a.X.T @ ((u1 * r)[:, None] * a.Z)
-    p = a.X.shape[1]
-    # Covariance of (beta, gamma).  REML (drmTMB): [[A^-1 + J C J', J C], [C J', C]] with
-    # C = H_phi^-1 and J = d beta/d gamma = A^-1 T.  ML: the inverse of the joint Hessian
-    # [[A, -T], [-T', H_phi + T'A^-1 T]], whose Schur complement is H_phi, is the same matrix.
+def location_covariance(beta, A, b, A_inv, T, grad_phi, H_phi, reml: bool):
+    """(full gradient, covariance of (beta, gamma)) of a finished diagonal fit from its
+    location pieces at the estimate: ``A = X'S^-1X``, ``b = X'S^-1y``, ``A_inv``, ``beta``
+    and ``T = sum_i x_i (u'_i r_i z_i)'``.
+
+    REML (drmTMB): [[A^-1 + J C J', J C], [C J', C]] with C = H_phi^-1 and
+    J = d beta/d gamma = A^-1 T.  ML: the inverse of the joint Hessian
+    [[A, -T], [-T', H_phi + T'A^-1 T]], whose Schur complement is H_phi, is the same matrix.
+    """
     J = A_inv @ T
     C = sym_inverse(H_phi)
     cross = J @ C
     vcov = jnp.block([[A_inv + cross @ J.T, cross], [cross.T, C]])
-    score_beta = jnp.zeros(p) if reml else A @ beta - b
-    full_grad = jnp.concatenate([score_beta, grad_phi])
-    return dict(beta=beta, phi=gamma, f=f, grad=full_grad, vcov=vcov, status=status, iterations=iterations)
+    score_beta = jnp.zeros_like(beta) if reml else A @ beta - b
+    return jnp.concatenate([score_beta, grad_phi]), vcov
+
+
+def _diag_post(a: DiagArrays, gamma, f, grad_phi, H_phi, status, iterations, reml: bool) -> dict:
+    """Location estimate, covariance and ``information`` (X'S^-1X) of one finished fit
+    (engine's conventions)."""
+    t, s, u, A, b, logdet_A, A_inv, beta, r = _pieces(gamma, a, reml)
+    u1 = -u * (2.0 * t / s)
+    T = a.X.T @ ((u1 * r)[:, None] * a.Z)
+    full_grad, vcov = location_covariance(beta, A, b, A_inv, T, grad_phi, H_phi, reml)
+    return dict(beta=beta, phi=gamma, f=f, grad=full_grad, vcov=vcov, status=status, iterations=iterations,
+                information=A)
 
 
 def zero_variance_fit(a: DiagArrays, reml: bool) -> dict:

@@ -20,21 +20,17 @@ the closed form.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .batch import derivative_row_terms
-from .likelihood import _unrolled_cholesky_solve
-from .small_linalg import sym_inverse
+from .batch import LOG_2PI, _location, derivative_row_terms, location_covariance
 
-__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value", "columns_post",
+__all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value",
            "location_post", "loop_derivatives"]
 
-LOG_2PI = math.log(2.0 * math.pi)
 
 # the unrolled sums grow as p^2 k: beyond this many columns the matrix form is used
 MAX_COLUMNS = 6
@@ -122,8 +118,7 @@ def _pieces(gamma, c: DiagColumns):
     A = _symmetric(sums[:n_pairs], p)
     b = sums[n_pairs : n_pairs + p]
     sum_log_s = sums[-1]
-    logdet_A, sol = _unrolled_cholesky_solve(A, jnp.concatenate([jnp.eye(p, dtype=A.dtype), b[:, None]], axis=1))
-    A_inv, beta = sol[:, :p], sol[:, p]
+    logdet_A, A_inv, beta = _location(A, b)
     r = c.y - _combine(beta, X)
     return t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s
 
@@ -195,20 +190,8 @@ def loop_derivatives(c: DiagColumns, reml: bool, location: bool = False):
     return evaluate
 
 
-def columns_post(c: DiagColumns, gamma, grad_phi, H_phi, reml: bool):
-    """(beta, full gradient, covariance of (beta, gamma)) at the optimum
-    (= ``batch._diag_post``; drmTMB's REML convention)."""
-    t, s, u, A, b, logdet_A, A_inv, beta, r, _ = _pieces(gamma, c)
-    u1r = -u * (2.0 * t / s) * r
-    T = _row_sums([x * (z * u1r) for x in c.Xt for z in c.Zt]).reshape(len(c.Xt), len(c.Zt))
-    return location_post(Location(beta, A, b, A_inv, T), grad_phi, H_phi, reml)
-
-
 def location_post(loc: Location, grad_phi, H_phi, reml: bool):
-    """:func:`columns_post` from the location pieces at the optimum."""
-    J = loc.A_inv @ loc.T
-    C = sym_inverse(H_phi)
-    cross = J @ C
-    vcov = jnp.block([[loc.A_inv + cross @ J.T, cross], [cross.T, C]])
-    score_beta = jnp.zeros_like(loc.beta) if reml else loc.A @ loc.beta - loc.b
-    return loc.beta, jnp.concatenate([score_beta, grad_phi]), vcov
+    """(beta, full gradient, covariance of (beta, gamma)) at the optimum from the location
+    pieces of its last evaluation (:func:`drmpy.engine.batch.location_covariance`)."""
+    grad, vcov = location_covariance(loc.beta, loc.A, loc.b, loc.A_inv, loc.T, grad_phi, H_phi, reml)
+    return loc.beta, grad, vcov

@@ -86,12 +86,11 @@ class RawFit:
     evaluations: int
     structure: Structure
     sigma: np.ndarray  # fitted sigma_i per retained row
+    # X'S^-1X at the estimate (centred location coordinates), from the program's last step
+    information: np.ndarray
     # log-likelihood gained by moving from the optimiser's interior optimum to a better fit
     # with a variance component at zero (0 when the first optimum was the best)
     boundary_gain: float = 0.0
-    # X'S^-1X at the estimate (centred location coordinates), from the program's last step;
-    # None where the program does not return it (the closed-form diagonal structure)
-    information: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -570,9 +569,7 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
             min_eig = 1.0 / jnp.max(jnp.linalg.eigvalsh(out["vcov"]))
         result = dict(beta=out["beta"], phi=sol.x, f=sol.f, grad=out["grad"], vcov=out["vcov"], min_eig=min_eig,
                       status=sol.status, iterations=sol.iterations, evaluations=sol.evaluations,
-                      sigma=sigma)
-        if "information" in out:  # X'S^-1X (inference.marginal.gls)
-            result["information"] = out["information"]
+                      sigma=sigma, information=out["information"])  # X'S^-1X: inference.marginal.gls
         if boundary is not None:  # as in _program_fn: the objective at each zero-variance point
             masks, values = boundary
             result["boundary_f"] = jax.lax.map(value, jnp.where(masks > 0, values, sol.x[None, :]))
@@ -765,5 +762,5 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
         structure=struct,
         sigma=np.asarray(out["sigma"])[:n],
         boundary_gain=gain,
-        information=np.asarray(out["information"]) if "information" in out else None,
+        information=np.asarray(out["information"]),
     )

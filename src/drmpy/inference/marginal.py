@@ -129,24 +129,13 @@ def gls(fit) -> GLS:
 
 
 def _gls_information(fit) -> np.ndarray | None:
-    """``X'S^-1X`` without compiling anything where the fit already has it: the fit program's
-    own last step, or, for a diagonal S (no random effects, diagonal V), the weighted cross
-    product ``X' diag(w_i / (v_i + sigma_i^2)) X`` in numpy.  None otherwise (bivariate fits)."""
+    """``X'S^-1X`` without compiling anything: every single fit's program returns it from its
+    last step.  None for bivariate fits."""
     from ..results.bivariate import BivariateFit
 
     if isinstance(fit, BivariateFit):
         return None
-    raw = fit._raw
-    if raw.information is not None:
-        A = np.asarray(raw.information, dtype=np.float64)
-    elif raw.structure.kind == "diag":
-        design = fit.design
-        X = design.fixed["mu"].matrix
-        w = np.ones(len(X)) if design.weights is None else np.asarray(design.weights, dtype=np.float64)
-        s = design.known_v.diag + np.asarray(raw.sigma, dtype=np.float64) ** 2
-        A = (X * (w / s)[:, None]).T @ X
-    else:
-        return None
+    A = np.asarray(fit._raw.information, dtype=np.float64)
     return 0.5 * (A + A.T)
 
 
