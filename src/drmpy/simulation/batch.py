@@ -395,6 +395,15 @@ def _half_octave(n: int) -> int:
     return m
 
 
+def _pool_layout(n_members: int, lanes: int) -> tuple[int, int]:
+    """(groups per pool, slots per pool) for ``n_members`` groups of one shape: equal pools of
+    at most POOL_LANES * lanes groups, padded to lanes times 1, 2, 3, 4, 6, 8, 12, 16 (few
+    compiled shapes; a padding slot costs up to a third, not half, of the pool)."""
+    n_pools = math.ceil(n_members / (POOL_LANES * lanes))
+    per = math.ceil(n_members / n_pools)
+    return per, lanes * _half_octave(math.ceil(per / lanes))
+
+
 def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, width: int) -> list[_Chunk]:
     """Pools of groups sorted by size; each pool pads its groups to its bucket's rows."""
     if group_ids.size == 0:
@@ -416,12 +425,7 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
         lanes = int(chunk_size) if chunk_size is not None else auto_chunk_lanes(n_rows, width)
         if len(members) < lanes:
             lanes = min(lanes, _lanes_ladder(len(members)))
-        # equal pools (one compiled shape per bucket) of at most POOL_LANES * lanes groups,
-        # padded to lanes times 1, 2, 3, 4, 6, 8, 12, 16 (few shapes; the start values and
-        # covariances are computed for every slot, so padding costs up to a third, not half)
-        n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
-        per = math.ceil(len(members) / n_pools)
-        size = lanes * _half_octave(math.ceil(per / lanes))
+        per, size = _pool_layout(len(members), lanes)
         for start in range(0, len(members), per):
             chunks.append(_Chunk(members[start : start + per], n_rows, lanes, size))
     return chunks

@@ -13,7 +13,6 @@ computed here for all groups at once.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from ..engine.program import BOUNDARY_GAIN_MIN, BOUNDARY_SD_RATIO, BOUNDARY_STAR
 from ..errors import DataError, FormulaError, RandomEffectsError
 from ..model.design import _materialize_uncached, _response_values
 from ..model.formula import Formula
-from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, POOL_LANES, _check_groups, _Groups, _lanes_ladder, _read_rows,
+from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, _check_groups, _Groups, _lanes_ladder, _pool_layout, _read_rows,
                     _result_frame, _Runner, padded_rows)
 
 __all__ = ["fit_batch_random"]
@@ -295,11 +294,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
             N, L, M, lanes = (int(s) for s in shape)
             members = groups[np.all(shape_of == shape, axis=1)]
             struct = intercepts_structure(p, k, k_sd, L, method)
-            # equal pools of at most POOL_LANES * lanes groups, padded to lanes times a power
-            # of two (few compiled shapes; padding groups are never loaded into a lane)
-            n_pools = math.ceil(len(members) / (POOL_LANES * lanes))
-            per = math.ceil(len(members) / n_pools)
-            size = lanes * 2 ** int(math.ceil(math.log2(math.ceil(per / lanes))))
+            per, size = _pool_layout(len(members), lanes)  # as fit_batch's diagonal pools
             for s in range(0, len(members), per):
                 real = members[s:s + per]
                 gs = np.concatenate([real, np.repeat(real[-1:], size - len(real))])
