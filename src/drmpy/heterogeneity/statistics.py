@@ -223,13 +223,11 @@ def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray
     theta = fit._raw.theta if theta is None else np.asarray(theta, dtype=np.float64)
     # sigma ~ 0 (common effect): no row-level component at all, rather than a row of zeros
     out = {}
+    gamma, terms = _term_params(design, theta)
     if not design.common_effect:
-        p = design.fixed["mu"].matrix.shape[1]
-        Zs = design.fixed["sigma"].matrix
-        out["sigma"] = np.exp(2.0 * (Zs @ theta[p:p + Zs.shape[1]]))  # (n[, sets])
+        out["sigma"] = np.exp(2.0 * (design.fixed["sigma"].matrix @ gamma))  # (n[, sets])
     if not design.random:
         return out
-    _, terms = _term_params(design, theta)
     for rd, (alphas, _) in zip(design.random, terms):
         if rd.n_cor:
             raise DrmError(
