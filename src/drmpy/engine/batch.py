@@ -53,7 +53,8 @@ import numpy as np
 
 from .program import BOUNDARY_START
 from .likelihood import small_cholesky_solve
-from .optimize import CONVERGED, SolverOutput, newton_trust_region
+from .optimize import (CONVERGED, RUNNING, SolverOutput, newton_trust_region, trust_region_init,
+                       trust_region_output, trust_region_step)
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
@@ -298,7 +299,6 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
     narrower.  Every problem's iterations are exactly those of its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
     (rows beyond ``n_real`` are zeros).
     """
-    from .optimize import RUNNING, trust_region_init, trust_region_output, trust_region_step
 
     M = x0.shape[0]
     L = lanes

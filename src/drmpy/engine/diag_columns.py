@@ -11,7 +11,7 @@ location pieces (``A``, ``b``, ``sum w log s``), then, with ``beta`` and ``A^-1`
 gradient and Hessian sums.  At n = 1e6 a separate reduction per sum costs about 1.5 ms
 each, the variadic one about as much as two of them for a dozen sums; the matrix-product
 form (``(X * c).T @ Z``) is an XLA ``dot`` with a long contraction, slower still.  Used
-by :func:`drmpy.engine.program._program_fn` when ``p`` and ``k`` are small
+by :func:`drmpy.engine.program._diag_closed_form_fn` when ``p`` and ``k`` are small
 (:data:`MAX_COLUMNS`), and vmapped by the optimiser loop of
 :func:`drmpy.engine.batch.pool_program` (``fit_batch``, with ``(p, N)`` columns).  Not
 differentiable by JAX (the variadic reduction has no derivative rule): the derivatives are

@@ -555,14 +555,13 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
             beta, grad, vcov = dc.location_post(sol.aux, sol.grad, sol.hess, reml)
             out = dict(beta=beta, grad=grad, vcov=vcov, information=sol.aux.A)
             value = lambda ph: dc.columns_value(ph, c, reml)  # noqa: E731
-            sigma = jnp.exp(dc._combine(sol.x[: struct.k_sigma], c.Zt))
         else:
             a = DiagArrays(arrs.y, arrs.X, arrs.Z_sigma, arrs.v, arrs.w)
             sol = newton_trust_region(None, phi0, max_iter=max_iter, gtol=gtol,
                                       derivatives=lambda x: diag_derivatives(x, a, reml))
             out = _diag_post(a, sol.x, sol.f, sol.grad, sol.hess, sol.status, sol.iterations, reml)
             value = lambda ph: objective(ph, arrs, struct)  # noqa: E731
-            sigma = jnp.exp(arrs.Z_sigma @ sol.x[: struct.k_sigma])
+        sigma = jnp.exp(arrs.Z_sigma @ sol.x[: struct.k_sigma])
         if reml:
             min_eig = jnp.min(jnp.linalg.eigvalsh(sol.hess))
         else:  # the joint Hessian is the inverse of the covariance
