@@ -26,12 +26,16 @@ def _groups(sizes, m=3, seed=0):
 
 
 @pytest.mark.parametrize("sizes", [[7] * 9, [5, 0, 9, 3, 7], [4]])
-def test_gram_equals_per_group_products(sizes):
+def test_cross_products_equal_per_group_products(sizes):
     gr, M = _groups(sizes)
-    G = gr.gram(M)
+    B = M[:, :2] ** 2
+    w = np.abs(M[:, 0]) + 0.5
+    gram, cross, weighted = gr.cross(M), gr.cross(M, B), gr.cross(M, B, w)
     for g in range(len(sizes)):
-        rows = M[gr.offsets[g]:gr.offsets[g + 1]]
-        np.testing.assert_allclose(G[g], rows.T @ rows, rtol=1e-13, atol=1e-13)
+        sl = slice(gr.offsets[g], gr.offsets[g + 1])
+        np.testing.assert_allclose(gram[g], M[sl].T @ M[sl], rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(cross[g], M[sl].T @ B[sl], rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(weighted[g], (M[sl] * w[sl, None]).T @ B[sl], rtol=1e-13, atol=1e-13)
 
 
 def test_rank_screen_flags_what_eigenvalues_flag():

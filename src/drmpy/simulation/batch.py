@@ -74,27 +74,17 @@ class _Groups:
             out[nonempty] = np.add.reduceat(flat, self.offsets[:-1][nonempty], axis=0)
         return out.reshape((G,) + values.shape[1:])
 
-    def gram(self, M: np.ndarray) -> np.ndarray:
-        """Per-group M'M (G, m, m): one batched product when every group has the same rows
-        (rows sorted by group: a reshaped view), else one segment sum per entry."""
-        G, m = len(self.sizes), M.shape[1]
+    def cross(self, A: np.ndarray, B: np.ndarray | None = None, w: np.ndarray | None = None) -> np.ndarray:
+        """Per-group sum of w_i a_i b_i' (G, a, b); ``B`` defaults to ``A``, ``w`` to ones.
+        One batched product when every group has the same rows (rows sorted by group: a
+        reshaped view), else a segment sum of the row products."""
+        B = A if B is None else B
+        Aw = A if w is None else A * w[:, None]
+        G = len(self.sizes)
         s = int(self.sizes[0]) if G else 0
-        if G and s > 0 and len(M) == G * s and bool(np.all(self.sizes == s)):
-            Mg = M.reshape(G, s, m)
-            return np.matmul(Mg.transpose(0, 2, 1), Mg)
-        out = np.empty((G, m, m))
-        for i in range(m):
-            for j in range(i, m):
-                out[:, i, j] = out[:, j, i] = self.group_sums(M[:, i] * M[:, j])
-        return out
-
-    def cross(self, A: np.ndarray, B: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-        """Per-group sum of w_i a_i b_i' (G, a, b)."""
-        if w is None:
-            prod = np.einsum("ni,nj->nij", A, B)
-        else:
-            prod = np.einsum("ni,nj,n->nij", A, B, w)
-        return self.group_sums(prod)
+        if G and s > 0 and len(A) == G * s and bool(np.all(self.sizes == s)):
+            return np.matmul(Aw.reshape(G, s, -1).transpose(0, 2, 1), B.reshape(G, s, -1))
+        return self.group_sums(np.einsum("ni,nj->nij", Aw, B))
 
 
 def _column_lists(formula: Formula, all_columns: list[str], context: Mapping[str, Any]) -> tuple[list[str], str | None]:
@@ -326,7 +316,7 @@ def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarr
                                 f"{label!r} has {vv[i]:g} ({int((vv < 0).sum())} negative in all)")
         ok &= ~neg
     for dpar, M, terms in (("mu", gr.X, gr.names[: gr.p]), ("sigma", gr.Z, gr.names[gr.p:])):
-        suspect = _rank_deficient(gr.gram(M), ok)
+        suspect = _rank_deficient(gr.cross(M), ok)
         for g in np.flatnonzero(suspect):
             rows = slice(gr.offsets[g], gr.offsets[g + 1])
             design = FixedDesign(dpar, tuple(t.split(":", 1)[1] for t in terms), M[rows], None)
