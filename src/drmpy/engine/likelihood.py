@@ -268,13 +268,8 @@ def _spd_solve_terms(S, B):
     eye = jnp.broadcast_to(jnp.eye(S.shape[-1], dtype=S.dtype), S.shape)
     m = S.shape[-1]
     elementwise = _ELEMENTWISE.get()
-    if 0 < m <= UNROLL_MAX and (S.ndim == 3 or elementwise):
-        logdet, X = _unrolled_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
-        return logdet, X[..., :m], X[..., m:]
-    if (elementwise or S.ndim == 3) and m > 0:
-        from .small_linalg import loop_cholesky_solve
-
-        logdet, X = loop_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
+    if m > 0 and (S.ndim == 3 or elementwise):
+        logdet, X = small_cholesky_solve(S, jnp.concatenate([eye, B], axis=-1))
         return logdet, X[..., :m], X[..., m:]
     L = jnp.linalg.cholesky(S)
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
