@@ -97,13 +97,16 @@ def _trust_step(g, evals, evecs, radius):
     newton_ok = (evals[0] > 1e-12 * scale) & (norm_at(0.0) <= radius)
     lam_hi = lam_lo + jnp.linalg.norm(g) / radius + scale
 
-    def bisect(_, bounds):
-        lo, hi = bounds
+    def bisect(state):
+        i, lo, hi = state
         mid = jnp.sqrt(lo * hi)
         too_long = norm_at(mid) > radius
-        return jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
+        return i + 1, jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, 80, bisect, (lam_lo, lam_hi))
+    # 80 halvings of log(lam), run only when the Newton step is not taken (lam = 0 then): a
+    # loop that no problem needs costs nothing, also when many problems run side by side
+    # under vmap, where the loop runs while any of them needs it
+    _, lo, hi = jax.lax.while_loop(lambda st: (st[0] < 80) & ~newton_ok, bisect, (0, lam_lo, lam_hi))
     lam = jnp.where(newton_ok, 0.0, hi)
     d = -evecs @ (gt / (evals + lam))
     return d
