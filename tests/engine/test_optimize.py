@@ -45,6 +45,15 @@ def test_step_on_the_boundary_solves_the_shifted_system(k, definite):
     assert g @ d + 0.5 * d @ H @ d < 0
 
 
+def test_hard_case_takes_the_smallest_shift():
+    # g has no component along the negative eigenvalue's vector: no lam > 1 reaches the
+    # radius, so the step is the one at the smallest admissible shift
+    H = np.diag([-1.0, 2.0])
+    g = np.array([0.0, 1.0])
+    d = _step(g, H, 10.0)
+    np.testing.assert_allclose(d, [0.0, -1.0 / 3.0], rtol=1e-10)
+
+
 def test_steps_side_by_side_equal_steps_one_at_a_time():
     # under vmap the bisection runs while any problem needs it; problems that take the
     # Newton step must get exactly what they get alone
@@ -57,6 +66,11 @@ def test_steps_side_by_side_equal_steps_one_at_a_time():
     alone = np.stack([np.asarray(jax.jit(_trust_step)(jnp.asarray(g[i]), evals[i], evecs[i], jnp.asarray(radius[i])))
                       for i in range(16)])
     np.testing.assert_array_equal(together, alone)
+    # inactive problems (finished ones) that would need the bisection change nothing
+    active = np.arange(16) % 2 == 0
+    mixed = np.asarray(jax.jit(jax.vmap(_trust_step))(jnp.asarray(g), evals, evecs, jnp.asarray(radius),
+                                                      jnp.asarray(active)))
+    np.testing.assert_array_equal(mixed[active], alone[active])
 
 
 def test_minimises_rosenbrock_from_far():

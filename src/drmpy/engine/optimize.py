@@ -1,7 +1,7 @@
 """Exact-Hessian trust-region Newton minimiser, one ``lax.while_loop`` (runs inside ``jit``).
 
 The step solves ``(H + lam I) d = -g`` in H's eigenbasis with the smallest ``lam >= 0``
-that keeps ``||d|| <= radius`` (and makes ``H + lam I`` positive definite), so
+that keeps ``||d|| <= radius`` (to a relative ``SECULAR_RTOL``) and makes ``H + lam I`` positive definite, so
 indefinite Hessians and long flat directions are handled.  Acceptance uses the ratio
 of actual to predicted reduction (classical trust-region constants).
 
@@ -75,11 +75,22 @@ class _State(NamedTuple):
     aux: Any = ()  # the evaluation's extra output at x (a pytree), kept with f, g, H
 
 
-def _trust_step(g, evals, evecs, radius):
+# the shift lam of a constrained step is accepted when ||d(lam)|| is within this relative
+# distance of the radius (or no smaller lam exists: the "hard case")
+SECULAR_RTOL = 1e-12
+
+
+def _trust_step(g, evals, evecs, radius, active=True):
     """Minimiser of g'd + d'Hd/2 subject to ||d|| <= radius, from H's eigen-decomposition.
 
-    The smallest ``lam >= 0`` with ``||(H + lam I)^-1 g|| <= radius`` is found by bisection
-    (closed form for one parameter).
+    ``d(lam) = -(H + lam I)^-1 g`` with ``lam = 0`` when that Newton step fits, else the
+    ``lam >= max(0, -lambda_min)`` with ``||d(lam)|| = radius``: safeguarded Newton
+    iterations on ``1/||d(lam)|| - 1/radius`` (nearly linear in lam; Moré and Sorensen
+    1983), from the left end of a bracket, falling back to the geometric midpoint of the
+    bracket when an iterate leaves it; 2 to 3 iterations on average in the batch programs,
+    where 80 bisection halvings made this step cost more than the likelihood (closed form
+    for one parameter).  ``active=False`` (a problem whose step is not used) skips the
+    iterations; its result is then meaningless.
     """
     if g.shape[0] == 1:
         e, gg = evals[0], g[0]
@@ -95,21 +106,35 @@ def _trust_step(g, evals, evecs, radius):
         return jnp.linalg.norm(gt / (evals + lam))
 
     newton_ok = (evals[0] > 1e-12 * scale) & (norm_at(0.0) <= radius)
+    # ||d(lam_hi)|| <= ||g|| / (lam_hi - lam_lo) <= radius
     lam_hi = lam_lo + jnp.linalg.norm(g) / radius + scale
 
-    def bisect(state):
-        i, lo, hi = state
-        mid = jnp.sqrt(lo * hi)
-        too_long = norm_at(mid) > radius
-        return i + 1, jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
+    def solved(lam, n):
+        # at the radius, or at the smallest admissible shift and already inside
+        return (jnp.abs(n / radius - 1.0) <= SECULAR_RTOL) | ((n <= radius) & (lam <= lam_lo))
 
-    # 80 halvings of log(lam), run only when the Newton step is not taken (lam = 0 then): a
-    # loop that no problem needs costs nothing, also when many problems run side by side
-    # under vmap, where the loop runs while any of them needs it
-    _, lo, hi = jax.lax.while_loop(lambda st: (st[0] < 80) & ~newton_ok, bisect, (0, lam_lo, lam_hi))
-    lam = jnp.where(newton_ok, 0.0, hi)
-    d = -evecs @ (gt / (evals + lam))
-    return d
+    def running(st):
+        i, lam, lo, hi, n = st
+        # Under vmap the loop runs while any problem needs it, so problems whose step is
+        # not used (finished ones: a zero variance leaves H near singular) must not ask.
+        return (i < 100) & ~newton_ok & active & ~solved(lam, n)
+
+    def body(st):
+        i, lam, lo, hi, n = st
+        too_long = n > radius
+        lo = jnp.where(too_long, lam, lo)
+        hi = jnp.where(too_long, hi, lam)
+        q = gt / (evals + lam)
+        slope = jnp.sum(q * q / (evals + lam)) / n**3  # d/dlam of 1/||d(lam)||
+        lam_new = lam - (1.0 / n - 1.0 / radius) / slope
+        inside = jnp.isfinite(lam_new) & (lam_new > lo) & (lam_new < hi)
+        lam_new = jnp.where(inside, lam_new, jnp.sqrt(lo * hi))
+        return i + 1, lam_new, lo, hi, norm_at(lam_new)
+
+    _, lam, _, hi, n = jax.lax.while_loop(running, body, (0, lam_lo, lam_lo, lam_hi, norm_at(lam_lo)))
+    # out of iterations (never seen): the bracket's right end keeps the step inside the radius
+    lam = jnp.where(newton_ok, 0.0, jnp.where(solved(lam, n), lam, hi))
+    return -evecs @ (gt / (evals + lam))
 
 
 def trust_region_init(x0: jax.Array, radius0: float = 1.0, aux: Any = ()) -> _State:
@@ -137,7 +162,7 @@ def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: fl
     RUNNING is finished.
     """
     first = s.it < 0
-    d = jnp.where(first, 0.0, _trust_step(s.g, s.evals, s.evecs, s.radius))
+    d = jnp.where(first, 0.0, _trust_step(s.g, s.evals, s.evecs, s.radius, active=~first & (s.status == RUNNING)))
     predicted = s.g @ d + 0.5 * d @ s.H @ d
     x_new = s.x + d
     evaluated = evaluate(x_new)
