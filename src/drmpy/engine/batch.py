@@ -407,40 +407,58 @@ def pool_program(reml: bool, lanes: int):
     covariances and the sigma = 0 candidates are computed ``lanes`` groups at a time over the
     first ``n_real`` groups only (:func:`_by_blocks`); padding groups get zeros.
     """
-    from .diag_columns import MAX_COLUMNS, DiagColumns, columns_derivatives
+    from . import diag_columns as dc
+
+    def prepare(a, gamma0_in, beta0_in):
+        b0, g0 = start_values(a)
+        fresh = jnp.isnan(gamma0_in[0])
+        beta0 = jnp.where(fresh, b0, beta0_in)
+        gamma0 = jnp.where(fresh, g0, gamma0_in)
+        return beta0, gamma0, (a.y - a.X @ beta0) * (a.w > 0)
+
+    def finish(a, x, f, g, H, st, it):
+        out = _summary(_diag_post(a, x, f, g, H, st, it, reml))
+        # the boundary rule's candidate: the group's fit with sigma = 0
+        zero = zero_variance_fit(a, reml)
+        out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
+        return out
+
+    # the same three steps in the column layout (every row sum a reduction over the last
+    # axis): under vmap the matrix form's small products are batched XLA dots, which made
+    # start values and covariances cost as much as the optimiser
+    def prepare_columns(a, gamma0_in, beta0_in):
+        Xt, Zt = a.X.T, a.Z.T
+        b0, g0 = dc.columns_start_values(dc.DiagColumns(a.y, Xt, Zt, a.v, a.w))
+        fresh = jnp.isnan(gamma0_in[0])
+        beta0 = jnp.where(fresh, b0, beta0_in)
+        gamma0 = jnp.where(fresh, g0, gamma0_in)
+        return beta0, gamma0, (a.y - dc.row_combination(beta0, Xt)) * (a.w > 0), Xt, Zt
+
+    def finish_columns(c, x, f, g, H, st, it):
+        beta, grad, vcov = dc.location_post(dc.columns_location(x, c), g, H, reml)
+        out = _summary(dict(beta=beta, phi=x, f=f, grad=grad, vcov=vcov, status=st, iterations=it))
+        zero = dc.columns_zero_variance_fit(c, reml)
+        out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
+        return out
 
     def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
-        def prepare(a, gamma0_in, beta0_in):
-            b0, g0 = start_values(a)
-            fresh = jnp.isnan(gamma0_in[0])
-            beta0 = jnp.where(fresh, b0, beta0_in)
-            gamma0 = jnp.where(fresh, g0, gamma0_in)
-            y_centred = (a.y - a.X @ beta0) * (a.w > 0)
-            return (beta0, gamma0, y_centred) + ((a.X.T, a.Z.T) if by_columns else ())
-
-        by_columns = max(data.X.shape[2], data.Z.shape[2]) <= MAX_COLUMNS
-        beta0, gamma0, y_centred, *columns = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
-        centred = data._replace(y=y_centred)
-        if by_columns:
-            Xt, Zt = columns
-            # the optimiser's derivatives in the column layout (every row sum a reduction over
-            # the last axis: about 10% less CPU per iteration than the matrix form under vmap)
-            final = refill_lanes(lambda x, c: columns_derivatives(x, c, reml),
-                                 DiagColumns(y_centred, Xt, Zt, data.v, data.w), gamma0, n_real, lanes,
-                                 max_iter, gtol)
+        if max(data.X.shape[2], data.Z.shape[2]) <= dc.MAX_COLUMNS:
+            beta0, gamma0, y_centred, Xt, Zt = _by_blocks(prepare_columns, (data, gamma0_in, beta0_in), n_real,
+                                                          lanes)
+            problems = dc.DiagColumns(y_centred, Xt, Zt, data.v, data.w)
+            # the optimiser's derivatives in the column layout (about 10% less CPU per
+            # iteration than the matrix form under vmap)
+            final = refill_lanes(lambda x, c: dc.columns_derivatives(x, c, reml), problems, gamma0, n_real,
+                                 lanes, max_iter, gtol)
+            post_fn = finish_columns
         else:
-            final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), centred, gamma0, n_real, lanes,
+            beta0, gamma0, y_centred = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
+            problems = data._replace(y=y_centred)
+            final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), problems, gamma0, n_real, lanes,
                                  max_iter, gtol)
-
-        def finish(a, x, f, g, H, st, it):
-            out = _summary(_diag_post(a, x, f, g, H, st, it, reml))
-            # the boundary rule's candidate: the group's fit with sigma = 0
-            zero = zero_variance_fit(a, reml)
-            out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
-            return out
-
-        post = _by_blocks(finish, (centred, final["x"], final["f"], final["g"], final["H"], final["status"],
-                                   final["it"]), n_real, lanes)
+            post_fn = finish
+        post = _by_blocks(post_fn, (problems, final["x"], final["f"], final["g"], final["H"], final["status"],
+                                    final["it"]), n_real, lanes)
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
         post["zero_beta"] = post["zero_beta"] + beta0

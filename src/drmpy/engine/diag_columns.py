@@ -26,10 +26,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .batch import LOG_2PI, _location, derivative_row_terms, location_covariance
+from .batch import LOG_2PI, _location, _solve_small, derivative_row_terms, location_covariance
+from .program import BOUNDARY_START
 
 __all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value",
-           "location_post", "loop_derivatives"]
+           "location_post", "loop_derivatives", "columns_start_values", "columns_location",
+           "columns_zero_variance_fit", "row_combination"]
 
 
 # the unrolled sums grow as p^2 k: beyond this many columns the matrix form is used
@@ -82,7 +84,7 @@ def _symmetric(entries, m: int) -> jax.Array:
     return jnp.stack([jnp.stack([entries[pos[(min(a, b), max(a, b))]] for b in range(m)]) for a in range(m)])
 
 
-def _combine(coef, Ft):
+def row_combination(coef, Ft):
     """Row values ``F coef`` (sum over the short column axis, unrolled)."""
     out = coef[0] * Ft[0]
     for j in range(1, len(Ft)):
@@ -106,7 +108,7 @@ def _quad(M, Ft):
 def _pieces(gamma, c: DiagColumns):
     """Row values and location pieces at gamma, from one pass over the rows."""
     data = c.w > 0
-    t = jnp.where(data, jnp.exp(2.0 * _combine(gamma, c.Zt)), 0.0)
+    t = jnp.where(data, jnp.exp(2.0 * row_combination(gamma, c.Zt)), 0.0)
     s = jnp.where(data, c.v + t, 1.0)
     u = c.w / s
     X = c.Xt
@@ -119,7 +121,7 @@ def _pieces(gamma, c: DiagColumns):
     b = sums[n_pairs : n_pairs + p]
     sum_log_s = sums[-1]
     logdet_A, A_inv, beta = _location(A, b)
-    r = c.y - _combine(beta, X)
+    r = c.y - row_combination(beta, X)
     return t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s
 
 
@@ -195,3 +197,85 @@ def location_post(loc: Location, grad_phi, H_phi, reml: bool):
     pieces of its last evaluation (:func:`drmpy.engine.batch.location_covariance`)."""
     grad, vcov = location_covariance(loc.beta, loc.A, loc.b, loc.A_inv, loc.T, grad_phi, H_phi, reml)
     return loc.beta, grad, vcov
+
+
+def columns_location(gamma, c: DiagColumns) -> Location:
+    """The :class:`Location` pieces at gamma (two passes over the rows), for
+    :func:`location_post` after an optimiser that did not keep them."""
+    t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s = _pieces(gamma, c)
+    u1r = -u * (2.0 * t / s) * r
+    X, Z = c.Xt, c.Zt
+    T = _row_sums([X[a] * (Z[j] * u1r) for a in range(len(X)) for j in range(len(Z))]).reshape(len(X), len(Z))
+    return Location(beta, A, b, A_inv, T)
+
+
+def columns_zero_variance_fit(c: DiagColumns, reml: bool) -> dict:
+    """:func:`drmpy.engine.batch.zero_variance_fit` (the model with sigma = 0) in the column
+    layout: ``f``, ``beta`` and ``var_beta``."""
+    data = c.w > 0
+    positive = data & (c.v > 0)
+    u = jnp.where(positive, c.w / jnp.where(positive, c.v, 1.0), 0.0)
+    X = c.Xt
+    p = len(X)
+    uy = u * c.y
+    sums = _row_sums([u * X[a] * X[b] for a, b in _pairs(p)] + [uy * X[a] for a in range(p)]
+                     + [c.w, c.w * jnp.log(jnp.where(data, c.v, 1.0))])
+    n_pairs = p * (p + 1) // 2
+    logdet_A, A_inv, beta = _location(_symmetric(sums[:n_pairs], p), sums[n_pairs : n_pairs + p])
+    n, sum_log_v = sums[-2], sums[-1]
+    r = c.y - row_combination(beta, X)
+    base = sum_log_v + _row_sums([u * r * r])[0]
+    f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A) if reml else 0.5 * (n * LOG_2PI + base)
+    return dict(f=f, beta=beta, var_beta=jnp.diagonal(A_inv))
+
+
+def columns_start_values(c: DiagColumns):
+    """(beta0, gamma0) of :func:`drmpy.engine.batch.start_values` in the column layout
+    (``c.y`` the raw response): OLS for beta, DerSimonian-Laird tau^2 from the fit with
+    weights 1/v_i (every v_i > 0 and n > p; else the residual variance), floored as there;
+    sigma coefficients reproduce ``0.5 log tau^2`` by least squares.  Two passes over the
+    rows, where the matrix form's products are batched XLA dots (slow for these small
+    matrices under vmap)."""
+    X, Z, y, v, w = c.Xt, c.Zt, c.y, c.v, c.w
+    p, k = len(X), len(Z)
+    data = w > 0
+    positive = data & (v > 0)
+    wi = jnp.where(positive, w / jnp.where(positive, v, 1.0), 0.0)
+    wy, wiy, wi2 = w * y, wi * y, wi * wi
+    pp = _pairs(p)
+    terms = ([w * X[a] * X[b] for a, b in pp] + [wy * X[a] for a in range(p)]
+             + [wi * X[a] * X[b] for a, b in pp] + [wiy * X[a] for a in range(p)]
+             + [wi2 * X[a] * X[b] for a, b in pp]
+             + [w * Z[j] * Z[l] for j, l in _pairs(k)] + [w * Z[j] for j in range(k)]
+             + [w, w * v, wi, (data & (v <= 0)).astype(w.dtype)])
+    sums = _row_sums(terms)
+    n_pp, pos = len(pp), 0
+
+    def take(m):
+        nonlocal pos
+        out = sums[pos : pos + m]
+        pos += m
+        return out
+
+    XtWX, XtWy = _symmetric(take(n_pp), p), take(p)
+    XtWiX, XtWiy = _symmetric(take(n_pp), p), take(p)
+    XtWi2X = _symmetric(take(n_pp), p)
+    ZtWZ, ZtW1 = _symmetric(take(k * (k + 1) // 2), k), take(k)
+    n, sum_wv, sum_wi, nonpositive = take(4)
+    beta0 = _solve_small(XtWX, XtWy[:, None])[:, 0]
+    sol = _solve_small(XtWiX, jnp.concatenate([XtWiy[:, None], XtWi2X], axis=1))
+    bw = sol[:, 0]
+    r = (y - row_combination(beta0, X)) * data
+    rw = y - row_combination(bw, X)
+    sum_wr2, sum_wr, Q = _row_sums([w * r * r, w * r, wi * rw * rw])
+    denom = sum_wi - jnp.trace(sol[:, 1:])
+    safe = jnp.where(denom > 0, denom, 1.0)
+    tau2_dl = jnp.where(denom > 0, jnp.maximum(0.0, (Q - (n - p)) / safe), 0.0)
+    tau2_rss = sum_wr2 / jnp.maximum(n - p, 1.0)
+    tau2 = jnp.where((nonpositive == 0) & (n > p), tau2_dl, tau2_rss)
+    mean_v = sum_wv / n
+    var_r = sum_wr2 / n - (sum_wr / n) ** 2
+    scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
+    tau2_sigma = jnp.where(tau2 > 0, jnp.maximum(tau2, 1e-2 * scale2), BOUNDARY_START * scale2)
+    gamma0 = _solve_small(ZtWZ, ZtW1[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
+    return beta0, gamma0
