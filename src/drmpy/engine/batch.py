@@ -44,7 +44,6 @@ block is ``H_beta,gamma = -T``).
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -52,15 +51,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .program import BOUNDARY_START
-from .likelihood import small_cholesky_solve
+from .likelihood import gaussian_objective, small_cholesky_solve
 from .optimize import (CONVERGED, RUNNING, SolverOutput, newton_trust_region, trust_region_init,
                        trust_region_output, trust_region_step)
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
-           "diag_derivatives", "derivative_row_terms", "location_covariance", "start_values", "drop_rows", "deletion_program", "zero_variance_fit"]
+           "diag_derivatives", "derivative_row_terms", "location_covariance", "start_values", "start_variance", "drop_rows", "deletion_program", "zero_variance_fit"]
 
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 class DiagArrays(NamedTuple):
@@ -100,10 +98,7 @@ def diag_value(gamma, a: DiagArrays, reml: bool):
     t, s, u, A, b, logdet_A, A_inv, beta, r = _pieces(gamma, a, reml)
     p = a.X.shape[1]
     n = jnp.sum(a.w)
-    f = jnp.sum(a.w * jnp.log(s)) + jnp.sum(u * r * r)
-    if reml:
-        return 0.5 * ((n - p) * LOG_2PI + f + logdet_A)
-    return 0.5 * (n * LOG_2PI + f)
+    return gaussian_objective(n, p, jnp.sum(a.w * jnp.log(s)) + jnp.sum(u * r * r), logdet_A, reml)
 
 
 def derivative_row_terms(w, v, t, s, u, q):
@@ -126,13 +121,8 @@ def diag_derivatives(gamma, a: DiagArrays, reml: bool):
     n = jnp.sum(a.w)
     r2 = r * r
     base = jnp.sum(a.w * jnp.log(s)) + jnp.sum(u * r2)
-    if reml:
-        h = jnp.sum((a.X @ A_inv) * a.X, axis=1)
-        q = r2 + h
-        f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A)
-    else:
-        q = r2
-        f = 0.5 * (n * LOG_2PI + base)
+    q = r2 + jnp.sum((a.X @ A_inv) * a.X, axis=1) if reml else r2
+    f = gaussian_objective(n, p, base, logdet_A, reml)
     u1, e, d = derivative_row_terms(a.w, a.v, t, s, u, q)
     g = a.Z.T @ e
     T = a.X.T @ ((u1 * r)[:, None] * a.Z)  # (p, k)
@@ -186,8 +176,7 @@ def zero_variance_fit(a: DiagArrays, reml: bool) -> dict:
     p = a.X.shape[1]
     n = jnp.sum(a.w)
     base = jnp.sum(a.w * jnp.log(jnp.where(data, a.v, 1.0))) + jnp.sum(u * r * r)
-    f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A) if reml else 0.5 * (n * LOG_2PI + base)
-    return dict(f=f, beta=beta, var_beta=jnp.diagonal(A_inv))
+    return dict(f=gaussian_objective(n, p, base, logdet_A, reml), beta=beta, var_beta=jnp.diagonal(A_inv))
 
 
 def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
@@ -202,12 +191,28 @@ def _solve_small(M, B):
     return small_cholesky_solve(M, B)[1]
 
 
+def start_variance(n, p, Q, denom, v_pos, sum_wr2, sum_wr, sum_wv):
+    """The start value of sigma^2 (as :func:`drmpy.engine.start_variance`) from one group's
+    sums: the DerSimonian-Laird tau^2 ``(Q - (n - p)) / denom`` (``Q`` the weighted residual
+    sum of squares of the fit with weights 1/v_i, ``denom = sum 1/v_i - tr((X'WX)^-1 X'W^2X)``)
+    when every v_i > 0 (``v_pos``) and n > p, else the OLS residual variance; floored at 1%
+    of the mean v_i, or 1e-4 of it when the estimate is 0 (the residual variance when no
+    v_i is positive)."""
+    safe = jnp.where(denom > 0, denom, 1.0)
+    tau2_dl = jnp.where(denom > 0, jnp.maximum(0.0, (Q - (n - p)) / safe), 0.0)
+    tau2_rss = sum_wr2 / jnp.maximum(n - p, 1.0)
+    tau2 = jnp.where(v_pos & (n > p), tau2_dl, tau2_rss)
+    mean_v = sum_wv / n
+    var_r = sum_wr2 / n - (sum_wr / n) ** 2
+    scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
+    return jnp.where(tau2 > 0, jnp.maximum(tau2, 1e-2 * scale2), BOUNDARY_START * scale2)
+
+
 def start_values(a: DiagArrays):
     """(beta0, gamma0) of one group, as :func:`drmpy.engine.start_values` for a diagonal V.
 
-    OLS for beta; DerSimonian-Laird tau^2 from the OLS fit with weights 1/v_i (every
-    v_i > 0 and n > p; else the residual variance) for the sigma intercept, floored at 1%
-    of the mean v_i, or 1e-4 of it when the moment estimate is 0; sigma coefficients reproduce ``0.5 log tau^2`` by least squares.
+    OLS for beta; sigma^2 from :func:`start_variance`; sigma coefficients that reproduce
+    ``0.5 log sigma^2`` by least squares.
     """
     X, Z, y, v, w = a.X, a.Z, a.y, a.v, a.w
     p = X.shape[1]
@@ -223,16 +228,8 @@ def start_values(a: DiagArrays):
     sol = _solve_small(XtWX, jnp.concatenate([(Xwi.T @ y)[:, None], (Xwi * wi[:, None]).T @ X], axis=1))
     bw = sol[:, 0]
     rw = y - X @ bw
-    Q = jnp.sum(wi * rw * rw)
-    denom = jnp.sum(wi) - jnp.trace(sol[:, 1:])
-    safe = jnp.where(denom > 0, denom, 1.0)
-    tau2_dl = jnp.where(denom > 0, jnp.maximum(0.0, (Q - (n - p)) / safe), 0.0)
-    tau2_rss = jnp.sum(w * r * r) / jnp.maximum(n - p, 1.0)
-    tau2 = jnp.where(v_pos & (n > p), tau2_dl, tau2_rss)
-    mean_v = jnp.sum(w * v) / n
-    var_r = jnp.sum(w * r * r) / n - (jnp.sum(w * r) / n) ** 2
-    scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
-    tau2_sigma = jnp.where(tau2 > 0, jnp.maximum(tau2, 1e-2 * scale2), BOUNDARY_START * scale2)  # engine.start_variance
+    tau2_sigma = start_variance(n, p, jnp.sum(wi * rw * rw), jnp.sum(wi) - jnp.trace(sol[:, 1:]), v_pos,
+                                jnp.sum(w * r * r), jnp.sum(w * r), jnp.sum(w * v))
     Zw = Z * w[:, None]
     gamma0 = _solve_small(Zw.T @ Z, jnp.sum(Zw, axis=0)[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
     return beta0, gamma0

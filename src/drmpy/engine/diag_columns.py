@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .batch import LOG_2PI, _location, _solve_small, derivative_row_terms, location_covariance
-from .program import BOUNDARY_START
+from .batch import _location, _solve_small, derivative_row_terms, location_covariance, start_variance
+from .likelihood import gaussian_objective
 
 __all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value",
            "location_post", "loop_derivatives", "columns_start_values", "columns_location",
@@ -130,10 +130,7 @@ def columns_value(gamma, c: DiagColumns, reml: bool):
     t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s = _pieces(gamma, c)
     p = len(c.Xt)
     n, sum_ur2 = _row_sums([c.w, u * r * r])
-    f = sum_log_s + sum_ur2
-    if reml:
-        return 0.5 * ((n - p) * LOG_2PI + f + logdet_A)
-    return 0.5 * (n * LOG_2PI + f)
+    return gaussian_objective(n, p, sum_log_s + sum_ur2, logdet_A, reml)
 
 
 def columns_derivatives(gamma, c: DiagColumns, reml: bool, location: bool = False):
@@ -168,9 +165,7 @@ def columns_derivatives(gamma, c: DiagColumns, reml: bool, location: bool = Fals
         P = jnp.stack([_symmetric(sums[pos + j * n_pp : pos + (j + 1) * n_pp], p) for j in range(k)])  # (k, p, p)
         AP = jnp.einsum("ab,kbc->kac", A_inv, P)
         H = H - 0.5 * jnp.einsum("kab,lba->kl", AP, AP)
-        f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A)
-    else:
-        f = 0.5 * (n * LOG_2PI + base)
+    f = gaussian_objective(n, p, base, logdet_A, reml)
     H = 0.5 * (H + H.T)
     if location:
         return f, g, H, Location(beta, A, b, A_inv, T)
@@ -225,15 +220,13 @@ def columns_zero_variance_fit(c: DiagColumns, reml: bool) -> dict:
     n, sum_log_v = sums[-2], sums[-1]
     r = c.y - row_combination(beta, X)
     base = sum_log_v + _row_sums([u * r * r])[0]
-    f = 0.5 * ((n - p) * LOG_2PI + base + logdet_A) if reml else 0.5 * (n * LOG_2PI + base)
-    return dict(f=f, beta=beta, var_beta=jnp.diagonal(A_inv))
+    return dict(f=gaussian_objective(n, p, base, logdet_A, reml), beta=beta, var_beta=jnp.diagonal(A_inv))
 
 
 def columns_start_values(c: DiagColumns):
     """(beta0, gamma0) of :func:`drmpy.engine.batch.start_values` in the column layout
-    (``c.y`` the raw response): OLS for beta, DerSimonian-Laird tau^2 from the fit with
-    weights 1/v_i (every v_i > 0 and n > p; else the residual variance), floored as there;
-    sigma coefficients reproduce ``0.5 log tau^2`` by least squares.  Two passes over the
+    (``c.y`` the raw response): OLS for beta, sigma^2 from :func:`~drmpy.engine.batch.start_variance`,
+    sigma coefficients that reproduce ``0.5 log sigma^2`` by least squares.  Two passes over the
     rows, where the matrix form's products are batched XLA dots (slow for these small
     matrices under vmap)."""
     X, Z, y, v, w = c.Xt, c.Zt, c.y, c.v, c.w
@@ -268,14 +261,6 @@ def columns_start_values(c: DiagColumns):
     r = (y - row_combination(beta0, X)) * data
     rw = y - row_combination(bw, X)
     sum_wr2, sum_wr, Q = _row_sums([w * r * r, w * r, wi * rw * rw])
-    denom = sum_wi - jnp.trace(sol[:, 1:])
-    safe = jnp.where(denom > 0, denom, 1.0)
-    tau2_dl = jnp.where(denom > 0, jnp.maximum(0.0, (Q - (n - p)) / safe), 0.0)
-    tau2_rss = sum_wr2 / jnp.maximum(n - p, 1.0)
-    tau2 = jnp.where((nonpositive == 0) & (n > p), tau2_dl, tau2_rss)
-    mean_v = sum_wv / n
-    var_r = sum_wr2 / n - (sum_wr / n) ** 2
-    scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
-    tau2_sigma = jnp.where(tau2 > 0, jnp.maximum(tau2, 1e-2 * scale2), BOUNDARY_START * scale2)
+    tau2_sigma = start_variance(n, p, Q, sum_wi - jnp.trace(sol[:, 1:]), nonpositive == 0, sum_wr2, sum_wr, sum_wv)
     gamma0 = _solve_small(ZtWZ, ZtW1[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
     return beta0, gamma0

@@ -49,6 +49,15 @@ __all__ = ["Structure", "RandomStatic", "Arrays", "BlockBucket", "RandomArrays",
            "negloglik_joint", "negloglik_profiled", "neg_reml", "gls_beta"]
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_objective(n, p, base, logdet_A, reml: bool):
+    """Negative log-likelihood of a Gaussian model from its pieces: ``base = log|S| +
+    r'S^-1 r``; ML (``reml=False``, ``logdet_A`` unused) or drmTMB's restricted likelihood,
+    with ``logdet_A = log|X'S^-1X|``, ``p`` location coefficients and ``n`` observations."""
+    if reml:
+        return 0.5 * ((n - p) * LOG_2PI + base + logdet_A)
+    return 0.5 * (n * LOG_2PI + base)
 RHO_GUARD = 0.999999
 
 
@@ -517,7 +526,7 @@ def negloglik_profiled(phi, arrs: Arrays, struct: Structure):
     logdet, M = gram(phi, arrs, struct)
     A, b, c = _split_gram(M, struct.p)
     _, beta = _location_terms(A, b)
-    return 0.5 * (arrs.n_obs * LOG_2PI + logdet + c - b @ beta)
+    return gaussian_objective(arrs.n_obs, struct.p, logdet + c - b @ beta, 0.0, False)
 
 
 def neg_reml(phi, arrs: Arrays, struct: Structure):
@@ -525,7 +534,7 @@ def neg_reml(phi, arrs: Arrays, struct: Structure):
     logdet, M = gram(phi, arrs, struct)
     A, b, c = _split_gram(M, struct.p)
     logdet_A, beta = _location_terms(A, b)
-    return 0.5 * ((arrs.n_obs - struct.p) * LOG_2PI + logdet + logdet_A + c - b @ beta)
+    return gaussian_objective(arrs.n_obs, struct.p, logdet + c - b @ beta, logdet_A, True)
 
 
 def variance_objective(struct: Structure):

@@ -37,19 +37,16 @@ and the log-SD has no finite standard error.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .likelihood import small_cholesky_solve
+from .likelihood import gaussian_objective, small_cholesky_solve
 from .optimize import CONVERGED, MAX_ITER, RADIUS_COLLAPSED, RUNNING
 
 __all__ = ["BOUNDARY", "BOUNDARY_BETTER", "BOUNDARY_MESSAGES", "tau2_program", "run_tau2"]
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 # status codes beyond optimize's: converged with the variance at zero
 BOUNDARY = 6  # the iteration itself ended at tau^2 = 0 (score pointing outwards)
@@ -124,10 +121,9 @@ def _stats(tau2, y, X, v, w, reml: bool) -> _Stats:
 
 def _criterion(reml, n, p, logs, logdet_A, quad, qq, qPq, trP, trW, trW2, trPP):
     """(f, score, observed, expected information) from the traces and quadratic forms."""
+    f = gaussian_objective(n, p, logs + quad, logdet_A, reml)
     if reml:
-        f = 0.5 * ((n - p) * LOG_2PI + logs + logdet_A + quad)
         return f, -0.5 * (trP - qq), qPq - 0.5 * trPP, 0.5 * trPP
-    f = 0.5 * (n * LOG_2PI + logs + quad)
     return f, -0.5 * (trW - qq), qPq - 0.5 * trW2, 0.5 * trW2
 
 
