@@ -607,18 +607,16 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
     def tasks():
         for i, ch in enumerate(fast_chunks):
             y, X, v, w = _dense_chunk(gr, ch.groups, ch.size, ch.n_rows, x_ones)
-            yield ("tau2", i), len(ch.groups), (y, X, v, w, int(ctrl.max_iter), reml), {}
+            yield ("tau2", i), len(ch.groups), ("tau2", y, X, v, w, int(ctrl.max_iter), reml), {}
         for i, ch in enumerate(chunks):
             arrays = _chunk_arrays(gr, ch)
             start = np.full((ch.size, gr.k), np.nan)  # NaN: the program computes start values
             beta0 = np.full((ch.size, gr.p), np.nan)
-            yield ("pool", i), len(ch.groups), arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
-                                                         float(ctrl.gtol), reml, ch.lanes), {}
+            yield ("pool", i), len(ch.groups), ("pool",) + arrays + (start, beta0, len(ch.groups), int(ctrl.max_iter),
+                                                                    float(ctrl.gtol), reml, ch.lanes), {}
 
-    def dispatch(*args, device=None, block=True):
-        if len(args) == 6:
-            return run_tau2(*args, device=device, block=block)
-        return run_pool(*args, device=device, block=block)
+    def dispatch(program, *args, device=None, block=True):
+        return (run_tau2 if program == "tau2" else run_pool)(*args, device=device, block=block)
 
     runner = _Runner(dispatch, client, progress, len(fit_ids), "drmpy fit_batch")
     try:
