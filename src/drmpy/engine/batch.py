@@ -57,8 +57,8 @@ from .optimize import (CONVERGED, RUNNING, SolverOutput, newton_trust_region, tr
 from .small_linalg import jacobi_eigh, sym_inverse
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
-           "diag_derivatives", "derivative_row_terms", "location_covariance", "start_values", "start_variance", "drop_rows", "deletion_program", "zero_variance_fit"]
-
+           "diag_derivatives", "derivative_row_terms", "location_covariance", "start_values", "start_variance",
+           "drop_rows", "deletion_program", "zero_variance_fit"]
 
 
 class DiagArrays(NamedTuple):
@@ -296,7 +296,6 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
     narrower.  Every problem's iterations are exactly those of its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
     (rows beyond ``n_real`` are zeros).
     """
-
     M = x0.shape[0]
     L = lanes
 

@@ -49,6 +49,7 @@ __all__ = ["Structure", "RandomStatic", "Arrays", "BlockBucket", "RandomArrays",
            "negloglik_joint", "negloglik_profiled", "neg_reml", "gls_beta"]
 
 LOG_2PI = math.log(2.0 * math.pi)
+RHO_GUARD = 0.999999
 
 
 def gaussian_objective(n, p, base, logdet_A, reml: bool):
@@ -58,7 +59,6 @@ def gaussian_objective(n, p, base, logdet_A, reml: bool):
     if reml:
         return 0.5 * ((n - p) * LOG_2PI + base + logdet_A)
     return 0.5 * (n * LOG_2PI + base)
-RHO_GUARD = 0.999999
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,9 @@ import jax.numpy as jnp
 __all__ = ["jacobi_eigh", "sym_inverse", "sym_min_eigenvalue"]
 
 
-def _sweeps(k: int) -> int:
-    # cyclic Jacobi converges quadratically; a 2 x 2 needs one rotation, and 10 sweeps take
-    # any k <= 16 well below double rounding (off-diagonal mass squares each sweep)
-    if k <= 2:
-        return 1
-    return 10
+# cyclic Jacobi converges quadratically: 10 sweeps take any k <= 16 well below double
+# rounding (off-diagonal mass squares each sweep); a 2 x 2 is one rotation (_eigh_2x2)
+SWEEPS = 10
 
 
 def _jacobi_rotation(app, apq, aqq):
@@ -85,12 +82,7 @@ def jacobi_eigh(A: jax.Array) -> tuple[jax.Array, jax.Array]:
             A, V = rotate(A, V, p, q)
         return A, V
 
-    V0 = jnp.eye(k, dtype=A.dtype)
-    n = _sweeps(k)
-    if n == 1:
-        A, V = sweep(0, (A, V0))
-    else:
-        A, V = jax.lax.fori_loop(0, n, sweep, (A, V0))
+    A, V = jax.lax.fori_loop(0, SWEEPS, sweep, (A, jnp.eye(k, dtype=A.dtype)))
     evals = jnp.diagonal(A)
     order = jnp.argsort(evals)
     return evals[order], V[:, order]
