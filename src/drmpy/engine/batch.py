@@ -242,6 +242,19 @@ def _summary(out: dict) -> dict:
                 status=out["status"], iterations=out["iterations"])
 
 
+def _start_or_resume(starts, gamma0_in, beta0_in):
+    """(beta0, gamma0) of one lane: its ``starts`` (start values) when ``gamma0_in`` is NaN
+    (a fresh group), else the given point (a resumed fit)."""
+    b0, g0 = starts
+    fresh = jnp.isnan(gamma0_in[0])
+    return jnp.where(fresh, b0, beta0_in), jnp.where(fresh, g0, gamma0_in)
+
+
+def _with_zero_candidate(out: dict, zero: dict) -> dict:
+    """A group's summary with the boundary rule's candidate, its fit with sigma = 0."""
+    return dict(out, zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
+
+
 @functools.lru_cache(maxsize=32)
 def diag_program(reml: bool, shared_design: bool = False):
     """jit(vmap) of one group's diag fit.
@@ -254,10 +267,7 @@ def diag_program(reml: bool, shared_design: bool = False):
     """
 
     def run(a, gamma0_in, beta0_in, max_iter, gtol):
-        b0, g0 = start_values(a)
-        fresh = jnp.isnan(gamma0_in[0])
-        beta0 = jnp.where(fresh, b0, beta0_in)
-        gamma0 = jnp.where(fresh, g0, gamma0_in)
+        beta0, gamma0 = _start_or_resume(start_values(a), gamma0_in, beta0_in)
         centred = a._replace(y=(a.y - a.X @ beta0) * (a.w > 0))
         out = _summary(_diag_run(centred, gamma0, max_iter, gtol, reml))
         out["beta"] = out["beta"] + beta0
@@ -406,36 +416,25 @@ def pool_program(reml: bool, lanes: int):
     from . import diag_columns as dc
 
     def prepare(a, gamma0_in, beta0_in):
-        b0, g0 = start_values(a)
-        fresh = jnp.isnan(gamma0_in[0])
-        beta0 = jnp.where(fresh, b0, beta0_in)
-        gamma0 = jnp.where(fresh, g0, gamma0_in)
+        beta0, gamma0 = _start_or_resume(start_values(a), gamma0_in, beta0_in)
         return beta0, gamma0, (a.y - a.X @ beta0) * (a.w > 0)
 
     def finish(a, x, f, g, H, st, it):
-        out = _summary(_diag_post(a, x, f, g, H, st, it, reml))
-        # the boundary rule's candidate: the group's fit with sigma = 0
-        zero = zero_variance_fit(a, reml)
-        out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
-        return out
+        return _with_zero_candidate(_summary(_diag_post(a, x, f, g, H, st, it, reml)), zero_variance_fit(a, reml))
 
-    # the same three steps in the column layout (every row sum a reduction over the last
+    # the same two steps in the column layout (every row sum a reduction over the last
     # axis): under vmap the matrix form's small products are batched XLA dots, which made
     # start values and covariances cost as much as the optimiser
     def prepare_columns(a, gamma0_in, beta0_in):
         Xt, Zt = a.X.T, a.Z.T
-        b0, g0 = dc.columns_start_values(dc.DiagColumns(a.y, Xt, Zt, a.v, a.w))
-        fresh = jnp.isnan(gamma0_in[0])
-        beta0 = jnp.where(fresh, b0, beta0_in)
-        gamma0 = jnp.where(fresh, g0, gamma0_in)
+        starts = dc.columns_start_values(dc.DiagColumns(a.y, Xt, Zt, a.v, a.w))
+        beta0, gamma0 = _start_or_resume(starts, gamma0_in, beta0_in)
         return beta0, gamma0, (a.y - dc.row_combination(beta0, Xt)) * (a.w > 0), Xt, Zt
 
     def finish_columns(c, x, f, g, H, st, it):
         beta, grad, vcov = dc.location_post(dc.columns_location(x, c), g, H, reml)
         out = _summary(dict(beta=beta, phi=x, f=f, grad=grad, vcov=vcov, status=st, iterations=it))
-        zero = dc.columns_zero_variance_fit(c, reml)
-        out.update(zero_f=zero["f"], zero_beta=zero["beta"], zero_var_beta=zero["var_beta"])
-        return out
+        return _with_zero_candidate(out, dc.columns_zero_variance_fit(c, reml))
 
     def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
         if max(data.X.shape[2], data.Z.shape[2]) <= dc.MAX_COLUMNS:
