@@ -298,13 +298,16 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
     pool, ``lanes`` of them side by side (inside a traced program).
 
     ``arrays`` (every leaf with the pool axis first) and ``x0`` (pool, k) describe the
-    problems; ``evaluate(x, a) -> (f, g, H)`` for one problem's arrays ``a``.  Each step
+    problems; ``evaluate(x, a) -> (f, g, H)`` or ``(f, g, H, aux)`` for one problem's arrays
+    ``a`` (``aux``, a pytree, is kept with the accepted point, as in
+    :func:`~drmpy.engine.optimize.newton_trust_region`).  Each step
     advances every busy lane by one trust-region iteration (``jax.vmap`` of
     :func:`drmpy.engine.optimize.trust_region_step`); a lane whose problem has finished takes
     the next problem of the pool at once; once every problem has been handed out and at most
     ``lanes // DRAIN_FACTOR`` lanes are busy, those lanes continue in a program that much
-    narrower.  Every problem's iterations are exactly those of its own run.  Returns per problem ``x``, ``f``, ``g``, ``H``, ``status`` and ``it``
-    (rows beyond ``n_real`` are zeros).
+    narrower.  Every problem's iterations are exactly those of its own run.  Returns per
+    problem ``x``, ``f``, ``g``, ``H``, ``status``, ``it`` and, when ``evaluate`` returns it,
+    ``aux`` (rows beyond ``n_real`` are zeros).
     """
     M = x0.shape[0]
     L = lanes
@@ -316,12 +319,17 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
         return trust_region_step(state, lambda x: evaluate(x, a), max_iter=max_iter, gtol=gtol, eigh=jacobi_eigh)
 
     step = jax.vmap(lane_step)
-    init = jax.vmap(trust_region_init)
     k = x0.shape[1]
     dtype = x0.dtype
     final0 = dict(x=jnp.zeros((M + 1, k), dtype), f=jnp.zeros(M + 1, dtype), g=jnp.zeros((M + 1, k), dtype),
                   H=jnp.zeros((M + 1, k, k), dtype), status=jnp.zeros(M + 1, jnp.int64),
                   it=jnp.zeros(M + 1, jnp.int64))
+    shapes = jax.eval_shape(evaluate, x0[0], take(0))
+    aux0 = ()
+    if len(shapes) > 3:
+        aux0 = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes[3])
+        final0["aux"] = jax.tree_util.tree_map(lambda a: jnp.zeros((M + 1,) + a.shape, a.dtype), shapes[3])
+    init = jax.vmap(lambda x: trust_region_init(x, aux=aux0))
     prob0 = jnp.where(jnp.arange(L) < n_real, jnp.arange(L), M)
 
     def body(carry, refill_on: bool):
@@ -334,7 +342,9 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
         final = dict(x=final["x"].at[slot].set(out.x), f=final["f"].at[slot].set(out.f),
                      g=final["g"].at[slot].set(out.grad), H=final["H"].at[slot].set(out.hess),
                      status=final["status"].at[slot].set(out.status),
-                     it=final["it"].at[slot].set(out.iterations))
+                     it=final["it"].at[slot].set(out.iterations),
+                     **({"aux": jax.tree_util.tree_map(lambda a, o: a.at[slot].set(o), final["aux"], out.aux)}
+                        if "aux" in final else {}))
         if not refill_on:  # every problem has been handed out: a finished lane goes idle
             return state, jnp.where(done, M, prob), nxt, lane, final
         want = nxt + jnp.cumsum(done) - 1
@@ -371,8 +381,7 @@ def refill_lanes(evaluate, arrays, x0, n_real, lanes: int, max_iter, gtol) -> di
         carry = (jax.tree_util.tree_map(lambda x: x[keep], state), prob[keep], nxt,
                  jax.tree_util.tree_map(lambda x: x[keep], lane), final)
         carry = jax.lax.while_loop(lambda c: jnp.any(c[1] < M), lambda c: body(c, False), carry)
-    final = carry[4]
-    return {key: val[:M] for key, val in final.items()}
+    return jax.tree_util.tree_map(lambda val: val[:M], carry[4])
 
 
 def _by_blocks(fn, args, n_real, block: int):
@@ -431,8 +440,8 @@ def pool_program(reml: bool, lanes: int):
         beta0, gamma0 = _start_or_resume(starts, gamma0_in, beta0_in)
         return beta0, gamma0, (a.y - dc.row_combination(beta0, Xt)) * (a.w > 0), Xt, Zt
 
-    def finish_columns(c, x, f, g, H, st, it):
-        beta, grad, vcov = dc.location_post(dc.columns_location(x, c), g, H, reml)
+    def finish_columns(c, x, f, g, H, st, it, location):
+        beta, grad, vcov = dc.location_post(location, g, H, reml)
         out = _summary(dict(beta=beta, phi=x, f=f, grad=grad, vcov=vcov, status=st, iterations=it))
         return _with_zero_candidate(out, dc.columns_zero_variance_fit(c, reml))
 
@@ -442,18 +451,19 @@ def pool_program(reml: bool, lanes: int):
                                                           lanes)
             problems = dc.DiagColumns(y_centred, Xt, Zt, data.v, data.w)
             # the optimiser's derivatives in the column layout (about 10% less CPU per
-            # iteration than the matrix form under vmap)
-            final = refill_lanes(lambda x, c: dc.columns_derivatives(x, c, reml), problems, gamma0, n_real,
-                                 lanes, max_iter, gtol)
-            post_fn = finish_columns
+            # iteration than the matrix form under vmap), with the location pieces of each
+            # accepted point: the covariance needs no further pass over the rows
+            final = refill_lanes(lambda x, c: dc.columns_derivatives(x, c, reml, location=True), problems, gamma0,
+                                 n_real, lanes, max_iter, gtol)
+            post_fn, extra = finish_columns, (final["aux"],)
         else:
             beta0, gamma0, y_centred = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
             problems = data._replace(y=y_centred)
             final = refill_lanes(lambda x, a: diag_derivatives(x, a, reml), problems, gamma0, n_real, lanes,
                                  max_iter, gtol)
-            post_fn = finish
+            post_fn, extra = finish, ()
         post = _by_blocks(post_fn, (problems, final["x"], final["f"], final["g"], final["H"], final["status"],
-                                    final["it"]), n_real, lanes)
+                                    final["it"]) + extra, n_real, lanes)
         post["beta"] = post["beta"] + beta0
         post["beta0"] = beta0
         post["zero_beta"] = post["zero_beta"] + beta0

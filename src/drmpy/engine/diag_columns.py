@@ -30,7 +30,7 @@ from .batch import _location, _solve_small, derivative_row_terms, location_covar
 from .likelihood import gaussian_objective
 
 __all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value",
-           "location_post", "loop_derivatives", "columns_start_values", "columns_location",
+           "location_post", "loop_derivatives", "columns_start_values",
            "columns_zero_variance_fit", "row_combination"]
 
 
@@ -192,16 +192,6 @@ def location_post(loc: Location, grad_phi, H_phi, reml: bool):
     pieces of its last evaluation (:func:`drmpy.engine.batch.location_covariance`)."""
     grad, vcov = location_covariance(loc.beta, loc.A, loc.b, loc.A_inv, loc.T, grad_phi, H_phi, reml)
     return loc.beta, grad, vcov
-
-
-def columns_location(gamma, c: DiagColumns) -> Location:
-    """The :class:`Location` pieces at gamma (two passes over the rows), for
-    :func:`location_post` after an optimiser that did not keep them."""
-    t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s = _pieces(gamma, c)
-    u1r = -u * (2.0 * t / s) * r
-    X, Z = c.Xt, c.Zt
-    T = _row_sums([X[a] * (Z[j] * u1r) for a in range(len(X)) for j in range(len(Z))]).reshape(len(X), len(Z))
-    return Location(beta, A, b, A_inv, T)
 
 
 def columns_zero_variance_fit(c: DiagColumns, reml: bool) -> dict:
