@@ -84,6 +84,20 @@ def _symmetric(entries, m: int) -> jax.Array:
     return jnp.stack([jnp.stack([entries[pos[(min(a, b), max(a, b))]] for b in range(m)]) for a in range(m)])
 
 
+def _gram_terms(weight, Ft) -> list:
+    """Row terms of ``F' diag(weight) F``, one per entry of its upper triangle (``_pairs``)."""
+    return [weight * Ft[a] * Ft[b] for a, b in _pairs(len(Ft))]
+
+
+def _gls_sums(u, X, y, extra=()):
+    """``(A = X'UX, b = X'Uy, sums of the extra row terms)`` from one pass over the rows."""
+    p = len(X)
+    uy = u * y
+    sums = _row_sums(_gram_terms(u, X) + [uy * X[a] for a in range(p)] + list(extra))
+    n_pairs = p * (p + 1) // 2
+    return _symmetric(sums[:n_pairs], p), sums[n_pairs : n_pairs + p], sums[n_pairs + p :]
+
+
 def row_combination(coef, Ft):
     """Row values ``F coef`` (sum over the short column axis, unrolled)."""
     out = coef[0] * Ft[0]
@@ -111,17 +125,9 @@ def _pieces(gamma, c: DiagColumns):
     t = jnp.where(data, jnp.exp(2.0 * row_combination(gamma, c.Zt)), 0.0)
     s = jnp.where(data, c.v + t, 1.0)
     u = c.w / s
-    X = c.Xt
-    p = len(X)
-    uy = u * c.y
-    sums = _row_sums([u * X[a] * X[b] for a, b in _pairs(p)] + [uy * X[a] for a in range(p)]
-                     + [c.w * jnp.log(s)])
-    n_pairs = p * (p + 1) // 2
-    A = _symmetric(sums[:n_pairs], p)
-    b = sums[n_pairs : n_pairs + p]
-    sum_log_s = sums[-1]
+    A, b, (sum_log_s,) = _gls_sums(u, c.Xt, c.y, [c.w * jnp.log(s)])
     logdet_A, A_inv, beta = _location(A, b)
-    r = c.y - row_combination(beta, X)
+    r = c.y - row_combination(beta, c.Xt)
     return t, s, u, A, b, logdet_A, A_inv, beta, r, sum_log_s
 
 
@@ -200,17 +206,11 @@ def columns_zero_variance_fit(c: DiagColumns, reml: bool) -> dict:
     data = c.w > 0
     positive = data & (c.v > 0)
     u = jnp.where(positive, c.w / jnp.where(positive, c.v, 1.0), 0.0)
-    X = c.Xt
-    p = len(X)
-    uy = u * c.y
-    sums = _row_sums([u * X[a] * X[b] for a, b in _pairs(p)] + [uy * X[a] for a in range(p)]
-                     + [c.w, c.w * jnp.log(jnp.where(data, c.v, 1.0))])
-    n_pairs = p * (p + 1) // 2
-    logdet_A, A_inv, beta = _location(_symmetric(sums[:n_pairs], p), sums[n_pairs : n_pairs + p])
-    n, sum_log_v = sums[-2], sums[-1]
-    r = c.y - row_combination(beta, X)
+    A, b, (n, sum_log_v) = _gls_sums(u, c.Xt, c.y, [c.w, c.w * jnp.log(jnp.where(data, c.v, 1.0))])
+    logdet_A, A_inv, beta = _location(A, b)
+    r = c.y - row_combination(beta, c.Xt)
     base = sum_log_v + _row_sums([u * r * r])[0]
-    return dict(f=gaussian_objective(n, p, base, logdet_A, reml), beta=beta, var_beta=jnp.diagonal(A_inv))
+    return dict(f=gaussian_objective(n, len(c.Xt), base, logdet_A, reml), beta=beta, var_beta=jnp.diagonal(A_inv))
 
 
 def columns_start_values(c: DiagColumns):
@@ -224,15 +224,14 @@ def columns_start_values(c: DiagColumns):
     data = w > 0
     positive = data & (v > 0)
     wi = jnp.where(positive, w / jnp.where(positive, v, 1.0), 0.0)
-    wy, wiy, wi2 = w * y, wi * y, wi * wi
-    pp = _pairs(p)
-    terms = ([w * X[a] * X[b] for a, b in pp] + [wy * X[a] for a in range(p)]
-             + [wi * X[a] * X[b] for a, b in pp] + [wiy * X[a] for a in range(p)]
-             + [wi2 * X[a] * X[b] for a, b in pp]
-             + [w * Z[j] * Z[l] for j, l in _pairs(k)] + [w * Z[j] for j in range(k)]
+    wy, wiy = w * y, wi * y
+    terms = (_gram_terms(w, X) + [wy * X[a] for a in range(p)]
+             + _gram_terms(wi, X) + [wiy * X[a] for a in range(p)]
+             + _gram_terms(wi * wi, X)
+             + _gram_terms(w, Z) + [w * Z[j] for j in range(k)]
              + [w, w * v, wi, (data & (v <= 0)).astype(w.dtype)])
     sums = _row_sums(terms)
-    n_pp, pos = len(pp), 0
+    n_pp, pos = p * (p + 1) // 2, 0
 
     def take(m):
         nonlocal pos
