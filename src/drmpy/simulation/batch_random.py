@@ -187,7 +187,7 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
     n = gr.sizes.astype(float)
     X, y, v = gr.X, gr.y, gr.v
     beta0 = np.full((G, p), np.nan)
-    beta0[ids] = _per_group_solve(gr.cross(X, X)[ids], gr.group_sums(X * y[:, None])[ids])
+    beta0[ids] = _per_group_solve(gr.cross(X)[ids], gr.group_sums(X * y[:, None])[ids])
     r = y - np.einsum("np,np->n", X, np.nan_to_num(beta0[owner]))
     v_pos = gr.group_sums((v <= 0).astype(float)) == 0
     dl = np.zeros(G, dtype=bool)
@@ -196,13 +196,13 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
     tau2 = gr.group_sums(r * r) / np.maximum(n - p, 1.0)
     if dl.any():
         d = np.flatnonzero(dl)
-        XtWX = gr.cross(X, X, wi)[d]
+        XtWX = gr.cross(X, w=wi)[d]
         bw = _per_group_solve(XtWX, gr.group_sums(X * (wi * y)[:, None])[d])
         bw_rows = np.zeros((G, p))
         bw_rows[d] = bw
         rw = y - np.einsum("np,np->n", X, bw_rows[owner])
         Q = gr.group_sums(wi * rw * rw)[d]
-        trace = np.trace(np.linalg.solve(XtWX, gr.cross(X, X, wi * wi)[d]), axis1=1, axis2=2)
+        trace = np.trace(np.linalg.solve(XtWX, gr.cross(X, w=wi * wi)[d]), axis1=1, axis2=2)
         denom = gr.group_sums(wi)[d] - trace
         tau2[d] = np.where(denom > 0, np.maximum(0.0, (Q - (n[d] - p)) / np.where(denom > 0, denom, 1.0)), 0.0)
     mean_v = gr.group_sums(v) / np.maximum(n, 1)
