@@ -85,12 +85,15 @@ def _trust_step(g, evals, evecs, radius, active=True):
 
     ``d(lam) = -(H + lam I)^-1 g`` with ``lam = 0`` when that Newton step fits, else the
     ``lam >= max(0, -lambda_min)`` with ``||d(lam)|| = radius``: safeguarded Newton
-    iterations on ``1/||d(lam)|| - 1/radius`` (nearly linear in lam; Moré and Sorensen
-    1983), from the left end of a bracket, falling back to the geometric midpoint of the
-    bracket when an iterate leaves it; 2 to 3 iterations on average in the batch programs,
-    where 80 bisection halvings made this step cost more than the likelihood (closed form
-    for one parameter).  ``active=False`` (a problem whose step is not used) skips the
-    iterations; its result is then meaningless.
+    iterations on ``1/||d|| - 1/radius`` (nearly linear in lam; Moré and Sorensen 1983)
+    from the left end of a bracket, falling back to the geometric midpoint of the bracket
+    when an iterate leaves it.  The iterations run on ``delta = lambda_min + lam``, so that
+    ``H + lam I`` has the eigenvalues ``(lambda_i - lambda_min) + delta``, exact near the
+    pole ``delta = 0`` (in lam itself ``lambda_min + lam`` loses its digits to cancellation
+    there, and the iterations stalled).  Used by every fit; in the batch programs, where
+    80 bisection halvings made this step cost more than the likelihood, 2 to 3 iterations
+    on average (closed form for one parameter).  ``active=False`` (a problem whose step is
+    not used) skips the iterations; its result is then meaningless.
     """
     if g.shape[0] == 1:
         e, gg = evals[0], g[0]
@@ -100,41 +103,44 @@ def _trust_step(g, evals, evecs, radius, active=True):
         return step[None]
     gt = evecs.T @ g
     scale = jnp.maximum(jnp.max(jnp.abs(evals)), 1.0)
-    lam_lo = jnp.maximum(0.0, -evals[0]) + 1e-12 * scale
+    gaps = evals - evals[0]  # >= 0, the first exactly 0
+    newton_ok = (evals[0] > 1e-12 * scale) & (jnp.linalg.norm(gt / evals) <= radius)
+    # the smallest admissible delta (lam >= 0 and H + lam I positive definite), and one
+    # whose step is inside: ||d(delta_hi)|| <= ||g|| / delta_hi <= radius
+    delta_lo = jnp.maximum(evals[0], 0.0) + 1e-12 * scale
+    delta_hi = delta_lo + jnp.linalg.norm(g) / radius + scale
 
-    def norm_at(lam):
-        return jnp.linalg.norm(gt / (evals + lam))
+    def norm_at(delta):
+        return jnp.linalg.norm(gt / (gaps + delta))
 
-    newton_ok = (evals[0] > 1e-12 * scale) & (norm_at(0.0) <= radius)
-    # ||d(lam_hi)|| <= ||g|| / (lam_hi - lam_lo) <= radius
-    lam_hi = lam_lo + jnp.linalg.norm(g) / radius + scale
-
-    def solved(lam, n):
+    def solved(delta, n):
         # at the radius, or at the smallest admissible shift and already inside
-        return (jnp.abs(n / radius - 1.0) <= SECULAR_RTOL) | ((n <= radius) & (lam <= lam_lo))
+        return (jnp.abs(n / radius - 1.0) <= SECULAR_RTOL) | ((n <= radius) & (delta <= delta_lo))
 
     def running(st):
-        i, lam, lo, hi, n = st
+        i, delta, lo, hi, n = st
         # Under vmap the loop runs while any problem needs it, so problems whose step is
-        # not used (finished ones: a zero variance leaves H near singular) must not ask.
-        return (i < 100) & ~newton_ok & active & ~solved(lam, n)
+        # not used (finished ones: a zero variance leaves H near singular) must not ask,
+        # nor problems whose bracket is down to adjacent floats.
+        resolvable = hi - lo > 4.0 * jnp.finfo(hi.dtype).eps * hi
+        return (i < 100) & ~newton_ok & active & ~solved(delta, n) & resolvable
 
     def body(st):
-        i, lam, lo, hi, n = st
+        i, delta, lo, hi, n = st
         too_long = n > radius
-        lo = jnp.where(too_long, lam, lo)
-        hi = jnp.where(too_long, hi, lam)
-        q = gt / (evals + lam)
-        slope = jnp.sum(q * q / (evals + lam)) / n**3  # d/dlam of 1/||d(lam)||
-        lam_new = lam - (1.0 / n - 1.0 / radius) / slope
-        inside = jnp.isfinite(lam_new) & (lam_new > lo) & (lam_new < hi)
-        lam_new = jnp.where(inside, lam_new, jnp.sqrt(lo * hi))
-        return i + 1, lam_new, lo, hi, norm_at(lam_new)
+        lo = jnp.where(too_long, delta, lo)
+        hi = jnp.where(too_long, hi, delta)
+        q = gt / (gaps + delta)
+        slope = jnp.sum(q * q / (gaps + delta)) / n**3  # d/d delta of 1/||d||
+        new = delta - (1.0 / n - 1.0 / radius) / slope
+        inside = jnp.isfinite(new) & (new > lo) & (new < hi)
+        new = jnp.where(inside, new, jnp.sqrt(lo * hi))
+        return i + 1, new, lo, hi, norm_at(new)
 
-    _, lam, _, hi, n = jax.lax.while_loop(running, body, (0, lam_lo, lam_lo, lam_hi, norm_at(lam_lo)))
-    # out of iterations (never seen): the bracket's right end keeps the step inside the radius
-    lam = jnp.where(newton_ok, 0.0, jnp.where(solved(lam, n), lam, hi))
-    return -evecs @ (gt / (evals + lam))
+    _, delta, _, hi, n = jax.lax.while_loop(running, body, (0, delta_lo, delta_lo, delta_hi, norm_at(delta_lo)))
+    # unsolved (out of iterations): the bracket's right end, whose step is inside the radius
+    delta = jnp.where(solved(delta, n), delta, hi)
+    return -evecs @ jnp.where(newton_ok, gt / evals, gt / (gaps + delta))
 
 
 def trust_region_init(x0: jax.Array, radius0: float = 1.0, aux: Any = ()) -> _State:
