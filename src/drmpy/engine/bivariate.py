@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model.bivariate import BivariateDesign
-from .program import Control, _lstsq_const, _padded_size, moment_start, start_variance
+from .program import Control, _lstsq_const, moment_start, padded_count, start_variance
 from ..errors import DrmError
 from .likelihood import RHO_GUARD, Arrays, Structure
 
@@ -102,7 +102,7 @@ def prepare_bivariate(design: BivariateDesign, method: str, control: Control):
                        "structure='pair' (a V that is block-diagonal by study).")
     beta0, phi0 = start_values(design)
     n = design.nobs
-    n_pad = _padded_size(n)
+    n_pad = padded_count(n)
     X, Zs = stacked_designs(design)
     mask = design.kept.reshape(-1).astype(float)
     # row weights: the study's weight on each kept response (0 where not kept)

@@ -158,9 +158,25 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
     return "dense", clusters
 
 
+# counts of random-effect levels, blocks and bivariate studies up to 64 are padded to 16, 32
+# or 64: each count is a dimension of the compiled program, and a few padded slots cost
+# microseconds where another compile costs about a second
+SMALL_COUNTS = (16, 32, 64)
+
+
+def padded_count(n: int) -> int:
+    """Levels of a random term, blocks of a bucket or studies of a bivariate fit after
+    padding: 16, 32 or 64 up to 64, else :func:`_padded_size` (padded slots are referenced
+    by no data row)."""
+    for size in SMALL_COUNTS:
+        if n <= size:
+            return size
+    return _padded_size(n)
+
+
 def padded_levels(n_levels: int) -> int:
-    """Number of random-effect levels after padding (as rows, for larger designs)."""
-    return _padded_size(n_levels) if n_levels > 16 else n_levels
+    """Number of random-effect levels after padding (:func:`padded_count`)."""
+    return padded_count(n_levels)
 
 
 # a single fit's rows are padded to 64 or 128 up to 128 rows: a pass over so few rows costs
@@ -358,9 +374,9 @@ def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
     out = []
     for m in np.unique(slot_sizes):
         sel = [members[i] for i in np.flatnonzero(slot_sizes == m)]
-        # pad the number of blocks up the same ladder as rows, so new data of a similar
-        # size re-use the compiled program (all-padding blocks are identity matrices)
-        n_blocks = _padded_size(len(sel)) if len(sel) > 16 else len(sel)
+        # pad the number of blocks (padded_count), so new data of a similar size re-use
+        # the compiled program (all-padding blocks are identity matrices)
+        n_blocks = padded_count(len(sel))
         rows = np.full((n_blocks, m), n, dtype=np.int64)
         for b, idx in enumerate(sel):
             rows[b, : len(idx)] = idx
