@@ -19,6 +19,13 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # small-matrix tests by up to 10x (a 120-row dense REML check: 27 s -> 2.4 s under load).
 # Must be set before numpy is imported; nothing imports it before this file.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# One JAX CPU device per process (drmpy gives users one per core, see drmpy/_jax.py).  A
+# program is compiled once per device it runs on (XLA's CPU cache key holds the device), so
+# with two devices every batch program that reached both was compiled twice; the two
+# pytest workers already keep both cores busy.  Cold suite on 2 cores: 405 s -> 353 s,
+# 741 -> 647 s CPU.  tests/simulation/test_batch.py::test_two_cpu_devices_equal_one runs
+# fit_batch over two devices in a subprocess.
+os.environ.setdefault("DRMPY_CPU_DEVICES", "1")
 # The pytest-xdist workers (and the subprocesses tests start) share one persistent cache, so
 # a program one worker compiled is a cache hit for the other.  JAX writes cache entries in
 # place, not atomically; a size limit turns on its LRU cache, which holds a file lock (the

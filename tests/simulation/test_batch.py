@@ -300,6 +300,46 @@ def test_dask_cluster_equals_local(batch_data):
         np.testing.assert_allclose(remote[col], local[col], rtol=1e-12, atol=1e-300, equal_nan=True)
 
 
+TWO_DEVICES = """
+import sys
+import pandas as pd
+import jax
+import drmpy as drm
+assert len(jax.local_devices()) == 2, jax.local_devices()
+d = pd.read_pickle(sys.argv[1])
+out = drm.fit_batch(drm.Formula("yi ~ x + f + meta_V(V=vi)", "sigma ~ f"), d, by="set", progress=False,
+                    chunk_size=16)
+out.to_pickle(sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_devices_equal_one(batch_data, tmp_path):
+    """The suite runs with one JAX CPU device per process (tests/conftest.py); a user's
+    process has one per core and fit_batch sends its pools round-robin to them.  The same
+    batch in a process with two devices gives the same results."""
+    import os
+    import subprocess
+    import sys
+
+    import jax
+
+    assert len(jax.local_devices()) == 1
+    names = sorted(batch_data["set"].unique())[:60] + ["z_badV", "z_missing"]
+    d = batch_data[batch_data["set"].isin(names)]
+    local = drm.fit_batch(drm.Formula(*FORMULA), d, by="set", progress=False, chunk_size=16)
+    d.to_pickle(tmp_path / "d.pkl")
+    env = dict(os.environ, DRMPY_CPU_DEVICES="2")
+    run = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(tmp_path / "d.pkl"), str(tmp_path / "out.pkl")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    two = pd.read_pickle(tmp_path / "out.pkl")
+    numeric = ["estimate", "std_error", "loglik", "max_gradient"]
+    pd.testing.assert_frame_equal(two.drop(columns=numeric), local.drop(columns=numeric))
+    for col in numeric:
+        np.testing.assert_allclose(two[col], local[col], rtol=1e-12, atol=1e-300, equal_nan=True)
+
+
 # --------------------------------------------------------------------------- simulate
 
 
