@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import drmpy  # noqa: F401  (float64)
-from drmpy.engine.optimize import CONVERGED, _trust_step, newton_trust_region
+from drmpy.engine.optimize import CONVERGED, _trust_step, newton_trust_region, value_grad_hessian
 from drmpy.engine.small_linalg import jacobi_eigh
 
 
@@ -114,3 +114,27 @@ def test_minimises_rosenbrock_from_far():
     out = newton_trust_region(rosen, jnp.array([-1.2, 1.0, -0.5, 2.0]), max_iter=jnp.asarray(200), gtol=1e-10)
     assert int(out.status) == CONVERGED
     np.testing.assert_allclose(np.asarray(out.x), np.ones(4), atol=1e-8)
+
+
+def test_value_grad_hessian_in_one_pass():
+    # a log-determinant objective with an extra (non-differentiated) argument, against the
+    # dense closed forms: f = log|A + diag(e^x)| + b'(A + diag(e^x))^-1 b
+    rng = np.random.default_rng(4)
+    M = rng.normal(size=(3, 3))
+    A = jnp.asarray(M @ M.T + np.eye(3))
+    b = jnp.asarray(rng.normal(size=3))
+    x = jnp.asarray(rng.normal(size=3))
+
+    def fun(x, b):
+        S = A + jnp.diag(jnp.exp(x))
+        return jnp.linalg.slogdet(S)[1] + b @ jnp.linalg.solve(S, b)
+
+    f, g, H = value_grad_hessian(fun)(x, b)
+    S_inv = np.linalg.inv(np.asarray(A) + np.diag(np.exp(np.asarray(x))))
+    u = S_inv @ np.asarray(b)
+    e = np.exp(np.asarray(x))
+    assert f == pytest.approx(np.linalg.slogdet(np.linalg.inv(S_inv))[1] + np.asarray(b) @ u, rel=1e-13)
+    np.testing.assert_allclose(g, e * (np.diag(S_inv) - u**2), rtol=1e-12)
+    # d g_i / d x_j = delta_ij g_i - e_i e_j (S_ij^2 - 2 u_i u_j S_ij)
+    H_dense = np.diag(e * (np.diag(S_inv) - u**2)) - np.outer(e, e) * (S_inv**2 - 2 * np.outer(u, u) * S_inv)
+    np.testing.assert_allclose(H, H_dense, rtol=1e-11, atol=1e-13)

@@ -97,16 +97,15 @@ def intercepts_pool_program(struct: Structure, lanes: int):
     """
     from .batch import _summary, refill_lanes
     from .likelihood import elementwise_linalg, variance_objective
+    from .optimize import value_grad_hessian
     from .program import _program_fn
 
     objective = variance_objective(struct)
-    value_and_grad = jax.value_and_grad(objective)
-    hessian = jax.hessian(objective)
+    derivatives = value_grad_hessian(objective)
     run = _program_fn(struct, elementwise=True)
 
     def evaluate(x, a):
-        f, g = value_and_grad(x, a, struct)
-        return f, g, hessian(x, a, struct)
+        return derivatives(x, a, struct)
 
     def program(arrs: Arrays, phi0, masks, values, n_real, max_iter, gtol):
         with elementwise_linalg():

@@ -224,6 +224,23 @@ def trust_region_step(s: _State, evaluate: Callable, *, max_iter, gtol, ftol: fl
     return _State(x, f, g, H, radius, it, s.nfev + 1, flat, status, evals, evecs, aux)
 
 
+def value_grad_hessian(fun: Callable) -> Callable:
+    """``x, *args -> (f, g, H)``: the value, gradient and Hessian of ``fun`` in x (its first
+    argument) from one forward-over-reverse pass.  The value and gradient ride along as the
+    pass's auxiliary output, so the objective is traced, compiled and run once per
+    evaluation (``value_and_grad`` beside ``jax.hessian`` holds it three times over)."""
+
+    def grad_and_value(x, *args):
+        f, g = jax.value_and_grad(fun)(x, *args)
+        return g, (f, g)
+
+    def evaluate(x, *args):
+        H, (f, g) = jax.jacfwd(grad_and_value, has_aux=True)(x, *args)
+        return f, g, H
+
+    return evaluate
+
+
 def newton_trust_region(
     fun: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
@@ -245,15 +262,7 @@ def newton_trust_region(
     :func:`drmpy.small_linalg.jacobi_eigh` when the solver is vmapped over many problems
     (batched LAPACK can deadlock on CPU).
     """
-    if derivatives is not None:
-        evaluate = derivatives
-    else:
-        value_and_grad = jax.value_and_grad(fun)
-        hessian = jax.hessian(fun)
-
-        def evaluate(x):
-            f, g = value_and_grad(x)
-            return f, g, hessian(x)
+    evaluate = derivatives if derivatives is not None else value_grad_hessian(fun)
 
     aux0 = ()
     if derivatives is not None:
