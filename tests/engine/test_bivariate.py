@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +346,13 @@ def test_rho12_boundary_warning():
     n = 60
     y1 = rng.normal(size=n)
     data = pd.DataFrame({"y1": y1, "y2": y1 + 1e-3 * rng.normal(size=n)})
-    fit = drm.fit(drm.Formula(mu1="y1 ~ 1", mu2="y2 ~ 1"), data=data)
+    # rho12 runs into its guard (logLik flat in its coefficient, near 15): the optimiser ends
+    # converged or, by rounding alone, with a collapsed trust region (the suite's compiler
+    # flags: status 5 after 57 iterations, logLik 3.5e-7 higher; XLA's defaults: converged
+    # after 28); this test is about the rho12 check, which reports the boundary either way
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", drm.ConvergenceWarning)
+        fit = drm.fit(drm.Formula(mu1="y1 ~ 1", mu2="y2 ~ 1"), data=data)
     row = fit.check().set_index("check").loc["rho12_boundary"]
     assert row["status"] == "warning" and "exceeds 0.98" in row["message"]
 

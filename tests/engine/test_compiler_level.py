@@ -30,14 +30,21 @@ MODELS = textwrap.dedent(
             "random_reml": drm.fit(drm.Formula("yi ~ x + (1|study) + meta_V(V=vi)"), data=three_level,
                                    method="REML"),
         }
-        return {k: {"loglik": f.loglik, "params": f.params.tolist()} for k, f in fits.items()}
+        out = {k: {"loglik": f.loglik, "params": f.params.tolist()} for k, f in fits.items()}
+        restoration = drm.datasets.restoration().assign(set=np.arange(80) // 20)
+        batch = drm.fit_batch(drm.Formula("yi ~ duration + meta_V(V=vi)", "sigma ~ habitat"), restoration,
+                              by="set", progress=False)
+        out["batch_ml"] = {"loglik": float(batch.groupby("set")["loglik"].first().sum()),
+                           "params": batch["estimate"].tolist()}
+        return out
     """
 )
 CHILD = MODELS + textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import jax
     assert not jax.config.read("jax_disable_most_optimizations")
+    assert "fusion_emitters" not in os.environ.get("XLA_FLAGS", "")
     json.dump(summaries(), sys.stdout)
     """
 )
@@ -48,7 +55,9 @@ def test_default_compiler_gives_the_suites_results():
     import jax
 
     assert jax.config.read("jax_disable_most_optimizations")  # the suite's setting (conftest)
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="0")
+    assert "--xla_cpu_use_fusion_emitters=false" in os.environ["XLA_FLAGS"]  # the suite's setting
+    flags = os.environ["XLA_FLAGS"].replace("--xla_cpu_use_fusion_emitters=false", "").strip()
+    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="0", XLA_FLAGS=flags)
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     default = json.loads(out.stdout)
@@ -56,7 +65,7 @@ def test_default_compiler_gives_the_suites_results():
     namespace: dict = {}
     exec(MODELS, namespace)
     here = namespace["summaries"]()
-    assert set(here) == set(default) == {"diag_ml", "random_reml"}
+    assert set(here) == set(default) == {"diag_ml", "random_reml", "batch_ml"}
     for name in default:
         assert here[name]["loglik"] == pytest.approx(default[name]["loglik"], abs=1e-9), name
         np.testing.assert_allclose(here[name]["params"], default[name]["params"], rtol=1e-7, atol=1e-9, err_msg=name)
