@@ -1,6 +1,9 @@
 """A/B timing of fit_batch (benchmark (a) of bench_batch.py) between two source trees.
 
 Run: python3 benchmarks/ab_batch.py SRC_A SRC_B [--reps 5] [--R 10000] [--out DIR]
+                                     [--xla-flags-a FLAGS] [--xla-flags-b FLAGS]
+
+(the same tree twice with different ``--xla-flags-*`` compares XLA compiler settings)
 
 Each tree runs in its own long-lived child process (``PYTHONPATH=SRC``), warmed up once;
 the parent then asks them for one warm call at a time, alternately, so that both see the
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--R", type=int, default=10_000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--xla-flags-a", default=None, help="XLA_FLAGS of child A (default: inherited)")
+    ap.add_argument("--xla-flags-b", default=None, help="XLA_FLAGS of child B (default: inherited)")
     args = ap.parse_args()
     import numpy as np
     import pandas as pd
@@ -63,13 +68,17 @@ def main() -> None:
     os.makedirs(out_dir, exist_ok=True)
     print(f"load average {os.getloadavg()}", flush=True)
     kids = {}
-    for tag, src in zip("AB", args.src):
+    for tag, src, flags in zip("AB", args.src, (args.xla_flags_a, args.xla_flags_b)):
         env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+        if flags is not None:
+            env["XLA_FLAGS"] = flags
         kids[tag] = subprocess.Popen([sys.executable, __file__, "--child", tag, "--R", str(args.R), "--out", out_dir],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     for tag, p in kids.items():
         info = json.loads(p.stdout.readline())
-        print(f"{tag} {args.src['AB'.index(tag)]}: {info['file']}; first call {info['first']:.2f} s", flush=True)
+        flags = (args.xla_flags_a, args.xla_flags_b)['AB'.index(tag)]
+        print(f"{tag} {args.src['AB'.index(tag)]}: {info['file']}; XLA_FLAGS {flags!r}; first call {info['first']:.2f} s",
+              flush=True)
     times = {t: [] for t in kids}
     for _ in range(args.reps):
         for tag, p in kids.items():
