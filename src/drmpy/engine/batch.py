@@ -472,9 +472,6 @@ def pool_program(reml: bool, lanes: int):
     return jax.jit(run)
 
 
-_EXPORTED: dict = {}
-
-
 def exported_call(tag: tuple, jitted, *args):
     """``jitted(*args)``, through a serialized ``jax.export`` module kept on disk.
 
@@ -490,13 +487,10 @@ def exported_call(tag: tuple, jitted, *args):
     signature = (tag, str(treedef), tuple((np.shape(x), str(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
                                           for x in leaves),
                  jax.default_backend())
-    fn = _EXPORTED.get(signature)
-    if fn is None:
-        # a function of the flat leaves: the arguments' containers (DiagArrays, None) need
-        # no serialization
-        fn = _exported(signature, leaves,
-                       lambda: jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat))))
-        _EXPORTED[signature] = fn
+    # a function of the flat leaves: the arguments' containers (DiagArrays, None) need no
+    # serialization
+    fn = _exported(signature, leaves,
+                   lambda: jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat))))
     return fn(*leaves)
 
 

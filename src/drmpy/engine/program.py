@@ -631,7 +631,15 @@ def _export_dir():
 def _exported(signature, leaves, build):
     """A jitted function of the flat ``leaves`` for ``signature``: the serialized ``jax.export``
     module kept on disk when drmpy's persistent cache is on (written on first use), else
-    ``build()`` (the traced program)."""
+    ``build()`` (the traced program).  Kept in ``_callables`` for the rest of the process
+    (every exported program, single fits' and batch pools', in one place)."""
+    fn = _callables.get(signature)
+    if fn is None:
+        fn = _callables[signature] = _load_or_export(signature, leaves, build)
+    return fn
+
+
+def _load_or_export(signature, leaves, build):
     folder = _export_dir()
     path = None
     fn = None
@@ -672,12 +680,7 @@ def _compiled(struct: Structure, treedef, leaves):
     """
     signature = (struct, treedef, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves),
                  jax.default_backend())
-    fn = _callables.get(signature)
-    if fn is not None:
-        return fn
-    fn = _exported(signature, leaves, lambda: _flat_program(struct, treedef))
-    _callables[signature] = fn
-    return fn
+    return _exported(signature, leaves, lambda: _flat_program(struct, treedef))
 
 
 def prepare(design: ModelDesign, method: str, control: Control):
