@@ -421,16 +421,37 @@ def _plan(group_ids: np.ndarray, sizes: np.ndarray, chunk_size: int | None, widt
     return chunks
 
 
+def _gather_padded(gr: _Groups, groups: np.ndarray, n_rows: int, sources) -> tuple[list[np.ndarray], np.ndarray]:
+    """The rows of ``groups`` as (len(groups), n_rows, ...) arrays, one per ``(array, fill)`` of
+    ``sources`` (arrays over the retained rows), rows beyond a group's size set to ``fill``;
+    and the mask of real rows (len(groups), n_rows).  One gather per array."""
+    col = np.arange(n_rows)
+    mask = col[None, :] < gr.sizes[groups][:, None]
+    idx = gr.offsets[groups][:, None] + col[None, :]
+    pad = None if bool(mask.all()) else ~mask  # every group fills its rows: the common case
+    if pad is not None:
+        np.minimum(idx, len(gr.y) - 1, out=idx)  # a valid row for every padding slot
+    out = []
+    for src, fill in sources:
+        vals = src[idx]
+        if pad is not None:
+            vals[pad] = fill
+        out.append(vals)
+    return out, mask
+
+
 def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
-    """(y, X, Z, v, w) as (size, n_rows, ...) arrays; padding rows w = 0, v = 1, y = X = Z = 0."""
+    """(y, X, Z, v, w) as (size, n_rows, ...) arrays; padding rows and lanes w = 0, v = 1,
+    y = X = Z = 0."""
     L, N = chunk.size, chunk.n_rows
     gs = chunk.groups
     n = len(gs)
+    sources = ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0))
     start = int(gr.offsets[gs[0]])
     if bool(np.all(gr.sizes[gs] == N)) and bool(np.all(gr.offsets[gs] == start + N * np.arange(n))):
         # consecutive groups that fill their rows (the common case): slices, no gather
         out = []
-        for src, fill in ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0)):
+        for src, fill in sources:
             arr = np.empty((L, N) + src.shape[1:])
             arr[:n] = src[start:start + n * N].reshape((n, N) + src.shape[1:])
             arr[n:] = fill
@@ -438,22 +459,13 @@ def _chunk_arrays(gr: _Groups, chunk: _Chunk) -> tuple[np.ndarray, ...]:
         w = np.zeros((L, N))
         w[:n] = 1.0
         return tuple(out) + (w,)
-    col = np.arange(N)
-    mask = col[None, :] < gr.sizes[gs][:, None]
-    idx = gr.offsets[gs][:, None] + col[None, :]
-    full = bool(mask.all())  # every group fills its rows: no masking (the common case)
-    if not full:
-        idx = np.where(mask, idx, 0)
-    out = []
-    for src, fill in ((gr.y, 0.0), (gr.X, 0.0), (gr.Z, 0.0), (gr.v, 1.0)):
-        arr = np.full((L, N) + src.shape[1:], fill)
-        vals = src[idx]  # one gather per array (faster than scattering the rows)
-        if not full:
-            vals = np.where(mask.reshape(mask.shape + (1,) * (src.ndim - 1)), vals, fill)
-        arr[:n] = vals
-        out.append(arr)
-    w = np.zeros((L, N))
-    w[:n] = mask
+    # lanes beyond the groups gather the last group's rows, then take the fill values
+    lanes = np.concatenate([gs, np.repeat(gs[-1:], L - n)])
+    out, mask = _gather_padded(gr, lanes, N, sources)
+    for arr, (_, fill) in zip(out, sources):
+        arr[n:] = fill
+    w = mask.astype(float)
+    w[n:] = 0.0
     y, X, Z, v = out
     return y, X, Z, v, w
 
@@ -481,18 +493,12 @@ def _dense_chunk(gr: _Groups, groups: np.ndarray, size: int, n_rows: int, x_ones
     """(y, X, v, w) of ``groups`` as (size, n_rows[, p]) arrays, lanes beyond the groups
     repeating the last group (their results are discarded); padding rows w = 0, v = 1."""
     gs = np.concatenate([groups, np.repeat(groups[-1:], size - len(groups))])
-    sz = gr.sizes[gs]
-    col = np.arange(n_rows)
-    mask = col[None, :] < sz[:, None]
-    idx = np.minimum(gr.offsets[gs][:, None] + col[None, :], len(gr.y) - 1)
-    y = np.where(mask, gr.y[idx], 0.0)
-    v = np.where(mask, gr.v[idx], 1.0)
-    w = mask.astype(float)
-    if x_ones:  # the mu design is one column of ones: the programs take None
-        X = None
-    else:
-        X = np.where(mask[..., None], gr.X[idx], 0.0)
-    return y, X, v, w
+    # the mu design is one column of ones: the programs take None
+    sources = ((gr.y, 0.0), (gr.v, 1.0)) + (() if x_ones else ((gr.X, 0.0),))
+    out, mask = _gather_padded(gr, gs, n_rows, sources)
+    y, v = out[:2]
+    X = None if x_ones else out[2]
+    return y, X, v, mask.astype(float)
 
 
 class _Runner:
