@@ -11,8 +11,9 @@ JAX's configuration is process-global.  Importing drmpy
   ``jax.config.jax_compilation_cache_dir``) is left alone, and setting the
   environment variable ``DRMPY_NO_JAX_CACHE=1`` switches drmpy's cache off;
 * gives JAX one CPU device per core (at most 8; ``jax_num_cpu_devices``), so that
-  ``fit_batch`` and the other batch runners, which send pools of groups round-robin to the
-  local devices, use every core (one device runs its compiled loops on one core).  Single
+  ``fit_batch`` and the other batch runners, which run their chunks in rounds of one chunk
+  per device (one program for all devices), use every core (one device runs its compiled
+  loops on one core).  Single
   fits run on the first device as before.  Skipped when JAX has already started, when the
   user set ``jax_num_cpu_devices`` or ``--xla_force_host_platform_device_count``; the
   environment variable ``DRMPY_CPU_DEVICES`` sets the number (``1``: JAX's default).

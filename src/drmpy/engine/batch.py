@@ -472,7 +472,7 @@ def pool_program(reml: bool, lanes: int):
     return jax.jit(run)
 
 
-def exported_call(tag: tuple, jitted, *args):
+def exported_call(tag: tuple, jitted, *args, mesh=None):
     """``jitted(*args)``, through a serialized ``jax.export`` module kept on disk.
 
     A fresh process then skips tracing the program (about a second for the pool program)
@@ -480,6 +480,11 @@ def exported_call(tag: tuple, jitted, *args):
     (:func:`drmpy.engine.program._compiled`; same folder, keyed by the engine's source).
     ``tag`` names the program and its closure constants; the argument shapes complete the key.
     Without drmpy's persistent cache, or if exporting fails, ``jitted`` runs as it is.
+
+    With a ``mesh`` (:func:`device_mesh`) the arguments hold one problem per device, stacked
+    along a leading axis (0-d leaves are shared), and one program runs them all: ``jitted``
+    under ``jax.shard_map``, compiled once for every device (a program placed on one device
+    is compiled again for each other device; XLA's CPU cache key holds the device).
     """
     from .program import _exported
 
@@ -487,11 +492,67 @@ def exported_call(tag: tuple, jitted, *args):
     signature = (tag, str(treedef), tuple((np.shape(x), str(x.dtype if hasattr(x, "dtype") else np.result_type(x)))
                                           for x in leaves),
                  jax.default_backend())
-    # a function of the flat leaves: the arguments' containers (DiagArrays, None) need no
-    # serialization
-    fn = _exported(signature, leaves,
-                   lambda: jax.jit(lambda *flat: jitted(*jax.tree_util.tree_unflatten(treedef, flat))))
+
+    def flat_program(*flat):
+        # a function of the flat leaves: the arguments' containers (DiagArrays, None) need no
+        # serialization
+        return jitted(*jax.tree_util.tree_unflatten(treedef, flat))
+
+    if mesh is None:
+        fn = _exported(signature, leaves, lambda: jax.jit(flat_program))
+        return fn(*leaves)
+    stacked = tuple(np.ndim(x) > 0 for x in leaves)
+    leaves = place_on_mesh(leaves, mesh)
+    fn = _exported(("spmd", mesh.devices.size) + signature, leaves,
+                   lambda: _spmd_program(flat_program, stacked, mesh))
     return fn(*leaves)
+
+
+def device_mesh(devices) -> "jax.sharding.Mesh":
+    """A one-axis mesh ``("d",)`` over ``devices`` (one problem per device)."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.asarray(devices), ("d",))
+
+
+def place_on_mesh(leaves, mesh):
+    """Arrays split along their leading axis over the mesh's devices; 0-d leaves shared."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    split = NamedSharding(mesh, PartitionSpec("d"))
+    shared = NamedSharding(mesh, PartitionSpec())
+    return [jax.device_put(x, split if np.ndim(x) > 0 else shared) for x in leaves]
+
+
+def _spmd_program(flat_program, stacked: tuple, mesh):
+    """``flat_program`` run on every device of ``mesh`` on its slice of the stacked leaves."""
+    from jax.sharding import PartitionSpec
+
+    def per_device(*flat):
+        flat = [x[0] if s else x for x, s in zip(flat, stacked)]
+        return jax.tree_util.tree_map(lambda a: a[None], flat_program(*flat))
+
+    specs = tuple(PartitionSpec("d") if s else PartitionSpec() for s in stacked)
+    # every device runs its own loops (no collective), so the replication checks of
+    # shard_map (which would ask for pcast on loop carries) are not needed
+    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("d"),
+                                 check_vma=False))
+
+
+def on_device(args, device):
+    """``args`` placed on ``device`` (a jax Device); a mesh or None leaves them as they are
+    (:func:`exported_call` places stacked arguments itself)."""
+    from jax.sharding import Mesh
+
+    if device is None or isinstance(device, Mesh):
+        return args
+    return jax.device_put(args, device)
+
+
+def _mesh(device):
+    from jax.sharding import Mesh
+
+    return device if isinstance(device, Mesh) else None
 
 
 def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: float, reml: bool,
@@ -502,15 +563,15 @@ def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: flo
     minimised negative log-likelihood), ``var`` (diagonal of the covariance of
     (beta, phi)), ``max_gradient``, ``status``, ``iterations`` and ``beta0``.  With
     ``block=False`` the result stays on the device (JAX dispatches asynchronously); the
-    default returns numpy arrays, as a dask worker must.
+    default returns numpy arrays, as a dask worker must.  ``device``: a jax Device, or a
+    mesh (:func:`device_mesh`) when every array holds one pool per device, stacked along a
+    new leading axis (the results then have that axis too).
     """
     import jax
 
-    args = (DiagArrays(y, X, Z, v, w), gamma0, beta0)
-    if device is not None:
-        args = jax.device_put(args, device)
+    args = on_device((DiagArrays(y, X, Z, v, w), gamma0, beta0), device)
     out = exported_call(("pool", bool(reml), int(lanes)), pool_program(bool(reml), int(lanes)),
-                        *args, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
+                        *args, np.int64(n_real), np.int64(max_iter), np.float64(gtol), mesh=_mesh(device))
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out

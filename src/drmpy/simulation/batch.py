@@ -501,9 +501,55 @@ def _dense_chunk(gr: _Groups, groups: np.ndarray, size: int, n_rows: int, x_ones
     return y, X, v, mask.astype(float)
 
 
+def _round_key(args, kwargs):
+    """What tasks run together in one multi-device program must share: the argument tree,
+    every array's shape and dtype and every other argument's value."""
+    from jax.tree_util import tree_flatten
+
+    leaves, treedef = tree_flatten((args, kwargs))
+    return (str(treedef),) + tuple((np.shape(x), x.dtype.str) if isinstance(x, np.ndarray) else ("=", x)
+                                    for x in leaves)
+
+
+def _rounds(tasks, n_devices: int):
+    """Consecutive tasks grouped in rounds of at most ``n_devices`` with one round key."""
+    batch, key = [], None
+    for task in tasks:
+        k = _round_key(task[2], task[3])
+        if batch and (k != key or len(batch) == n_devices):
+            yield batch
+            batch = []
+        batch.append(task)
+        key = k
+    if batch:
+        yield batch
+
+
+def _stacked(batch, mesh):
+    """The round's arguments, every array stacked along a new leading device axis as one
+    array split over the mesh's devices (each task's arrays copied straight to its device,
+    no stacked copy on the host); a short round repeats its last task on the spare devices
+    (results not read)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+    from jax.tree_util import tree_map
+
+    devices = list(mesh.devices.flat)
+    tasks = batch + [batch[-1]] * (len(devices) - len(batch))
+    split = NamedSharding(mesh, PartitionSpec("d"))
+
+    def stack(*xs):
+        if not isinstance(xs[0], np.ndarray):
+            return xs[0]
+        shards = [jax.device_put(x[None], d) for x, d in zip(xs, devices)]
+        return jax.make_array_from_single_device_arrays((len(xs),) + xs[0].shape, split, shards)
+
+    return tree_map(stack, *[(t[2], t[3]) for t in tasks])
+
+
 class _Runner:
-    """Runs chunk programs locally (round-robin over JAX's local devices) or on a dask cluster,
-    keeping a bounded number of chunks in flight, with one progress bar."""
+    """Runs chunk programs locally (in rounds of one chunk per JAX device, :func:`_rounds`)
+    or on a dask cluster, keeping a bounded number of chunks in flight, with one progress bar."""
 
     def __init__(self, fn, client, progress: bool, total: int, desc: str, count=None):
         self.fn = fn
@@ -533,19 +579,36 @@ class _Runner:
         import jax
 
         devices = jax.local_devices()
+        if len(devices) == 1:
+            rounds = ([task] for task in tasks)
+            device = devices[0]
+        else:
+            # one program for all devices, each running one task of the round: a program
+            # placed on one device would be compiled again for every other device
+            from ..engine.batch import device_mesh
+
+            rounds = _rounds(tasks, len(devices))
+            device = device_mesh(devices)
         inflight = []
-        window = 2 * len(devices)
-        for i, (key, n_real, args, kwargs) in enumerate(tasks):
-            out = self.fn(*args, device=devices[i % len(devices)], block=False, **kwargs)
-            inflight.append((key, n_real, out))
-            if len(inflight) >= window:
-                k0, n0, o0 = inflight.pop(0)
-                results[k0] = jax.device_get(o0)
-                self._advance(k0, n0, results[k0])
-        for k0, n0, o0 in inflight:
-            results[k0] = jax.device_get(o0)
-            self._advance(k0, n0, results[k0])
+        for batch in rounds:
+            if len(devices) == 1:
+                (_, _, args, kwargs), = batch
+            else:
+                args, kwargs = _stacked(batch, device)
+            inflight.append((batch, self.fn(*args, device=device, block=False, **kwargs)))
+            if len(inflight) >= 2:  # two rounds in flight: one running, one queued
+                self._collect(*inflight.pop(0), results, stacked=len(devices) > 1)
+        for batch, out in inflight:
+            self._collect(batch, out, results, stacked=len(devices) > 1)
         return results
+
+    def _collect(self, batch, out, results, stacked: bool) -> None:
+        import jax
+
+        out = jax.device_get(out)
+        for i, (key, n_real, _, _) in enumerate(batch):
+            results[key] = {k: v[i] for k, v in out.items()} if stacked else out
+            self._advance(key, n_real, results[key])
 
     def _advance(self, key, n_real: int, result) -> None:
         if self.bar is not None:
