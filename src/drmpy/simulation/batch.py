@@ -435,7 +435,7 @@ def _gather_padded(gr: _Groups, groups: np.ndarray, n_rows: int, sources) -> tup
     for src, fill in sources:
         vals = src[idx]
         if pad is not None:
-            vals[pad] = fill
+            np.copyto(vals, fill, where=pad.reshape(pad.shape + (1,) * (vals.ndim - 2)))
         out.append(vals)
     return out, mask
 
