@@ -472,8 +472,8 @@ def pool_program(reml: bool, lanes: int):
     return jax.jit(run)
 
 
-def exported_call(tag: tuple, jitted, *args, mesh=None):
-    """``jitted(*args)``, through a serialized ``jax.export`` module kept on disk.
+def exported_call(tag: tuple, jitted, *args, device=None):
+    """``jitted(*args)`` on ``device``, through a serialized ``jax.export`` module kept on disk.
 
     A fresh process then skips tracing the program (about a second for the pool program)
     and XLA's persistent cache supplies the binary, as for single fits
@@ -481,11 +481,15 @@ def exported_call(tag: tuple, jitted, *args, mesh=None):
     ``tag`` names the program and its closure constants; the argument shapes complete the key.
     Without drmpy's persistent cache, or if exporting fails, ``jitted`` runs as it is.
 
-    With a ``mesh`` (:func:`device_mesh`) the arguments hold one problem per device, stacked
+    ``device``: None (JAX's default placement), a jax Device, or a mesh
+    (:func:`device_mesh`).  With a mesh the arguments hold one problem per device, stacked
     along a leading axis (0-d leaves are shared), and one program runs them all: ``jitted``
     under ``jax.shard_map``, compiled once for every device (a program placed on one device
-    is compiled again for each other device; XLA's CPU cache key holds the device).
+    is compiled again for each other device; XLA's CPU cache key holds the device).  The
+    results then have the leading device axis too.
     """
+    from jax.sharding import Mesh
+
     from .program import _exported
 
     leaves, treedef = jax.tree_util.tree_flatten(args)
@@ -498,13 +502,14 @@ def exported_call(tag: tuple, jitted, *args, mesh=None):
         # serialization
         return jitted(*jax.tree_util.tree_unflatten(treedef, flat))
 
-    if mesh is None:
-        fn = _exported(signature, leaves, lambda: jax.jit(flat_program))
-        return fn(*leaves)
+    if not isinstance(device, Mesh):
+        if device is not None:
+            leaves = jax.device_put(leaves, device)
+        return _exported(signature, leaves, lambda: jax.jit(flat_program))(*leaves)
     stacked = tuple(np.ndim(x) > 0 for x in leaves)
-    leaves = place_on_mesh(leaves, mesh)
-    fn = _exported(("spmd", mesh.devices.size) + signature, leaves,
-                   lambda: _spmd_program(flat_program, stacked, mesh))
+    leaves = place_on_mesh(leaves, device)
+    fn = _exported(("spmd", device.devices.size) + signature, leaves,
+                   lambda: _spmd_program(flat_program, stacked, device))
     return fn(*leaves)
 
 
@@ -539,22 +544,6 @@ def _spmd_program(flat_program, stacked: tuple, mesh):
                                  check_vma=False))
 
 
-def on_device(args, device):
-    """``args`` placed on ``device`` (a jax Device); a mesh or None leaves them as they are
-    (:func:`exported_call` places stacked arguments itself)."""
-    from jax.sharding import Mesh
-
-    if device is None or isinstance(device, Mesh):
-        return args
-    return jax.device_put(args, device)
-
-
-def _mesh(device):
-    from jax.sharding import Mesh
-
-    return device if isinstance(device, Mesh) else None
-
-
 def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: float, reml: bool,
              lanes: int, *, device=None, block: bool = True) -> dict:
     """Fit one pool of groups (numpy arrays with a leading group axis; see :func:`pool_program`).
@@ -567,11 +556,9 @@ def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: flo
     mesh (:func:`device_mesh`) when every array holds one pool per device, stacked along a
     new leading axis (the results then have that axis too).
     """
-    import jax
-
-    args = on_device((DiagArrays(y, X, Z, v, w), gamma0, beta0), device)
     out = exported_call(("pool", bool(reml), int(lanes)), pool_program(bool(reml), int(lanes)),
-                        *args, np.int64(n_real), np.int64(max_iter), np.float64(gtol), mesh=_mesh(device))
+                        DiagArrays(y, X, Z, v, w), gamma0, beta0, np.int64(n_real), np.int64(max_iter),
+                        np.float64(gtol), device=device)
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out

@@ -133,15 +133,11 @@ def run_intercepts_pool(struct: Structure, arrs: Arrays, phi0, masks, values, n_
                         gtol: float, lanes: int, *, device=None, block: bool = True) -> dict:
     """Fit one pool of packed groups (see :func:`intercepts_pool_program`); ``device`` as in
     :func:`drmpy.engine.batch.run_pool` (a Device, or a mesh for pools stacked one per device)."""
-    from .batch import _mesh, exported_call, on_device
+    from .batch import exported_call
 
-    args = (arrs, phi0, masks, values, np.int64(n_real), np.int64(max_iter), np.float64(gtol))
-    program = intercepts_pool_program(struct, int(lanes))
-    mesh = _mesh(device)
-    if mesh is None:
-        out = program(*on_device(args, device))
-    else:
-        out = exported_call(("intercepts", struct, int(lanes)), program, *args, mesh=mesh)
+    out = exported_call(("intercepts", struct, int(lanes)), intercepts_pool_program(struct, int(lanes)),
+                        arrs, phi0, masks, values, np.int64(n_real), np.int64(max_iter), np.float64(gtol),
+                        device=device)
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out

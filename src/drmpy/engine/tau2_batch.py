@@ -401,11 +401,10 @@ def _expand(mask, a):
 def run_tau2(y, X, v, w, max_iter: int, reml: bool, *, device=None, block: bool = True) -> dict:
     """Fit one chunk (numpy arrays with a leading group axis) with :func:`tau2_program`;
     ``device`` as in :func:`drmpy.engine.batch.run_pool` (a Device or a mesh)."""
-    from .batch import _mesh, exported_call, on_device
+    from .batch import exported_call
 
-    args = on_device((y, X, v, w), device)
-    out = exported_call(("tau2", bool(reml)), tau2_program(bool(reml)), *args, np.int64(max_iter),
-                        mesh=_mesh(device))
+    out = exported_call(("tau2", bool(reml)), tau2_program(bool(reml)), y, X, v, w, np.int64(max_iter),
+                        device=device)
     if block:
         return {k: np.asarray(val) for k, val in jax.device_get(out).items()}
     return out
