@@ -174,11 +174,6 @@ def padded_count(n: int) -> int:
     return _padded_size(n)
 
 
-def padded_levels(n_levels: int) -> int:
-    """Number of random-effect levels after padding (:func:`padded_count`)."""
-    return padded_count(n_levels)
-
-
 # a single fit's rows are padded to 64 or 128 up to 128 rows: a pass over so few rows costs
 # microseconds, compiling another shape about a second
 SMALL_FIT_ROWS = (64, 128)
@@ -324,7 +319,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
     for rd in design.random:
         # levels are padded like rows; padded levels are referenced by no row, and index
         # L_pad is the "no level" of padding rows and slots
-        L_pad = padded_levels(rd.n_levels)
+        L_pad = padded_count(rd.n_levels)
         lev = padrows(rd.level_index, L_pad)
         if rd.relmat is not None:
             Kchol = np.eye(L_pad)
@@ -389,7 +384,7 @@ def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
             both = real[:, :, None] & real[:, None, :]
             Vb = np.where(both, full, Vb)
         levels = tuple(
-            _device(np.where(real, np.concatenate([rd.level_index, [0]])[rows], padded_levels(rd.n_levels)))
+            _device(np.where(real, np.concatenate([rd.level_index, [0]])[rows], padded_count(rd.n_levels)))
             for rd in design.random
         )
         out.append(BlockBucket(_device(rows), _device(Vb), levels))

@@ -579,30 +579,29 @@ class _Runner:
         import jax
 
         devices = jax.local_devices()
-        if len(devices) == 1:
-            rounds = ([task] for task in tasks)
-            device = devices[0]
-        else:
+        stacked = len(devices) > 1
+        if stacked:
             # one program for all devices, each running one task of the round: a program
             # placed on one device would be compiled again for every other device
             from ..engine.batch import device_mesh
 
-            rounds = _rounds(tasks, len(devices))
             device = device_mesh(devices)
+            rounds = _rounds(tasks, len(devices))
+        else:
+            device = devices[0]
+            rounds = ([task] for task in tasks)
         inflight = []
         for batch in rounds:
-            if len(devices) == 1:
-                (_, _, args, kwargs), = batch
-            else:
-                args, kwargs = _stacked(batch, device)
+            args, kwargs = _stacked(batch, device) if stacked else batch[0][2:]
             inflight.append((batch, self.fn(*args, device=device, block=False, **kwargs)))
             if len(inflight) >= 2:  # two rounds in flight: one running, one queued
-                self._collect(*inflight.pop(0), results, stacked=len(devices) > 1)
+                self._collect(*inflight.pop(0), results, stacked)
         for batch, out in inflight:
-            self._collect(batch, out, results, stacked=len(devices) > 1)
+            self._collect(batch, out, results, stacked)
         return results
 
     def _collect(self, batch, out, results, stacked: bool) -> None:
+        """Results of one round (stacked: split along the device axis) into ``results``."""
         import jax
 
         out = jax.device_get(out)
