@@ -37,7 +37,7 @@ def _single_intercept(design) -> bool:
     if len(design.random) != 1 or not design.known_v.is_diagonal:
         return False
     rd = design.random[0]
-    return rd.term.intercept and not rd.term.slopes and rd.relmat is None
+    return rd.term.intercept and not rd.term.slopes and not rd.is_relmat
 
 
 def _prepared(fit):

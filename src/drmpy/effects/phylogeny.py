@@ -27,10 +27,10 @@ import pandas as pd
 
 from ..errors import DataError
 
-__all__ = ["phylo_corr", "phylo_vcv"]
+__all__ = ["phylo_corr", "phylo_vcv", "read_tree"]
 
 
-def _read_tree(tree: Any):
+def read_tree(tree: Any):
     """A Bio.Phylo tree from a Newick string, a path to a Newick file, or a Bio.Phylo tree."""
     if hasattr(tree, "root") and hasattr(tree.root, "clades"):
         return tree
@@ -110,7 +110,7 @@ def _tip_depths_and_shared(tree) -> tuple[list[str], np.ndarray]:
 
 def _covariance(tree: Any, species: Iterable[Any] | None) -> tuple[pd.Index, np.ndarray]:
     """Tip labels and the Brownian-motion covariance (restricted to ``species`` when given)."""
-    parsed = _read_tree(tree)
+    parsed = read_tree(tree)
     labels, shared = _tip_depths_and_shared(parsed)
     frame_labels = pd.Index(labels)
     if frame_labels.has_duplicates:

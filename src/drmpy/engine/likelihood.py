@@ -39,7 +39,7 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +83,7 @@ class Structure:
     method: str = "ML"
     pairs: bool = False  # bivariate: rows are row-paired responses of studies
     k_rho: int = 0
+    tree: Any = None  # kind tree: drmpy.phylo.likelihood.TreeStatic
 
 
 class BlockBucket(NamedTuple):
@@ -113,6 +114,7 @@ class Arrays(NamedTuple):
     pair_v12: jax.Array | None = None  # (N/2,) known sampling covariance of the pair; 0 unless both kept
     Z_rho: jax.Array | None = None  # (N/2, k_rho) rho12 design; 0 where not a correlated pair
     pair: jax.Array | None = None  # (N/2,) 1 for a correlated pair, else 0
+    tree: Any = None  # kind tree: drmpy.phylo.likelihood.TreeArrays
 
 
 # ----------------------------------------------------------------------------------------
@@ -404,6 +406,42 @@ def _gram_intercepts(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     return logdet, 0.5 * (M + M.T)
 
 
+def _gram_tree(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
+    """A phylo() term (and a species term) by the linear-time tree pass (drmpy.phylo), any
+    other random terms by Woodbury on top: with ``T`` the tree part of S and ``ZL`` the
+    other terms' factor, ``log|S| = log|T| + log|I + L'Z'T^-1ZL|`` and
+    ``B'S^-1B = B'T^-1B - U'(I + L'Z'T^-1ZL)^-1 U``, ``U = L'Z'T^-1B``; the tree pass gives
+    every ``T^-1`` product at once for the columns ``[ZL, B]``.
+    Rows past ``n_obs`` are padding and left out."""
+    from ..phylo.likelihood import edge_lengths, tree_gram  # imported when a tree is fitted
+
+    ts, ta = struct.tree, arrs.tree
+    n = ts.n_obs
+    alphas_p, _ = re_terms[ts.phylo_term]
+    tau2 = jnp.exp(2.0 * (arrs.random[ts.phylo_term].sd_designs[0][0] @ alphas_p[0]))
+    if ts.species_term is None:
+        species2 = jnp.zeros((), B.dtype)
+    else:
+        alphas_s, _ = re_terms[ts.species_term]
+        level_sd2 = jnp.exp(2.0 * (arrs.random[ts.species_term].sd_designs[0] @ alphas_s[0]))
+        species2 = level_sd2[ta.species_level]
+    t = edge_lengths(tau2, species2, (arrs.v + sigma2)[:n], ta)
+    others = [i for i in range(len(struct.random)) if i not in (ts.phylo_term, ts.species_term)]
+    if not others:
+        return tree_gram(t, B[:n], ta, ts)
+    sub = Structure("woodbury", struct.p, struct.k_sigma, tuple(struct.random[i] for i in others), struct.method)
+    sub_arrs = arrs._replace(random=tuple(arrs.random[i] for i in others))
+    sub_terms = [re_terms[i] for i in others]
+    ZL = (_z_full(sub_arrs, sub) @ _lambda(sub_terms, sub_arrs, sub))[:n]
+    logdet_T, M_all = tree_gram(t, jnp.concatenate([ZL, B[:n]], axis=1), ta, ts)
+    Q = ZL.shape[1]
+    Cap = jnp.eye(Q) + M_all[:Q, :Q]
+    U = M_all[:Q, Q:]
+    logdet_cap, _, W = _spd_solve_terms(Cap, U)
+    M = M_all[Q:, Q:] - U.T @ W
+    return logdet_T + logdet_cap, 0.5 * (M + M.T)
+
+
 def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     return _chol_gram(_dense_covariance(sigma2, re_terms, arrs, struct), B)
 
@@ -493,6 +531,8 @@ def gram(phi: jax.Array, arrs: Arrays, struct: Structure):
         return _gram_dense(sigma2, re_terms, arrs, struct, B)
     if struct.kind == "intercepts":
         return _gram_intercepts(sigma2, re_terms, arrs, struct, B)
+    if struct.kind == "tree":
+        return _gram_tree(sigma2, re_terms, arrs, struct, B)
     raise ValueError(f"unknown structure {struct.kind}")
 
 

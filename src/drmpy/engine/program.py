@@ -65,9 +65,9 @@ class Control:
             raise DrmError("control: max_iter must be >= 0.")
         if not float(control.gtol) > 0:
             raise DrmError("control: gtol must be > 0.")
-        if control.structure not in (None, "diag", "block", "woodbury", "dense"):
+        if control.structure not in (None, "diag", "block", "woodbury", "dense", "tree"):
             raise DrmError(
-                f"control: structure must be one of diag, block, woodbury, dense; got {control.structure!r}."
+                f"control: structure must be one of diag, block, woodbury, dense, tree; got {control.structure!r}."
             )
         return control
 
@@ -100,7 +100,7 @@ class RawFit:
 def _clusters(design: ModelDesign) -> np.ndarray | None:
     """Cluster id per row such that S is block-diagonal by cluster, or None if unavailable."""
     n = design.nobs
-    if any(r.relmat is not None for r in design.random):
+    if any(r.is_relmat for r in design.random):
         return None
     if not design.random and design.known_v.blocks is None:
         return np.arange(n)
@@ -146,7 +146,15 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
             raise DrmError("control: structure='woodbury' needs random effects and a diagonal V.")
         if forced == "block" and clusters is None:
             raise DrmError("control: structure='block' is not available with relmat() terms.")
+        if forced == "tree":
+            from ..phylo.route import tree_route_refusal
+
+            why = tree_route_refusal(design)
+            if why is not None:
+                raise DrmError(f"control: structure='tree' is not available: {why}")
         return forced, clusters
+    if _tree_route(design):
+        return "tree", None
     if not has_re and kv.is_diagonal:
         return "diag", None
     if clusters is not None:
@@ -156,6 +164,16 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
     if kv.is_diagonal:
         return "woodbury", clusters
     return "dense", clusters
+
+
+def _tree_route(design: ModelDesign) -> bool:
+    """Whether the automatic choice is the linear-time tree pass (drmpy.phylo.route)."""
+    if not any(rd.tree is not None for rd in design.random):
+        return False
+    from ..phylo.route import TREE_ROUTE_MIN_SPECIES, phylo_levels, tree_route_refusal
+
+    return (phylo_levels(design) >= TREE_ROUTE_MIN_SPECIES
+            and tree_route_refusal(design, automatic=True) is None)
 
 
 # counts of random-effect levels, blocks and bivariate studies up to 64 are padded to 16, 32
@@ -321,9 +339,9 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         # L_pad is the "no level" of padding rows and slots
         L_pad = padded_count(rd.n_levels)
         lev = padrows(rd.level_index, L_pad)
-        if rd.relmat is not None:
+        if rd.is_relmat and not (kind == "tree" and rd.tree is not None):
             Kchol = np.eye(L_pad)
-            Kchol[: rd.n_levels, : rd.n_levels] = np.linalg.cholesky(rd.relmat)
+            Kchol[: rd.n_levels, : rd.n_levels] = np.linalg.cholesky(rd.relatedness())
         else:
             Kchol = np.zeros((0, 0))
         sd_designs = []
@@ -335,10 +353,15 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
                                           tuple(sd_designs), _device(Kchol)))
         random_static.append(RandomStatic(L_pad, rd.n_coef,
                                           tuple(d.matrix.shape[1] for d in rd.sd_designs),
-                                          rd.n_cor, rd.relmat is not None))
+                                          rd.n_cor, rd.is_relmat))
     buckets = []
     if kind == "block":
         buckets = _buckets(design, clusters)
+    tree_static, tree_arrs = None, None
+    if kind == "tree":
+        from ..phylo.route import tree_route_arrays
+
+        tree_static, tree_arrs = tree_route_arrays(design)
     arrs = Arrays(
         y=_device(padrows(y)),
         X=_device(padrows(X)),
@@ -350,8 +373,9 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         V_dense=_device(Vd),
         buckets=tuple(buckets),
         random=tuple(random_arrays),
+        tree=tree_arrs,
     )
-    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static), method)
+    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static), method, tree=tree_static)
     return arrs, struct
 
 
@@ -608,7 +632,9 @@ def _source_digest() -> str:
     from pathlib import Path
 
     h = hashlib.blake2b(digest_size=12)
-    for path in sorted(Path(__file__).parent.glob("*.py")):  # every module of engine/
+    here = Path(__file__).parent
+    # every module of engine/, and of phylo/ (its tree pass is traced into the programs)
+    for path in sorted(here.glob("*.py")) + sorted((here.parent / "phylo").glob("*.py")):
         h.update(path.read_bytes())
     h.update(jax.__version__.encode())
     return h.hexdigest()

@@ -237,7 +237,7 @@ def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray
             )
         sd = level_sds(rd, alphas)  # (levels, coefficients[, parameter sets])
         extra = (1,) * (sd.ndim - 2)
-        scale = np.diag(rd.relmat)[rd.level_index].reshape(-1, *extra) if rd.relmat is not None else 1.0
+        scale = rd.relatedness_diagonal()[rd.level_index].reshape(-1, *extra) if rd.is_relmat else 1.0
         for c, name in enumerate(rd.term.sd_dpars()):
             out[name] = (rd.z[:, c].reshape(-1, *extra) * sd[rd.level_index, c]) ** 2 * scale
     return out

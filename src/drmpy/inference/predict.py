@@ -127,8 +127,8 @@ def _random_variance_new(fit, newdata: Any, n: int) -> np.ndarray:
                                    "needed for the prediction interval.")
                 zc.append(frames.as_pandas(newdata, [name])[name].to_numpy(dtype=np.float64))
             z = np.column_stack(zc)
-        if rd.relmat is not None:
-            k_diag = np.diag(rd.relmat)
+        if rd.is_relmat:
+            k_diag = rd.relatedness_diagonal()
             if positions is not None:
                 kii = k_diag[positions]
             elif np.allclose(k_diag, 1.0):

@@ -109,8 +109,8 @@ def check_nested(fit, codes: np.ndarray) -> None:
                 "the random effects must be nested within the clusters (clubSandwich refuses the same); "
                 f"cluster by `{rd.group}` or a coarser grouping."
             )
-        if rd.relmat is not None:
-            related = np.argwhere(rd.relmat != 0.0)
+        if rd.is_relmat:
+            related = np.argwhere(rd.relatedness() != 0.0)
             apart = related[level_cluster[related[:, 0]] != level_cluster[related[:, 1]]]
             if len(apart):
                 a, b = apart[0]

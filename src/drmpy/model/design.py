@@ -31,6 +31,13 @@ def term_name(column: str) -> str:
     return "(Intercept)" if column == "Intercept" else column
 
 
+# A phylo() term with more species than this keeps its tree and no dense K: the likelihood
+# walks the tree in linear time (drmpy.phylo); a dense K of 1,000 species is 8 MB and its
+# Cholesky check a few tens of milliseconds, so below this the dense K is built as before.
+DENSE_PHYLO_MAX_LEVELS = 1000
+# the largest dense K a later stage may ask for (``RandomDesign.relatedness``): 800 MB
+DENSE_PHYLO_LIMIT = 10000
+
 @dataclass(frozen=True)
 class FixedDesign:
     """The fixed-effect design of one distributional parameter (rows: retained rows or levels)."""
@@ -61,6 +68,37 @@ class RandomDesign:
     sd_designs: tuple[FixedDesign, ...]
     relmat: np.ndarray | None = field(default=None, repr=False)
     level_counts: np.ndarray = field(default=None, repr=False)
+    # phylo() terms: the parsed tree (Bio.Phylo).  Their dense K is built here only below
+    # DENSE_PHYLO_MAX_LEVELS levels; above, ``relatedness()`` builds it when a later stage
+    # asks, and the likelihood walks the tree (drmpy.phylo) without it.
+    tree: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_relmat(self) -> bool:
+        """A term with a known relatedness matrix (``relmat()`` or ``phylo()``): ``G = tau^2 K``."""
+        return self.relmat is not None or self.tree is not None
+
+    def relatedness_diagonal(self) -> np.ndarray:
+        """The diagonal of K (level order) without forming K: ones for a phylo() term's
+        correlation matrix."""
+        if self.relmat is not None:
+            return np.diag(self.relmat)
+        return np.ones(self.n_levels)
+
+    def relatedness(self) -> np.ndarray:
+        """K among the observed levels (level order), dense: ``relmat`` or the tree's
+        correlation matrix (O(levels^2) memory)."""
+        if self.relmat is not None:
+            return self.relmat
+        if self.tree is None:
+            raise RandomEffectsError(f"`{self.term.text}` has no relatedness matrix.")
+        if self.n_levels > DENSE_PHYLO_LIMIT:
+            raise RandomEffectsError(
+                f"`{self.term.text}`: this step needs the dense {self.n_levels} x {self.n_levels} "
+                f"phylogenetic correlation matrix; it is built for at most {DENSE_PHYLO_LIMIT:,} species.")
+        from ..effects.phylogeny import phylo_corr  # a later stage, imported when needed
+
+        return phylo_corr(self.tree, species=self.levels).to_numpy()
 
     @property
     def group(self) -> str:
@@ -304,13 +342,23 @@ def _lookup(name: str, env: Mapping[str, Any] | None, namespace: Mapping[str, An
     )
 
 
-def _phylo_relatedness(term: RandomTerm, env, namespace, what: str) -> pd.DataFrame:
-    """K of ``phylo(1 | species, tree = name)``: the tree's Brownian-motion correlation matrix."""
+def _phylo_tree(term: RandomTerm, env, namespace, what: str):
+    """The parsed tree (Bio.Phylo) of ``phylo(1 | species, tree = name)``."""
     name = term.relmat
     if name[0] in "'\"":  # a quoted literal: Newick text or a file path
         tree = name[1:-1]
     else:
         tree = _lookup(name, env, namespace, what)
+    from ..effects.phylogeny import read_tree  # a later stage, imported when a phylo() term is used
+
+    try:
+        return read_tree(tree)
+    except DataError as exc:
+        raise RandomEffectsError(f"{what}: {exc}") from exc
+
+
+def _phylo_relatedness(tree, what: str) -> pd.DataFrame:
+    """K of ``phylo(1 | species, tree = name)``: the tree's Brownian-motion correlation matrix."""
     from ..effects.phylogeny import phylo_corr  # a later stage, imported when a phylo() term is used
 
     try:
@@ -319,10 +367,10 @@ def _phylo_relatedness(term: RandomTerm, env, namespace, what: str) -> pd.DataFr
         raise RandomEffectsError(f"{what}: {exc}") from exc
 
 
-def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> np.ndarray:
+def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace, tree=None) -> np.ndarray:
     what = f"`{term.text}`"
     if term.relmat_kind == "tree":
-        K = _phylo_relatedness(term, env, namespace, what)
+        K = _phylo_relatedness(tree, what)
     else:
         K = _lookup(term.relmat, env, namespace, what)
     if isinstance(K, pd.DataFrame):
@@ -606,5 +654,18 @@ def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple
         design = FixedDesign(dpar, terms, per_level, spec)
         _check_full_rank(design, formula.text[dpar])
         sd_designs.append(design)
-    relmat = _relatedness(term, levels, env, namespace) if term.relmat else None
-    return RandomDesign(term, levels, level_index, z, tuple(sd_designs), relmat, counts)
+    tree = None
+    if term.relmat_kind == "tree" and len(levels) > DENSE_PHYLO_MAX_LEVELS:
+        tree = _phylo_tree(term, env, namespace, f"`{term.text}`")
+        tips = {str(t.name) for t in tree.get_terminals()}
+        missing = [lv for lv in levels if lv not in tips]
+        if missing:
+            raise RandomEffectsError(
+                f"`{term.text}`: level `{missing[0]}` of `{term.group}` is not a tip of the tree "
+                f"({len(missing)} observed level(s) missing); the tree must cover every observed level.")
+        relmat = None
+    else:
+        if term.relmat_kind == "tree":
+            tree = _phylo_tree(term, env, namespace, f"`{term.text}`")
+        relmat = _relatedness(term, levels, env, namespace, tree) if term.relmat else None
+    return RandomDesign(term, levels, level_index, z, tuple(sd_designs), relmat, counts, tree)

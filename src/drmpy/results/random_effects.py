@@ -24,7 +24,7 @@ def _term_params(design: ModelDesign, theta: np.ndarray):
     layout = Structure(
         "layout", p, design.fixed["sigma"].matrix.shape[1],
         tuple(RandomStatic(rd.n_levels, rd.n_coef, tuple(d.matrix.shape[1] for d in rd.sd_designs),
-                           rd.n_cor, rd.relmat is not None) for rd in design.random),
+                           rd.n_cor, rd.is_relmat) for rd in design.random),
     )
     return split_phi(np.asarray(theta)[p:], layout)
 
@@ -73,9 +73,9 @@ def row_covariance(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray, ro
         for rd, (alphas, etas) in zip(design.random, terms):
             lev = rd.level_index[rows]
             z = rd.z[rows]
-            if rd.relmat is not None:
+            if rd.is_relmat:
                 sd = level_sds(rd, alphas)[:, 0]
-                Kl = sd[:, None] * rd.relmat * sd[None, :]
+                Kl = sd[:, None] * rd.relatedness() * sd[None, :]
                 S += (z[:, 0:1] * Kl[np.ix_(lev, lev)] * z[:, 0][None, :])
             else:
                 covs = level_covariances(rd, alphas, etas)
@@ -98,9 +98,9 @@ def _local_design(design: ModelDesign, terms, rows: np.ndarray):
         Z = np.zeros((len(rows), len(present) * q))
         for c in range(q):
             Z[np.arange(len(rows)), local * q + c] = rd.z[rows, c]
-        if rd.relmat is not None:
+        if rd.is_relmat:
             sd = level_sds(rd, alphas)[present, 0]
-            G = sd[:, None] * rd.relmat[np.ix_(present, present)] * sd[None, :]
+            G = sd[:, None] * rd.relatedness()[np.ix_(present, present)] * sd[None, :]
         else:
             covs = level_covariances(rd, alphas, etas)[present]
             G = block_diag(*covs) if len(present) else np.zeros((0, 0))
@@ -155,7 +155,7 @@ def conditional_modes(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray,
 
 def _one_term_per_cluster(design: ModelDesign, clusters: np.ndarray | None) -> bool:
     """True when there is one (non-relmat) term and the clusters are exactly its levels."""
-    if clusters is None or len(design.random) != 1 or design.random[0].relmat is not None:
+    if clusters is None or len(design.random) != 1 or design.random[0].is_relmat:
         return False
     lev = design.random[0].level_index
     pairs = np.unique(np.stack([lev, clusters]), axis=1)

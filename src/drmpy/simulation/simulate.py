@@ -53,9 +53,9 @@ def simulate_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
         _, terms = _term_params(design, theta)
         for rd, (alphas, etas) in zip(design.random, terms):
             L, q = rd.n_levels, rd.n_coef
-            if rd.relmat is not None:
+            if rd.is_relmat:
                 sd = level_sds(rd, alphas)[:, 0]
-                b = sd[:, None] * (np.linalg.cholesky(rd.relmat) @ rng.standard_normal((L, nsim)))
+                b = sd[:, None] * (np.linalg.cholesky(rd.relatedness()) @ rng.standard_normal((L, nsim)))
                 out += rd.z[:, :1] * b[rd.level_index]
                 continue
             G = level_covariances(rd, alphas, etas)  # (L, q, q)
