@@ -26,7 +26,7 @@ from ..model.design import ModelDesign
 from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
                          elementwise_linalg, gram, row_sigma2, variance_objective)
-from .optimize import CONVERGED, SolverOutput, newton_trust_region
+from .optimize import CONVERGED, SolverOutput, newton_trust_region, value_grad_hessian_forward
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
 
@@ -481,8 +481,11 @@ def _program_fn(struct: Structure, elementwise: bool = False):
             sol = SolverOutput(phi0, f0, jnp.zeros(0), jnp.zeros((0, 0)), jnp.asarray(CONVERGED),
                                jnp.asarray(0), jnp.asarray(1))
         else:
-            sol = newton_trust_region(lambda ph: objective(ph, arrs, struct), phi0,
-                                      max_iter=max_iter, gtol=gtol, eigh=eigh)
+            fun = lambda ph: objective(ph, arrs, struct)  # noqa: E731
+            # the tree pass compiles far faster differentiated forward-over-forward
+            derivatives = value_grad_hessian_forward(fun) if struct.kind == "tree" else None
+            sol = newton_trust_region(fun, phi0, max_iter=max_iter, gtol=gtol, eigh=eigh,
+                                      derivatives=derivatives)
         phi = sol.x
         H_phi = sol.hess
 

@@ -657,7 +657,9 @@ def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple
     tree = None
     if term.relmat_kind == "tree" and len(levels) > DENSE_PHYLO_MAX_LEVELS:
         tree = _phylo_tree(term, env, namespace, f"`{term.text}`")
-        tips = {str(t.name) for t in tree.get_terminals()}
+        from ..effects.phylogeny import tip_labels
+
+        tips = set(tip_labels(tree))
         missing = [lv for lv in levels if lv not in tips]
         if missing:
             raise RandomEffectsError(

@@ -14,8 +14,9 @@ are sums over nodes of ``B_i B_i'/t_i`` and ``log t_i`` (observations) and of th
 corrections above (every other node), so only ``p`` and ``x`` travel up the tree.
 
 Levels are processed tips to root; within a level every node is independent, so a level is
-one vectorised step (a static slice, or one row of a padded table inside a loop for runs of
-narrow levels).  Everything is a pure function of float64 arrays; derivatives by autodiff.
+one vectorised step (several for a level wider than the step table).  The pass is a single
+``fori_loop`` over the rows of the step table, so its program is small whatever the tree's
+shape; derivatives by forward-mode autodiff through the loop.
 """
 
 from __future__ import annotations
@@ -34,19 +35,16 @@ __all__ = ["TreeStatic", "TreeArrays", "tree_static", "tree_arrays", "edge_lengt
 
 @dataclass(frozen=True)
 class TreeStatic:
-    """The static (hashable) part of a tree pass: sizes, the runs of levels and, inside a
-    model, which random terms the tree carries.
-
-    ``runs``: ``(start, stop, looped)`` per run of levels (see
-    :class:`~drmpy.phylo.topology.LevelRun`).  ``phylo_term``/``species_term``: positions
-    of the ``phylo()`` term and of the non-phylogenetic species term (None if absent)
-    among the model's random terms.
+    """The static (hashable) part of a tree pass: its sizes and, inside a model, which
+    random terms the tree carries: ``phylo_term``/``species_term`` are the positions of the
+    ``phylo()`` term and of the non-phylogenetic species term (None if absent) among the
+    model's random terms.  (The step table is an array: trees of the same sizes share one
+    compiled program.)
     """
 
     n_obs: int
     n_species: int
     n_nodes: int
-    runs: tuple[tuple[int, int, bool], ...]
     phylo_term: int = 0
     species_term: int | None = None
 
@@ -59,13 +57,11 @@ class TreeArrays(NamedTuple):
     species_depth: jax.Array  # (n_species,) depth_s (1 without the correlation scaling)
     row_scale: jax.Array  # (n_obs,) sqrt(depth_s(i))
     species_level: jax.Array  # (n_species,) int level of the species term for each species (0 if none)
-    tables: tuple  # per looped run: (levels, width) int
+    steps: jax.Array  # (n_steps, width) int: node numbers of each step of the pass
 
 
 def tree_static(topology: TreeTopology, phylo_term: int = 0, species_term: int | None = None) -> TreeStatic:
-    return TreeStatic(topology.n_obs, topology.n_species, topology.n_nodes,
-                      tuple((r.start, r.stop, r.table is not None) for r in topology.runs),
-                      phylo_term, species_term)
+    return TreeStatic(topology.n_obs, topology.n_species, topology.n_nodes, phylo_term, species_term)
 
 
 def tree_arrays(topology: TreeTopology, species_level: np.ndarray | None = None) -> TreeArrays:
@@ -82,7 +78,7 @@ def tree_arrays(topology: TreeTopology, species_level: np.ndarray | None = None)
         species_depth=put(topology.species_depth[topology.n_obs:first_phylo], np.float64),
         row_scale=put(topology.row_scale, np.float64),
         species_level=put(species_level, np.int32),
-        tables=tuple(put(r.table, np.int32) for r in topology.runs if r.table is not None),
+        steps=put(topology.steps, np.int32),
     )
 
 
@@ -113,11 +109,15 @@ def tree_gram(t: jax.Array, B: jax.Array, ta: TreeArrays, ts: TreeStatic):
     x_obs = Bs * inv[:, None]
     gram = x_obs.T @ Bs
     logdet = jnp.sum(jnp.log(t_obs)) - 2.0 * jnp.sum(jnp.log(ta.row_scale))
-    # accumulators of every node (+ the root's sink and the always-empty padding slot)
-    acc_p = jnp.zeros((n_nodes + 2,), B.dtype).at[ta.parent[:n_obs]].add(inv)
-    acc_x = jnp.zeros((n_nodes + 2, k), B.dtype).at[ta.parent[:n_obs]].add(x_obs)
-    t_ext = jnp.concatenate([t, jnp.zeros((2,), t.dtype)])
-    parent_ext = jnp.concatenate([ta.parent, jnp.asarray([n_nodes, n_nodes + 1], jnp.int32)])
+    # accumulators of the nodes above the observations (inner node j is node n_obs + j),
+    # + the root's sink (n_inner) and the always-empty padding slot (n_inner + 1)
+    n_inner = n_nodes - n_obs
+    above = ta.parent[:n_obs] - n_obs
+    acc_p = jnp.zeros((n_inner + 2,), B.dtype).at[above].add(inv)
+    acc_x = jnp.zeros((n_inner + 2, k), B.dtype).at[above].add(x_obs)
+    t_ext = jnp.concatenate([t[n_obs:], jnp.zeros((2,), t.dtype)])
+    parent_ext = jnp.concatenate([ta.parent[n_obs:] - n_obs, jnp.asarray([n_inner, n_inner + 1], jnp.int32)])
+    steps = ta.steps - n_obs  # padding n_nodes + 1 -> n_inner + 1
 
     def step(nodes_p, nodes_x, nodes_t, parents, state):
         acc_p, acc_x, gram, logdet = state
@@ -129,20 +129,11 @@ def tree_gram(t: jax.Array, B: jax.Array, ta: TreeArrays, ts: TreeStatic):
         acc_x = acc_x.at[parents].add(nodes_x / den[:, None])
         return acc_p, acc_x, gram, logdet
 
-    state = (acc_p, acc_x, gram, logdet)
-    tables = iter(ta.tables)
-    for a, b, looped in ts.runs:
-        if not looped:
-            acc_p, acc_x = state[0], state[1]
-            state = step(acc_p[a:b], acc_x[a:b], t[a:b], ta.parent[a:b], state)
-        else:
-            table = next(tables)
+    def body(r, state):
+        idx = steps[r]
+        return step(state[0][idx], state[1][idx], t_ext[idx], parent_ext[idx], state)
 
-            def body(r, st, table=table):
-                idx = table[r]
-                return step(st[0][idx], st[1][idx], t_ext[idx], parent_ext[idx], st)
-
-            state = jax.lax.fori_loop(0, table.shape[0], body, state)
+    state = jax.lax.fori_loop(0, steps.shape[0], body, (acc_p, acc_x, gram, logdet))
     _, _, gram, logdet = state
     return logdet, 0.5 * (gram + gram.T)
 

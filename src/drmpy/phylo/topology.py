@@ -32,21 +32,12 @@ import numpy as np
 from ..effects.phylogeny import read_tree
 from ..errors import DataError
 
-__all__ = ["TreeTopology", "tree_topology", "LevelRun"]
+__all__ = ["TreeTopology", "tree_topology"]
 
-#: the widths a level is padded to inside a loop over many levels of similar width
-_MIN_WIDTH = 8
-
-
-@dataclass(frozen=True)
-class LevelRun:
-    """Consecutive levels handled alike: one level as a static slice (``table`` None), or
-    several levels of similar width as a loop over the rows of ``table`` (each row the node
-    numbers of one level, padded with the empty node ``n_nodes + 1``)."""
-
-    start: int
-    stop: int
-    table: np.ndarray | None = None
+#: the most nodes one step of the pass handles (a wider level takes several steps)
+MAX_STEP_WIDTH = 2048
+#: the fewest: a step's overhead is a few microseconds, so narrow levels share nothing
+MIN_STEP_WIDTH = 8
 
 
 @dataclass(frozen=True)
@@ -55,7 +46,9 @@ class TreeTopology:
 
     Node numbers: observations ``0..n_obs-1`` in row order, then the other nodes by level.
     ``parent[i]`` is the node above node i; the root's parent is ``n_nodes`` (a sink that is
-    never read) and padding slots use ``n_nodes + 1`` (always empty).
+    never read) and padding slots use ``n_nodes + 1`` (always empty).  ``steps`` cuts the
+    levels >= 1, tips to root, into steps of at most ``MAX_STEP_WIDTH`` nodes of one level:
+    the pass is one loop over its rows, so one small program serves every tree shape.
     """
 
     n_obs: int
@@ -67,7 +60,7 @@ class TreeTopology:
     species_depth: np.ndarray  # (n_nodes,) depth_s for species-edge nodes (1 if corr=False), else 0
     row_species: np.ndarray  # (n_obs,) int, 0..n_species-1, observed species of each row
     row_scale: np.ndarray  # (n_obs,) sqrt(depth) of the row's species (1 if corr=False)
-    runs: tuple[LevelRun, ...]  # levels >= 1, tips to root
+    steps: np.ndarray  # (n_steps, width) int: node numbers of each step, padding n_nodes + 1
     species: tuple[str, ...]  # observed species labels, in the order of row_species
 
     @property
@@ -185,43 +178,30 @@ def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True) -> T
     branch[~is_phylo] = 0.0
 
     node_level = np.concatenate([np.zeros(n_obs, np.int64), np.ones(n_species, np.int64), level[phylo_order]])
-    runs = _level_runs(node_level, n_nodes)
+    steps = _level_steps(node_level, n_nodes)
     return TreeTopology(
         n_obs=n_obs, n_species=n_species, parent=parent, branch_length=branch,
         is_phylo_edge=is_phylo, is_species_edge=is_species, species_depth=species_depth,
         row_species=row_species_idx.astype(np.int64), row_scale=np.sqrt(scale2)[row_species_idx],
-        runs=runs, species=tuple(str(s) for s in species))
+        steps=steps, species=tuple(str(s) for s in species))
 
 
-def _padded_width(width: int) -> int:
-    return max(_MIN_WIDTH, 1 << int(np.ceil(np.log2(max(width, 1)))))
-
-
-def _level_runs(node_level: np.ndarray, n_nodes: int) -> tuple[LevelRun, ...]:
-    """Group the levels >= 1 (contiguous slices of the level-sorted nodes) into runs.
-
-    A level is its own run (a static slice: no gather) unless it is one of several
-    consecutive levels with the same padded width, which share a loop over a table of node
-    numbers: a caterpillar-like tree with thousands of narrow levels then compiles one loop
-    body instead of thousands of steps, and a balanced tree (a few wide levels) none.
-    """
+def _level_steps(node_level: np.ndarray, n_nodes: int) -> np.ndarray:
+    """The levels >= 1 (contiguous slices of the level-sorted nodes), tips to root, cut into
+    rows of a (steps, width) table; the width is the widest level's (a power of two between
+    MIN_STEP_WIDTH and MAX_STEP_WIDTH), and a wider level takes several rows (its nodes are
+    independent of each other, so any split is exact)."""
     bounds = np.flatnonzero(np.diff(node_level)) + 1
     starts = np.concatenate([[0], bounds])
     stops = np.concatenate([bounds, [len(node_level)]])
     levels = [(int(a), int(b)) for a, b in zip(starts, stops) if node_level[a] >= 1]
-    runs: list[LevelRun] = []
-    i = 0
-    while i < len(levels):
-        w = _padded_width(levels[i][1] - levels[i][0])
-        j = i
-        while j + 1 < len(levels) and _padded_width(levels[j + 1][1] - levels[j + 1][0]) == w:
-            j += 1
-        if j - i + 1 < 4:  # a few levels: static slices compile as fast as a loop
-            runs.extend(LevelRun(a, b) for a, b in levels[i:j + 1])
-        else:
-            table = np.full((j - i + 1, w), n_nodes + 1, dtype=np.int64)
-            for r, (a, b) in enumerate(levels[i:j + 1]):
-                table[r, : b - a] = np.arange(a, b)
-            runs.append(LevelRun(levels[i][0], levels[j][1], table))
-        i = j + 1
-    return tuple(runs)
+    widest = max(b - a for a, b in levels)
+    width = int(min(MAX_STEP_WIDTH, max(MIN_STEP_WIDTH, 1 << int(np.ceil(np.log2(widest))))))
+    rows = []
+    for a, b in levels:
+        for lo in range(a, b, width):
+            row = np.full(width, n_nodes + 1, dtype=np.int64)
+            hi = min(lo + width, b)
+            row[: hi - lo] = np.arange(lo, hi)
+            rows.append(row)
+    return np.stack(rows)

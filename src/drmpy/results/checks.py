@@ -41,10 +41,32 @@ def check_fit(fit) -> pd.DataFrame:
         _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
     _boundary_row(fit, rows)
     _known_v_row(design, rows)
+    _phylo_route_row(fit, rows)
     _random_rows(fit, rows)
     _random_design_row(design, rows)
     _design_size_row(design, rows)
     return pd.DataFrame(rows, columns=["check", "status", "value", "message"])
+
+
+def _phylo_route_row(fit, rows):
+    """Models with a phylo() term: which likelihood route evaluated it."""
+    phylo = [rd for rd in fit.design.random if rd.tree is not None or rd.term.relmat_kind == "tree"]
+    if not phylo:
+        return
+    species = phylo[0].n_levels
+    if fit.structure == "tree":
+        _row(rows, "phylo_likelihood", "ok", "tree",
+             f"phylo(): exact linear-time pass over the tree ({species} species; Ho and Ane 2014), "
+             "no n x n matrix formed.")
+    else:
+        from ..phylo.route import tree_route_refusal  # a later module, imported with phylo() terms
+
+        why = tree_route_refusal(fit.design)
+        alternative = ("control={'structure': 'tree'} walks the tree instead" if why is None
+                       else "the linear-time tree pass does not apply: " + why)
+        _row(rows, "phylo_likelihood", "ok", fit.structure,
+             f"phylo(): the dense {species} x {species} phylogenetic correlation matrix "
+             f"(structure '{fit.structure}'); {alternative}")
 
 
 def _estimation_rows(fit, rows):
