@@ -38,13 +38,17 @@ def _is_intercept_only(design) -> bool:
     return design.matrix.shape[1] == 1 and bool(np.all(design.matrix == 1.0))
 
 
+def _show(value) -> str:
+    return f"{value:.6g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
 def _row_labels(design, values: pd.DataFrame | None) -> list[str]:
     """A label per row of ``design.matrix``: ``var=value`` for the formula's variables when
     their values are known (``values``, one row per design row), else ``term=value``."""
     variables = [v for v in (values.columns if values is not None else [])
                  if v in getattr(design.model_spec, "required_variables", set())]
     if variables:
-        return [", ".join(f"{v}={row[v]}" for v in variables) for _, row in values[variables].iterrows()]
+        return [", ".join(f"{v}={_show(row[v])}" for v in variables) for _, row in values[variables].iterrows()]
     terms = [t for t in design.terms if t != "(Intercept)"]
     cols = [design.terms.index(t) for t in terms]
     return [", ".join(f"{t}={design.matrix[i, c]:g}" for t, c in zip(terms, cols))
@@ -75,19 +79,25 @@ def _scale_designs(fit) -> list[tuple[str, Any, pd.DataFrame | None]]:
 
 
 def _metafor_kinds(fit, comps) -> list[str | None]:
-    """metafor's element for each component: ``tau2`` (rma; a modelled ``sd(g)`` is an rma.mv
-    ``~ w | g, struct = "DIAG"`` term), ``sigma2`` (rma.mv ``~ 1 | g`` terms and the row
-    level), None where metafor has no such parameter (slopes, bivariate, a modelled sigma
-    beside random effects)."""
+    """metafor's element for each component: ``tau2`` of ``rma()`` (for ``sigma ~ z``, its
+    ``tau2`` holds one value per row: ``"tau2 (per row)"``); ``tau2`` of an rma.mv
+    ``~ w | g, struct = "DIAG"`` term for an ``sd(g)`` modelled by one factor (as many
+    distinct design rows as coefficients); ``sigma2`` for rma.mv ``~ 1 | g`` terms and the row
+    level; None where metafor has no such parameter (slopes, bivariate fits, an SD with a
+    numeric predictor beside random effects)."""
     random = bool(getattr(fit.design, "random", ()))
     kinds = []
     for name, fixed, _ in comps:
+        one = _is_intercept_only(fixed)
+        per_factor_level = len(np.unique(fixed.matrix, axis=0)) == fixed.matrix.shape[1]
         if name in ("sigma1", "sigma2") or "|" in name:
             kinds.append(None)
-        elif name == "sigma":
-            kinds.append("tau2" if not random else ("sigma2" if _is_intercept_only(fixed) else None))
+        elif name == "sigma" and not random:
+            kinds.append("tau2" if one else "tau2 (per row)")
+        elif one:
+            kinds.append("sigma2")
         else:
-            kinds.append("sigma2" if _is_intercept_only(fixed) else "tau2")
+            kinds.append("tau2" if name != "sigma" and per_factor_level else None)
     return kinds
 
 
@@ -111,8 +121,11 @@ def variance_components(fit, level: float | None = None, method: str = "profile"
     Columns: ``component`` (``sigma``, ``sd(study)``, ``sd(g|x)`` for a slope; ``sigma1``,
     ``sigma2`` of a bivariate fit), ``level`` (``None`` for a constant SD; otherwise the
     values of the SD's predictors for each distinct design row, e.g. ``habitat=forest``),
-    ``metafor`` (the matching metafor element: ``tau2``, ``sigma2``, ``sigma2[2]``, ...; None
-    where metafor has no such parameter) and ``estimate`` = ``exp(2 eta)``, the fitted
+    ``metafor`` (the matching metafor element: ``tau2`` of ``rma()``, ``"tau2 (per row)"`` for
+    ``sigma ~ z`` (metafor's location-scale ``tau2`` has one value per row), ``tau2[k]`` of an
+    ``rma.mv`` ``~ w | g, struct = "DIAG"`` term for an ``sd(g)`` modelled by a factor,
+    ``sigma2``/``sigma2[k]`` for ``~ 1 | g`` terms with the row level last; None where metafor
+    has no such parameter) and ``estimate`` = ``exp(2 eta)``, the fitted
     variance.  With ``level`` (e.g. 0.95) also ``lower``, ``upper`` and ``method``: the
     profile interval of a one-parameter component's log-SD (``method="profile"``) or the
     Wald interval of ``eta`` (``method="wald"``, and always for modelled SDs), each bound
