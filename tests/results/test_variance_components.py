@@ -117,6 +117,7 @@ def test_common_effect_has_no_components_and_bad_arguments_raise(bcg):
         fit.variance_components(level=95)
 
 
+@pytest.mark.slow
 def test_bivariate_sigma1_sigma2_equal_metafor_un_tau2():
     case, data = _case("berkey_bivariate_ml")
     V = np.loadtxt(TESTS / "reference" / "berkey_bivariate_ml" / "V.csv", delimiter=",")
