@@ -73,3 +73,12 @@ def test_docs_have_runnable_examples_and_few_skips():
 @pytest.mark.parametrize("path", DOC_FILES, ids=[p.name for p in DOC_FILES])
 def test_doc_examples_run(path, docs_env):
     run_blocks(path, path.read_text())
+
+
+def test_readme_keeps_the_two_set_up_commands_verbatim():
+    """.ci/run runs the README's test command; newcomers copy the first."""
+    readme = (ROOT / "README.md").read_text()
+    for command in ('python3 -m pip install . && drmpy demo',
+                    'python3 -m pip install ".[test,distributed]" && python3 -m pytest -q'):
+        assert f"```bash\n{command}\n```" in readme, command
+    assert 'python3 -m pip install ".[test,distributed]" && python3 -m pytest -q' in (ROOT / ".ci" / "run").read_text()
