@@ -53,6 +53,7 @@ import drmpy  # noqa: E402,F401
 # batch programs alone at the end.  Other files keep their order; the order of tests within
 # a file is unchanged.
 HEAVY_FILES = (
+    "docs/test_docs.py",  # every example of README.md and docs/*.md (added after the timings above)
     "simulation/test_batch_random.py",
     "bias/test_bias_metafor.py",
     "bias/test_bias_checks.py",

@@ -6,7 +6,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["restoration", "lim2014", "curtis1998"]
+__all__ = ["restoration", "lim2014", "curtis1998", "bcg"]
 
 
 def restoration() -> pd.DataFrame:
@@ -66,4 +66,24 @@ def curtis1998() -> pd.DataFrame:
     with resources.files(__package__).joinpath("curtis1998.csv").open("r") as fh:
         frame = pd.read_csv(fh)
     frame["paper"] = frame["paper"].astype(str)
+    return frame
+
+
+def bcg() -> pd.DataFrame:
+    """BCG vaccine against tuberculosis: 2 x 2 tables of 13 trials (metafor's ``dat.bcg``).
+
+    Colditz et al. (1994), *JAMA* 271: 698-702.  Taken from the R package metadat 1.2.0
+    (``dat.bcg``; licence GPL (>= 2)) by ``make_bcg.R`` beside this file, columns unchanged.
+    The metafor documentation's running example: ``drm.effect_size("RR", bcg(), ai="tpos",
+    bi="tneg", ci="cpos", di="cneg")`` gives the log risk ratios ``yi`` and their sampling
+    variances ``vi`` (metafor's ``escalc(measure = "RR", ...)``).
+
+    Columns: ``trial`` (1 to 13), ``author``, ``year`` (publication year), ``tpos``/``tneg``
+    (vaccinated group: tuberculosis cases and non-cases), ``cpos``/``cneg`` (control group),
+    ``ablat`` (absolute latitude of the trial, degrees) and ``alloc`` (treatment allocation;
+    categorical with R's levels alternate, random, systematic).
+    """
+    with resources.files(__package__).joinpath("bcg.csv").open("r") as fh:
+        frame = pd.read_csv(fh)
+    frame["alloc"] = pd.Categorical(frame["alloc"], categories=["alternate", "random", "systematic"])
     return frame

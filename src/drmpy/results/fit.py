@@ -168,6 +168,16 @@ class FitResult:
 
         return profile_curve(self, param, n=n, level=level)
 
+    def variance_components(self, level: float | None = None, method: str = "profile") -> pd.DataFrame:
+        """Variance components on the variance scale (metafor's ``tau2``/``sigma2``): one row
+        per component (per distinct design row of a modelled SD) with ``estimate`` =
+        ``exp(2 eta)``; with ``level`` also ``lower``, ``upper`` (profile for one-parameter
+        components, Wald for modelled ones, bounds ``exp(2 bound)``) and ``method``.  See
+        :func:`drmpy.results.variance_components.variance_components`."""
+        from .variance_components import variance_components
+
+        return variance_components(self, level=level, method=method)
+
     # ---------------------------------------------------------------- designs for new data
     def _dpar_design(self, dpar: str):
         """The fixed-effect design of ``dpar`` (subclasses add their other dpars)."""
