@@ -6,7 +6,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["restoration", "lim2014", "curtis1998", "bcg"]
+__all__ = ["restoration", "lim2014", "curtis1998", "bcg", "moura2021", "moura2021_tree"]
 
 
 def restoration() -> pd.DataFrame:
@@ -87,3 +87,34 @@ def bcg() -> pd.DataFrame:
         frame = pd.read_csv(fh)
     frame["alloc"] = pd.Categorical(frame["alloc"], categories=["alternate", "random", "systematic"])
     return frame
+
+
+def moura2021() -> pd.DataFrame:
+    """Assortative mating across animals: a phylogenetic multilevel meta-analysis.
+
+    1,828 correlations between the traits of mates from 457 studies of 341 species, Moura
+    et al. (2021), *Ecology Letters* 24: 1089-1102.  Taken from the R package metadat 1.2.0
+    (``dat.moura2021``; licence GPL (>= 2)) by ``make_moura2021.R`` beside this file, with
+    dots in column names written as underscores.  The species' phylogeny is
+    :func:`moura2021_tree`; metafor's help page fits these data with
+    ``random = list(~ 1 | study.id, ~ 1 | effect.size.id, ~ 1 | species.id, ~ 1 | phylogeny)``
+    and ``R = list(phylogeny = vcv(tree, corr = TRUE))``, drmpy with
+    ``phylo(1 | phylogeny, tree = tree) + (1 | species_id) + (1 | study_id)`` (sigma is the
+    effect-size level).
+
+    Columns: ``study_id``, ``effect_size_id``, ``species`` (as published), ``species_id`` (the
+    tree's tip label), ``phylogeny`` (a copy of ``species_id`` for the phylogenetic term),
+    ``subphylum``, ``phylum``, ``assortment_trait``, ``trait_dimensions``, ``field_collection``,
+    ``publication_year``, ``pooled_data``, ``spatially_pooled``, ``temporally_pooled``, ``ri``
+    (correlation), ``ni`` (sample size), ``yi`` = atanh(ri) (Fisher z) and ``vi`` = 1 / (ni - 3).
+    """
+    with resources.files(__package__).joinpath("moura2021.csv").open("r") as fh:
+        frame = pd.read_csv(fh)
+    frame["effect_size_id"] = frame["effect_size_id"].astype(str)
+    return frame
+
+
+def moura2021_tree() -> str:
+    """The phylogeny of :func:`moura2021`'s 341 species as Newick text: metadat's tree with
+    Grafen's branch lengths (ape's ``compute.brlen``; ultrametric, height 1, with polytomies)."""
+    return resources.files(__package__).joinpath("moura2021.nwk").read_text()
