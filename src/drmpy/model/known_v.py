@@ -10,13 +10,13 @@ stays what the user gave (``dense`` or ``sparse``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import CovarianceError
 
-__all__ = ["KnownV", "resolve_v", "finalize_v"]
+__all__ = ["KnownV", "resolve_v", "finalize_v", "require_common_effect_covariance"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +197,85 @@ def _block_spectrum(dense: np.ndarray, blocks: list[np.ndarray]) -> tuple[float,
     all_e = np.concatenate(eigs)
     rank = int(np.sum(all_e > max(len(all_e), 1) * np.finfo(float).eps * max(hi, 0.0)))
     return lo, hi, rank
+
+
+def rows_text(labels: Any, positions: np.ndarray, limit: int = 10) -> str:
+    """``row 'a'`` or ``3 rows: 'a', 'b', 'c'`` (the first ``limit`` labels, then ``...``)."""
+    shown = ", ".join(repr(labels[i]) for i in positions[:limit])
+    if len(positions) == 1:
+        return f"row {shown}"
+    return f"{len(positions)} rows: {shown}{', ...' if len(positions) > limit else ''}"
+
+
+def null_directions(known_v: KnownV) -> np.ndarray:
+    """An orthonormal basis (n, m) of the null space of V over the retained rows: the unit
+    vectors of rows with a zero sampling variance (diagonal V), else the eigenvectors of each
+    block with an eigenvalue at or below the rank tolerance of :class:`KnownV` (``n eps
+    lambda_max``)."""
+    n = len(known_v.diag)
+    if known_v.is_diagonal:
+        zero = np.flatnonzero(known_v.diag <= 0)
+        out = np.zeros((n, len(zero)))
+        out[zero, np.arange(len(zero))] = 1.0
+        return out
+    blocks = known_v.blocks if known_v.blocks is not None else (np.arange(n),)
+    spectra = [np.linalg.eigh(known_v.matrix[np.ix_(b, b)]) for b in blocks]
+    hi = max(float(e[-1]) for e, _ in spectra)
+    tol = max(n, 1) * np.finfo(float).eps * max(hi, 0.0)
+    columns = []
+    for b, (e, U) in zip(blocks, spectra):
+        for j in np.flatnonzero(e <= tol):
+            col = np.zeros(n)
+            col[b] = U[:, j]
+            columns.append(col)
+    return np.column_stack(columns) if columns else np.zeros((n, 0))
+
+
+def unrescued_directions(null: np.ndarray, random: Sequence[Any]) -> np.ndarray:
+    """The directions x of ``null`` (V x = 0) that no random term gives variance: ``Z_r' x = 0``
+    for every term r (per level l and coefficient c, ``sum_{i in l} z_ic x_i = 0``).  Each
+    term's covariance ``K (x) D`` is positive definite at every SD > 0 (|correlations| < 1), so
+    these are exactly the directions in which ``S = V + sum_r Z_r (K (x) D) Z_r'`` is singular
+    whatever the random-effect SDs: ``x'Sx = x'Vx + sum_r |...Z_r'x|^2``.  ``random``: designs
+    with ``level_index``, ``z`` and ``n_levels``."""
+    if null.shape[1] == 0 or not random:
+        return null
+    pieces = []
+    for rd in random:
+        for c in range(rd.z.shape[1]):
+            M = np.zeros((rd.n_levels, null.shape[1]))
+            np.add.at(M, rd.level_index, rd.z[:, c:c + 1] * null)
+            pieces.append(M)
+    M = np.vstack(pieces)
+    _, s, Vt = np.linalg.svd(M, full_matrices=True)
+    tol = max(M.shape) * np.finfo(float).eps * (float(s[0]) if s.size else 0.0)
+    rank = int(np.sum(s > tol))
+    return null @ Vt[rank:].T
+
+
+def require_common_effect_covariance(known_v: KnownV, random: Sequence[Any], labels: Any) -> None:
+    """``sigma ~ 0``: V and the random effects alone must make the responses' covariance
+    positive definite (for positive SDs); otherwise some combination of rows has variance 0
+    and the likelihood is degenerate (the fit used to return NaN reported as converged).
+    Raises :class:`CovarianceError` naming the rows involved."""
+    directions = unrescued_directions(null_directions(known_v), random)
+    if directions.shape[1] == 0:
+        return
+    rows = np.flatnonzero(np.max(np.abs(directions), axis=1) > 1e-8)
+    where = rows_text(labels, rows)
+    if known_v.is_diagonal:
+        what = f"{'a zero sampling variance' if len(rows) == 1 else 'zero sampling variances'} on {where}"
+    else:
+        what = f"V is singular (rank {known_v.rank} of {len(known_v.diag)}) on {where}"
+    rescue = ""
+    if random:
+        terms = ", ".join(f"`{rd.term.text}`" for rd in random)
+        whom = "this row" if len(rows) == 1 else "a combination of these rows"
+        rescue = f", and the random effects ({terms}) give no variance to {whom}"
+    raise CovarianceError(
+        f"meta_V(V = {known_v.name}): with sigma ~ 0 (the common-effect model: no row-level "
+        f"heterogeneity) the covariance of the responses is singular: {what}{rescue}. The "
+        "likelihood is then degenerate (metafor's rma() refuses a zero sampling variance in a "
+        "common-effect model too). Estimate the heterogeneity (`sigma ~ 1`), or correct or drop "
+        "the row(s)."
+    )

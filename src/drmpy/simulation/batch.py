@@ -27,7 +27,7 @@ from ..engine.program import Control
 from ..errors import DataError, DrmError, FormulaError
 from ..model.formula import Formula
 from ..model.known_v import resolve_v
-from ..engine.optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
+from ..engine.optimize import CONVERGED, CONVERGED_FLAT, NONFINITE, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
 
@@ -820,12 +820,25 @@ def fit_batch(
     return _result_frame(gr, by, res, fit_mask)
 
 
+def _nonfinite_not_converged(status: np.ndarray, f: np.ndarray, beta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Per group status with ``NONFINITE`` for a fitted group whose objective, location
+    estimates or variance parameters are not finite: such a result is never converged.  (The
+    boundary rule's sigma = 0 fit has a sigma intercept of -inf by construction: its
+    variance parameters are exempt.)"""
+    from ..engine.tau2_batch import BOUNDARY, BOUNDARY_BETTER
+
+    at_boundary = np.isin(status, (BOUNDARY, BOUNDARY_BETTER))
+    finite = np.isfinite(f) & np.all(np.isfinite(beta), axis=1)
+    finite &= at_boundary | np.all(np.isfinite(phi), axis=1)
+    return np.where((status >= 0) & ~finite, NONFINITE, status)
+
+
 def _result_frame(gr: _Groups, by: str, res: dict, fit_mask: np.ndarray) -> pd.DataFrame:
     from ..engine.tau2_batch import BOUNDARY, BOUNDARY_BETTER, BOUNDARY_MESSAGES
 
     G = len(gr.sizes)
     P = len(gr.names)
-    status = res["status"]
+    status = _nonfinite_not_converged(res["status"], res["f"], res["beta"], res["phi"])
     fitted = fit_mask & (status >= 0)
     theta = np.concatenate([res["beta"], res["phi"]], axis=1)
     var = res["var"]

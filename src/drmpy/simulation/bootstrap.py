@@ -193,7 +193,8 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
         if bar is not None:
             bar.close()
     theta = np.concatenate([beta, phi], axis=1)
-    ok = (status == CONVERGED) | (status == CONVERGED_FLAT)
+    # a refit with a non-finite estimate never counts as converged, whatever its status
+    ok = ((status == CONVERGED) | (status == CONVERGED_FLAT)) & np.all(np.isfinite(theta), axis=1)
     good = theta[ok]
     alpha = 1.0 - float(level)
     if good.shape[0] >= 2:
