@@ -238,3 +238,34 @@ def test_bootstrap_counts_only_finite_refits(small, monkeypatch):
     bt = drm.parametric_bootstrap(fit, nsim=20, seed=1, progress=False, chunk_size=32)
     assert bt["n_converged"].iloc[0] <= 19
     assert np.all(np.isfinite(bt[["boot_mean", "boot_se", "lower", "upper"]].to_numpy()))
+
+
+# --------------------------------------------------------------------------- deletion refits
+
+
+def test_leave_one_out_nonfinite_refits_are_not_converged(small):
+    """Common-effect model with one response of 1e200 (y'V^-1y overflows): the refits'
+    log-likelihoods are -inf (the deletion program works in the full fit's centred
+    coordinates, so even the refit without that row overflows), and none is converged."""
+    d = small.copy()
+    d.loc["r5", "yi"] = 1e200
+    with pytest.warns(ConvergenceWarning):
+        fit = drm.fit(COMMON, d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        loo = fit.leave_one_out()
+    nonfinite = ~np.isfinite(loo["loglik"]) | ~np.isfinite(loo["mu:(Intercept)"])
+    assert nonfinite.any()
+    assert not loo.loc[nonfinite, "converged"].any()
+
+
+def test_zero_vi_with_tau2_estimated_matches_metafor():
+    """metafor's rma(method = "REML", threshold 1e-12) on a zero sampling variance
+    (reference_degenerate/make.R): estimate 0.05951495918, tau^2 0.06482567554; its
+    method = "EE" refuses the data (division by zero)."""
+    d = pd.DataFrame({"yi": [0.1, 0.3, -0.2, 0.5], "vi": [0.1, 0.05, 0.0, 0.2]})
+    fit = _quiet_fit(drm.Formula("yi ~ 1 + meta_V(V=vi)"), d, method="REML")
+    assert fit.params["mu:(Intercept)"] == pytest.approx(0.05951495918, abs=1e-8)
+    assert np.exp(2 * fit.params["sigma:(Intercept)"]) == pytest.approx(0.06482567554, abs=1e-8)
+    with pytest.raises(CovarianceError, match="row 2"):
+        drm.fit(COMMON, d)
