@@ -89,6 +89,31 @@ def test_common_effect_two_zero_rows_in_one_study_not_rescued(small):
         drm.fit(f, d)
 
 
+def _pair_correlated_v(vi: np.ndarray) -> np.ndarray:
+    """Diagonal V with rows 0 and 1 (study a) perfectly correlated: rank n - 1."""
+    V = np.diag(vi)
+    V[0, 1] = V[1, 0] = np.sqrt(vi[0] * vi[1])
+    return V
+
+
+def test_common_effect_singular_full_v_rescued_by_random_effect(small):
+    """V's null direction (sqrt(v1), -sqrt(v0)) on rows r0, r1 has a non-zero sum when
+    v0 != v1, so (1|study) gives it variance: S is positive definite and the fit goes ahead."""
+    f = drm.Formula("yi ~ 1 + meta_V(V=Vm) + (1|study)", "sigma ~ 0")
+    fit = _quiet_fit(f, small, env={"Vm": _pair_correlated_v(small["vi"].to_numpy())})
+    assert fit.converged and np.isfinite(fit.loglik) and np.all(np.isfinite(fit.params))
+
+
+def test_common_effect_singular_full_v_not_rescued_when_contrast_sums_to_zero(small):
+    """With v0 == v1 the null direction is (1, -1)/sqrt(2): within-study contrasts get no
+    variance from (1|study), so S is singular whatever sd(study) is."""
+    vi = small["vi"].to_numpy().copy()
+    vi[1] = vi[0]
+    f = drm.Formula("yi ~ 1 + meta_V(V=Vm) + (1|study)", "sigma ~ 0")
+    with pytest.raises(CovarianceError, match=r"rank 11 of 12\) on 2 rows: 'r0', 'r1'.*`\(1\|study\)`"):
+        drm.fit(f, small, env={"Vm": _pair_correlated_v(vi)})
+
+
 def test_common_effect_zero_vi_rescued_by_random_effect_fits(small):
     d = small.copy()
     d.loc["r3", "vi"] = 0.0
