@@ -294,3 +294,19 @@ def test_zero_vi_with_tau2_estimated_matches_metafor():
     assert np.exp(2 * fit.params["sigma:(Intercept)"]) == pytest.approx(0.06482567554, abs=1e-8)
     with pytest.raises(CovarianceError, match="row 2"):
         drm.fit(COMMON, d)
+
+
+@pytest.mark.parametrize("x3, refused", [(0.0, True), (0.7, False)])
+def test_common_effect_zero_vi_and_random_slope_only(small, x3, refused):
+    """``(0 + x|study)`` gives row r3 the variance x3^2 sd^2: none when x3 = 0."""
+    from drmpy.model.design import build_design
+
+    d = small.copy()
+    d.loc["r3", "vi"] = 0.0
+    d.loc["r3", "x"] = x3
+    f = drm.Formula("yi ~ 1 + meta_V(V=vi) + (0 + x|study)", "sigma ~ 0")
+    if refused:
+        with pytest.raises(CovarianceError, match=r"a zero sampling variance on row 'r3', and the random effects"):
+            build_design(f, d)
+    else:
+        assert build_design(f, d).nobs == 12
