@@ -179,25 +179,26 @@ def _check_common_effect_v(gr: _Groups, lv: _Levels, ok: np.ndarray, formula: Fo
     ``v_i + sigma_i^2`` on every row: such a group is left to :func:`drmpy.fit`."""
     term = formula.random_terms[0]
     name = formula.meta_v.name if formula.meta_v is not None else None
-    zero = gr.v == 0
-    if not zero.any():
+    zero = np.flatnonzero(gr.v == 0)
+    if zero.size == 0:
         return
-    owner = np.repeat(np.arange(len(gr.sizes)), gr.sizes)
-    zeros_per_level = np.bincount(lv.of_row[zero], minlength=len(lv.group))
-    for g in np.unique(owner[zero]):
+    owner = np.searchsorted(gr.offsets, zero, side="right") - 1
+    # a level with two zero rows: their difference has no variance
+    shared = np.bincount(lv.of_row[zero], minlength=len(lv.group))[lv.of_row[zero]] >= 2
+    for g in np.unique(owner):
         if not ok[g]:
             continue
-        rows = np.flatnonzero(zero & (owner == g))
-        shared = rows[zeros_per_level[lv.of_row[rows]] >= 2]
-        labels = gr.index[gr.row_pos]
-        if shared.size:
+        mine = owner == g
+        rows = zero[mine & shared] if shared[mine].any() else zero[mine]
+        where = rows_text(gr.index[gr.row_pos[rows]], np.arange(len(rows)))
+        if shared[mine].any():
             gr.error[int(g)] = (
                 f"meta_V(V = {name}): with sigma ~ 0 the covariance of this group's responses is singular: "
-                f"zero sampling variances on {rows_text(labels, shared)} in one level of `{term.group}`, which "
+                f"zero sampling variances on {where} in one level of `{term.group}`, which "
                 f"`{term.text}` gives only a shared variance (drm.fit raises CovarianceError)")
         else:
             gr.error[int(g)] = (
-                f"meta_V(V = {name}): a zero sampling variance with sigma ~ 0 on {rows_text(labels, rows)}; "
+                f"meta_V(V = {name}): a zero sampling variance with sigma ~ 0 on {where}; "
                 f"the batch program needs v + sigma^2 > 0 on every row: fit this group with drm.fit")
         ok[g] = False
 
