@@ -757,7 +757,9 @@ def fit_batch(
     Within each group, rows with missing or non-finite values are dropped (as
     :func:`drmpy.fit` drops them) and counted in that group's ``message``.  A group that
     cannot be fitted (no rows left, fewer rows than parameters, a rank-deficient mu or
-    sigma design within the group, a negative sampling variance) keeps its rows with NaN
+    sigma design within the group, a negative sampling variance; with ``(1|g)``, a single
+    level of ``g``, only single-row levels, or under ``sigma ~ 0`` a zero sampling
+    variance) keeps its rows with NaN
     estimates, ``converged=False`` and the reason in ``message``; other groups are
     unaffected.  A group whose optimiser does not converge keeps its last iterate with
     ``converged=False``.
@@ -789,7 +791,8 @@ def fit_batch(
     (``mu:...`` identity scale, ``sigma:...`` log-SD scale), ``estimate``, ``std_error``
     (drmTMB's: observed information, REML including the variance parameters' uncertainty),
     and per group ``loglik`` (REML: drmTMB's restricted log-likelihood), ``converged``
-    (the optimiser's test, a variance at its zero boundary counting as converged),
+    (the optimiser's test, a variance at its zero boundary counting as converged; never
+    for a non-finite log-likelihood or estimate),
     ``max_gradient`` (largest absolute gradient of the objective at the estimate) and
     ``message``.
     """

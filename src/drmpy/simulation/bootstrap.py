@@ -131,7 +131,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     Returns a DataFrame with one row per parameter: ``parameter``, ``estimate`` (the
     original fit), ``boot_mean`` and ``boot_se`` (mean and SD of the converged refits),
     ``lower`` and ``upper`` (the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of the
-    converged refits) and ``n_converged``; ``attrs`` hold ``nsim``, ``level`` and ``seed``.
+    converged refits) and ``n_converged`` (refits that converged to finite estimates); ``attrs`` hold ``nsim``, ``level`` and ``seed``.
     A log-SD whose true value is near its zero boundary has refits at the boundary (very
     negative estimates): its lower limit is then not informative.
     """
