@@ -52,7 +52,7 @@ import numpy as np
 
 from .program import BOUNDARY_START
 from .likelihood import gaussian_objective, small_cholesky_solve
-from .optimize import (CONVERGED, RUNNING, SolverOutput, newton_trust_region, trust_region_init,
+from .optimize import (CONVERGED, NONFINITE, RUNNING, SolverOutput, newton_trust_region, trust_region_init,
                        trust_region_output, trust_region_step)
 from .small_linalg import jacobi_eigh, sym_inverse
 
@@ -658,7 +658,10 @@ def deletion_program(struct, with_gls: bool = False):
                 phi, f = sol.x, sol.f
             _, M = gram(phi, kept, struct)
             A = M[:p, :p]
-            out = dict(beta=_solve_small(A, M[:p, p:])[:, 0], phi=phi, f=f, status=sol.status,
+            beta = _solve_small(A, M[:p, p:])[:, 0]
+            # a non-finite objective or estimate is never converged
+            finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(beta)) & jnp.all(jnp.isfinite(phi))
+            out = dict(beta=beta, phi=phi, f=f, status=jnp.where(finite, sol.status, NONFINITE),
                        iterations=sol.iterations)
             if with_gls:
                 out["A_kept"] = A

@@ -15,6 +15,8 @@ Stopping (status codes, see :data:`STATUS_MESSAGES`):
   This is how a variance running to zero ends: its log-SD runs toward -infinity where
   the likelihood is flat.
 * ``MAX_ITER``, ``NONFINITE``, ``RADIUS_COLLAPSED``: failures, reported, never raised.
+  (The callers also report ``NONFINITE`` for a finished fit whose objective or estimates
+  are not finite: a non-finite result is never converged.)
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ STATUS_MESSAGES = {
     CONVERGED: "converged: gradient below tolerance",
     CONVERGED_FLAT: "converged: objective no longer changes (a variance at its zero boundary)",
     MAX_ITER: "iteration limit reached before convergence",
-    NONFINITE: "the objective or its derivatives became non-finite",
+    NONFINITE: "the objective, its derivatives or the estimates are non-finite",
     RADIUS_COLLAPSED: "trust region collapsed: no step reduces the objective",
 }
 

@@ -26,7 +26,7 @@ from ..model.design import ModelDesign
 from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
                          elementwise_linalg, gram, row_sigma2, variance_objective)
-from .optimize import CONVERGED, SolverOutput, newton_trust_region, value_grad_hessian_forward
+from .optimize import CONVERGED, NONFINITE, SolverOutput, newton_trust_region, value_grad_hessian_forward
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
 
@@ -792,13 +792,16 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
     n = int(round(float(np.sum(np.asarray(arrs.mask)))))
     beta = np.asarray(out["beta"]) + beta0
     theta = np.concatenate([beta, np.asarray(out["phi"])])
+    status = int(out["status"])
+    if not (np.isfinite(float(out["f"])) and np.all(np.isfinite(theta))):
+        status = NONFINITE  # a non-finite log-likelihood or estimate is never converged
     return RawFit(
         theta=theta,
         vcov=np.asarray(out["vcov"]),
         loglik=-float(out["f"]),
         gradient=np.asarray(out["grad"]),
         hessian_min_eigenvalue=float(out["min_eig"]),
-        status=int(out["status"]),
+        status=status,
         iterations=int(out["iterations"]),
         evaluations=int(out["evaluations"]),
         structure=struct,

@@ -21,7 +21,7 @@ import pandas as pd
 from . import frames
 from ..errors import DataError, FormulaError, RandomEffectsError
 from .formula import Formula, RandomTerm
-from .known_v import KnownV, RawV, finalize_v, resolve_v
+from .known_v import KnownV, RawV, finalize_v, require_common_effect_covariance, resolve_v
 
 __all__ = ["ModelDesign", "FixedDesign", "RandomDesign", "build_design", "term_name"]
 
@@ -580,6 +580,8 @@ def build_design(
         _random_design(term, sub, mats, formula, env, namespace, kept_labels)
         for term in formula.random_terms
     )
+    if fixed["sigma"].matrix.shape[1] == 0:  # sigma ~ 0: V and the random effects must carry S
+        require_common_effect_covariance(known_v, random, kept_labels)
     if random and weights_arr is not None and np.any(weights_arr != 1.0):
         raise DataError(
             "weights: non-unit weights with random effects are not supported (rows sharing a "
@@ -602,12 +604,27 @@ def build_design(
     )
 
 
+def one_level_message(term: RandomTerm, level: Any, where: str = "among the retained rows") -> str:
+    """Why a random term whose factor has the single level ``level`` is refused."""
+    return (f"`{term.text}`: `{term.group}` has a single level ({level!r}) {where}, so the random "
+            f"effect is one draw whose SD cannot be estimated (it is confounded with the mu "
+            f"coefficients); drop the term (metafor's rma.mv fixes such a variance at 0), or fit data "
+            f"with several levels of `{term.group}`.")
+
+
+def _require_several_levels(term: RandomTerm, levels: tuple) -> None:
+    """A random term needs at least two levels of its factor among the retained rows."""
+    if len(levels) == 1:
+        raise RandomEffectsError(one_level_message(term, levels[0]))
+
+
 def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple],
                    formula: Formula, env, namespace, kept_labels) -> RandomDesign:
     keys, levels = _group_keys(sub, term)
     position = {lv: i for i, lv in enumerate(levels)}
     level_index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
     counts = np.bincount(level_index, minlength=len(levels))
+    _require_several_levels(term, levels)
     cols = []
     if term.intercept:
         cols.append(np.ones(len(sub)))

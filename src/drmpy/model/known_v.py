@@ -10,13 +10,13 @@ stays what the user gave (``dense`` or ``sparse``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import CovarianceError
 
-__all__ = ["KnownV", "resolve_v", "finalize_v"]
+__all__ = ["KnownV", "resolve_v", "finalize_v", "require_common_effect_covariance"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +197,119 @@ def _block_spectrum(dense: np.ndarray, blocks: list[np.ndarray]) -> tuple[float,
     all_e = np.concatenate(eigs)
     rank = int(np.sum(all_e > max(len(all_e), 1) * np.finfo(float).eps * max(hi, 0.0)))
     return lo, hi, rank
+
+
+def rows_text(labels: Any, positions: np.ndarray, limit: int = 10) -> str:
+    """``row 'a'`` or ``3 rows: 'a', 'b', 'c'`` (the first ``limit`` labels, then ``...``)."""
+    shown = ", ".join(repr(labels[i]) for i in positions[:limit])
+    if len(positions) == 1:
+        return f"row {shown}"
+    return f"{len(positions)} rows: {shown}{', ...' if len(positions) > limit else ''}"
+
+
+def null_directions(known_v: KnownV) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An orthonormal basis of the null space of V over the retained rows, each direction as
+    (row positions, values) on its support: the unit vector of every row with a zero sampling
+    variance (diagonal V), else the eigenvectors of each block with an eigenvalue at or
+    below the rank tolerance of :class:`KnownV` (``n eps lambda_max``)."""
+    n = len(known_v.diag)
+    if known_v.is_diagonal:
+        return [(np.array([i]), np.ones(1)) for i in np.flatnonzero(known_v.diag <= 0)]
+    if known_v.rank is not None and known_v.rank == n:
+        return []
+    blocks = known_v.blocks if known_v.blocks is not None else (np.arange(n),)
+    spectra = [np.linalg.eigh(known_v.matrix[np.ix_(b, b)]) for b in blocks]
+    hi = max(float(e[-1]) for e, _ in spectra)
+    tol = max(n, 1) * np.finfo(float).eps * max(hi, 0.0)
+    return [(b, U[:, j]) for b, (e, U) in zip(blocks, spectra) for j in np.flatnonzero(e <= tol)]
+
+
+def unrescued_rows(null: list[tuple[np.ndarray, np.ndarray]], random: Sequence[Any]) -> np.ndarray:
+    """Rows of the combinations x of the ``null`` directions (V x = 0) that no random term
+    gives variance: ``Z_r' x = 0`` for every term r (per level l and coefficient c,
+    ``sum_{i in l} z_ic x_i = 0``).  Each term's covariance ``K (x) D`` is positive definite at
+    every SD > 0 (|correlations| < 1), so these are exactly the combinations in which
+    ``S = V + sum_r Z_r (K (x) D) Z_r'`` is singular whatever the random-effect SDs
+    (``x'Sx = x'Vx + sum_r |(K (x) D)^(1/2) Z_r'x|^2``).  Solved per connected component of
+    the graph linking directions to the levels their rows belong to (a small SVD each: no
+    n x m matrix however many rows have zero variance).  ``random``: designs with
+    ``level_index``, ``z`` and ``n_levels``."""
+    if not null:
+        return np.zeros(0, dtype=np.int64)
+    if not random:
+        return np.unique(np.concatenate([rows[np.abs(vals) > 1e-8] for rows, vals in null]))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = len(null)
+    offsets = np.cumsum([0] + [rd.n_levels for rd in random])
+    one_row = np.array([len(rows) == 1 for rows, _ in null])
+    src, dst = [], []
+    if one_row.all():  # a diagonal V: each direction is one row (many rows: no Python loop)
+        row = np.array([rows[0] for rows, _ in null])
+        src = [np.arange(m)] * len(random)
+        dst = [m + offsets[r] + rd.level_index[row] for r, rd in enumerate(random)]
+    else:
+        for j, (rows, _) in enumerate(null):
+            for r, rd in enumerate(random):
+                levels = np.unique(rd.level_index[rows])
+                src.append(np.full(len(levels), j))
+                dst.append(m + offsets[r] + levels)
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(m + offsets[-1],) * 2)
+    _, label = connected_components(graph, directed=False)
+    comps, first, size = np.unique(label[:m], return_index=True, return_counts=True)
+    # a row alone in its component: rescued when some random coefficient of the row is not 0
+    alone = first[(size == 1) & one_row[first]]
+    alone_rows = np.array([null[j][0][0] for j in alone], dtype=np.int64)
+    covered = np.zeros(len(alone), dtype=bool)
+    for rd in random:
+        covered |= np.any(rd.z[alone_rows] != 0, axis=1)
+    out = [alone_rows[~covered]]
+    for comp in comps[(size > 1) | ~one_row[first]]:
+        members = np.flatnonzero(label[:m] == comp)
+        support = np.unique(np.concatenate([null[j][0] for j in members]))
+        N = np.zeros((len(support), len(members)))  # the component's directions on its rows
+        for k, j in enumerate(members):
+            N[np.searchsorted(support, null[j][0]), k] = null[j][1]
+        pieces = []
+        for rd in random:
+            levels, at = np.unique(rd.level_index[support], return_inverse=True)
+            for c in range(rd.z.shape[1]):
+                M = np.zeros((len(levels), len(members)))
+                np.add.at(M, at, rd.z[support, c:c + 1] * N)
+                pieces.append(M)
+        M = np.vstack(pieces)
+        _, sv, Vt = np.linalg.svd(M, full_matrices=True)
+        tol = max(M.shape) * np.finfo(float).eps * (float(sv[0]) if sv.size else 0.0)
+        free = N @ Vt[int(np.sum(sv > tol)):].T
+        if free.shape[1]:
+            out.append(support[np.max(np.abs(free), axis=1) > 1e-8])
+    return np.unique(np.concatenate(out))
+
+
+def require_common_effect_covariance(known_v: KnownV, random: Sequence[Any], labels: Any) -> None:
+    """``sigma ~ 0``: V and the random effects alone must make the responses' covariance
+    positive definite (for positive SDs); otherwise some combination of rows has variance 0
+    and the likelihood is degenerate (the fit used to return NaN reported as converged).
+    Raises :class:`CovarianceError` naming the rows involved."""
+    rows = unrescued_rows(null_directions(known_v), random)
+    if rows.size == 0:
+        return
+    where = rows_text(labels, rows)
+    if known_v.is_diagonal:
+        what = f"{'a zero sampling variance' if len(rows) == 1 else 'zero sampling variances'} on {where}"
+    else:
+        what = f"V is singular (rank {known_v.rank} of {len(known_v.diag)}) on {where}"
+    rescue = ""
+    if random:
+        terms = ", ".join(f"`{rd.term.text}`" for rd in random)
+        whom = "this row" if len(rows) == 1 else "a combination of these rows"
+        rescue = f", and the random effects ({terms}) give no variance to {whom}"
+    raise CovarianceError(
+        f"meta_V(V = {known_v.name}): with sigma ~ 0 (the common-effect model: no row-level "
+        f"heterogeneity) the covariance of the responses is singular: {what}{rescue}. The "
+        "likelihood is then degenerate (metafor's rma() refuses a zero sampling variance in a "
+        "common-effect model too). Estimate the heterogeneity (`sigma ~ 1`), or correct or drop "
+        "the row(s)."
+    )

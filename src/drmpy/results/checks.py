@@ -85,12 +85,16 @@ def _estimation_rows(fit, rows):
     else:
         _row(rows, "optimizer_budget", "ok", budget, "Optimizer finished within its iteration limit.")
 
-    if np.isfinite(fit.loglik):
-        _row(rows, "finite_objective", "ok", round(fit.loglik, 4), "Objective and log-likelihood are finite.")
-    else:
-        _row(rows, "finite_objective", "error", fit.loglik, "The log-likelihood is not finite.")
-
     names = fit.params.index
+    bad_estimates = names[~np.isfinite(fit.params.to_numpy())]
+    if not np.isfinite(fit.loglik):
+        _row(rows, "finite_objective", "error", fit.loglik, "The log-likelihood is not finite.")
+    elif len(bad_estimates):
+        _row(rows, "finite_objective", "error", f"n_nonfinite_estimates={len(bad_estimates)}",
+             f"The log-likelihood is finite but estimates are not: {', '.join(bad_estimates[:5])}.")
+    else:
+        _row(rows, "finite_objective", "ok", round(fit.loglik, 4), "Objective and log-likelihood are finite.")
+
     g = np.abs(raw.gradient)
     if g.size and np.all(np.isfinite(g)):
         j = int(np.argmax(g))

@@ -27,7 +27,7 @@ from ..engine.program import Control
 from ..errors import DataError, DrmError, FormulaError
 from ..model.formula import Formula
 from ..model.known_v import resolve_v
-from ..engine.optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
+from ..engine.optimize import CONVERGED, CONVERGED_FLAT, NONFINITE, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
 
@@ -757,7 +757,9 @@ def fit_batch(
     Within each group, rows with missing or non-finite values are dropped (as
     :func:`drmpy.fit` drops them) and counted in that group's ``message``.  A group that
     cannot be fitted (no rows left, fewer rows than parameters, a rank-deficient mu or
-    sigma design within the group, a negative sampling variance) keeps its rows with NaN
+    sigma design within the group, a negative sampling variance; with ``(1|g)``, a single
+    level of ``g``, only single-row levels, or under ``sigma ~ 0`` a zero sampling
+    variance) keeps its rows with NaN
     estimates, ``converged=False`` and the reason in ``message``; other groups are
     unaffected.  A group whose optimiser does not converge keeps its last iterate with
     ``converged=False``.
@@ -789,7 +791,8 @@ def fit_batch(
     (``mu:...`` identity scale, ``sigma:...`` log-SD scale), ``estimate``, ``std_error``
     (drmTMB's: observed information, REML including the variance parameters' uncertainty),
     and per group ``loglik`` (REML: drmTMB's restricted log-likelihood), ``converged``
-    (the optimiser's test, a variance at its zero boundary counting as converged),
+    (the optimiser's test, a variance at its zero boundary counting as converged; never
+    for a non-finite log-likelihood or estimate),
     ``max_gradient`` (largest absolute gradient of the objective at the estimate) and
     ``message``.
     """
@@ -820,12 +823,25 @@ def fit_batch(
     return _result_frame(gr, by, res, fit_mask)
 
 
+def _nonfinite_not_converged(status: np.ndarray, f: np.ndarray, beta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Per group status with ``NONFINITE`` for a fitted group whose objective, location
+    estimates or variance parameters are not finite: such a result is never converged.  (The
+    boundary rule's sigma = 0 fit has a sigma intercept of -inf by construction: its
+    variance parameters are exempt.)"""
+    from ..engine.tau2_batch import BOUNDARY, BOUNDARY_BETTER
+
+    at_boundary = np.isin(status, (BOUNDARY, BOUNDARY_BETTER))
+    finite = np.isfinite(f) & np.all(np.isfinite(beta), axis=1)
+    finite &= at_boundary | np.all(np.isfinite(phi), axis=1)
+    return np.where((status >= 0) & ~finite, NONFINITE, status)
+
+
 def _result_frame(gr: _Groups, by: str, res: dict, fit_mask: np.ndarray) -> pd.DataFrame:
     from ..engine.tau2_batch import BOUNDARY, BOUNDARY_BETTER, BOUNDARY_MESSAGES
 
     G = len(gr.sizes)
     P = len(gr.names)
-    status = res["status"]
+    status = _nonfinite_not_converged(res["status"], res["f"], res["beta"], res["phi"])
     fitted = fit_mask & (status >= 0)
     theta = np.concatenate([res["beta"], res["phi"]], axis=1)
     var = res["var"]

@@ -20,7 +20,8 @@ import pandas as pd
 
 from ..engine.program import BOUNDARY_GAIN_MIN, BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size
 from ..errors import DataError, FormulaError, RandomEffectsError
-from ..model.design import _materialize_uncached, _response_values
+from ..model.design import _label, _materialize_uncached, _response_values, one_level_message
+from ..model.known_v import rows_text
 from ..model.formula import Formula
 from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, _check_groups, _Groups, _lanes_ladder, _pool_layout, _read_rows,
                     _result_frame, _Runner, padded_rows)
@@ -75,6 +76,11 @@ class _Levels:
         self.W_rows = sd_matrix
         self.max_size = np.zeros(G, dtype=np.int64)
         np.maximum.at(self.max_size, self.group, self.size)
+        self.group_values = None  # the grouping columns of the sorted rows (set by _build)
+
+    def label(self, row: int) -> str:
+        """The level label of sorted row ``row``, as a single fit names it (``a`` or ``a:b``)."""
+        return ":".join(_label(v) for v in self.group_values.iloc[int(row)])
 
 
 def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list[str]]:
@@ -130,7 +136,9 @@ def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list
     gr = _Groups(labels=labels, names=[f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms],
                  p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v, row_pos=keep_pos, index=frame.index,
                  offsets=np.concatenate([[0], np.cumsum(sizes)]), sizes=sizes, notes=notes)
-    return gr, _Levels(group, key, Wr, G), [f"{sd_dpar}:{t}" for t in sd_terms]
+    lv = _Levels(group, key, Wr, G)
+    lv.group_values = sub[list(term.group_columns)].iloc[order]  # for messages naming a level
+    return gr, lv, [f"{sd_dpar}:{t}" for t in sd_terms]
 
 
 def _check_levels(gr: _Groups, lv: _Levels, ok: np.ndarray, formula: Formula) -> None:
@@ -143,6 +151,11 @@ def _check_levels(gr: _Groups, lv: _Levels, ok: np.ndarray, formula: Formula) ->
             gr.error[int(g)] = (f"the predictors of `{formula.text[sd_dpar]}` must be constant within each "
                                 f"level of `{term.group}`")
             ok[g] = False
+    for g in np.flatnonzero(ok & (lv.count == 1)):  # one draw of the random effect
+        gr.error[int(g)] = one_level_message(term, lv.label(gr.offsets[g]), "in this group").rstrip(".")
+        ok[g] = False
+    if gr.k == 0:
+        _check_common_effect_v(gr, lv, ok, formula)
     if gr.k > 0:  # every level one row: sd(g) is confounded with sigma
         single = ok & (lv.count == gr.sizes)
         for g in np.flatnonzero(single):
@@ -156,6 +169,38 @@ def _check_levels(gr: _Groups, lv: _Levels, ok: np.ndarray, formula: Formula) ->
             if np.linalg.matrix_rank(Wg) < k_sd:
                 gr.error[int(g)] = f"the `{formula.text[sd_dpar]}` design is rank-deficient among this group's levels"
                 ok[g] = False
+
+
+def _check_common_effect_v(gr: _Groups, lv: _Levels, ok: np.ndarray, formula: Formula) -> None:
+    """``sigma ~ 0`` groups with a zero sampling variance (marked in ``gr.error``).  Two zero
+    rows in one level leave their difference without variance: the covariance is singular,
+    which a single fit refuses (:func:`drmpy.model.known_v.require_common_effect_covariance`).
+    One zero row per level is a proper model, but the batch program's likelihood divides by
+    ``v_i + sigma_i^2`` on every row: such a group is left to :func:`drmpy.fit`."""
+    term = formula.random_terms[0]
+    name = formula.meta_v.name if formula.meta_v is not None else None
+    zero = np.flatnonzero(gr.v == 0)
+    if zero.size == 0:
+        return
+    owner = np.searchsorted(gr.offsets, zero, side="right") - 1
+    # a level with two zero rows: their difference has no variance
+    shared = np.bincount(lv.of_row[zero], minlength=len(lv.group))[lv.of_row[zero]] >= 2
+    for g in np.unique(owner):
+        if not ok[g]:
+            continue
+        mine = owner == g
+        rows = zero[mine & shared] if shared[mine].any() else zero[mine]
+        where = rows_text(gr.index[gr.row_pos[rows]], np.arange(len(rows)))
+        if shared[mine].any():
+            gr.error[int(g)] = (
+                f"meta_V(V = {name}): with sigma ~ 0 the covariance of this group's responses is singular: "
+                f"zero sampling variances on {where} in one level of `{term.group}`, which "
+                f"`{term.text}` gives only a shared variance (drm.fit raises CovarianceError)")
+        else:
+            gr.error[int(g)] = (
+                f"meta_V(V = {name}): a zero sampling variance with sigma ~ 0 on {where}; "
+                f"the batch program needs v + sigma^2 > 0 on every row: fit this group with drm.fit")
+        ok[g] = False
 
 
 def _per_group_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:

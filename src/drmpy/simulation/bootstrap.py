@@ -131,7 +131,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     Returns a DataFrame with one row per parameter: ``parameter``, ``estimate`` (the
     original fit), ``boot_mean`` and ``boot_se`` (mean and SD of the converged refits),
     ``lower`` and ``upper`` (the ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of the
-    converged refits) and ``n_converged``; ``attrs`` hold ``nsim``, ``level`` and ``seed``.
+    converged refits) and ``n_converged`` (refits that converged to finite estimates); ``attrs`` hold ``nsim``, ``level`` and ``seed``.
     A log-SD whose true value is near its zero boundary has refits at the boundary (very
     negative estimates): its lower limit is then not informative.
     """
@@ -193,7 +193,8 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
         if bar is not None:
             bar.close()
     theta = np.concatenate([beta, phi], axis=1)
-    ok = (status == CONVERGED) | (status == CONVERGED_FLAT)
+    # a refit with a non-finite estimate never counts as converged, whatever its status
+    ok = ((status == CONVERGED) | (status == CONVERGED_FLAT)) & np.all(np.isfinite(theta), axis=1)
     good = theta[ok]
     alpha = 1.0 - float(level)
     if good.shape[0] >= 2:
