@@ -293,7 +293,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
         x2[d] = float(r @ np.linalg.solve(C, r))
         se = np.sqrt(np.diag(C))
         for j, row in enumerate(idx):
-            rows.append((design.row_labels[row], labels[d], r[j], se[j], r[j] / se[j]))
+            rows.append((row, labels[d], r[j], se[j], r[j] / se[j]))
     out = pd.DataFrame({"cooks_distance": cooks, "cov_ratio": cov_ratio}, index=labels)
     for j, name in enumerate(dfb_names):
         out[name] = dfbetas[:, j]
@@ -301,6 +301,8 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
     out["k"] = (~keep).sum(axis=1)
     out["is_influential"] = ((stats.chi2.cdf(cooks, p) > 0.5) | np.any(np.abs(dfbetas) > 1.0, axis=1)) & ok
     out.loc[~ok, ["cooks_distance", "cov_ratio", "x2", *dfb_names]] = np.nan
-    per_row = pd.DataFrame(rows, columns=["row", cluster, "resid", "se", "rstudent"]).set_index("row")
-    out.attrs["rows"] = per_row.loc[list(design.row_labels)]
+    # in the data's row order, by position (row labels may repeat)
+    per_row = pd.DataFrame(rows, columns=["position", cluster, "resid", "se", "rstudent"]).sort_values("position")
+    per_row.index = design.row_labels[per_row.pop("position").to_numpy()]
+    out.attrs["rows"] = per_row
     return out
