@@ -56,7 +56,7 @@ def retained_values(fit, values: Any, argument: str, data: Any = None) -> np.nda
         if source is None:
             raise DrmError(f"{argument}=`{values}`: this fit does not hold its data; give an array instead.")
         if values not in frames.column_names(source):
-            raise DrmError(f"{argument}: `{values}` is not a column of the data given to drm.fit.")
+            raise DrmError(f"{argument}: column `{values}` is not in the data of the fit.")
         col = frames.as_pandas(source, [values])[values]
         if data is not None:
             _same_rows(fit, col.index, argument)

@@ -56,6 +56,7 @@ def cluster_codes(fit, cluster: Any) -> np.ndarray:
     an error that names the row.
     """
     from ..bias.refit import retained_values
+    from ..model import frames
 
     labels = fit.design.row_labels
     if cluster is None:
@@ -64,6 +65,8 @@ def cluster_codes(fit, cluster: Any) -> np.ndarray:
     if isinstance(cluster, str) and getattr(fit, "_data", None) is None:
         raise DrmError(f"cluster=`{cluster}`: this fit keeps no reference to its data; pass the cluster "
                        "values (an array per retained row, or a Series indexed like the data).")
+    if isinstance(cluster, str) and cluster not in frames.column_names(fit._data):
+        raise DrmError(f"cluster=`{cluster}` is not a column of the data given to drm.fit.")
     if not isinstance(cluster, (str, pd.Series)) and np.ndim(cluster) == 1 and len(cluster) not in (fit.nobs, fit.design.n_data):
         raise DrmError(f"cluster has {np.size(cluster)} values; give one per row the fit used ({fit.nobs}), "
                        "a column name, or a Series indexed like the data.")
