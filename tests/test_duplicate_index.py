@@ -55,6 +55,8 @@ CALLS = {
     "influence": lambda f, d: f.influence().reset_index(drop=True),
     "influence_cluster": lambda f, d: f.influence(cluster="cl"),
     "influence_cluster_rows": lambda f, d: f.influence(cluster="cl").attrs["rows"].reset_index(drop=True),
+    "predict_newdata": lambda f, d: f.predict(newdata=d, interval="prediction"),
+    "predict_newdata_vi": lambda f, d: f.predict(newdata=d, interval="prediction", vi="vi"),
     "egger_ni": lambda f, d: drm.bias.egger_test(f, "ni", ni="ni"),
     "egger_ni_array": lambda f, d: drm.bias.egger_test(f, "ni", ni=d["ni"].to_numpy()),
 }
@@ -81,6 +83,7 @@ def test_row_labels_kept(fits):
     assert list(f1.influence().index) == list(d1.index)
     assert list(f1.influence(cluster="cl").attrs["rows"].index) == list(d1.index)
     assert list(f1.leave_one_out()["omitted"]) == list(d1.index)
+    assert list(f1.predict(newdata=d1, interval="confidence").index) == list(d1.index)
 
 
 def test_series_that_cannot_be_aligned_is_refused(fits):
@@ -97,3 +100,31 @@ def test_other_data_with_other_labels_is_refused(fits):
     d1, f1 = fits["shuffled"]
     with pytest.raises(drm.DrmError, match="data"):
         f1.i2(by="grp", data=d1.reset_index(drop=True))
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="plots/_common.column_of aligns data= by label (data.loc[labels]); plots/ is owned "
+                          "by another helper: read by position (drmpy.bias.refit.retained_values) and drop this mark")
+def test_plot_table_with_duplicated_index(fits):
+    from drmpy.plots import forest_table
+
+    d0, f0 = fits["default"]
+    d1, f1 = fits["duplicated"]
+    expected = forest_table(f0, label="cl", data=d0)
+    pd.testing.assert_frame_equal(forest_table(f1, label="cl", data=d1).reset_index(drop=True),
+                                  expected.reset_index(drop=True))
+
+
+@pytest.mark.slow
+def test_random_effects_model_with_duplicated_index():
+    """A (1|cl) model: cluster-robust CR2 with the random effects nested in the clusters, I2 by
+    a data column, cluster deletion and predictions with the random effects' levels."""
+    d0 = _bcg()
+    d1 = _duplicated(d0)
+    formula = drm.Formula("yi ~ ablat + (1|cl) + meta_V(V = vi)")
+    f0, f1 = drm.fit(formula, d0), drm.fit(formula, d1)
+    for call in (lambda f, d: f.coef_test(test="satterthwaite", vcov="CR2", cluster="cl"),
+                 lambda f, d: f.i2(by="grp", data=d),
+                 lambda f, d: f.influence(cluster="cl"),
+                 lambda f, d: f.predict(newdata=d, interval="prediction").reset_index(drop=True)):
+        pd.testing.assert_frame_equal(call(f1, d1), call(f0, d0), check_exact=False, rtol=1e-7, atol=1e-10)
