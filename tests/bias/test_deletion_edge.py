@@ -66,6 +66,7 @@ def test_leave_one_out_status(grp_fit):
     assert (loo.loc[:11, "status"] == "ok").all() and loo.loc[:11, "converged"].all()
 
 
+@pytest.mark.slow
 def test_sigma_level_removed(bcg):
     """A sigma moderator level whose only row is deleted: the sigma coefficient is unidentified."""
     f = drm.fit(drm.Formula("yi ~ 1 + meta_V(V = vi)", "sigma ~ grp"), bcg)
@@ -76,6 +77,7 @@ def test_sigma_level_removed(bcg):
     assert inf.loc[12, ["rstudent", "cooks_distance"]].isna().all()
 
 
+@pytest.mark.slow
 def test_random_effects_cluster_deletion(bcg):
     """The curtis1998 pattern: a moderator level held by one cluster of a (1|cluster) model."""
     d = bcg.assign(paper=np.arange(len(bcg)) // 2)
@@ -96,3 +98,16 @@ def test_two_studies(bcg, method):
     assert not loo["converged"].any()
     assert loo[["mu:(Intercept)", "sigma:(Intercept)", "loglik", "I2", "H2"]].isna().all().all()
     assert all("1 row" in s for s in loo["status"])
+
+
+@pytest.mark.slow
+def test_random_term_left_with_one_level(bcg):
+    """Leaving one of two clusters out leaves (1|half) with one level: its SD is not identified."""
+    d = bcg.assign(half=np.where(np.arange(len(bcg)) < 7, "h1", "h2"))
+    f = drm.fit(drm.Formula("yi ~ 1 + (1|half) + meta_V(V = vi)"), d)
+    loo = f.leave_one_out(by="half")
+    assert all("sd(half)" in s and "1 level" in s for s in loo["status"])
+    assert loo[list(f.params.index)].isna().all().all()
+    inf = f.influence(cluster="half")
+    assert all("sd(half)" in s for s in inf["status"])
+    assert (f.leave_one_out()["status"] == "ok").all()

@@ -154,12 +154,28 @@ def _unidentified(M: np.ndarray, keep: np.ndarray, names: list[str]) -> list[str
     return out
 
 
+def _single_level_terms(design, keep: np.ndarray) -> list[str | None]:
+    """Per deletion: None, or the random-effect SD parameters whose group keeps fewer than two
+    levels with rows (a variance between one level's effects is not identified)."""
+    out: list[str | None] = [None] * len(keep)
+    for rd in design.random:
+        full = np.bincount(rd.level_index, minlength=rd.n_levels)
+        for d in range(len(keep)):
+            removed = np.bincount(rd.level_index[~keep[d]], minlength=rd.n_levels)
+            left = int(np.sum(full - removed > 0))
+            if left < 2 and out[d] is None:
+                names = ", ".join(rd.term.sd_dpars())
+                out[d] = f"{names} with {left} level{'s' if left != 1 else ''} of `{rd.group}` left"
+    return out
+
+
 def deletion_status(fit, keep: np.ndarray, status: np.ndarray) -> np.ndarray:
     """Why each deletion's refit is (not) usable: ``"ok"``, or a sentence.
 
     A refit is not identified when the kept rows leave a location (``mu``) or ``sigma``
-    coefficient without data (the deleted rows were the only ones of a moderator level), or
-    when no more rows are left than location coefficients (no residual from which to
+    coefficient without data (the deleted rows were the only ones of a moderator level), a
+    random-effect group with fewer than two levels, or when no more rows are left than
+    location coefficients (no residual from which to
     estimate a variance: a 2-study leave-one-out); otherwise it is usable when the optimiser
     converged (``status``, the engine's codes)."""
     from ..engine.optimize import STATUS_MESSAGES
@@ -168,6 +184,7 @@ def deletion_status(fit, keep: np.ndarray, status: np.ndarray) -> np.ndarray:
     mu, sg = design.fixed["mu"], design.fixed["sigma"]
     mu_why = _unidentified(mu.matrix, keep, [f"mu:{t}" for t in mu.terms])
     sg_why = _unidentified(sg.matrix, keep, [f"sigma:{t}" for t in sg.terms])
+    re_why = _single_level_terms(design, keep)
     n_kept = keep.sum(axis=1)
     p = mu.matrix.shape[1]
     has_variance = len(fit.params) > p
@@ -177,6 +194,8 @@ def deletion_status(fit, keep: np.ndarray, status: np.ndarray) -> np.ndarray:
             out.append(f"not identified: {mu_why[d]} (mu)")
         elif sg_why[d] is not None:
             out.append(f"not identified: {sg_why[d]} (sigma)")
+        elif re_why[d] is not None:
+            out.append(f"not identified: {re_why[d]}")
         elif has_variance and n_kept[d] <= p:
             rows = "1 row" if n_kept[d] == 1 else f"{n_kept[d]} rows"
             out.append(f"not identified: {rows} left for {p} mu coefficient{'s' if p > 1 else ''}, "
@@ -213,8 +232,8 @@ def leave_one_out(fit, by: str | None = None) -> pd.DataFrame:
     in one compiled program.  ``status``: ``"ok"``, or why the refit has no estimates
     (NaN parameters, ``loglik``, ``I2``, ``H2``; ``converged`` False): a ``mu`` or ``sigma``
     coefficient left without rows (the deleted rows were the only ones of a moderator
-    level), no more rows left than ``mu`` coefficients (a 2-study leave-one-out), or an
-    optimiser that did not converge.
+    level), a random-effect group left with one level, no more rows left than ``mu``
+    coefficients (a 2-study leave-one-out), or an optimiser that did not converge.
     """
     require_drm_fit(fit, "leave_one_out")
     labels, keep = _deletion_sets(fit, by, "by")
