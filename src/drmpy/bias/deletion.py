@@ -132,7 +132,9 @@ def _deleted_gram(M: np.ndarray, keep: np.ndarray) -> np.ndarray:
     scaled to unit norm over all rows so that the eigenvalues are scale-free."""
     norms = np.sqrt(np.sum(M**2, axis=0))
     Ms = M / np.where(norms > 0, norms, 1.0)
-    return np.einsum("dn,np,nq->dpq", keep.astype(np.float64), Ms, Ms)
+    q = M.shape[1]
+    outer = (Ms[:, :, None] * Ms[:, None, :]).reshape(len(Ms), q * q)
+    return (keep.astype(np.float64) @ outer).reshape(len(keep), q, q)  # one matrix product
 
 
 def _unidentified(M: np.ndarray, keep: np.ndarray, names: list[str]) -> list[str | None]:
@@ -173,11 +175,10 @@ def deletion_status(fit, keep: np.ndarray, status: np.ndarray) -> np.ndarray:
     """Why each deletion's refit is (not) usable: ``"ok"``, or a sentence.
 
     A refit is not identified when the kept rows leave a location (``mu``) or ``sigma``
-    coefficient without data (the deleted rows were the only ones of a moderator level), a
-    random-effect group with fewer than two levels, or when no more rows are left than
-    location coefficients (no residual from which to
-    estimate a variance: a 2-study leave-one-out); otherwise it is usable when the optimiser
-    converged (``status``, the engine's codes)."""
+    coefficient without data (the deleted rows were the only ones of a moderator level),
+    leave a random-effect group with fewer than two levels, or are no more than the location
+    coefficients (no residual to estimate a variance from: a 2-study leave-one-out);
+    otherwise it is usable when the optimiser converged (``status``, the engine's codes)."""
     from ..engine.optimize import STATUS_MESSAGES
 
     design = fit.design
