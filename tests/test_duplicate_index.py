@@ -128,3 +128,12 @@ def test_random_effects_model_with_duplicated_index():
                  lambda f, d: f.influence(cluster="cl"),
                  lambda f, d: f.predict(newdata=d, interval="prediction").reset_index(drop=True)):
         pd.testing.assert_frame_equal(call(f1, d1), call(f0, d0), check_exact=False, rtol=1e-7, atol=1e-10)
+
+
+def test_other_data_with_unique_labels_is_aligned_by_label(fits):
+    """data= with the fit's (unique) labels in another order is aligned by label, as before."""
+    d1, f1 = fits["shuffled"]
+    pd.testing.assert_frame_equal(f1.i2(by="grp", data=d1.iloc[::-1]), f1.i2(by="grp", data=d1))
+    d2, f2 = fits["duplicated"]
+    with pytest.raises(drm.DrmError, match="repeated row label"):
+        f2.i2(by="grp", data=d2.iloc[::-1])

@@ -28,15 +28,11 @@ def data_column(fit, values: Any, argument: str) -> np.ndarray:
     return retained_values(fit, values, argument)
 
 
-def _same_rows(fit, index: pd.Index, argument: str) -> None:
-    """``index`` must be that of the data given to ``drm.fit``: as many rows, and at the
+def _same_rows(fit, index: pd.Index) -> bool:
+    """Whether ``index`` is that of the data given to ``drm.fit``: as many rows, and at the
     retained positions the fitted row labels."""
     design = fit.design
-    if len(index) != design.n_data or not index[design.row_positions].equals(design.row_labels):
-        raise DrmError(
-            f"{argument}: the data ({len(index)} rows) are not the data given to drm.fit ({design.n_data} rows, "
-            "same row labels in the same order); pass that data, or one value per fitted row."
-        )
+    return len(index) == design.n_data and index[design.row_positions].equals(design.row_labels)
 
 
 def retained_values(fit, values: Any, argument: str, data: Any = None) -> np.ndarray:
@@ -44,9 +40,9 @@ def retained_values(fit, values: Any, argument: str, data: Any = None) -> np.nda
     which may repeat: ``pd.concat`` without ``ignore_index``).
 
     ``values``: a column name of ``data`` (default: the data given to ``drm.fit``); a pandas
-    Series indexed like that data (same labels in the same order: taken by position;
-    otherwise aligned by label, which needs unique labels); or an array with one value per
-    data row or per retained row.
+    Series indexed like that data (same labels in the same order: taken by position); or an
+    array with one value per data row or per retained row.  A ``data`` or Series with
+    another index is aligned by label, which needs unique labels (else a ``DrmError``).
     """
     from ..model import frames
 
@@ -58,8 +54,8 @@ def retained_values(fit, values: Any, argument: str, data: Any = None) -> np.nda
         if values not in frames.column_names(source):
             raise DrmError(f"{argument}: column `{values}` is not in the data of the fit.")
         col = frames.as_pandas(source, [values])[values]
-        if data is not None:
-            _same_rows(fit, col.index, argument)
+        if data is not None and not _same_rows(fit, col.index):
+            return _by_label(fit, col, argument, "the data")
         return col.iloc[design.row_positions].to_numpy()
     if isinstance(values, pd.Series):
         return _series_values(fit, values, argument, source)
@@ -76,19 +72,23 @@ def _series_values(fit, values: pd.Series, argument: str, source: Any) -> np.nda
     """A Series on the retained rows: by position when its index is the data's, else by label."""
     from ..model import frames
 
-    design = fit.design
     if source is not None and frames._is_pandas(source) and values.index.equals(source.index):
-        return values.iloc[design.row_positions].to_numpy()
-    labels = design.row_labels
+        return values.iloc[fit.design.row_positions].to_numpy()
+    return _by_label(fit, values, argument, "the Series")
+
+
+def _by_label(fit, values: pd.Series, argument: str, what: str) -> np.ndarray:
+    """``values`` aligned by index label with the fitted rows; refused when labels repeat."""
+    labels = fit.design.row_labels
     if not (values.index.is_unique and labels.is_unique):
         raise DrmError(
-            f"{argument}: the Series is not indexed like the data given to drm.fit, and a repeated row label "
-            "cannot be aligned by label; pass a column name, an array with one value per row, or a Series "
-            "with the data's index."
+            f"{argument}: {what} is not indexed like the data given to drm.fit (same labels in the same order), "
+            "and a repeated row label cannot be aligned by label; pass that data, a column name, an array with "
+            "one value per row, or a Series with the data's index."
         )
     missing = labels.difference(values.index)
     if len(missing):
-        raise DrmError(f"{argument}: the Series lacks the row label {missing[0]!r} of a row the fit used; it is "
+        raise DrmError(f"{argument}: {what} lacks the row label {missing[0]!r} of a row the fit used; it is "
                        "aligned by index with the fitted rows (fit.design.row_labels).")
     return values.reindex(labels).to_numpy()
 
