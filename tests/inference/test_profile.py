@@ -87,7 +87,37 @@ def test_profile_endpoints_give_lrt_p_of_one_minus_level(bcg_fits, method, names
 
 def test_reml_profile_of_a_location_coefficient_is_refused(bcg_fits):
     with pytest.raises(drm.DrmError, match="REML profile for the location coefficient"):
-        bcg_fits["REML"].conf_int(method="profile")
+        bcg_fits["REML"].conf_int(method="profile", params=["mu:(Intercept)", "sigma:(Intercept)"])
+
+
+@pytest.mark.parametrize("scale", ["link", "response"])
+def test_reml_default_profiles_variances_and_gives_wald_for_mu(bcg_fits, scale):
+    """Issue 22 item 8: every REML fit's default profile table works: the variance parameters
+    profiled (REML criterion), the location coefficients Wald, as the method column says."""
+    fit = bcg_fits["REML"]
+    ci = fit.conf_int(method="profile", scale=scale)
+    assert list(ci.index) == list(fit.params.index)
+    assert ci.loc["mu:(Intercept)", "method"] == "wald"
+    assert ci.loc["sigma:(Intercept)", "method"] == "profile"
+    wald = fit.conf_int(scale=scale)
+    pd.testing.assert_series_equal(ci.loc["mu:(Intercept)"], wald.loc["mu:(Intercept)"])
+    prof = fit.conf_int(method="profile", params=["sigma:(Intercept)"], scale=scale)
+    pd.testing.assert_series_equal(ci.loc["sigma:(Intercept)"], prof.loc["sigma:(Intercept)"])
+    assert ci.attrs["note"].startswith("REML")
+
+
+@pytest.mark.slow
+def test_reml_default_profile_with_random_effects_and_moderators():
+    """A three-level REML meta-regression: sd(g) and sigma profiled, every mu coefficient Wald."""
+    d = pd.read_csv(Path(__file__).resolve().parents[1] / "reference_extra" / "bias" / "data_konstantopoulos.csv")
+    fit = drm.fit("yi ~ year + (1|district) + meta_V(V = vi)", data=d.assign(year=d["year"] - 1980),
+                  method="REML")
+    ci = fit.conf_int(method="profile")
+    kinds = {n: ("wald" if n.startswith("mu:") else "profile") for n in fit.params.index}
+    assert ci["method"].to_dict() == kinds
+    assert (ci.loc[[n for n in kinds if kinds[n] == "profile"], "status"] == "ok").all()
+    np.testing.assert_allclose(ci.loc["mu:year", ["lower", "upper"]].to_numpy(float),
+                               fit.conf_int().loc["mu:year", ["lower", "upper"]].to_numpy(float))
 
 
 def test_unknown_parameter_is_refused(bcg_fits):

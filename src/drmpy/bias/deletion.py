@@ -127,6 +127,99 @@ def _deletion_sets(fit, by: Any, argument: str) -> tuple[pd.Index, np.ndarray]:
     return pd.Index(levels, name="omitted"), keep
 
 
+def _deleted_gram(M: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``M_d' M_d`` over the rows each deletion keeps (deletions x q x q), with the columns
+    scaled to unit norm over all rows so that the eigenvalues are scale-free."""
+    norms = np.sqrt(np.sum(M**2, axis=0))
+    Ms = M / np.where(norms > 0, norms, 1.0)
+    q = M.shape[1]
+    outer = (Ms[:, :, None] * Ms[:, None, :]).reshape(len(Ms), q * q)
+    return (keep.astype(np.float64) @ outer).reshape(len(keep), q, q)  # one matrix product
+
+
+def _unidentified(M: np.ndarray, keep: np.ndarray, names: list[str]) -> list[str | None]:
+    """Per deletion: None when the kept rows of the design ``M`` have full column rank, else
+    why not (the coefficients left without a row, or 'rank-deficient')."""
+    q = M.shape[1]
+    if q == 0:
+        return [None] * len(keep)
+    G = _deleted_gram(M, keep)
+    eig = np.linalg.eigvalsh(G)
+    deficient = eig[:, 0] <= 1e-10 * np.maximum(eig[:, -1], 1e-300)
+    out: list[str | None] = []
+    for d in range(len(keep)):
+        if not deficient[d]:
+            out.append(None)
+            continue
+        empty = [names[j] for j in range(q) if G[d, j, j] <= 1e-14]
+        out.append(f"{', '.join(empty)} without a row" if empty else "the kept rows' design is rank-deficient")
+    return out
+
+
+def _single_level_terms(design, keep: np.ndarray) -> list[str | None]:
+    """Per deletion: None, or the random-effect SD parameters whose group keeps fewer than two
+    levels with rows (a variance between one level's effects is not identified)."""
+    out: list[str | None] = [None] * len(keep)
+    for rd in design.random:
+        full = np.bincount(rd.level_index, minlength=rd.n_levels)
+        for d in range(len(keep)):
+            removed = np.bincount(rd.level_index[~keep[d]], minlength=rd.n_levels)
+            left = int(np.sum(full - removed > 0))
+            if left < 2 and out[d] is None:
+                names = ", ".join(rd.term.sd_dpars())
+                out[d] = f"{names} with {left} level{'s' if left != 1 else ''} of `{rd.group}` left"
+    return out
+
+
+def deletion_status(fit, keep: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Why each deletion's refit is (not) usable: ``"ok"``, or a sentence.
+
+    A refit is not identified when the kept rows leave a location (``mu``) or ``sigma``
+    coefficient without data (the deleted rows were the only ones of a moderator level),
+    leave a random-effect group with fewer than two levels, or are no more than the location
+    coefficients (no residual to estimate a variance from: a 2-study leave-one-out);
+    otherwise it is usable when the optimiser converged (``status``, the engine's codes)."""
+    from ..engine.optimize import STATUS_MESSAGES
+
+    design = fit.design
+    mu, sg = design.fixed["mu"], design.fixed["sigma"]
+    mu_why = _unidentified(mu.matrix, keep, [f"mu:{t}" for t in mu.terms])
+    sg_why = _unidentified(sg.matrix, keep, [f"sigma:{t}" for t in sg.terms])
+    re_why = _single_level_terms(design, keep)
+    n_kept = keep.sum(axis=1)
+    p = mu.matrix.shape[1]
+    has_variance = len(fit.params) > p
+    out = []
+    for d in range(len(keep)):
+        if mu_why[d] is not None:
+            out.append(f"not identified: {mu_why[d]} (mu)")
+        elif sg_why[d] is not None:
+            out.append(f"not identified: {sg_why[d]} (sigma)")
+        elif re_why[d] is not None:
+            out.append(f"not identified: {re_why[d]}")
+        elif has_variance and n_kept[d] <= p:
+            rows = "1 row" if n_kept[d] == 1 else f"{n_kept[d]} rows"
+            out.append(f"not identified: {rows} left for {p} mu coefficient{'s' if p > 1 else ''}, "
+                       "no residual to estimate a variance from")
+        elif status[d] not in (CONVERGED, CONVERGED_FLAT):
+            out.append(f"not converged: {STATUS_MESSAGES.get(int(status[d]), 'unknown status')}")
+        else:
+            out.append("ok")
+    return np.asarray(out, dtype=object)
+
+
+def _inverse(A: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Inverses of the stacked matrices ``A[ok]``; NaN for the others (and for any that is
+    numerically singular)."""
+    out = np.full_like(A, np.nan)
+    for d in np.flatnonzero(ok):
+        try:
+            out[d] = np.linalg.inv(A[d])
+        except np.linalg.LinAlgError:
+            pass
+    return out
+
+
 def leave_one_out(fit, by: str | None = None) -> pd.DataFrame:
     """Refit the model without each effect size (or each level of the column ``by``).
 
@@ -137,7 +230,11 @@ def leave_one_out(fit, by: str | None = None) -> pd.DataFrame:
     ``Q_df``, ``Q_p_value``, ``I2`` (percent, :func:`drmpy.i2`'s ``total``) and ``H2`` (NaN
     without ``meta_V``, with ``weights=``, and ``I2``/``H2`` with a correlated random term).
     Every structure drmpy fits works (random effects, full V); the refits run side by side
-    in one compiled program.
+    in one compiled program.  ``status``: ``"ok"``, or why the refit has no estimates
+    (NaN parameters, ``loglik``, ``I2``, ``H2``; ``converged`` False): a ``mu`` or ``sigma``
+    coefficient left without rows (the deleted rows were the only ones of a moderator
+    level), a random-effect group left with one level, no more rows left than ``mu``
+    coefficients (a 2-study leave-one-out), or an optimiser that did not converge.
     """
     require_drm_fit(fit, "leave_one_out")
     labels, keep = _deletion_sets(fit, by, "by")
@@ -146,9 +243,15 @@ def leave_one_out(fit, by: str | None = None) -> pd.DataFrame:
     out = pd.DataFrame(theta, columns=list(fit.params.index))
     out.insert(0, "omitted", labels.to_numpy())
     out["loglik"] = res["loglik"]
-    out["converged"] = np.isin(res["status"], (CONVERGED, CONVERGED_FLAT))
+    status = deletion_status(fit, keep, res["status"])
+    ok = status == "ok"
+    out["converged"] = ok
     for name, values in _heterogeneity_columns(fit, keep, theta).items():
         out[name] = values
+    # a refit that is not identified or did not converge has no estimates; Q (from V alone,
+    # projected on the kept rows' design) stays, as metafor's leave1out
+    out.loc[~ok, [*fit.params.index, "loglik", "I2", "H2"]] = np.nan
+    out["status"] = status
     return out
 
 
@@ -226,6 +329,10 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
     in the metric of their covariance), ``k`` (rows) and ``is_influential`` (the Cook's
     distance and DFBETAS rules); ``attrs["rows"]`` has each row's studentised deleted
     residual (``resid``, ``se``, ``rstudent``).
+
+    ``status`` (both forms): ``"ok"``, or why the deletion has no refit (see
+    :func:`leave_one_out`); such a row has NaN deletion statistics and is not influential
+    (``hat`` and ``weight``, from the full fit, are kept).
     """
     from ..inference.marginal import gls, marginal_covariance
 
@@ -240,14 +347,17 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
     vb, b = g.vcov, fit.params.to_numpy()[:p]
     labels, keep = _deletion_sets(fit, cluster, "cluster")
     res = deletion_fits(fit, keep, with_gls=True)
-    ok = np.isin(res["status"], (CONVERGED, CONVERGED_FLAT))
-    b_del = res["beta"]
-    vb_del = np.linalg.inv(res["A_kept"])
-    vb_all = np.linalg.inv(res["A_all"])
+    status = deletion_status(fit, keep, res["status"])
+    ok = status == "ok"
+    b_del = np.where(ok[:, None], res["beta"], np.nan)
+    vb_del = _inverse(res["A_kept"], ok)
+    vb_all = _inverse(res["A_all"], ok)
     diff = b[None, :] - b_del
     cooks = np.einsum("di,ij,dj->d", diff, np.linalg.inv(vb), diff)
-    dfbetas = diff / np.sqrt(np.diagonal(vb_all, axis1=1, axis2=2))
-    cov_ratio = np.linalg.det(vb_del) / np.linalg.det(vb)
+    with np.errstate(invalid="ignore"):
+        dfbetas = diff / np.sqrt(np.diagonal(vb_all, axis1=1, axis2=2))
+    with np.errstate(invalid="ignore"):
+        cov_ratio = np.linalg.det(vb_del) / np.linalg.det(vb)
     sigma2_del = _sigma2(design, res["phi"])  # deletions x rows
     dfb_names = [f"dfbetas:{t}" for t in design.fixed["mu"].terms]
     s_del = _row_variances(fit, res["phi"])
@@ -263,7 +373,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
             hat = np.einsum("ip,pq,iq->i", X, vb, X) / s_full
             weight = 100.0 * (1.0 / s_full) / np.sum(1.0 / s_full)
         else:
-            s_ii = np.array([dense(res["phi"][d])[d, d] for d in range(n)])
+            s_ii = np.array([dense(res["phi"][d])[d, d] if ok[d] else np.nan for d in range(n)])
             S = marginal_covariance(fit)
             hat = np.sum((X @ vb) * np.linalg.solve(S, X), axis=1)
             weight = np.full(n, np.nan)
@@ -275,10 +385,13 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
         }, index=labels)
         for j, name in enumerate(dfb_names):
             out[name] = dfbetas[:, j]
-        infl = ((np.abs(dffits) > 3.0 * math.sqrt(p / (n - p))) | (stats.chi2.cdf(cooks, p) > 0.5)
-                | (hat > 3.0 * p / n) | np.any(np.abs(dfbetas) > 1.0, axis=1))
+        with np.errstate(invalid="ignore"):
+            infl = ((np.abs(dffits) > 3.0 * math.sqrt(p / (n - p))) | (stats.chi2.cdf(cooks, p) > 0.5)
+                    | (hat > 3.0 * p / n) | np.any(np.abs(dfbetas) > 1.0, axis=1))
         out["is_influential"] = infl & ok
-        out.loc[~ok, out.columns[:-1]] = np.nan
+        # hat and weight are the full fit's; the rest needs the refit
+        out.loc[~ok, [c for c in out.columns if c not in ("hat", "weight", "is_influential")]] = np.nan
+        out["status"] = status
         return out
 
     # cluster deletion (rma.mv's cluster=)
@@ -286,6 +399,9 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
     x2 = np.full(len(labels), np.nan)
     for d in range(len(labels)):
         idx = np.flatnonzero(~keep[d])
+        if not ok[d]:
+            rows.extend((row, labels[d], np.nan, np.nan, np.nan) for row in idx)
+            continue
         Xc = X[idx]
         r = y[idx] - Xc @ b_del[d]
         S_cc = np.diag(s_del[d, idx]) if s_del is not None else dense(res["phi"][d])[np.ix_(idx, idx)]
@@ -293,14 +409,19 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
         x2[d] = float(r @ np.linalg.solve(C, r))
         se = np.sqrt(np.diag(C))
         for j, row in enumerate(idx):
-            rows.append((design.row_labels[row], labels[d], r[j], se[j], r[j] / se[j]))
+            rows.append((row, labels[d], r[j], se[j], r[j] / se[j]))
     out = pd.DataFrame({"cooks_distance": cooks, "cov_ratio": cov_ratio}, index=labels)
     for j, name in enumerate(dfb_names):
         out[name] = dfbetas[:, j]
     out["x2"] = x2
     out["k"] = (~keep).sum(axis=1)
-    out["is_influential"] = ((stats.chi2.cdf(cooks, p) > 0.5) | np.any(np.abs(dfbetas) > 1.0, axis=1)) & ok
+    with np.errstate(invalid="ignore"):
+        infl = (stats.chi2.cdf(cooks, p) > 0.5) | np.any(np.abs(dfbetas) > 1.0, axis=1)
+    out["is_influential"] = infl & ok
     out.loc[~ok, ["cooks_distance", "cov_ratio", "x2", *dfb_names]] = np.nan
-    per_row = pd.DataFrame(rows, columns=["row", cluster, "resid", "se", "rstudent"]).set_index("row")
-    out.attrs["rows"] = per_row.loc[list(design.row_labels)]
+    out["status"] = status
+    # in the data's row order, by position (row labels may repeat)
+    per_row = pd.DataFrame(rows, columns=["position", cluster, "resid", "se", "rstudent"]).sort_values("position")
+    per_row.index = design.row_labels[per_row.pop("position").to_numpy()]
+    out.attrs["rows"] = per_row
     return out

@@ -37,13 +37,14 @@ class TrimAndFill:
 
 
 def _check_model(fit) -> None:
+    """Refuse a model trim-and-fill cannot refit with the filled rows, naming what it has."""
     design = fit.design
     why = None
     if design.random:
         why = "it has random effects"
     elif tuple(design.fixed["mu"].terms) != ("(Intercept)",):
         why = f"the mu formula `{fit.formula.text['mu']}` has moderators"
-    elif tuple(design.fixed["sigma"].terms) != ("(Intercept)",):
+    elif not design.common_effect and tuple(design.fixed["sigma"].terms) != ("(Intercept)",):
         why = f"the sigma formula `{fit.formula.text['sigma']}` has moderators (location-scale model)"
     elif not design.known_v.is_diagonal:
         why = "its sampling covariance V is not diagonal"
@@ -51,30 +52,38 @@ def _check_model(fit) -> None:
         why = "it has row weights"
     if why is not None:
         raise DrmError(
-            f"trim_and_fill needs a random-effects model without moderators (yi ~ 1 + meta_V(V = vi), "
-            f"sigma ~ 1, one effect size per row), as metafor's trimfill; this fit cannot be used: {why}."
+            f"trim_and_fill needs a model without moderators, as metafor's trimfill: random-effects "
+            f"(yi ~ 1 + meta_V(V = vi), sigma ~ 1) or common-effect (sigma ~ 0), one effect size per row; "
+            f"this fit cannot be used: {why}."
         )
 
 
-def _intercept_fit(y: np.ndarray, v: np.ndarray, method: str, control):
+def _intercept_fit(y: np.ndarray, v: np.ndarray, method: str, control, common_effect: bool = False):
+    """The intercept-only fit of ``y`` with sampling variances ``v``: random-effects
+    (``sigma ~ 1``), or common-effect (``sigma ~ 0``: the inverse-variance weighted mean)."""
     from ..api import fit as drm_fit
     from ..model.formula import Formula
 
     frame = pd.DataFrame({"yi": y, "vi": v})
-    return drm_fit(Formula("yi ~ 1 + meta_V(V = vi)"), frame, method=method, control=control)
+    formula = Formula("yi ~ 1 + meta_V(V = vi)", "sigma ~ 0") if common_effect else Formula("yi ~ 1 + meta_V(V = vi)")
+    return drm_fit(formula, frame, method=method, control=control)
 
 
 def trim_and_fill(fit, side: str | None = None, estimator: str = "L0", max_iter: int = 100) -> TrimAndFill:
-    """Trim-and-fill for a random-effects model without moderators (metafor's ``trimfill``).
+    """Trim-and-fill for a model without moderators (metafor's ``trimfill``): a random-effects
+    model (``sigma ~ 1``) or a common-effect model (``sigma ~ 0``, metafor's ``method="EE"``),
+    whose trimmed refits and final refit are then common-effect fits too.
 
     ``side``: where effect sizes are missing, ``"left"``, ``"right"`` or None (chosen from
     the sign of Egger's slope: negative -> right, as metafor).  ``estimator``: ``"L0"``
     (default) or ``"R0"``.  The trimmed refits and the final refit use the fit's method.
-    Models with moderators, random effects, a sigma formula, a non-diagonal V or weights
-    raise a :class:`~drmpy.DrmError` (the filled rows would need values for them).
+    Models with moderators, random effects, a sigma formula with moderators, a non-diagonal V
+    or weights raise a :class:`~drmpy.DrmError` naming which (the filled rows would need
+    values for them).
     """
     require_drm_fit(fit, "trim_and_fill")
     _check_model(fit)
+    common_effect = bool(fit.design.common_effect)
     if estimator not in ("L0", "R0"):
         raise DrmError(f"estimator must be 'L0' or 'R0', got {estimator!r}.")
     y0 = np.asarray(fit.design.y, dtype=np.float64)
@@ -99,7 +108,7 @@ def trim_and_fill(fit, side: str | None = None, estimator: str = "L0", max_iter:
         it += 1
         if it > max_iter:
             raise DrmError(f"trim_and_fill did not converge in {max_iter} iterations.")
-        trimmed = _intercept_fit(yi[: k - k0], vi[: k - k0], fit.method, fit._control)
+        trimmed = _intercept_fit(yi[: k - k0], vi[: k - k0], fit.method, fit._control, common_effect)
         beta = float(trimmed.params.iloc[0])
         dev = yi - beta
         signed = np.sign(dev) * rankdata(np.abs(dev), method="ordinal")
@@ -125,7 +134,7 @@ def trim_and_fill(fit, side: str | None = None, estimator: str = "L0", max_iter:
         filled_v = vi[k - k0:]
         filled = pd.DataFrame({"yi": filled_y, "vi": filled_v})
         refit = _intercept_fit(np.concatenate([y0, filled_y]), np.concatenate([v0, filled_v]),
-                               fit.method, fit._control)
+                               fit.method, fit._control, common_effect)
     else:
         filled = pd.DataFrame({"yi": np.zeros(0), "vi": np.zeros(0)})
         refit = fit

@@ -252,8 +252,11 @@ def variance_components(fit) -> pd.Series:
 
 
 def _by_values(fit, by: Any, data: Any) -> np.ndarray:
-    """Values of ``by`` on the retained rows, from a column of ``data`` or an aligned Series/array."""
-    labels = fit.design.row_labels
+    """Values of ``by`` on the retained rows, by row position (the data's index may repeat
+    labels): a column of ``data`` (the data given to ``drm.fit``), a column the model read,
+    a Series indexed like the data, or an array."""
+    from ..bias.refit import retained_values
+
     if isinstance(by, str):
         frame = fit.design.frame
         if data is None and frame is not None and by in frame.columns:
@@ -265,18 +268,9 @@ def _by_values(fit, by: Any, data: Any) -> np.ndarray:
 
         if by not in frames.column_names(data):
             raise DrmError(f"i2(by=...): data has no column `{by}`.")
-        column = frames.as_pandas(data, [by])[by]
-        try:
-            return column.loc[labels].to_numpy()
-        except KeyError as exc:
-            raise DrmError("i2(by=..., data=...): data lacks rows the fit used; pass the data given to "
-                           "drm.fit.") from exc
+        return retained_values(fit, by, "i2(by=..., data=...)", data=data)
     if isinstance(by, pd.Series):
-        missing = labels.difference(by.index)
-        if len(missing):
-            raise DrmError(f"i2(by=...): the Series lacks the fitted row {missing[0]!r}; it is aligned by index "
-                           "with the fitted rows (fit.design.row_labels).")
-        return by.loc[labels].to_numpy()
+        return retained_values(fit, by, "i2(by=...)", data=data)
     values = np.asarray(by)
     if values.ndim != 1 or len(values) != fit.nobs:
         raise DrmError(f"i2(by=...) takes a column name (with data=), a Series, or an array of one value per "

@@ -87,8 +87,11 @@ def conf_int(fit, level: float = 0.95, method: str = "wald", params=None, scale:
     Columns ``estimate``, ``lower``, ``upper``, ``method``, ``status``.  ``method``:
 
     * ``"wald"``: estimate +- z SE (the observed-information SEs of ``summary()``);
-    * ``"profile"``: profile likelihood (REML: the REML criterion; variance parameters
-      only); an open side is ``-inf``/``+inf`` on the link scale and ``status`` says why;
+    * ``"profile"``: profile likelihood; an open side is ``-inf``/``+inf`` on the link
+      scale and ``status`` says why.  REML: the REML criterion, which profiles the variance
+      parameters only; by default (``params=None``) the ``mu`` coefficients then get Wald
+      intervals (``method`` column ``"wald"``, and ``attrs["note"]`` says why); naming a
+      ``mu`` coefficient in ``params`` under REML is an error;
     * ``"bootstrap"``: parametric-bootstrap percentile interval
       (:func:`drmpy.parametric_bootstrap` with ``nsim`` and ``seed``).
 
@@ -102,10 +105,12 @@ def conf_int(fit, level: float = 0.95, method: str = "wald", params=None, scale:
         raise DrmError(f"level must be between 0 and 1, got {level!r}.")
     level = float(level)
     names = _check_params(fit, params)
+    methods = [method] * len(names)
+    note = None
     if method == "wald":
         table = _wald(fit, names, level)
     elif method == "profile":
-        table = profile_intervals(fit, level, names)
+        table, methods, note = _profile_table(fit, names, level, default=params is None)
     else:
         if isinstance(nsim, bool) or not isinstance(nsim, (int, np.integer)) or int(nsim) < 2:
             raise DrmError(f"nsim must be an integer >= 2, got {nsim!r}.")
@@ -113,5 +118,28 @@ def conf_int(fit, level: float = 0.95, method: str = "wald", params=None, scale:
     if scale == "response":
         for col in ("estimate", "lower", "upper"):
             table[col] = to_response_scale(names, table[col].to_numpy())
-    table["method"] = method
-    return table[COLUMNS]
+    table["method"] = methods
+    table = table[COLUMNS]
+    if note is not None:
+        table.attrs["note"] = note
+    return table
+
+
+REML_NOTE = ("REML profiles only the variance parameters (the REML criterion has the location coefficients "
+             "integrated out): the mu coefficients have Wald intervals, as the method column says.")
+
+
+def _profile_table(fit, names: list[str], level: float, default: bool) -> tuple[pd.DataFrame, list[str], str | None]:
+    """(table, method per row, note) of ``method="profile"``.  Under REML the default
+    parameter list profiles the variance parameters (sigma, sd(g), correlations) and gives the
+    location coefficients Wald intervals; named location coefficients are refused."""
+    location = [n for n in names if _kind(n) == "mu"]
+    if not (default and fit.method == "REML" and location):
+        return profile_intervals(fit, level, names), ["profile"] * len(names), None
+    variance = [n for n in names if n not in location]
+    parts = [_wald(fit, location, level)]
+    if variance:
+        parts.append(profile_intervals(fit, level, variance))
+    table = pd.concat(parts).loc[names]
+    methods = ["wald" if n in location else "profile" for n in names]
+    return table, methods, REML_NOTE

@@ -50,37 +50,28 @@ def cluster_codes(fit, cluster: Any) -> np.ndarray:
     """Integer cluster code per retained row.
 
     ``cluster``: a column name of the data given to ``drm.fit`` (values at the retained
-    rows), a pandas Series (aligned by the data's index labels), or an array with one value
-    per retained row.  Missing values are an error that names the row.
+    rows), a pandas Series (indexed like that data: taken by position; another index is aligned
+    by label), or an array with one value per retained row (or per data row).  Values are
+    taken by row position, so a data index with repeated labels works.  Missing values are
+    an error that names the row.
     """
+    from ..bias.refit import retained_values
+    from ..model import frames
+
     labels = fit.design.row_labels
     if cluster is None:
         raise DrmError("Cluster-robust vcov ('CR0', 'CR1', 'CR2') needs cluster= (a column name or array).")
-    if isinstance(cluster, str):
-        from ..model import frames
-
-        data = getattr(fit, "_data", None)
-        if data is None:
-            raise DrmError(f"cluster=`{cluster}`: this fit keeps no reference to its data; pass the cluster "
-                           "values (an array per retained row, or a Series indexed like the data).")
-        if cluster not in frames.column_names(data):
-            raise DrmError(f"cluster=`{cluster}` is not a column of the data given to drm.fit.")
-        frame = frames.as_pandas(data, [cluster])
-        values = frame[cluster].loc[labels]
-        name = f"`{cluster}`"
-    elif isinstance(cluster, pd.Series):
-        missing = labels.difference(cluster.index)
-        if len(missing):
-            raise DrmError(f"cluster Series lacks the row label {missing[0]!r} of a row the fit used.")
-        values = cluster.loc[labels]
-        name = "cluster"
-    else:
-        arr = np.asarray(cluster)
-        if arr.ndim != 1 or len(arr) != fit.nobs:
-            raise DrmError(f"cluster has {arr.size} values; give one per row the fit used ({fit.nobs}), "
-                           "a column name, or a Series indexed like the data.")
-        values = pd.Series(arr, index=labels)
-        name = "cluster"
+    name = f"`{cluster}`" if isinstance(cluster, str) else "cluster"
+    if isinstance(cluster, str) and getattr(fit, "_data", None) is None:
+        raise DrmError(f"cluster=`{cluster}`: this fit keeps no reference to its data; pass the cluster "
+                       "values (an array per retained row, or a Series indexed like the data).")
+    if isinstance(cluster, str) and cluster not in frames.column_names(fit._data):
+        raise DrmError(f"cluster=`{cluster}` is not a column of the data given to drm.fit.")
+    if not isinstance(cluster, (str, pd.Series)) and np.ndim(cluster) == 1 and len(cluster) not in (fit.nobs, fit.design.n_data):
+        raise DrmError(f"cluster has {np.size(cluster)} values; give one per row the fit used ({fit.nobs}), "
+                       "a column name, or a Series indexed like the data.")
+    # by row position: the data's index may repeat labels (pd.concat without ignore_index)
+    values = pd.Series(retained_values(fit, cluster, "cluster"))
     na = pd.isna(values.to_numpy())
     if na.any():
         raise DrmError(f"{name} has a missing value at row {labels[np.flatnonzero(na)[0]]!r}; "
