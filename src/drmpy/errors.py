@@ -7,6 +7,8 @@ column, row or level.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "DrmError",
     "FormulaError",
@@ -22,8 +24,18 @@ class DrmError(Exception):
     """Root of every error drmpy raises for bad input or an impossible request."""
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class FormulaError(DrmError, ValueError):
-    """A formula cannot be parsed or asks for something drmpy does not support."""
+    """A formula cannot be parsed or asks for something drmpy does not support.
+
+    The message is plain text: the terminal colour codes formulaic puts around the
+    offending part of a formula are removed (they print as ``[1;31m`` in logs and files).
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(_ANSI_ESCAPE.sub("", a) if isinstance(a, str) else a for a in args))
 
 
 class DataError(DrmError, ValueError):

@@ -31,7 +31,11 @@ def _column(data: Any, spec: Any, arg: str, where: str, n: int | None = None) ->
             if spec not in data.columns:
                 raise DataError(f"{where}: `{arg}` = '{spec}' is not a column of `data` "
                                 f"(columns: {', '.join(map(str, data.columns[:20]))}).")
-            values = data[spec].to_numpy()
+            column = data[spec]
+            if isinstance(column, pd.DataFrame):
+                raise DataError(f"{where}: `{arg}`: `data` has {column.shape[1]} columns named `{spec}`; "
+                                "rename or drop the duplicates.")
+            values = column.to_numpy()
         else:
             import narwhals as nw
 
@@ -63,10 +67,30 @@ def _numeric(values: np.ndarray, arg: str, where: str) -> np.ndarray:
 
 def _codes(values: np.ndarray, arg: str, where: str) -> np.ndarray:
     """Integer codes of a grouping variable; a missing value is an error (naming its row)."""
-    codes, _ = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    try:
+        codes, _ = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    except TypeError as exc:  # unhashable labels (lists, dicts)
+        raise DataError(f"{where}: `{arg}` has values that cannot be compared as labels "
+                        f"({_one_line(exc)}); give strings or numbers.") from exc
     if (codes < 0).any():
         raise DataError(f"{where}: `{arg}` has a missing value; first at row {int(np.argmax(codes < 0))}.")
     return codes
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _variances(data: Any, vi: Any, where: str) -> np.ndarray:
+    """The sampling variances: at least one row, each >= 0 and finite or missing (NaN)."""
+    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    if v.shape[0] == 0:
+        raise DataError(f"{where}: `vi` has no rows; there is no covariance matrix to build.")
+    for bad, problem in ((v < 0, "must be >= 0"), (np.isinf(v), "must be finite (or missing)")):
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise DataError(f"{where}: `vi` {problem}; first at row {first} (value {v[first]:g}).")
+    return v
 
 
 def _within_cluster_pairs(cluster_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,12 +160,8 @@ def sampling_covariance(data: Any = None, vi: Any = "vi", cluster: Any = "study"
            [0.  , 0.  , 0.01]])
     """
     where = "sampling_covariance"
-    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    v = _variances(data, vi, where)
     n = v.shape[0]
-    negative = v < 0
-    if negative.any():
-        raise DataError(f"{where}: `vi` must be >= 0; first negative at row {int(np.argmax(negative))} "
-                        f"(value {v[np.argmax(negative)]:g}).")
     rho = _correlation(rho, "rho", where)
     cluster_codes = _codes(_column(data, cluster, "cluster", where, n), "cluster", where)
     i, j = _within_cluster_pairs(cluster_codes)
@@ -217,7 +237,7 @@ def shared_control_covariance(data: Any, measure: str, cluster: Any = "study", c
     where = f"shared_control_covariance('{measure}')"
     if measure not in ("ROM", "SMD"):
         raise DataError(f"shared_control_covariance: `measure` must be 'ROM' or 'SMD', got {measure!r}.")
-    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    v = _variances(data, vi, where)
     n = v.shape[0]
     cluster_codes = _codes(_column(data, cluster, "cluster", where, n), "cluster", where)
     control_codes = _codes(_column(data, control_id, "control_id", where, n), "control_id", where)

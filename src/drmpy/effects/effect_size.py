@@ -159,6 +159,9 @@ def _data_column(data: Any, name: str, measure: str, arg: str) -> Any:
             raise DataError(f"effect_size('{measure}'): `{arg}` = '{name}' is not a column of `data` "
                             f"(columns: {', '.join(map(str, data.columns[:20]))}).")
         column = data[name]
+        if isinstance(column, pd.DataFrame):
+            raise DataError(f"effect_size('{measure}'): `{arg}`: `data` has {column.shape[1]} columns named "
+                            f"`{name}`; rename or drop the duplicates.")
         if not (pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)):
             raise DataError(f"effect_size('{measure}'): `{arg}` (column `{name}`) is not numeric (dtype {column.dtype}).")
         return column
@@ -244,6 +247,7 @@ def effect_size(measure: str, data: Any = None, *, var_names: Sequence[str] = ("
     """
     measure = _check_measure(measure)
     var_names = _check_var_names(var_names)
+    _check_data(data, f"effect_size('{measure}')")
     to = _check_to(to, measure)
     vtype = _check_vtype(vtype, measure)
     if add is None:
@@ -288,8 +292,21 @@ def _check_measure(measure: Any) -> str:
     return measure
 
 
+def _check_data(data: Any, where: str) -> None:
+    """``data`` is None, a pandas frame or a frame narwhals can read (polars)."""
+    if data is None or isinstance(data, pd.DataFrame):
+        return
+    import narwhals as nw
+
+    try:
+        nw.from_native(data, eager_only=True)
+    except TypeError as exc:
+        raise DataError(f"{where}: `data` must be a pandas or polars DataFrame, got {type(data).__name__}.") from exc
+
+
 def _check_var_names(var_names: Sequence[str]) -> tuple[str, str]:
-    names = tuple(var_names)
+    # a single string would be iterated into its characters
+    names = tuple(var_names) if isinstance(var_names, (list, tuple)) else ()
     if len(names) != 2 or not all(isinstance(v, str) for v in names) or names[0] == names[1]:
         raise DataError(f"effect_size: `var_names` must be two different column names, got {var_names!r}.")
     return names  # type: ignore[return-value]
