@@ -275,8 +275,35 @@ def effect_size(measure: str, data: Any = None, *, var_names: Sequence[str] = ("
             yi, vi = _incidence(measure, inputs, add, to)
     if measure in _CORRELATIONS:
         vi = np.where(inputs.values["ni"] <= 3, np.nan, vi)  # escalc: no sampling variance when ni <= 3
-    yi, vi = _as_escalc_missing(measure, inputs, yi, vi)
+    yi, vi, undefined = _as_escalc_missing(measure, inputs, yi, vi)
+    if undefined.size:
+        _warn_undefined(measure, inputs, undefined)
     return _attach(data, yi, vi, var_names)
+
+
+# why a measure's result can be undefined although every input is present
+_UNDEFINED_REASONS = {
+    "ROM": "log(m1i/m2i) needs two means of the same sign, neither zero",
+    "CVR": "log(sd1i/m1i) and log(sd2i/m2i) need positive means and SDs",
+    "VR": "log(sd1i/sd2i) needs positive SDs",
+    **{m: "a zero count gives an infinite log or variance; see `add` and `to`"
+       for m in _TABLES + _PROPORTIONS + _INCIDENCE},
+}
+
+
+def _warn_undefined(measure: str, inputs: _Inputs, rows: np.ndarray) -> None:
+    """metafor warns when escalc recodes a computed value to NA (R's "NaNs produced" for the log
+    of a negative ratio, "Some yi/vi values equal to +-Inf"); so does drmpy, naming the rows."""
+    import warnings
+
+    from ..errors import DrmWarning
+
+    shown = ", ".join(inputs.row(int(r)).removeprefix("row ") for r in rows[:10])
+    more = f", ... ({rows.size} in all)" if rows.size > 10 else ""
+    reason = _UNDEFINED_REASONS.get(measure, "the formula gives an infinite or undefined value there")
+    warnings.warn(f"effect_size('{measure}'): yi and vi are NaN at row{'s' if rows.size > 1 else ''} "
+                  f"{shown}{more}, computed from present inputs ({reason}); metafor's escalc gives NA "
+                  "there too.", DrmWarning, stacklevel=3)
 
 
 def _known_measures() -> str:
@@ -624,13 +651,15 @@ def _incidence(measure: str, inp: _Inputs, add: float, to: str) -> tuple[np.ndar
 
 
 def _as_escalc_missing(measure: str, inputs: _Inputs, yi: np.ndarray,
-                       vi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       vi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """escalc's recoding of impossible results.
 
     +-Inf in yi or vi, or a NaN that arithmetic made from present inputs, makes both NaN
     (R's NA).  A NaN that comes from a missing input is R's NA, which escalc leaves where it
     propagated (e.g. MD with a missing mean keeps its variance), as is the NA variance of a
-    correlation with ``ni <= 3``.  A negative vi becomes NaN.
+    correlation with ``ni <= 3``.  A negative vi becomes NaN (silently, as in escalc).  Also
+    returns the positions of the rows whose yi and vi were recoded although their inputs are
+    present (sorted).
     """
     yi, vi = np.asarray(yi, dtype=np.float64), np.asarray(vi, dtype=np.float64)
     if yi.shape != vi.shape:
@@ -641,6 +670,7 @@ def _as_escalc_missing(measure: str, inputs: _Inputs, yi: np.ndarray,
               else x.copy() for x in (yi, vi))
     with np.errstate(invalid="ignore"):
         suspect = np.flatnonzero(~np.isfinite(yi + vi))  # one pass; the few suspect rows in detail
+    undefined = np.zeros(0, dtype=np.int64)
     if suspect.size:
         missing = np.zeros(suspect.size, dtype=bool)
         for values in inputs.values.values():
@@ -651,9 +681,10 @@ def _as_escalc_missing(measure: str, inputs: _Inputs, yi: np.ndarray,
         bad = np.isinf(y) | np.isinf(v) | ((np.isnan(y) | np.isnan(v)) & ~missing)
         yi[suspect[bad]] = np.nan
         vi[suspect[bad]] = np.nan
+        undefined = suspect[bad]
     with np.errstate(invalid="ignore"):
         vi[vi < 0] = np.nan
-    return yi, vi
+    return yi, vi, undefined
 
 
 # ------------------------------------------------------------------------------------------
