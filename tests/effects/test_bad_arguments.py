@@ -56,3 +56,27 @@ def test_sampling_covariance_infinite_vi(summaries):
 def test_phylo_corr_species_not_a_collection():
     with pytest.raises(drm.DataError, match="`species` must be"):
         drm.phylo_corr("((a:1,b:1):1,c:2);", species=3)
+
+
+@pytest.mark.parametrize("values", [np.array(["10", "12", "11"]), ["10", "12", "11"], pd.Series(["10", "12", "11"]),
+                                    np.array([True, False, True])])
+def test_effect_size_text_or_bool_array_is_not_converted(values):
+    columns = dict(m1i=values, sd1i=[2.0, 3, 2], n1i=[20, 30, 25], m2i=[9.0, 11, 10], sd2i=[2.5, 2, 2],
+                   n2i=[22, 28, 20])
+    with pytest.raises(drm.DataError, match=r"effect_size\('MD'\): `m1i` is not numeric"):
+        drm.effect_size("MD", **columns)
+
+
+@pytest.mark.parametrize("vi", [["0.1", "0.2", "0.3"], np.array(["0.1", "0.2", "0.3"], dtype=object)])
+def test_sampling_covariance_text_vi_is_not_converted(summaries, vi):
+    with pytest.raises(drm.DataError, match="sampling_covariance: `vi` is not numeric"):
+        drm.sampling_covariance(summaries.assign(vi=vi))
+    with pytest.raises(drm.DataError, match="sampling_covariance: `vi` is not numeric"):
+        drm.sampling_covariance(None, vi=vi, cluster=[1, 1, 2])
+
+
+def test_numbers_with_missing_values_still_accepted(summaries):
+    V = drm.sampling_covariance(None, vi=np.array([0.1, None, 0.3], dtype=object), cluster=[1, 2, 3])
+    assert V.shape == (3, 3)
+    out = drm.effect_size("MD", summaries.assign(m1=pd.array([10.0, None, 11.0], dtype="Float64")), **MEANS)
+    assert np.isnan(out["yi"].iloc[1]) and np.isfinite(out["yi"].iloc[0])

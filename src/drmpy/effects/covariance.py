@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataError, DrmWarning
+from ..model.frames import is_numeric_values
 
 __all__ = ["sampling_covariance", "shared_control_covariance"]
 
@@ -58,6 +59,8 @@ def _column(data: Any, spec: Any, arg: str, where: str, n: int | None = None) ->
 
 
 def _numeric(values: np.ndarray, arg: str, where: str) -> np.ndarray:
+    if not is_numeric_values(values):
+        raise DataError(f"{where}: `{arg}` is not numeric (numbers stored as text or booleans are not converted).")
     try:
         if isinstance(values, pd.Series):
             return values.to_numpy(dtype=np.float64, na_value=np.nan)

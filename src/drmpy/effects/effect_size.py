@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.special import gammaln
 
 from ..errors import DataError
+from ..model.frames import is_numeric_values
 
 __all__ = ["effect_size", "MEASURES"]
 
@@ -102,6 +103,9 @@ class _Inputs:
             raw = _data_column(data, spec, self.measure, arg)
         else:
             raw = spec
+            if not is_numeric_values(raw):
+                raise DataError(f"effect_size('{self.measure}'): `{arg}` is not numeric (numbers stored as "
+                                "text or booleans are not converted).")
         try:
             if isinstance(raw, pd.Series):
                 values = raw.to_numpy(dtype=np.float64, na_value=np.nan)

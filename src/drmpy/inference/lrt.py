@@ -183,11 +183,10 @@ def compare(*fits, names=None) -> pd.DataFrame:
         fits = tuple(fits[0])
     if not fits:
         raise DrmError("compare needs at least one fit.")
-    from ..results.bivariate import BivariateFit
-    from ..results.fit import DrmFit
+    from ..results.fit import FitResult
 
     for i, f in enumerate(fits):
-        if not isinstance(f, (DrmFit, BivariateFit)):
+        if not isinstance(f, FitResult):
             raise DrmError(f"compare: argument {i + 1} is not a fit (a DrmFit or BivariateFit from drm.fit); "
                            f"got {type(f).__name__}.")
     if names is None:
