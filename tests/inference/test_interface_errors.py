@@ -88,3 +88,9 @@ def test_lrt_prints_p_like_summary(strong_moderator_fits):
     assert "0.0 " not in text.replace("\n", " ") + " "
     assert repr(out) == text
     assert "<table" in out._repr_html_()
+
+
+def test_fit_batch_unhashable_by_values():
+    d = drm.datasets.restoration()
+    with pytest.raises(drm.DataError, match=r"by: column `rep` has values that cannot be group labels"):
+        drm.fit_batch(drm.Formula("yi ~ 1 + meta_V(V=vi)"), d.assign(rep=[[1]] * len(d)), by="rep", progress=False)
