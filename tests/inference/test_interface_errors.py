@@ -94,3 +94,9 @@ def test_fit_batch_unhashable_by_values():
     d = drm.datasets.restoration()
     with pytest.raises(drm.DataError, match=r"by: column `rep` has values that cannot be group labels"):
         drm.fit_batch(drm.Formula("yi ~ 1 + meta_V(V=vi)"), d.assign(rep=[[1]] * len(d)), by="rep", progress=False)
+
+
+@pytest.mark.parametrize("cls", [drm.DrmError, drm.DataError, drm.CovarianceError, drm.RandomEffectsError])
+def test_every_drm_error_is_plain_text(cls):
+    err = cls("term \x1b[1;31mx + *\x1b[0m here")
+    assert str(err) == "term x + * here" and err.args == ("term x + * here",)
