@@ -190,9 +190,11 @@ def sampling_covariance(data: Any = None, vi: Any = "vi", cluster: Any = "study"
     sd = np.sqrt(v)
     values = sd[i] * sd[j] * r
     _warn_missing_variances(v, where)
-    _warn_not_psd(cluster_codes, _labels(data, cluster), i, j, values, where,
-                  hint=f"with rho = {rho:g}, a cluster of k different outcomes needs rho >= -1/(k - 1)"
-                  if obs is None and time is None else "check rho, obs and time")
+    # without time, rho >= 0 gives R = rho J + (1 - rho) (same-obs blocks of ones): PSD, no check
+    if rho < 0 or time is not None:
+        _warn_not_psd(cluster_codes, _labels(data, cluster), i, j, values, where,
+                      hint=f"with rho = {rho:g}, a cluster of k different outcomes needs rho >= -1/(k - 1)"
+                      if obs is None and time is None else "check rho, obs and time")
     return _to_csr(i, j, values, n)
 
 
