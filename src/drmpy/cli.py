@@ -28,7 +28,7 @@ examples:
   drmpy fit curtis.csv --mu "yi ~ 1 + (1 | paper) + meta_V(V = vi)" --vcalc-cluster paper --rho 0.5 \\
       --method REML --out results.json
   # study-level SD that depends on habitat; the tidy table as CSV and an orchard plot by habitat
-  drmpy fit d.csv --mu "yi ~ habitat + (1 | study) + meta_V(V = vi)" --sd "study=~ habitat" \
+  drmpy fit d.csv --mu "yi ~ habitat + (1 | study) + meta_V(V = vi)" --sd "study=~ habitat" \\
       --out tidy.csv --plot orchard.png --mod habitat
 """
 
@@ -56,6 +56,10 @@ _EFFECT_COLUMNS = (
     ("x1i", "events in group 1 (incidence)"), ("t1i", "person-time of group 1"),
     ("x2i", "events in group 2 (incidence)"), ("t2i", "person-time of group 2"),
 )
+
+
+# output file types by suffix (the first of each pair is the one the help names)
+_TABLE_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".parquet", ".pq")
 
 
 class InputError(Exception):
@@ -93,6 +97,26 @@ def read_table(path: str):
     raise InputError(f"`{path}`: unknown file type `{suffix or '(none)'}`; give .csv, .tsv or .parquet.")
 
 
+def check_out_path(path: str, *, json_allowed: bool) -> None:
+    """Refuse an ``--out`` whose file type is unknown, before any data are read or fitted."""
+    suffix = Path(path).suffix.lower()
+    accepted = ((".json",) if json_allowed else ()) + _TABLE_SUFFIXES
+    if suffix not in accepted:
+        raise InputError(f"`--out {path}`: unknown file type `{suffix or '(none)'}`; give "
+                         f"{', '.join(accepted[:-1])} or {accepted[-1]}.")
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a ``--plot`` whose image type matplotlib cannot write, before any fit."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lower()
+    known = sorted(FigureCanvasBase.get_supported_filetypes())
+    if suffix.lstrip(".") not in known:
+        raise InputError(f"`--plot {path}`: unknown image type `{suffix or '(none)'}`; give "
+                         f"{', '.join('.' + k for k in known)}.")
+
+
 def write_table(frame, path: str) -> None:
     """Write a pandas frame as CSV, TSV or Parquet (by extension)."""
     suffix = Path(path).suffix.lower()
@@ -107,7 +131,7 @@ def write_table(frame, path: str) -> None:
     elif suffix in (".csv", ".txt"):
         frame.to_csv(path, index=False)
     else:
-        raise InputError(f"`--out {path}`: unknown file type `{suffix or '(none)'}`; give .csv, .tsv or .parquet.")
+        check_out_path(path, json_allowed=False)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -132,17 +156,48 @@ def _rhs_only(text: str, option: str) -> str:
 
 
 def _vcalc_formula(args: argparse.Namespace, data, formula):
-    """With --vcalc-cluster: V = sampling_covariance(...) of the meta_V column, passed under a new name."""
+    """With --vcalc-cluster: V = sampling_covariance(...) of the meta_V column.
+
+    V is passed in ``env=`` under the column's own name, with the column left out of the data
+    (a data column would take precedence), so that the summary and check() show the user's
+    ``meta_V(V = vi)``.  When another term of a formula uses the column too (``yi ~ vi + ...``)
+    it stays in the data and V goes by ``<column>_vcalc``.  Returns (formula, data, env).
+    """
     import drmpy as drm
 
     if formula.meta_v is None:
         raise InputError("`--vcalc-cluster` needs `meta_V(V = <column of sampling variances>)` in --mu.")
     name = formula.meta_v.name
-    V = drm.sampling_covariance(data, vi=name, cluster=args.vcalc_cluster, rho=args.rho,
+    V = drm.sampling_covariance(data, vi=name, cluster=args.vcalc_cluster, rho=_rho(args),
                                 obs=args.obs, time=args.time, phi=args.phi)
-    env_name = "_drmpy_V"
-    mu_text = re.sub(r"meta_V\s*\(\s*V\s*=\s*" + re.escape(name) + r"\s*\)", f"meta_V(V = {env_name})", args.mu)
-    return _formula(args, mu_text), {env_name: V}
+    meta_v_term = re.compile(r"meta_V\s*\(\s*V\s*=\s*" + re.escape(name) + r"\s*\)")
+    other_text = " ".join([meta_v_term.sub(" ", args.mu), *_other_formulas(args).values()])
+    if re.search(r"(?<![\w.])" + re.escape(name) + r"(?![\w.])", other_text) is None:
+        return formula, data.drop(columns=[name]), {name: V}
+    env_name = f"{name}_vcalc"
+    return _formula(args, meta_v_term.sub(f"meta_V(V = {env_name})", args.mu)), data, {env_name: V}
+
+
+_VCALC_DEFAULT_RHO = 0.5
+
+
+def _rho(args: argparse.Namespace) -> float:
+    return _VCALC_DEFAULT_RHO if args.rho is None else args.rho
+
+
+def _check_fit_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs no data, before the data file is read (and long before a fit)."""
+    if args.mod is not None and not args.plot:
+        raise InputError("`--mod` names the moderator of the orchard plot; give `--plot PATH` with it.")
+    if args.vcalc_cluster is None:
+        for option, value in (("--rho", args.rho), ("--obs", args.obs), ("--time", args.time), ("--phi", args.phi)):
+            if value is not None:
+                raise InputError(f"`{option}` goes with `--vcalc-cluster COLUMN` (V built by sampling_covariance); "
+                                 "without it V is the meta_V column as given.")
+    if args.out:
+        check_out_path(args.out, json_allowed=True)
+    if args.plot:
+        check_plot_path(args.plot)
 
 
 def _other_formulas(args: argparse.Namespace) -> dict[str, str]:
@@ -162,15 +217,12 @@ def fit_command(args: argparse.Namespace) -> int:
 
     import drmpy as drm
 
-    if args.mod is not None and not args.plot:
-        raise InputError("`--mod` names the moderator of the orchard plot; give `--plot PATH` with it.")
-    data = read_table(args.data)
+    _check_fit_arguments(args)
     formula = _formula(args)
+    data = read_table(args.data)
     env: dict[str, Any] = {}
     if args.vcalc_cluster is not None:
-        formula, env = _vcalc_formula(args, data, formula)
-    elif any(v is not None for v in (args.obs, args.time, args.phi)):
-        raise InputError("`--obs`, `--time` and `--phi` go with `--vcalc-cluster`.")
+        formula, data, env = _vcalc_formula(args, data, formula)
     fit = drm.fit(formula, data=data, method=args.method, env=env or None)
     with pd.option_context("display.width", 200, "display.max_colwidth", 90):
         print(fit.summary())
@@ -225,7 +277,7 @@ def _write_fit(fit, args: argparse.Namespace) -> None:
         document = {
             "model": {"data": str(args.data), "formulas": formulas, "method": fit.method, "nobs": int(fit.nobs),
                       "vcalc": None if args.vcalc_cluster is None else
-                      {"cluster": args.vcalc_cluster, "rho": args.rho, "obs": args.obs, "time": args.time,
+                      {"cluster": args.vcalc_cluster, "rho": _rho(args), "obs": args.obs, "time": args.time,
                        "phi": args.phi}},
             "logLik": _json_value(float(fit.loglik)),
             "converged": bool(fit.converged),
@@ -245,6 +297,8 @@ def _write_fit(fit, args: argparse.Namespace) -> None:
 def effect_size_command(args: argparse.Namespace) -> int:
     import drmpy as drm
 
+    if args.out:
+        check_out_path(args.out, json_allowed=False)
     data = read_table(args.data)
     columns = {arg: getattr(args, arg) for arg, _ in _EFFECT_COLUMNS if getattr(args, arg) is not None}
     out = drm.effect_size(args.measure, data, var_names=tuple(args.var_names), add=args.add, to=args.to,
@@ -313,17 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sigma", metavar="RHS", help='row-level heterogeneity SD formula, e.g. "~ habitat" (default ~ 1)')
     fit.add_argument("--sd", action="append", metavar="GROUP=RHS",
                      help='SD formula of a random-effect group, e.g. "study=~ habitat"; repeat for several groups')
-    fit.add_argument("--method", choices=("ML", "REML"), default="ML", help="estimation method (default ML)")
+    fit.add_argument("--method", type=str.upper, choices=("ML", "REML"), default="ML",
+                     help="estimation method, ML or REML in any case (default ML, drmTMB's default)")
     fit.add_argument("--out", metavar="PATH",
                      help="write the tidy table: .json (with the model, logLik, convergence and check rows), "
-                          ".csv, .tsv or .parquet")
+                          ".csv (or .txt), .tsv (or .tab) or .parquet (or .pq)")
     fit.add_argument("--plot", metavar="PATH",
                      help="save an orchard plot (drmpy.plots.orchard) to PATH (.png, .pdf, .svg)")
     fit.add_argument("--mod", metavar="COLUMN", help="moderator whose levels the orchard plot shows (with --plot)")
     fit.add_argument("--vcalc-cluster", metavar="COLUMN",
                      help="build V with sampling_covariance(): the meta_V column holds variances, correlated "
                           "--rho within each value of COLUMN (metafor's vcalc)")
-    fit.add_argument("--rho", type=float, default=0.5, help="within-cluster correlation for --vcalc-cluster (default 0.5)")
+    fit.add_argument("--rho", type=float, help="within-cluster correlation for --vcalc-cluster (default 0.5)")
     fit.add_argument("--obs", metavar="COLUMN", help="outcome labels for --vcalc-cluster (rows with one label correlate at 1)")
     fit.add_argument("--time", metavar="COLUMN", help="time points for --vcalc-cluster (with --phi)")
     fit.add_argument("--phi", type=float, help="autocorrelation per unit of --time")
@@ -344,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--vtype", default="LS", help="metafor's variance type (default LS)")
     es.add_argument("--var-names", nargs=2, default=("yi", "vi"), metavar=("YI", "VI"),
                     help="names of the two new columns (default yi vi)")
-    es.add_argument("--out", metavar="PATH", help="write .csv, .tsv or .parquet (default: CSV on stdout)")
+    es.add_argument("--out", metavar="PATH",
+                    help="write .csv (or .txt), .tsv (or .tab) or .parquet (or .pq) (default: CSV on stdout)")
 
     dm = _add_command(
         sub, "demo", demo, data=False, help="fit the restoration example and print summary and check",

@@ -7,6 +7,8 @@ column, row or level.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "DrmError",
     "FormulaError",
@@ -18,8 +20,19 @@ __all__ = [
 ]
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour and style codes
+
+
 class DrmError(Exception):
-    """Root of every error drmpy raises for bad input or an impossible request."""
+    """Root of every error drmpy raises for bad input or an impossible request.
+
+    Messages are plain text: terminal colour codes in a wrapped message (formulaic marks the
+    offending part of a formula with them; they print as ``[1;31m`` in logs and files) are
+    removed.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(_ANSI_ESCAPE.sub("", a) if isinstance(a, str) else a for a in args))
 
 
 class FormulaError(DrmError, ValueError):

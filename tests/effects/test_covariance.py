@@ -68,7 +68,7 @@ def test_errors():
     with pytest.raises(drm.DataError, match="'studyx' is not a column"):
         drm.sampling_covariance(DAT, cluster="studyx")
     bad = DAT.assign(vi=DAT["vi"].where(DAT.index != 4, -1.0))
-    with pytest.raises(drm.DataError, match="first negative at row 4"):
+    with pytest.raises(drm.DataError, match="must be >= 0; first at row 4"):
         drm.sampling_covariance(bad)
 
 

@@ -7,13 +7,15 @@ within-cluster pair of rows is enumerated once (sum of squared cluster sizes ent
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..errors import DataError
+from ..errors import DataError, DrmWarning
+from ..model.frames import is_numeric_values
 
 __all__ = ["sampling_covariance", "shared_control_covariance"]
 
@@ -31,7 +33,11 @@ def _column(data: Any, spec: Any, arg: str, where: str, n: int | None = None) ->
             if spec not in data.columns:
                 raise DataError(f"{where}: `{arg}` = '{spec}' is not a column of `data` "
                                 f"(columns: {', '.join(map(str, data.columns[:20]))}).")
-            values = data[spec].to_numpy()
+            column = data[spec]
+            if isinstance(column, pd.DataFrame):
+                raise DataError(f"{where}: `{arg}`: `data` has {column.shape[1]} columns named `{spec}`; "
+                                "rename or drop the duplicates.")
+            values = column.to_numpy()
         else:
             import narwhals as nw
 
@@ -53,6 +59,8 @@ def _column(data: Any, spec: Any, arg: str, where: str, n: int | None = None) ->
 
 
 def _numeric(values: np.ndarray, arg: str, where: str) -> np.ndarray:
+    if not is_numeric_values(values):
+        raise DataError(f"{where}: `{arg}` is not numeric (numbers stored as text or booleans are not converted).")
     try:
         if isinstance(values, pd.Series):
             return values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -63,10 +71,30 @@ def _numeric(values: np.ndarray, arg: str, where: str) -> np.ndarray:
 
 def _codes(values: np.ndarray, arg: str, where: str) -> np.ndarray:
     """Integer codes of a grouping variable; a missing value is an error (naming its row)."""
-    codes, _ = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    try:
+        codes, _ = pd.factorize(pd.Series(values), use_na_sentinel=True)
+    except TypeError as exc:  # unhashable labels (lists, dicts)
+        raise DataError(f"{where}: `{arg}` has values that cannot be compared as labels "
+                        f"({_one_line(exc)}); give strings or numbers.") from exc
     if (codes < 0).any():
         raise DataError(f"{where}: `{arg}` has a missing value; first at row {int(np.argmax(codes < 0))}.")
     return codes
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _variances(data: Any, vi: Any, where: str) -> np.ndarray:
+    """The sampling variances: at least one row, each >= 0 and finite or missing (NaN)."""
+    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    if v.shape[0] == 0:
+        raise DataError(f"{where}: `vi` has no rows; there is no covariance matrix to build.")
+    for bad, problem in ((v < 0, "must be >= 0"), (np.isinf(v), "must be finite (or missing)")):
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise DataError(f"{where}: `vi` {problem}; first at row {first} (value {v[first]:g}).")
+    return v
 
 
 def _within_cluster_pairs(cluster_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,12 +164,8 @@ def sampling_covariance(data: Any = None, vi: Any = "vi", cluster: Any = "study"
            [0.  , 0.  , 0.01]])
     """
     where = "sampling_covariance"
-    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    v = _variances(data, vi, where)
     n = v.shape[0]
-    negative = v < 0
-    if negative.any():
-        raise DataError(f"{where}: `vi` must be >= 0; first negative at row {int(np.argmax(negative))} "
-                        f"(value {v[np.argmax(negative)]:g}).")
     rho = _correlation(rho, "rho", where)
     cluster_codes = _codes(_column(data, cluster, "cluster", where, n), "cluster", where)
     i, j = _within_cluster_pairs(cluster_codes)
@@ -164,7 +188,80 @@ def sampling_covariance(data: Any = None, vi: Any = "vi", cluster: Any = "study"
     elif phi is not None:
         raise DataError(f"{where}: `phi` needs `time` (the time point of each row).")
     sd = np.sqrt(v)
-    return _to_csr(i, j, sd[i] * sd[j] * r, n)
+    values = sd[i] * sd[j] * r
+    _warn_missing_variances(v, where)
+    # without time, rho >= 0 gives R = rho J + (1 - rho) (same-obs blocks of ones): PSD, no check
+    if rho < 0 or time is not None:
+        _warn_not_psd(cluster_codes, _labels(data, cluster), i, j, values, where,
+                      hint=f"with rho = {rho:g}, a cluster of k different outcomes needs rho >= -1/(k - 1)"
+                      if obs is None and time is None else "check rho, obs and time")
+    return _to_csr(i, j, values, n)
+
+
+def _rows_text(rows: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return ("row " if rows.size == 1 else "rows ") + shown + (f", ... ({rows.size} in all)" if rows.size > limit else "")
+
+
+def _labels(data: Any, cluster: Any) -> np.ndarray | None:
+    """The cluster labels in code order (``pd.factorize``'s uniques), to name a cluster in a message."""
+    values = _column(data, cluster, "cluster", "sampling_covariance")
+    return np.asarray(pd.factorize(pd.Series(values))[1], dtype=object)
+
+
+def _warn_missing_variances(v: np.ndarray, where: str) -> None:
+    """A missing ``vi`` makes its row and column of V NaN: drm.fit refuses such a V unless the row
+    is dropped (its effect size missing too), so say which rows."""
+    missing = np.flatnonzero(np.isnan(v))
+    if missing.size:
+        warnings.warn(f"{where}: `vi` is missing at {_rows_text(missing)}; their rows and columns of V are "
+                      "NaN (drm.fit drops such a row only when its effect size is missing too, and "
+                      "refuses a V with NaN among the rows it keeps).", DrmWarning, stacklevel=3)
+
+
+def _warn_not_psd(codes: np.ndarray, labels: np.ndarray | None, i: np.ndarray, j: np.ndarray,
+                  values: np.ndarray, where: str, hint: str) -> None:
+    """Warn when a cluster's block of V has a negative eigenvalue (drm.fit would refuse V).
+
+    Clusters of equal size are checked together: their blocks are scattered into one
+    (clusters, k, k) array and numpy's batched ``eigvalsh`` takes them all at once.  Blocks
+    with a missing variance are skipped (already warned about).
+    """
+    sizes = np.bincount(codes)
+    order = np.argsort(codes, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    position = rank - starts[codes]                      # a row's place within its cluster
+    bad_clusters, bad_min = [], []
+    for k in np.unique(sizes[sizes > 1]):
+        members = np.flatnonzero(sizes == k)
+        slot = np.full(sizes.size, -1)
+        slot[members] = np.arange(members.size)
+        in_group = slot[codes[i]] >= 0
+        blocks = np.zeros((members.size, k, k))
+        blocks[slot[codes[i[in_group]]], position[i[in_group]], position[j[in_group]]] = values[in_group]
+        finite = np.isfinite(blocks).all(axis=(1, 2))
+        if not finite.any():
+            continue
+        eig = np.linalg.eigvalsh(blocks[finite])
+        scale = np.abs(np.diagonal(blocks[finite], axis1=1, axis2=2)).max(axis=1)
+        negative = eig[:, 0] < -1e-10 * np.maximum(scale, np.finfo(float).tiny)
+        bad_clusters.append(members[finite][negative])
+        bad_min.append(eig[negative, 0])
+    if not bad_clusters or not sum(b.size for b in bad_clusters):
+        return
+    clusters = np.concatenate(bad_clusters)
+    smallest = np.concatenate(bad_min)
+    first = int(np.argmin(clusters))
+    code = int(clusters[first])
+    rows = np.sort(np.flatnonzero(codes == code))
+    unit = "clusters" if labels is not None else "shared control groups"
+    name = f"cluster {labels[code]!r}" if labels is not None else "the group"
+    n_clusters = int((sizes > 0).sum())
+    warnings.warn(f"{where}: V is not positive semidefinite in {clusters.size} of {n_clusters} {unit}: "
+                  f"{name} ({_rows_text(rows)}; smallest eigenvalue {smallest[first]:.3g}); "
+                  f"drm.fit refuses such a V ({hint}).", DrmWarning, stacklevel=3)
 
 
 def _correlation(value: Any, arg: str, where: str) -> float:
@@ -217,7 +314,7 @@ def shared_control_covariance(data: Any, measure: str, cluster: Any = "study", c
     where = f"shared_control_covariance('{measure}')"
     if measure not in ("ROM", "SMD"):
         raise DataError(f"shared_control_covariance: `measure` must be 'ROM' or 'SMD', got {measure!r}.")
-    v = _numeric(_column(data, vi, "vi", where), "vi", where)
+    v = _variances(data, vi, where)
     n = v.shape[0]
     cluster_codes = _codes(_column(data, cluster, "cluster", where, n), "cluster", where)
     control_codes = _codes(_column(data, control_id, "control_id", where, n), "control_id", where)
@@ -242,6 +339,8 @@ def shared_control_covariance(data: Any, measure: str, cluster: Any = "study", c
     values = np.empty(i.shape[0])
     values[off] = cov
     values[~off] = v[i[~off]]
+    _warn_missing_variances(v, where)
+    _warn_not_psd(group, None, i, j, values, where, hint="check the control groups' summaries")
     return _to_csr(i, j, values, n)
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.special import gammaln
 
 from ..errors import DataError
+from ..model.frames import is_numeric_values
 
 __all__ = ["effect_size", "MEASURES"]
 
@@ -102,6 +103,9 @@ class _Inputs:
             raw = _data_column(data, spec, self.measure, arg)
         else:
             raw = spec
+            if not is_numeric_values(raw):
+                raise DataError(f"effect_size('{self.measure}'): `{arg}` is not numeric (numbers stored as "
+                                "text or booleans are not converted).")
         try:
             if isinstance(raw, pd.Series):
                 values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -159,6 +163,9 @@ def _data_column(data: Any, name: str, measure: str, arg: str) -> Any:
             raise DataError(f"effect_size('{measure}'): `{arg}` = '{name}' is not a column of `data` "
                             f"(columns: {', '.join(map(str, data.columns[:20]))}).")
         column = data[name]
+        if isinstance(column, pd.DataFrame):
+            raise DataError(f"effect_size('{measure}'): `{arg}`: `data` has {column.shape[1]} columns named "
+                            f"`{name}`; rename or drop the duplicates.")
         if not (pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)):
             raise DataError(f"effect_size('{measure}'): `{arg}` (column `{name}`) is not numeric (dtype {column.dtype}).")
         return column
@@ -244,6 +251,7 @@ def effect_size(measure: str, data: Any = None, *, var_names: Sequence[str] = ("
     """
     measure = _check_measure(measure)
     var_names = _check_var_names(var_names)
+    _check_data(data, f"effect_size('{measure}')")
     to = _check_to(to, measure)
     vtype = _check_vtype(vtype, measure)
     if add is None:
@@ -271,8 +279,35 @@ def effect_size(measure: str, data: Any = None, *, var_names: Sequence[str] = ("
             yi, vi = _incidence(measure, inputs, add, to)
     if measure in _CORRELATIONS:
         vi = np.where(inputs.values["ni"] <= 3, np.nan, vi)  # escalc: no sampling variance when ni <= 3
-    yi, vi = _as_escalc_missing(measure, inputs, yi, vi)
+    yi, vi, undefined = _as_escalc_missing(measure, inputs, yi, vi)
+    if undefined.size:
+        _warn_undefined(measure, inputs, undefined)
     return _attach(data, yi, vi, var_names)
+
+
+# why a measure's result can be undefined although every input is present
+_UNDEFINED_REASONS = {
+    "ROM": "log(m1i/m2i) needs two means of the same sign, neither zero",
+    "CVR": "log(sd1i/m1i) and log(sd2i/m2i) need positive means and SDs",
+    "VR": "log(sd1i/sd2i) needs positive SDs",
+    **{m: "a zero count gives an infinite log or variance; see `add` and `to`"
+       for m in _TABLES + _PROPORTIONS + _INCIDENCE},
+}
+
+
+def _warn_undefined(measure: str, inputs: _Inputs, rows: np.ndarray) -> None:
+    """metafor warns when escalc recodes a computed value to NA (R's "NaNs produced" for the log
+    of a negative ratio, "Some yi/vi values equal to +-Inf"); so does drmpy, naming the rows."""
+    import warnings
+
+    from ..errors import DrmWarning
+
+    shown = ", ".join(inputs.row(int(r)).removeprefix("row ") for r in rows[:10])
+    more = f", ... ({rows.size} in all)" if rows.size > 10 else ""
+    reason = _UNDEFINED_REASONS.get(measure, "the formula gives an infinite or undefined value there")
+    warnings.warn(f"effect_size('{measure}'): yi and vi are NaN at row{'s' if rows.size > 1 else ''} "
+                  f"{shown}{more}, computed from present inputs ({reason}); metafor's escalc gives NA "
+                  "there too.", DrmWarning, stacklevel=3)
 
 
 def _known_measures() -> str:
@@ -288,8 +323,21 @@ def _check_measure(measure: Any) -> str:
     return measure
 
 
+def _check_data(data: Any, where: str) -> None:
+    """``data`` is None, a pandas frame or a frame narwhals can read (polars)."""
+    if data is None or isinstance(data, pd.DataFrame):
+        return
+    import narwhals as nw
+
+    try:
+        nw.from_native(data, eager_only=True)
+    except TypeError as exc:
+        raise DataError(f"{where}: `data` must be a pandas or polars DataFrame, got {type(data).__name__}.") from exc
+
+
 def _check_var_names(var_names: Sequence[str]) -> tuple[str, str]:
-    names = tuple(var_names)
+    # a single string would be iterated into its characters
+    names = tuple(var_names) if isinstance(var_names, (list, tuple)) else ()
     if len(names) != 2 or not all(isinstance(v, str) for v in names) or names[0] == names[1]:
         raise DataError(f"effect_size: `var_names` must be two different column names, got {var_names!r}.")
     return names  # type: ignore[return-value]
@@ -607,13 +655,15 @@ def _incidence(measure: str, inp: _Inputs, add: float, to: str) -> tuple[np.ndar
 
 
 def _as_escalc_missing(measure: str, inputs: _Inputs, yi: np.ndarray,
-                       vi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       vi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """escalc's recoding of impossible results.
 
     +-Inf in yi or vi, or a NaN that arithmetic made from present inputs, makes both NaN
     (R's NA).  A NaN that comes from a missing input is R's NA, which escalc leaves where it
     propagated (e.g. MD with a missing mean keeps its variance), as is the NA variance of a
-    correlation with ``ni <= 3``.  A negative vi becomes NaN.
+    correlation with ``ni <= 3``.  A negative vi becomes NaN (silently, as in escalc).  Also
+    returns the positions of the rows whose yi and vi were recoded although their inputs are
+    present (sorted).
     """
     yi, vi = np.asarray(yi, dtype=np.float64), np.asarray(vi, dtype=np.float64)
     if yi.shape != vi.shape:
@@ -624,6 +674,7 @@ def _as_escalc_missing(measure: str, inputs: _Inputs, yi: np.ndarray,
               else x.copy() for x in (yi, vi))
     with np.errstate(invalid="ignore"):
         suspect = np.flatnonzero(~np.isfinite(yi + vi))  # one pass; the few suspect rows in detail
+    undefined = np.zeros(0, dtype=np.int64)
     if suspect.size:
         missing = np.zeros(suspect.size, dtype=bool)
         for values in inputs.values.values():
@@ -634,9 +685,10 @@ def _as_escalc_missing(measure: str, inputs: _Inputs, yi: np.ndarray,
         bad = np.isinf(y) | np.isinf(v) | ((np.isnan(y) | np.isnan(v)) & ~missing)
         yi[suspect[bad]] = np.nan
         vi[suspect[bad]] = np.nan
+        undefined = suspect[bad]
     with np.errstate(invalid="ignore"):
         vi[vi < 0] = np.nan
-    return yi, vi
+    return yi, vi, undefined
 
 
 # ------------------------------------------------------------------------------------------

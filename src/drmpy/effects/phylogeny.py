@@ -133,6 +133,9 @@ def _covariance(tree: Any, species: Iterable[Any] | None) -> tuple[pd.Index, np.
         raise DataError(f"phylo_corr: tip label `{dup}` appears more than once in the tree.")
     if species is None:
         return frame_labels, shared
+    if isinstance(species, (str, bytes)) or not isinstance(species, Iterable):
+        raise DataError(f"phylo_corr: `species` must be a collection of tip labels (a list or a data column), "
+                        f"got {type(species).__name__}.")
     wanted = list(dict.fromkeys(str(s) for s in species))
     position = frame_labels.get_indexer(wanted)
     missing = [w for w, p in zip(wanted, position) if p < 0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,58 @@ from scipy import stats
 
 from ..errors import DrmError, DrmWarning
 
-__all__ = ["lrt", "compare", "added_variance_components"]
+__all__ = ["lrt", "compare", "added_variance_components", "LikelihoodRatioTest"]
+
+
+@dataclass(frozen=True)
+class LikelihoodRatioTest(Mapping):
+    """The result of :func:`lrt`: typed fields, read by key (``out["p_value"]``, as the Series
+    drm.lrt used to return) or attribute; printed as a one-row table with the numbers shown as
+    in ``summary()`` (6 significant digits, so a p-value of 3.7e-27 is not rounded to 0)."""
+
+    statistic: float
+    df: int
+    p_value: float
+    boundary: bool
+
+    _FIELDS = ("statistic", "df", "p_value", "boundary")
+
+    @property
+    def index(self) -> pd.Index:
+        """The field names, in order (as the index of the former Series)."""
+        return pd.Index(self._FIELDS)
+
+    def __getitem__(self, key: str):
+        if key not in self._FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._FIELDS)
+
+    def __len__(self) -> int:
+        return len(self._FIELDS)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row: ``statistic`` and ``p_value`` float64, ``df`` int64, ``boundary`` bool."""
+        return pd.DataFrame({"statistic": [self.statistic], "df": np.array([self.df], dtype=np.int64),
+                             "p_value": [self.p_value], "boundary": [self.boundary]}, index=pd.Index(["lrt"]))
+
+    def to_series(self) -> pd.Series:
+        """The four fields as an object Series (statistic, df, p_value, boundary)."""
+        return pd.Series(dict(self), dtype=object, name="lrt")
+
+    def __str__(self) -> str:
+        from ..results.summary import table_text
+
+        return table_text(self.to_frame())
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from ..results.summary import NUMBER_FORMAT
+
+        return self.to_frame().to_html(float_format=NUMBER_FORMAT)
 
 
 def _dpar(name: str) -> str:
@@ -57,11 +110,13 @@ def _same_mu_design(fit0, fit1) -> bool:
     return True
 
 
-def lrt(fit0, fit1) -> pd.Series:
+def lrt(fit0, fit1) -> "LikelihoodRatioTest":
     """Likelihood-ratio test of ``fit0`` (null) nested in ``fit1``.
 
-    Returns a Series with ``statistic`` = ``2 (logLik1 - logLik0)``, ``df`` (number of extra
-    parameters), ``p_value`` and ``boundary``.  Checks (each a ``DrmError``): both fits are
+    Returns a :class:`LikelihoodRatioTest`: ``statistic`` = ``2 (logLik1 - logLik0)`` (float),
+    ``df`` (number of extra parameters, int), ``p_value`` (float) and ``boundary`` (bool), read
+    as ``out["p_value"]`` or ``out.p_value``; ``out.to_frame()`` is a one-row DataFrame with
+    those dtypes; printing shows the numbers as ``summary()`` does.  Checks (each a ``DrmError``): both fits are
     univariate results on the same rows with the same responses; ``fit0``'s parameter names
     are a strict subset of ``fit1``'s; same ``method``; under REML, the same mu design (the
     REML criterion of different mu designs are likelihoods of different data).
@@ -112,8 +167,7 @@ def lrt(fit0, fit1) -> pd.Series:
         p_value = 0.5 * (lower + upper)
     else:
         p_value = stats.chi2.sf(statistic, df)
-    return pd.Series({"statistic": statistic, "df": df, "p_value": float(p_value), "boundary": boundary},
-                     dtype=object, name="lrt")
+    return LikelihoodRatioTest(float(statistic), int(df), float(p_value), boundary)
 
 
 def compare(*fits, names=None) -> pd.DataFrame:
@@ -129,11 +183,21 @@ def compare(*fits, names=None) -> pd.DataFrame:
         fits = tuple(fits[0])
     if not fits:
         raise DrmError("compare needs at least one fit.")
+    from ..results.fit import FitResult
+
+    for i, f in enumerate(fits):
+        if not isinstance(f, FitResult):
+            raise DrmError(f"compare: argument {i + 1} is not a fit (a DrmFit or BivariateFit from drm.fit); "
+                           f"got {type(f).__name__}.")
     if names is None:
         names = [f"fit{i + 1}" for i in range(len(fits))]
-    names = list(names)
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple, pd.Index, np.ndarray, pd.Series)):
+        raise DrmError(f"compare: `names` must be a list of {len(fits)} names, one per fit; got {names!r}.")
+    names = [str(n) for n in names]
     if len(names) != len(fits):
         raise DrmError(f"compare: {len(names)} names for {len(fits)} fits.")
+    if len(set(names)) != len(names):
+        raise DrmError(f"compare: `names` must be different; got {names!r}.")
     first = fits[0]
     for f in fits[1:]:
         if not (f.nobs == first.nobs and f.design.row_labels.equals(first.design.row_labels)):

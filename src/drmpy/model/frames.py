@@ -78,6 +78,22 @@ def is_numeric(values: np.ndarray | pd.Series) -> bool:
     return dtype is not None and (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype))
 
 
+def is_numeric_values(values: Any) -> bool:
+    """True for numbers (a numeric pandas/numpy dtype, or an object array of numbers and missing
+    values); False for text, booleans and mixtures.  Numbers stored as text are not numbers, as
+    for a data column (the response, ``vi``): drmpy never converts them silently."""
+    if isinstance(values, pd.Series):
+        return is_numeric(values) or (values.dtype == object and is_numeric_values(values.to_numpy()))
+    array = np.asarray(values)
+    if array.dtype.kind in "iuf":
+        return True
+    if array.dtype.kind != "O":
+        return False
+    return all(v is None or v is pd.NA or (isinstance(v, (int, float, np.integer, np.floating))
+                                           and not isinstance(v, (bool, np.bool_)))
+               for v in array.reshape(-1))
+
+
 def without_infinities(frame: pd.DataFrame, columns: Iterable[str]) -> np.ndarray:
     """Per row: True when no numeric column among ``columns`` holds +-inf (NaN is left to
     the missing-value test)."""

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import CovarianceError
+from .frames import is_numeric
 
 __all__ = ["KnownV", "resolve_v", "finalize_v", "require_common_effect_covariance"]
 
@@ -62,7 +63,13 @@ def resolve_v(name: str, data_columns: list[str], get_column, env: Mapping[str, 
               namespace: Mapping[str, Any], n_data: int) -> RawV:
     """Look ``name`` up as a data column, then in ``env=``, then where the Formula was built."""
     if name in data_columns:
-        values = np.asarray(get_column(name))
+        column = get_column(name)
+        dtype = getattr(column, "dtype", None)
+        if dtype is not None and not is_numeric(column):
+            # as the response: numbers stored as text are an error in the data, not converted
+            raise CovarianceError(f"meta_V(V = {name}): V must be numeric, but the sampling variance column "
+                                  f"`{name}` has dtype {dtype}.")
+        values = np.asarray(column)
         return RawV(name, "column", vector=_as_float_vector(values, name, n_data))
     if env is not None and name in env:
         return _from_object(env[name], name, "env", n_data)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from statistics import NormalDist
 
-__all__ = ["Summary", "tidy_table"]
+__all__ = ["Summary", "tidy_table", "table_text", "NUMBER_FORMAT"]
 
 _LOG_SCALE_PREFIXES = ("sigma", "sd(")
 
@@ -43,6 +43,17 @@ def fit_lines(fit) -> list[str]:
         lines.append("REML logLik follows drmTMB; metafor reports it + 0.5 log|X'X|.")
     lines.append("exp_estimate: exp() of log-scale coefficients (SD ratios).")
     return lines
+
+
+#: How printed drmpy tables show a number: 6 significant digits (a p-value of 3.7e-27 stays 3.7e-27).
+NUMBER_FORMAT = "{:.6g}".format
+
+
+def table_text(frame: pd.DataFrame) -> str:
+    """``frame`` as printed text: numbers in :data:`NUMBER_FORMAT`, missing values blank."""
+    with pd.option_context("display.width", 200, "display.max_columns", 20,
+                           "display.max_rows", 500, "display.float_format", NUMBER_FORMAT):
+        return frame.to_string(na_rep="")
 
 
 @dataclass(frozen=True)
@@ -123,10 +134,7 @@ class Summary:
         return cls(table, header, "\n".join(lines))
 
     def as_text(self) -> str:
-        shown = self.coefficients.drop(columns=["link"]).copy()
-        with pd.option_context("display.width", 200, "display.max_columns", 20,
-                               "display.max_rows", 500, "display.float_format", "{:.6g}".format):
-            body = shown.to_string(na_rep="")
+        body = table_text(self.coefficients.drop(columns=["link"]))
         return f"{self.header}\n\n{body}\n\n{self.footer}"
 
     def __str__(self) -> str:
@@ -143,7 +151,7 @@ class Summary:
         """A notebook shows the header, the coefficient table as an HTML table, then the footer."""
         import html
 
-        table = self._shown().to_html(na_rep="", float_format="{:.6g}".format, classes="drmpy-summary",
+        table = self._shown().to_html(na_rep="", float_format=NUMBER_FORMAT, classes="drmpy-summary",
                                          index=False)
         return (f"<pre>{html.escape(self.header)}</pre>\n{table}\n<pre>{html.escape(self.footer)}</pre>")
 

@@ -144,7 +144,11 @@ def _by_codes(frame: pd.DataFrame, by: str) -> tuple[np.ndarray, Any]:
     try:
         codes, uniques = pd.factorize(col, sort=True)
     except TypeError:  # unorderable mixture of types: order of first appearance
-        codes, uniques = pd.factorize(col, sort=False)
+        try:
+            codes, uniques = pd.factorize(col, sort=False)
+        except TypeError as exc:  # unhashable values (lists, dicts)
+            raise DataError(f"by: column `{by}` has values that cannot be group labels ({exc}); "
+                            "give strings or numbers.") from exc
     return codes.astype(np.int64), uniques
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from ..errors import DrmError
 from ..results.random_effects import _term_params, level_covariances, level_sds
 
-__all__ = ["simulate_responses", "simulate_bivariate_draws", "simulate_bivariate_responses"]
+__all__ = ["simulate_responses", "simulate_bivariate_draws", "simulate_bivariate_responses", "random_generator"]
 
 
 def _psd_factor(M: np.ndarray) -> np.ndarray:
@@ -71,10 +71,19 @@ def simulate_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
 def simulate_responses(fit, nsim: int, seed=None) -> pd.DataFrame:
     """See :meth:`drmpy.DrmFit.simulate`."""
     nsim = _check_nsim(nsim)
-    rng = np.random.default_rng(seed)
+    rng = random_generator(seed)
     draws = simulate_draws(fit, int(nsim), rng)
     columns = [f"sim_{i + 1}" for i in range(int(nsim))]
     return pd.DataFrame(draws, index=fit.design.row_labels, columns=columns)
+
+
+def random_generator(seed, where: str = "simulate") -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``; a seed numpy refuses is a DrmError naming ``seed``."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise DrmError(f"{where}: `seed` must be None, a non-negative integer, a sequence of them, or a "
+                       f"numpy Generator/SeedSequence; got {seed!r} ({' '.join(str(exc).split())}).") from exc
 
 
 def _check_nsim(nsim) -> int:
@@ -119,7 +128,7 @@ def simulate_bivariate_draws(fit, nsim: int, rng: np.random.Generator) -> np.nda
 def simulate_bivariate_responses(fit, nsim: int, seed=None) -> pd.DataFrame:
     """See :meth:`drmpy.BivariateFit.simulate`."""
     nsim = _check_nsim(nsim)
-    draws = simulate_bivariate_draws(fit, nsim, np.random.default_rng(seed))  # (n, 2, nsim)
+    draws = simulate_bivariate_draws(fit, nsim, random_generator(seed))  # (n, 2, nsim)
     names = fit.design.responses
     columns = [f"sim_{i + 1}_{name}" for i in range(nsim) for name in names]
     return pd.DataFrame(draws.transpose(0, 2, 1).reshape(fit.nobs, 2 * nsim), index=fit.row_labels,
