@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from ._common import (TransformArg, column_of, effect_sizes_table, level_order, marker_areas,
-                      new_axes, require_univariate, resolve_transform)
+from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, level_order,
+                      marker_areas, new_axes, require_univariate, resolve_transform, table_settings,
+                      tag_table)
 from .marginal_means import marginal_means
 
 __all__ = ["orchard_table", "orchard"]
@@ -80,9 +81,9 @@ def orchard_table(fit: Any, mod: str | None = None, level: float = 0.95, *,
         "k": k,
         "n_studies": n_studies,
     })
-    table.attrs["moderator"] = mod
-    table.attrs["reference"] = float(tf(np.zeros(1))[0])  # no effect, on the drawn scale
-    return table
+    return tag_table(table, "orchard", level=float(level), transform=transform, moderator=mod,
+                     group=group, test=test, vcov=vcov, response=fit.formula.response,
+                     reference=float(tf(np.zeros(1))[0]))  # reference: no effect, on the drawn scale
 
 
 def _jitter(level_positions: np.ndarray, width: float, seed: int) -> np.ndarray:
@@ -90,11 +91,11 @@ def _jitter(level_positions: np.ndarray, width: float, seed: int) -> np.ndarray:
     return level_positions + rng.uniform(-width, width, size=level_positions.shape)
 
 
-def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform: TransformArg = None,
-            size_by: str = "precision", group: str | None = None, test: str = "z",
-            vcov: str = "observed", data: Any = None, points: pd.DataFrame | None = None,
-            xlab: str | None = None, ylab: str | None = None, jitter: float = 0.3,
-            seed: int = 19680801, colors: Any = None, k_labels: bool = True,
+def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
+            transform: TransformArg = None, size_by: str = "precision", group: str | None = None,
+            test: str | None = None, vcov: str | None = None, data: Any = None,
+            points: pd.DataFrame | None = None, xlab: str | None = None, ylab: str | None = None,
+            jitter: float = 0.3, seed: int = 19680801, palette: Any = None, k_labels: bool = True,
             legend: bool = True, ax: Any = None, **kwargs: Any):
     """Orchard plot: effect sizes jittered per level, the mean with its CI (thick) and PI (thin).
 
@@ -107,14 +108,26 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
     (x in axes fraction).  ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the
     Axes; ``ax=None`` draws on a new figure.
     """
+    given = {"mod": mod, "level": level, "transform": transform, "group": group, "test": test,
+             "vcov": vcov}
     if isinstance(fit, pd.DataFrame):
         table = fit
-        mod = table.attrs.get("moderator", mod)
     else:
         require_univariate(fit, "orchard")
-        table = orchard_table(fit, mod, level, transform=transform, group=group, test=test,
-                              vcov=vcov, data=data)
+        table = orchard_table(fit, mod, 0.95 if level is None else level, transform=transform,
+                              group=group, test=test or "z", vcov=vcov or "observed", data=data)
         points = effect_sizes_table(fit, mod, size_by=size_by, transform=transform, data=data)
+    settings = table_settings(table, "orchard", columns=TABLE_COLUMNS,
+                              given={("moderator" if k == "mod" else k): v for k, v in given.items()})
+    mod = settings["moderator"]
+    if points is not None:
+        point_settings = table_settings(points, "effect_sizes", columns=("yi", "size_value", "level"))
+        if point_settings["transform"] != settings["transform"]:
+            raise DrmError(f"orchard: the points were computed with transform="
+                           f"{point_settings['transform']!r} and the table with "
+                           f"{settings['transform']!r}; compute both with the same transform.")
+        size_by = point_settings["size_by"]
+    colors = palette
     n_levels = len(table)
     ax = new_axes(ax, (6.4, 1.6 + (0.8 * n_levels if n_levels <= 6 else 2.4 + 0.4 * n_levels)))
     import matplotlib.pyplot as plt
@@ -127,7 +140,7 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
         colors = [cycle[i % len(cycle)] for i in range(n_levels)]
     positions = np.arange(n_levels, dtype=np.float64)[::-1]  # first level on top
     position_of = dict(zip(table["level"], positions))
-    reference = table.attrs.get("reference")
+    reference = settings["reference"]
     if reference is not None:
         ax.axvline(reference, color="0.45", linewidth=0.8, linestyle="--", zorder=0)
 
@@ -163,7 +176,7 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
                     color="0.15", linespacing=1.1)
     ax.set_yticks(positions, [str(v) for v in table["level"]])
     ax.set_ylim(positions.min() - 0.55, positions.max() + 0.6)
-    ax.set_xlabel(xlab if xlab is not None else "Effect size")
+    ax.set_xlabel(xlab if xlab is not None else effect_label(settings["response"], settings["transform"]))
     if ylab is not None:
         ax.set_ylabel(ylab)
     elif mod is not None:
