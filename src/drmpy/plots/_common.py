@@ -16,7 +16,8 @@ from ..errors import DrmError
 
 __all__ = ["resolve_transform", "fit_frame", "column_of", "level_order", "size_values",
            "marker_areas", "new_axes", "require_univariate", "effect_sizes_table", "TableSettings",
-           "tag_table", "table_settings", "effect_label", "transform_name"]
+           "tag_table", "table_settings", "effect_label", "transform_name", "size_legend",
+           "interval_legend", "legends_of"]
 
 TransformArg = None | str | Callable[[np.ndarray], np.ndarray]
 
@@ -267,3 +268,57 @@ def effect_sizes_table(fit: Any, mod: str | None = None, *, size_by: str = "prec
         out["level"] = column_of(fit, mod, data).to_numpy()
     return tag_table(out, "effect_sizes", transform=transform, size_by=size_by, moderator=mod,
                      response=fit.formula.response)
+
+
+def size_legend(ax: Any, values: np.ndarray, title: str, *, smallest: float = 6.0, largest: float = 110.0):
+    """A legend of three round values of ``values`` drawn at their marker areas, above the right
+    of the Axes (outside the data region); added beside any legend already there."""
+    from matplotlib.lines import Line2D
+
+    from matplotlib.ticker import MaxNLocator
+
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    for bins in (4, 6, 8):  # three or more round values inside the data's range
+        ticks = MaxNLocator(nbins=bins).tick_values(lo, hi)
+        shown = ticks[(ticks >= lo) & (ticks <= hi)]
+        if shown.size >= 3:
+            break
+    if shown.size < 2:
+        shown = np.array([lo, hi])
+    areas = marker_areas(np.concatenate([finite, shown]), smallest, largest)[finite.size:]
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=np.sqrt(a), markerfacecolor="0.6",
+                      markeredgecolor="0.2", alpha=0.7) for a in areas]
+    keep = ax.get_legend()
+    if keep is not None:
+        ax.add_artist(keep)  # ax.legend() would replace it
+    return ax.legend(handles, [f"{v:g}" for v in shown], title=title, loc="lower right",
+                     bbox_to_anchor=(1.0, 1.0), ncol=len(shown), frameon=False, fontsize=8,
+                     title_fontsize=8, borderaxespad=0.2, handletextpad=0.2, columnspacing=0.8)
+
+
+def interval_legend(ax: Any, level: float, *, title: str | None = None, mean: str = "mean"):
+    """Legend above the left of the Axes: the white mean point, the thick confidence interval
+    and the thin prediction interval as orchard and caterpillars draw them."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=7, markerfacecolor="white",
+                      markeredgecolor="0.1", markeredgewidth=1.5),
+               Line2D([], [], color="0.1", linewidth=4.5),
+               Line2D([], [], color="0.1", linewidth=1.2)]
+    labels = [mean, f"{level:.0%} CI (thick)", f"{level:.0%} PI (thin)"]
+    keep = ax.get_legend()
+    if keep is not None:
+        ax.add_artist(keep)
+    return ax.legend(handles, labels, title=title, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                     ncol=3, frameon=False, fontsize=8, title_fontsize=8, borderaxespad=0.2,
+                     handlelength=1.8, handletextpad=0.6, columnspacing=1.2, alignment="left")
+
+
+def legends_of(ax: Any) -> list:
+    """Every legend drawn on ``ax`` (the current one and those kept with ``add_artist``)."""
+    from matplotlib.legend import Legend
+
+    return [a for a in ax.get_children() if isinstance(a, Legend)]

@@ -96,7 +96,7 @@ def _overlay_trim_and_fill(ax: Any, result: Any, settings: dict, tf) -> None:
         return
     se = np.sqrt(filled["vi"].to_numpy(dtype=np.float64))
     ax.scatter(tf(filled["yi"].to_numpy(dtype=np.float64)), _y_values(se, settings["yaxis"]), s=22.0,
-               facecolor="white", edgecolor="0.55", linewidths=0.9, linestyle="--", zorder=3,
+               facecolor="white", edgecolor="0.3", linewidths=0.9, zorder=3,
                label=f"imputed (trim and fill, k0 = {len(filled)})")
 
 
@@ -176,7 +176,7 @@ def funnel(fit: Any, *, contour: bool = False, level: float | None = None, xaxis
     ax.set_xlabel(xlab if xlab is not None else effect_label(settings["response"], settings["transform"],
                                                              residual=settings["xaxis"] == "residuals"))
     if legend:
-        _legend(ax, contour, contour_levels, palette)
+        _legend(ax, contour, contour_levels)
     return ax
 
 
@@ -197,7 +197,7 @@ def _draw_contours(ax, se, yv, contour_levels, palette, tf) -> None:
                              linewidth=0, zorder=0, label=label if sign > 0 else "_" + label)
 
 
-def _legend(ax, contour: bool, contour_levels, palette) -> None:
+def _legend(ax, contour: bool, contour_levels) -> None:
     """Every labelled artist in one legend above the Axes (outside the data)."""
     handles, labels = ax.get_legend_handles_labels()
     if contour:
@@ -205,5 +205,5 @@ def _legend(ax, contour: bool, contour_levels, palette) -> None:
 
         handles.insert(0, Patch(facecolor="white", edgecolor="0.6", linewidth=0.6))
         labels.insert(0, f"p > {max(contour_levels):.2f}")
-    ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2 if not contour else 3,
-              frameon=False, fontsize=8, borderaxespad=0.2, columnspacing=1.0)
+    ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False,
+              fontsize=8, borderaxespad=0.2, columnspacing=1.0)

@@ -9,8 +9,9 @@ import pandas as pd
 
 from ..errors import DrmError
 from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, level_order,
-                      marker_areas, new_axes, require_univariate, resolve_transform, table_settings,
-                      tag_table)
+                      interval_legend, marker_areas, new_axes, require_univariate, resolve_transform,
+                      size_legend,
+                      table_settings, tag_table)
 from .marginal_means import marginal_means
 
 __all__ = ["orchard_table", "orchard"]
@@ -103,10 +104,13 @@ def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
     :func:`~drmpy.plots.effect_sizes_table`) or an :func:`orchard_table` frame, drawn as it is
     (with the points of ``points=``, an ``effect_sizes_table``, when given).  Levels run top
     to bottom in the moderator's order; the effect size is on the x axis, labelled ``xlab``
-    (default ``"Effect size"``).  Point area is linear in ``size_by`` (precision
-    ``1/sqrt(v_i)`` or a column).  ``k = ... (n studies)`` sits in the right margin beside each row
-    (x in axes fraction).  ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the
-    Axes; ``ax=None`` draws on a new figure.
+    (default: the response's name and the back-transform, e.g. ``"tanh(yi)"``).  Point area
+    is linear in ``size_by`` (precision ``1/sqrt(v_i)`` or a column); ``palette``: one colour
+    per level.  ``k = ... (n studies)`` sits inside the Axes at the right end of each row, above
+    its intervals; a legend above the Axes says which line is which (thick = confidence
+    interval, thin = prediction interval, at the table's level) and gives the point sizes.
+    ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the Axes; ``ax=None``
+    draws on a new figure.
     """
     given = {"mod": mod, "level": level, "transform": transform, "group": group, "test": test,
              "vcov": vcov}
@@ -168,14 +172,14 @@ def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
     ax.scatter(table["estimate"], positions, s=80, facecolors="white", edgecolors="0.1",
                linewidths=1.5, zorder=5, label="_estimate")
 
-    if k_labels:  # in the right margin (x in axes fraction), never on the data
+    if k_labels:  # inside the Axes (x in axes fraction), in the gap above each row's jitter band
         blend = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
         for pos, k, g in zip(positions, table["k"], table["n_studies"]):
-            text = f"k = {k}" if pd.isna(g) else f"k = {k}\n({g} studies)"
-            ax.text(1.015, pos, text, transform=blend, ha="left", va="center", fontsize=9,
-                    color="0.15", linespacing=1.1)
+            text = f"k = {k}" if pd.isna(g) else f"k = {k} ({g} studies)"
+            ax.text(0.99, pos + jitter + 0.04, text, transform=blend, ha="right", va="bottom",
+                    fontsize=8, color="0.15", label="k label", clip_on=True)
     ax.set_yticks(positions, [str(v) for v in table["level"]])
-    ax.set_ylim(positions.min() - 0.55, positions.max() + 0.6)
+    ax.set_ylim(positions.min() - jitter - 0.25, positions.max() + jitter + 0.45)
     ax.set_xlabel(xlab if xlab is not None else effect_label(settings["response"], settings["transform"]))
     if ylab is not None:
         ax.set_ylabel(ylab)
@@ -183,32 +187,9 @@ def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
         ax.set_ylabel(str(mod))
     ax.grid(axis="x", color="0.9", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
-    if legend and points is not None and len(points):
-        _size_legend(ax, points["size_value"].to_numpy(),
-                     "precision (1/SE)" if size_by == "precision" else size_by)
+    if legend:
+        interval_legend(ax, settings["level"], title="mean and intervals")
+        if points is not None and len(points):
+            size_legend(ax, points["size_value"].to_numpy(),
+                        "precision (1/SE)" if size_by == "precision" else size_by)
     return ax
-
-
-def _size_legend(ax: Any, values: np.ndarray, title: str) -> None:
-    """Three marker sizes above the Axes (outside the data region)."""
-    from matplotlib.lines import Line2D
-
-    from matplotlib.ticker import MaxNLocator
-
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return
-    lo, hi = float(finite.min()), float(finite.max())
-    for bins in (4, 6, 8):  # three or more round values inside the data's range
-        ticks = MaxNLocator(nbins=bins).tick_values(lo, hi)
-        shown = ticks[(ticks >= lo) & (ticks <= hi)]
-        if shown.size >= 3:
-            break
-    if shown.size < 2:
-        shown = np.array([lo, hi])
-    areas = marker_areas(np.concatenate([finite, shown]))[finite.size:]
-    handles = [Line2D([], [], linestyle="", marker="o", markersize=np.sqrt(a), markerfacecolor="0.6",
-                      markeredgecolor="0.2", alpha=0.7) for a in areas]
-    ax.legend(handles, [f"{v:g}" for v in shown], title=title, loc="lower right",
-              bbox_to_anchor=(1.0, 1.0), ncol=len(shown), frameon=False, fontsize=8,
-              title_fontsize=8, borderaxespad=0.2, handletextpad=0.2, columnspacing=0.8)
