@@ -28,8 +28,9 @@ def test_qq_table_whitens_by_the_hand_built_marginal_covariance(three_level_fit,
     same_article = (lim["article"].to_numpy()[:, None] == lim["article"].to_numpy()[None, :]).astype(float)
     S = np.diag(lim["vi"].to_numpy() + sigma**2) + sd**2 * same_article
     e = solve_triangular(np.linalg.cholesky(S), r, lower=True)
-    table = plots.qq_table(fit)
+    table = plots.qq_table(fit, residuals="whitened")
     np.testing.assert_allclose(table["sample"], np.sort(e), rtol=1e-9, atol=1e-12)
+    assert "row" not in table.columns  # a whitened residual mixes rows: no study label
     n = len(e)
     np.testing.assert_allclose(table["theoretical"], stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n))
     # band: P(i-th order statistic <= band_low) = P(Binomial(n, Phi(band_low)) >= i) = 2.5%
@@ -52,7 +53,7 @@ def test_qq_of_a_location_scale_fit_divides_by_each_rows_sd(restoration_fit, res
     r = restoration["yi"].to_numpy() - _fixed_mean(
         fit, restoration, {"habitat[T.forest]": lambda d: forest, "duration": lambda d: d["duration"].to_numpy()})
     e = r / np.sqrt(restoration["vi"].to_numpy() + fit.sigma().to_numpy() ** 2)
-    np.testing.assert_allclose(plots.qq_table(fit)["sample"], np.sort(e), rtol=1e-9)
+    np.testing.assert_allclose(plots.qq_table(fit, residuals="whitened")["sample"], np.sort(e), rtol=1e-9)
     ax = plots.qq(fit, level=0.9)
     assert artist(ax, "90% pointwise band") is not None
 
