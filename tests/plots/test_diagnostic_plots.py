@@ -1,4 +1,4 @@
-"""QQ, funnel and caterpillar plots: tables against hand computations, artists against tables."""
+"""QQ, funnel and random-effect plots: tables against hand computations, artists against tables."""
 
 import numpy as np
 import pandas as pd
@@ -101,12 +101,12 @@ def test_funnel_of_a_meta_regression_draws_residuals(restoration_fit, restoratio
         plots.funnel_table(restoration_fit, yaxis="ni")
 
 
-def test_caterpillar_equals_ranef(three_level_fit, tmp_path):
+def test_ranef_plot_equals_ranef(three_level_fit, tmp_path):
     fit = three_level_fit
     ranef = fit.ranef()
     ranef = ranef[ranef["group"] == "article"].sort_values("estimate", kind="stable")
-    ax = plots.caterpillar(fit, group="article", level=0.9)
-    ax.figure.savefig(tmp_path / "caterpillar.png")
+    ax = plots.ranef_plot(fit, group="article", level=0.9)
+    ax.figure.savefig(tmp_path / "ranef.png")
     offsets = artist(ax, "_conditional modes").get_offsets()
     assert len(offsets) == 220
     np.testing.assert_array_equal(offsets[:, 0], ranef["estimate"].to_numpy())
@@ -116,18 +116,18 @@ def test_caterpillar_equals_ranef(three_level_fit, tmp_path):
     np.testing.assert_allclose(lo, ranef["estimate"] - z * ranef["cond_sd"])
     np.testing.assert_allclose(hi, ranef["estimate"] + z * ranef["cond_sd"])
     with pytest.raises(drm.DrmError, match="groups in this model: article"):
-        plots.caterpillar_table(fit, "study")
+        plots.ranef_table(fit, "study")
 
 
 def test_transform_back_transforms_drawn_values(three_level_fit, lim):
-    table = plots.caterpillar_table(three_level_fit, "article", transform="exp")
-    raw = plots.caterpillar_table(three_level_fit, "article")
+    table = plots.ranef_table(three_level_fit, "article", transform="exp")
+    raw = plots.ranef_table(three_level_fit, "article")
     np.testing.assert_allclose(table["conf_high"], np.exp(raw["conf_high"]))
     ax = plots.funnel(plots.funnel_table(three_level_fit, transform="tanh"), transform="tanh")
     np.testing.assert_allclose(artist(ax, "_effect sizes").get_offsets()[:, 0],
                                np.tanh(lim["yi"] - three_level_fit.predict(re_form=False)).to_numpy())
     with pytest.raises(drm.DrmError, match="transform"):
-        plots.caterpillar_table(three_level_fit, "article", transform="log10")
+        plots.ranef_table(three_level_fit, "article", transform="log10")
 
 
 def test_new_figure_or_given_axes(intercept_fit):

@@ -61,8 +61,8 @@ def test_every_table_draws_with_its_level_and_transform(three_level_fit, lim):
     ax = plots.orchard(orchard)
     assert ax.get_xlabel() == "tanh(yi)"
     assert artist(ax, "_confidence interval").get_segments()[0][1, 0] == pytest.approx(orchard["conf_high"].iloc[0])
-    cat = plots.caterpillar_table(three_level_fit, "article", level=0.8, transform="exp")
-    ax = plots.caterpillar(cat)
+    cat = plots.ranef_table(three_level_fit, "article", level=0.8, transform="exp")
+    ax = plots.ranef_plot(cat)
     assert ax.lines[0].get_xdata()[0] == pytest.approx(1.0)  # no effect = exp(0)
     qq = plots.qq_table(three_level_fit, level=0.8)
     assert artist(plots.qq(qq), "80% pointwise band") is not None

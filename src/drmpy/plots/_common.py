@@ -108,6 +108,9 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or a == b
 
 
+_DRAWN_BY = {"ranef": "ranef_plot"}  # table kinds whose drawing function is not named as the kind
+
+
 def table_settings(table: Any, kind: str, *, columns: Iterable[str] = (),
                    given: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The settings of a ``kind`` table (made by ``{kind}_table``), checked before drawing it.
@@ -117,32 +120,33 @@ def table_settings(table: Any, kind: str, *, columns: Iterable[str] = (),
     with a setting that differs from one passed to the drawing function (``given``: name ->
     value, None = not passed), since drawing would then mix two scales or levels.
     """
+    draw = _DRAWN_BY.get(kind, kind)
     if not isinstance(table, pd.DataFrame):
-        raise DrmError(f"{kind}() draws a fit or a {kind}_table() frame, got {type(table).__name__}.")
+        raise DrmError(f"{draw}() draws a fit or a {kind}_table() frame, got {type(table).__name__}.")
     settings = table.attrs.get(SETTINGS_KEY)
     if not isinstance(settings, TableSettings):
         raise DrmError(
-            f"{kind}(): this table carries no drmpy settings (level, transform, ...) in "
+            f"{draw}(): this table carries no drmpy settings (level, transform, ...) in "
             f"DataFrame.attrs; pandas drops them when a new frame is built from the table (for "
             f"example pd.DataFrame(table), pd.concat with another frame, or a CSV round trip). "
             f"Recompute it with {kind}_table(fit, ...) and edit that frame, or draw the fit.")
     if settings.kind != kind:
-        raise DrmError(f"{kind}() was given a {settings.kind}_table() frame; draw it with "
-                       f"{settings.kind}() or compute {kind}_table(fit, ...).")
+        raise DrmError(f"{draw}() was given a {settings.kind}_table() frame; draw it with "
+                       f"{_DRAWN_BY.get(settings.kind, settings.kind)}() or compute {kind}_table(fit, ...).")
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DrmError(f"{kind}(): the table has no column {', '.join(f'`{c}`' for c in missing)} "
+        raise DrmError(f"{draw}(): the table has no column {', '.join(f'`{c}`' for c in missing)} "
                        f"(columns: {', '.join(map(str, table.columns))}); draw a {kind}_table() frame.")
     values = settings.as_dict()
     for name, value in (given or {}).items():
         if value is None:
             continue
         if name not in values:
-            raise DrmError(f"{kind}(): {name}= changes the table's numbers; pass it to "
+            raise DrmError(f"{draw}(): {name}= changes the table's numbers; pass it to "
                            f"{kind}_table(), not when drawing a table.")
         if not _same(values[name], value):
             raise DrmError(
-                f"{kind}(): the table was computed with {name}={values[name]!r}, but {name}={value!r} "
+                f"{draw}(): the table was computed with {name}={values[name]!r}, but {name}={value!r} "
                 f"was passed; drawing would mix the two. Recompute the table with "
                 f"{kind}_table(fit, {name}={value!r}, ...) or leave {name} out.")
     return values

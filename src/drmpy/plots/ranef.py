@@ -1,4 +1,6 @@
-"""Caterpillar plot: conditional modes of one random effect with their intervals, sorted."""
+"""Random-effect plot (lme4's ``dotplot(ranef(...))``): conditional modes of one random effect
+with their intervals, sorted.  (orchaRd's ``caterpillars()``, sorted effect sizes, is
+:func:`drmpy.plots.caterpillars`.)"""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from ..errors import DrmError
 from ._common import (TransformArg, new_axes, require_univariate, resolve_transform, table_settings,
                       tag_table)
 
-__all__ = ["caterpillar_table", "caterpillar"]
+__all__ = ["ranef_table", "ranef_plot"]
 
 
-def caterpillar_table(fit: Any, group: str, term: str = "(Intercept)", level: float = 0.95, *,
+def ranef_table(fit: Any, group: str, term: str = "(Intercept)", level: float = 0.95, *,
                       transform: TransformArg = None) -> pd.DataFrame:
     """Conditional modes of ``group``'s ``term`` (from ``fit.ranef()``), sorted by estimate.
 
@@ -24,16 +26,16 @@ def caterpillar_table(fit: Any, group: str, term: str = "(Intercept)", level: fl
     (``estimate +- z cond_sd``, z the normal quantile of ``level``), ``n_rows`` and
     ``position`` (0 = smallest).  Values back-transformed by ``transform``.
     """
-    require_univariate(fit, "caterpillar_table")
+    require_univariate(fit, "ranef_table")
     ranef = fit.ranef()
     groups = list(dict.fromkeys(ranef["group"]))
     if group not in groups:
-        raise DrmError(f"caterpillar: no random effect for group `{group}` (groups in this model: "
+        raise DrmError(f"ranef_plot: no random effect for group `{group}` (groups in this model: "
                        f"{', '.join(groups) or 'none'}).")
     sub = ranef[(ranef["group"] == group) & (ranef["term"] == term)]
     if sub.empty:
         terms = ", ".join(dict.fromkeys(ranef.loc[ranef["group"] == group, "term"]))
-        raise DrmError(f"caterpillar: group `{group}` has no term `{term}` (terms: {terms}).")
+        raise DrmError(f"ranef_plot: group `{group}` has no term `{term}` (terms: {terms}).")
     z = float(stats.norm.ppf(0.5 + level / 2.0))
     sub = sub.sort_values("estimate", kind="stable")
     tf = resolve_transform(transform)
@@ -42,24 +44,24 @@ def caterpillar_table(fit: Any, group: str, term: str = "(Intercept)", level: fl
     table = pd.DataFrame({"level": sub["level"].astype(str).to_numpy(), "estimate": tf(est),
                           "conf_low": tf(est - z * sd), "conf_high": tf(est + z * sd),
                           "n_rows": sub["n_rows"].to_numpy(), "position": np.arange(len(sub), dtype=float)})
-    return tag_table(table, "caterpillar", group=group, term=term, level=float(level),
+    return tag_table(table, "ranef", group=group, term=term, level=float(level),
                      transform=transform, reference=float(tf(np.zeros(1))[0]))
 
 
-def caterpillar(fit: Any, *, group: str | None = None, term: str | None = None,
+def ranef_plot(fit: Any, *, group: str | None = None, term: str | None = None,
                 level: float | None = None, transform: TransformArg = None, xlab: str | None = None,
                 ylab: str | None = None, max_labels: int = 40, ax: Any = None, **kwargs: Any):
-    """Caterpillar plot of :func:`caterpillar_table` (or of such a table passed as ``fit``):
+    """Random-effect plot of :func:`ranef_table` (or of such a table passed as ``fit``):
     one row per level, sorted, the conditional mode and its interval; level names shown when
     there are at most ``max_labels`` levels.  ``kwargs`` style the points."""
     if isinstance(fit, pd.DataFrame):
         table = fit
     else:
         if group is None:
-            raise DrmError("caterpillar: name the grouping factor, e.g. caterpillar(fit, 'study').")
-        table = caterpillar_table(fit, group, term or "(Intercept)", 0.95 if level is None else level,
+            raise DrmError("ranef_plot: name the grouping factor, e.g. ranef_plot(fit, group='study').")
+        table = ranef_table(fit, group, term or "(Intercept)", 0.95 if level is None else level,
                                   transform=transform)
-    settings = table_settings(table, "caterpillar", columns=("level", "estimate", "conf_low", "conf_high",
+    settings = table_settings(table, "ranef", columns=("level", "estimate", "conf_low", "conf_high",
                                                              "position"),
                               given={"group": group, "term": term, "level": level, "transform": transform})
     n = len(table)
