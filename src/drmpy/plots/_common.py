@@ -311,8 +311,8 @@ def interval_legend(ax: Any, level: float, *, title: str | None = None, mean: st
 
     handles = [Line2D([], [], linestyle="", marker="o", markersize=7, markerfacecolor="white",
                       markeredgecolor="0.1", markeredgewidth=1.5),
-               Line2D([], [], color="0.1", linewidth=4.5),
-               Line2D([], [], color="0.1", linewidth=1.2)]
+               Line2D([], [], color="0.1", linewidth=4.5, solid_capstyle="butt"),
+               Line2D([], [], color="0.1", linewidth=1.2, solid_capstyle="butt")]
     labels = [mean, f"{level:.0%} CI (thick)", f"{level:.0%} PI (thin)"]
     keep_legend(ax)
     return ax.legend(handles, labels, title=title, loc="lower left", bbox_to_anchor=(0.0, 1.0),

@@ -158,7 +158,9 @@ def funnel(fit: Any, *, contour: bool = False, level: float | None = None, xaxis
                label=estimate_label)
     if egger is not None:
         _overlay_egger(ax, egger, se, settings, tf)
-    point_kw = {"facecolor": "0.2", "edgecolor": "0.05", "linewidths": 0.6, "zorder": 4}
+    # metafor's filled points; translucent when there are many, so overlaps stay visible
+    point_kw = {"facecolor": "0.2", "edgecolor": "0.05", "linewidths": 0.6, "zorder": 4,
+                "alpha": 1.0 if len(table) <= 100 else 0.45}
     point_kw.update(kwargs)
     sizes = (marker_areas(table["size_value"].to_numpy(), 8.0, 80.0) if settings["size_by"] else 20.0)
     ax.scatter(table["x"], table["y"], s=sizes, label="_effect sizes", **point_kw)

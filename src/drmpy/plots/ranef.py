@@ -79,7 +79,8 @@ def ranef_plot(fit: Any, *, group: str | None = None, term: str | None = None,
     else:
         ax.set_yticks([])
         ax.set_ylabel(ylab if ylab is not None else f"{group_name} ({n} levels, sorted)")
-    ax.set_ylim(-1.0, n)
+    pad = max(1.0, 0.015 * n)  # the first and last points whole, at any number of levels
+    ax.set_ylim(-pad, n - 1 + pad)
     what = "intercept" if term_name == "(Intercept)" else str(term_name)
     ax.set_xlabel(xlab if xlab is not None else f"Conditional mode of the {group_name} {what} (deviation from mu)")
     return ax
