@@ -4,8 +4,12 @@ Every plot here has a table function (``orchard_table``, ``forest_table``, ``fun
 ``bubble_table``, ``qq_table``, ``caterpillars_table``, ``ranef_table``, ``profile_table``;
 ``effect_sizes_table`` gives the points) whose numbers come from the fit's public methods
 (``predict`` with intervals, ``ranef``, ``profile``/``conf_int``, the marginal covariance), and a drawing function that takes the fit or that
-table, ``ax=None`` (a new figure) and styling keywords, and returns the Axes.  matplotlib
-only; nothing here selects a backend, so Agg works.
+table first, every other argument by keyword (``ax=None``: a new figure; ``xlab``/``ylab``;
+``palette`` for colours; styling keywords for the main artist), and returns the Axes.  A table
+carries the settings that made its numbers (level, transform, axes; see
+:class:`~drmpy.plots._common.TableSettings`), and the drawing function reads them from it:
+a table that lost them, another plot's table, or a conflicting setting raises a ``DrmError``.
+matplotlib only; nothing here selects a backend, so Agg works.
 """
 
 from ._common import effect_sizes_table
