@@ -288,7 +288,7 @@ def forest_table(fit: Any, *, label: str | None = None, sort: str | None = None,
     table["page"] = _pages(kinds, slots, max_rows)
     _store_settings(table, level=level, reference=float(tf(np.zeros(1))[0]), moderator=mod,
                     xlab=_default_xlab(fit, transform), label_header=_label_header(label, aggregate),
-                    size_by=size_by, digits=digits)
+                    size_by=size_by, digits=digits, transform=transform if isinstance(transform, str) else None)
     return table
 
 
@@ -348,14 +348,17 @@ def forest(fit: Any, *, label: str | None = None, sort: str | None = None, mod: 
            aggregate: str | None = None, group: str | None = None, test: str = "z",
            vcov: str = "observed", digits: int = 2, max_rows: int | None = 60, page: int | None = None,
            data: Any = None, xlab: str | None = None, ylab: str | None = None, palette: Any = None,
-           show_weights: bool = True, legend: bool = True, ax: Any = None, **kwargs: Any):
+           show_weights: bool = True, legend: bool = True, log_x: bool | None = None, ax: Any = None,
+           **kwargs: Any):
     """Forest plot of :func:`forest_table` (computed from ``fit``, or ``fit`` is such a table).
 
     Left: the row labels under the header ``ylab`` (default ``"Study"`` or the label column),
     level headings in bold.  Middle: each effect size as a square (area proportional to its
     weight, as metafor) on its confidence interval; each pooled mean as a diamond spanning its
     confidence interval, with its prediction interval as a dotted line with end ticks (metafor's
-    ``addpred = TRUE``); a dashed line at no effect.  Right: ``Weight`` (%) and
+    ``addpred = TRUE``); a dashed line at no effect.  ``log_x``: a logarithmic x axis (default:
+    when the table was back-transformed with ``transform="exp"``, so ratios are symmetric, as
+    metafor's ``atransf = exp``).  Right: ``Weight`` (%) and
     ``Estimate [95% CI]`` columns.  Bottom: the heterogeneity line and a legend.  Every number
     comes from the table, and the level, transform and x label from the settings the table
     keeps (a table passed in is drawn as it is; the keyword arguments that compute a table
@@ -387,11 +390,11 @@ def forest(fit: Any, *, label: str | None = None, sort: str | None = None, mod: 
         raise DrmError(f"forest: page must be in 0..{n_pages - 1}, got {page}.")
     rows = table[table["page"] == page]
     return _draw(rows, settings, page=page, n_pages=n_pages, xlab=xlab, ylab=ylab, palette=palette,
-                 show_weights=show_weights, legend=legend, ax=ax, **kwargs)
+                 show_weights=show_weights, legend=legend, log_x=log_x, ax=ax, **kwargs)
 
 
 def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: str | None, ylab: str | None,
-          palette: Any, show_weights: bool, legend: bool, ax: Any, **kwargs: Any):
+          palette: Any, show_weights: bool, legend: bool, log_x: bool | None, ax: Any, **kwargs: Any):
     from matplotlib import transforms as mtransforms
     from matplotlib.lines import Line2D
     from matplotlib.patches import Polygon
@@ -490,6 +493,8 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
         x += w_weight
         columns.append(("weight", x, list(rows["weight_text"])))
         x += 2 * gap
+    # a header wider than the three estimate columns pushes them right, never onto the weights
+    x += max(0.0, _text_width(header_est, fs, "bold") - (w_est + w_low + w_high + 2 * gap))
     for name, width, texts in (("estimate", w_est, est), ("conf_low", w_low, low), ("conf_high", w_high, high)):
         x += width + (gap if name != "estimate" else 0.0)
         columns.append((name, x, texts))
@@ -499,6 +504,11 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
                 ax.text(1.0, y, text, transform=at(x_right), ha="right", va="center", fontsize=fs,
                         fontweight="normal" if kind == "effect" else "bold", gid=f"forest:{name}")
     header_y = top + 1.3
+    first = rows.iloc[0]
+    if first["kind"] == "effect" and settings.get("moderator"):  # a level carried over from the last page
+        ax.text(0.0, top + 1.0, f"{first['level']} (continued)", transform=at(-(w_label + 2 * gap)), ha="left",
+                va="center", fontsize=fs, fontweight="bold", gid="forest:label:heading")
+        header_y += 1.0
     ax.text(0.0, header_y, header_left, transform=at(-(w_label + 2 * gap)), ha="left", va="center",
             fontsize=fs, fontweight="bold", gid="forest:header")
     if show_weights:
@@ -515,7 +525,14 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     values = values[np.isfinite(values)]
     if reference is not None and np.isfinite(reference):
         values = np.r_[values, reference]
-    if values.size:
+    if log_x is None:
+        log_x = settings.get("transform") == "exp"
+    if log_x:
+        if values.size and np.any(values <= 0):
+            raise DrmError("forest(log_x=True): the drawn values include zero or negatives; a log axis "
+                           "needs ratios (transform='exp').")
+        _log_axis(ax, values)
+    elif values.size:
         lo, hi = float(values.min()), float(values.max())
         pad = 0.04 * (hi - lo if hi > lo else 1.0)
         ax.set_xlim(lo - pad, hi + pad)
@@ -542,3 +559,21 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
                                                                              fig.dpi_scale_trans),
                   handlelength=2.2, columnspacing=1.2)
     return ax
+
+
+def _log_axis(ax: Any, values: np.ndarray) -> None:
+    """Log x axis over ``values`` with round ticks (0.1, 0.2, 0.5, 1, 2, 5, ...) printed plainly."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.5, 2.0)
+    pad = (hi / lo) ** 0.04 if hi > lo else 1.5
+    ax.set_xscale("log")
+    ax.set_xlim(lo / pad, hi * pad)
+    decades = np.arange(np.floor(np.log10(lo / pad)), np.ceil(np.log10(hi * pad)) + 1)
+    ticks = np.array([m * 10.0 ** d for d in decades for m in (1.0, 2.0, 5.0)])
+    ticks = ticks[(ticks >= lo / pad) & (ticks <= hi * pad)]
+    if len(ticks) > 9:
+        ticks = ticks[np.isclose(np.log10(ticks) % 1.0, 0.0) | np.isclose(ticks, 1.0)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
