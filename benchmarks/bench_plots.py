@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for i in range(5):
             t0, c0 = time.perf_counter(), time.process_time()
-            ax = plots.orchard(fit, "level")
+            ax = plots.orchard(fit, mod="level")
             ax.figure.savefig(os.path.join(folder, "orchard.png"), dpi=150)
             plt.close(ax.figure)
             times.append(time.perf_counter() - t0)

@@ -44,11 +44,11 @@ def main() -> None:
     three_level = drm.fit(drm.Formula("yi ~ environment + (1|article) + meta_V(V=vi)", "sigma ~ environment"),
                           data=lim)
 
-    save(plots.orchard(location_scale, "habitat", xlab="Effect size (restoration, SMD)"),
+    save(plots.orchard(location_scale, mod="habitat", xlab="Effect size (restoration, SMD)"),
          "orchard_restoration")
-    save(plots.orchard(three_level, "environment", transform="tanh",
+    save(plots.orchard(three_level, mod="environment", transform="tanh",
                        xlab="Correlation between maternal and offspring size (r)"), "orchard_lim2014")
-    save(plots.bubble(sigma_by_duration, "duration", xlab="Duration (standardised)",
+    save(plots.bubble(sigma_by_duration, mod="duration", xlab="Duration (standardised)",
                       ylab="Effect size (restoration, SMD)"), "bubble_restoration")
     save(plots.forest(location_scale, label="study", mod="habitat", sort="estimate", data=restoration,
                       xlab="Effect size (restoration, SMD)"), "forest_restoration")
@@ -56,9 +56,9 @@ def main() -> None:
          "funnel_restoration")
     save(plots.funnel(three_level, xlab="Residual (Fisher z)"), "funnel_lim2014")
     save(plots.qq(three_level), "qq_lim2014")
-    save(plots.profile(three_level, "sd(article):(Intercept)", transform="exp",
+    save(plots.profile(three_level, param="sd(article):(Intercept)", transform="exp",
                        xlab="sd(article) (Fisher z scale)"), "profile_lim2014")
-    save(plots.caterpillar(three_level, "article", xlab="article effect: conditional mode and 95% interval (Fisher z)"),
+    save(plots.caterpillar(three_level, group="article", xlab="article effect: conditional mode and 95% interval (Fisher z)"),
          "caterpillar_lim2014")
 
 

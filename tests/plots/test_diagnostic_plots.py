@@ -65,9 +65,9 @@ def test_funnel_points_triangle_and_contours(intercept_fit, restoration, tmp_pat
     np.testing.assert_array_equal(offsets[:, 0], restoration["yi"].to_numpy())
     np.testing.assert_allclose(offsets[:, 1], np.sqrt(restoration["vi"].to_numpy()))
     center = fit.params["mu:(Intercept)"]
-    estimate_line = artist(ax, "_estimate").get_xdata()
+    estimate_line = artist(ax, "pooled estimate").get_xdata()
     assert np.allclose(estimate_line, center)
-    lines = [ln for ln in ax.lines if ln.get_label() == "_pseudo-confidence region"]
+    lines = [ln for ln in ax.lines if ln.get_label().endswith("95% pseudo-confidence region")]
     assert len(lines) == 2
     for ln, sign in zip(lines, (-1, 1)):
         x, y = ln.get_xdata(), ln.get_ydata()
@@ -93,7 +93,7 @@ def test_funnel_of_a_meta_regression_draws_residuals(restoration_fit, restoratio
     residual = restoration["yi"].to_numpy() - restoration_fit.predict(re_form=False).to_numpy()
     np.testing.assert_allclose(offsets[:, 0], residual)
     np.testing.assert_allclose(offsets[:, 1], restoration["vi"].to_numpy())
-    assert ax.get_xlabel() == "Residual"
+    assert ax.get_xlabel() == "Residual of yi"
     with pytest.raises(drm.DrmError, match="mu ~ 1"):
         plots.funnel_table(restoration_fit, xaxis="yi")
     with pytest.raises(drm.DrmError, match="yaxis"):
@@ -104,7 +104,7 @@ def test_caterpillar_equals_ranef(three_level_fit, tmp_path):
     fit = three_level_fit
     ranef = fit.ranef()
     ranef = ranef[ranef["group"] == "article"].sort_values("estimate", kind="stable")
-    ax = plots.caterpillar(fit, "article", level=0.9)
+    ax = plots.caterpillar(fit, group="article", level=0.9)
     ax.figure.savefig(tmp_path / "caterpillar.png")
     offsets = artist(ax, "_conditional modes").get_offsets()
     assert len(offsets) == 220
@@ -152,7 +152,7 @@ def test_bivariate_fit_is_refused():
 def test_profile_plot_draws_fit_profile_and_conf_int(three_level_fit, tmp_path):
     fit = three_level_fit
     param = "sd(article):(Intercept)"
-    ax = plots.profile(fit, param, n=15)
+    ax = plots.profile(fit, param=param, n=15)
     ax.figure.savefig(tmp_path / "profile.png")
     curve = fit.profile(param, n=15, level=0.99)
     line = artist(ax, "_profile")

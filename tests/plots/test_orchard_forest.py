@@ -92,7 +92,7 @@ def test_orchard_table_by_a_column_outside_the_model(three_level_fit, lim):
 @pytest.mark.slow  # compiles the three-level location-scale fit
 def test_orchard_draws_the_table(three_level_scale_fit, lim, tmp_path):
     fit = three_level_scale_fit
-    ax = plots.orchard(fit, "environment", transform="tanh", xlab="Correlation r")
+    ax = plots.orchard(fit, mod="environment", transform="tanh", xlab="Correlation r")
     ax.figure.savefig(tmp_path / "orchard.png")
     table = plots.orchard_table(fit, "environment", transform="tanh")
     positions = np.array([1.0, 0.0])  # captive on top
@@ -130,7 +130,7 @@ def test_orchard_draws_the_table(three_level_scale_fit, lim, tmp_path):
 
 def test_orchard_size_by_column_and_given_table(three_level_fit, lim):
     fit = three_level_fit
-    ax = plots.orchard(fit, "environment", size_by="ni", data=lim)
+    ax = plots.orchard(fit, mod="environment", size_by="ni", data=lim)
     sizes = artist(ax, "_effect sizes").get_sizes()
     ni = lim["ni"].to_numpy(float)
     np.testing.assert_allclose(sizes, 6 + 104 * (ni - ni.min()) / (ni.max() - ni.min()))
@@ -143,7 +143,7 @@ def test_orchard_size_by_column_and_given_table(three_level_fit, lim):
 
 def test_bubble_band_follows_sigma_of_the_moderator(sigma_duration_fit, restoration, tmp_path):
     fit = sigma_duration_fit
-    ax = plots.bubble(fit, "duration")
+    ax = plots.bubble(fit, mod="duration")
     ax.figure.savefig(tmp_path / "bubble.png")
     table = plots.bubble_table(fit, "duration")
     x = table["mod"].to_numpy()
@@ -173,7 +173,7 @@ def test_orchard_on_a_given_axes_with_styling(restoration_fit):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
-    out = plots.orchard(restoration_fit, "habitat", ax=ax, alpha=0.9)
+    out = plots.orchard(restoration_fit, mod="habitat", ax=ax, alpha=0.9)
     assert out is ax and len(fig.axes) == 1
     assert artist(ax, "_effect sizes").get_alpha() == 0.9
 
@@ -221,5 +221,5 @@ def test_common_effect_orchard_has_no_heterogeneity_in_its_prediction_interval(r
     table = plots.orchard_table(fit, "habitat")
     np.testing.assert_allclose(table["pred_low"], table["conf_low"], rtol=1e-12)
     np.testing.assert_allclose(table["pred_high"], table["conf_high"], rtol=1e-12)
-    ax = plots.orchard(fit, "habitat")
+    ax = plots.orchard(fit, mod="habitat")
     assert [t.get_text() for t in ax.texts] == ["k = 40", "k = 40"]

@@ -6,7 +6,8 @@ through the fit's public methods.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,9 @@ import pandas as pd
 from ..errors import DrmError
 
 __all__ = ["resolve_transform", "fit_frame", "column_of", "level_order", "size_values",
-           "marker_areas", "new_axes", "require_univariate", "effect_sizes_table"]
+           "marker_areas", "new_axes", "require_univariate", "effect_sizes_table", "TableSettings",
+           "tag_table", "table_settings", "effect_label", "transform_name", "size_legend",
+           "interval_legend", "legends_of"]
 
 TransformArg = None | str | Callable[[np.ndarray], np.ndarray]
 
@@ -38,6 +41,111 @@ def resolve_transform(transform: TransformArg) -> Callable[[np.ndarray], np.ndar
     if isinstance(transform, str) and transform in _TRANSFORMS:
         return _TRANSFORMS[transform][0]
     raise DrmError(f"transform must be None, 'exp', 'tanh', 'percent' or a callable, got {transform!r}.")
+
+
+def transform_name(transform: TransformArg) -> str | None:
+    """A short name of ``transform`` for labels: None, the string itself, or a callable's name."""
+    if transform is None or isinstance(transform, str):
+        return transform
+    name = getattr(transform, "__name__", None)
+    return None if name in (None, "<lambda>") else str(name)
+
+
+def effect_label(response: str | None, transform: TransformArg, *, residual: bool = False) -> str:
+    """Default axis label of the effect-size scale: the response's name and the back-transform.
+
+    ``yi`` -> ``"yi"``; with ``"exp"`` -> ``"exp(yi)"``, ``"tanh"`` -> ``"tanh(yi)"`` (Fisher z
+    to r), ``"percent"`` -> ``"100 (exp(yi) - 1), %"``; ``residual`` prefixes ``"Residual of"``.
+    """
+    base = response or "effect size"
+    if residual:
+        base = f"residual of {base}"
+    if transform is None:
+        text = base
+    elif transform == "percent":
+        text = f"100 (exp({base}) - 1), %"
+    else:
+        name = transform_name(transform)
+        text = f"{name}({base})" if name else f"{base}, back-transformed"
+    return text[0].upper() + text[1:] if residual else text
+
+
+SETTINGS_KEY = "drmpy"
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """Which plot table a frame is and the settings that changed its numbers.
+
+    Kept in ``DataFrame.attrs[SETTINGS_KEY]``: pandas carries ``attrs`` through copies, row
+    selection, sorting, ``assign``, ``round``, ``reset_index`` and concatenating pieces of the
+    same table, but drops them when a new frame is built from it (``pd.DataFrame(table)``, a CSV
+    round trip, ``concat`` with a foreign frame).  A drawing function never falls back to its own
+    defaults for these values: :func:`table_settings` raises a :class:`DrmError` instead.
+    """
+
+    kind: str
+    values: tuple[tuple[str, Any], ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def tag_table(table: pd.DataFrame, kind: str, **values: Any) -> pd.DataFrame:
+    """Store ``kind`` and ``values`` (level, transform, ...) on ``table`` (in place) and return it."""
+    table.attrs[SETTINGS_KEY] = TableSettings(kind, tuple(values.items()))
+    return table
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return bool(np.isclose(float(a), float(b), rtol=0.0, atol=1e-12))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return tuple(a) == tuple(b) if a is not None and b is not None else a is b
+    return a is b or a == b
+
+
+def table_settings(table: Any, kind: str, *, columns: Iterable[str] = (),
+                   given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings of a ``kind`` table (made by ``{kind}_table``), checked before drawing it.
+
+    Raises :class:`DrmError` when ``table`` is not a DataFrame, lacks one of ``columns``, has
+    lost its settings (see :class:`TableSettings`), is another plot's table, or was computed
+    with a setting that differs from one passed to the drawing function (``given``: name ->
+    value, None = not passed), since drawing would then mix two scales or levels.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise DrmError(f"{kind}() draws a fit or a {kind}_table() frame, got {type(table).__name__}.")
+    settings = table.attrs.get(SETTINGS_KEY)
+    if not isinstance(settings, TableSettings):
+        raise DrmError(
+            f"{kind}(): this table carries no drmpy settings (level, transform, ...) in "
+            f"DataFrame.attrs; pandas drops them when a new frame is built from the table (for "
+            f"example pd.DataFrame(table), pd.concat with another frame, or a CSV round trip). "
+            f"Recompute it with {kind}_table(fit, ...) and edit that frame, or draw the fit.")
+    if settings.kind != kind:
+        raise DrmError(f"{kind}() was given a {settings.kind}_table() frame; draw it with "
+                       f"{settings.kind}() or compute {kind}_table(fit, ...).")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DrmError(f"{kind}(): the table has no column {', '.join(f'`{c}`' for c in missing)} "
+                       f"(columns: {', '.join(map(str, table.columns))}); draw a {kind}_table() frame.")
+    values = settings.as_dict()
+    for name, value in (given or {}).items():
+        if value is None:
+            continue
+        if name not in values:
+            raise DrmError(f"{kind}(): {name}= changes the table's numbers; pass it to "
+                           f"{kind}_table(), not when drawing a table.")
+        if not _same(values[name], value):
+            raise DrmError(
+                f"{kind}(): the table was computed with {name}={values[name]!r}, but {name}={value!r} "
+                f"was passed; drawing would mix the two. Recompute the table with "
+                f"{kind}_table(fit, {name}={value!r}, ...) or leave {name} out.")
+    return values
 
 
 def require_univariate(fit: Any, plot: str) -> None:
@@ -158,4 +266,59 @@ def effect_sizes_table(fit: Any, mod: str | None = None, *, size_by: str = "prec
         out["level"] = "overall"
     else:
         out["level"] = column_of(fit, mod, data).to_numpy()
-    return out
+    return tag_table(out, "effect_sizes", transform=transform, size_by=size_by, moderator=mod,
+                     response=fit.formula.response)
+
+
+def size_legend(ax: Any, values: np.ndarray, title: str, *, smallest: float = 6.0, largest: float = 110.0):
+    """A legend of three round values of ``values`` drawn at their marker areas, above the right
+    of the Axes (outside the data region); added beside any legend already there."""
+    from matplotlib.lines import Line2D
+
+    from matplotlib.ticker import MaxNLocator
+
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return None
+    lo, hi = float(finite.min()), float(finite.max())
+    for bins in (4, 6, 8):  # three or more round values inside the data's range
+        ticks = MaxNLocator(nbins=bins).tick_values(lo, hi)
+        shown = ticks[(ticks >= lo) & (ticks <= hi)]
+        if shown.size >= 3:
+            break
+    if shown.size < 2:
+        shown = np.array([lo, hi])
+    areas = marker_areas(np.concatenate([finite, shown]), smallest, largest)[finite.size:]
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=np.sqrt(a), markerfacecolor="0.6",
+                      markeredgecolor="0.2", alpha=0.7) for a in areas]
+    keep = ax.get_legend()
+    if keep is not None:
+        ax.add_artist(keep)  # ax.legend() would replace it
+    return ax.legend(handles, [f"{v:g}" for v in shown], title=title, loc="lower right",
+                     bbox_to_anchor=(1.0, 1.0), ncol=len(shown), frameon=False, fontsize=8,
+                     title_fontsize=8, borderaxespad=0.2, handletextpad=0.2, columnspacing=0.8)
+
+
+def interval_legend(ax: Any, level: float, *, title: str | None = None, mean: str = "mean"):
+    """Legend above the left of the Axes: the white mean point, the thick confidence interval
+    and the thin prediction interval as orchard and caterpillars draw them."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=7, markerfacecolor="white",
+                      markeredgecolor="0.1", markeredgewidth=1.5),
+               Line2D([], [], color="0.1", linewidth=4.5),
+               Line2D([], [], color="0.1", linewidth=1.2)]
+    labels = [mean, f"{level:.0%} CI (thick)", f"{level:.0%} PI (thin)"]
+    keep = ax.get_legend()
+    if keep is not None:
+        ax.add_artist(keep)
+    return ax.legend(handles, labels, title=title, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                     ncol=3, frameon=False, fontsize=8, title_fontsize=8, borderaxespad=0.2,
+                     handlelength=1.8, handletextpad=0.6, columnspacing=1.2, alignment="left")
+
+
+def legends_of(ax: Any) -> list:
+    """Every legend drawn on ``ax`` (the current one and those kept with ``add_artist``)."""
+    from matplotlib.legend import Legend
+
+    return [a for a in ax.get_children() if isinstance(a, Legend)]

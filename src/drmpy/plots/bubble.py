@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from ._common import (TransformArg, column_of, effect_sizes_table, is_factor, marker_areas,
-                      new_axes, require_univariate, resolve_transform)
+from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, is_factor,
+                      marker_areas, new_axes, require_univariate, resolve_transform,
+                      table_settings, tag_table)
 from .marginal_means import marginal_means
 
 __all__ = ["bubble_table", "bubble"]
@@ -39,12 +40,12 @@ def bubble_table(fit: Any, mod: str, level: float = 0.95, *, n: int = 101,
     table = pd.DataFrame({"mod": grid})
     for c in ("estimate", "conf_low", "conf_high", "pred_low", "pred_high"):
         table[c] = tf(means[c].to_numpy())
-    table.attrs["moderator"] = mod
-    return table
+    return tag_table(table, "bubble", level=float(level), transform=transform, moderator=mod,
+                     test=test, vcov=vcov, response=fit.formula.response)
 
 
-def bubble(fit: Any, mod: str, level: float = 0.95, *, transform: TransformArg = None,
-           size_by: str = "precision", test: str = "z", vcov: str = "observed", data: Any = None,
+def bubble(fit: Any, *, mod: str | None = None, level: float | None = None, transform: TransformArg = None,
+           size_by: str = "precision", test: str | None = None, vcov: str | None = None, data: Any = None,
            points: pd.DataFrame | None = None, xlab: str | None = None, ylab: str | None = None,
            legend: bool = True, ax: Any = None, **kwargs: Any):
     """Bubble plot: points (area by ``size_by``) at (moderator, effect size), the fitted mean
@@ -53,13 +54,26 @@ def bubble(fit: Any, mod: str, level: float = 0.95, *, transform: TransformArg =
     ``fit``: a fit, or a :func:`bubble_table` frame (then ``points``, an effect-size table
     with a ``mod`` column, adds the points).  ``kwargs`` style the points.
     """
+    given = {"moderator": mod, "level": level, "transform": transform, "test": test, "vcov": vcov}
     if isinstance(fit, pd.DataFrame):
         table = fit
     else:
         require_univariate(fit, "bubble")
-        table = bubble_table(fit, mod, level, transform=transform, test=test, vcov=vcov, data=data)
+        if mod is None:
+            raise DrmError("bubble: name the moderator, e.g. bubble(fit, mod='duration').")
+        table = bubble_table(fit, mod, 0.95 if level is None else level, transform=transform,
+                             test=test or "z", vcov=vcov or "observed", data=data)
         points = effect_sizes_table(fit, size_by=size_by, transform=transform, data=data)
         points["mod"] = column_of(fit, mod, data).to_numpy(dtype=np.float64)
+    settings = table_settings(table, "bubble", columns=("mod", "estimate", "conf_low", "conf_high",
+                                                        "pred_low", "pred_high"), given=given)
+    level, mod = settings["level"], settings["moderator"]
+    if points is not None:
+        point_settings = table_settings(points, "effect_sizes", columns=("yi", "size_value", "mod"))
+        if point_settings["transform"] != settings["transform"]:
+            raise DrmError(f"bubble: the points were computed with transform="
+                           f"{point_settings['transform']!r} and the table with "
+                           f"{settings['transform']!r}; compute both with the same transform.")
     ax = new_axes(ax, (6.0, 4.4))
     ax.fill_between(table["mod"], table["conf_low"], table["conf_high"], color="C0", alpha=0.25,
                     linewidth=0, zorder=1, label=f"{level:.0%} confidence band")
@@ -73,8 +87,8 @@ def bubble(fit: Any, mod: str, level: float = 0.95, *, transform: TransformArg =
         point_kw.update(kwargs)
         ax.scatter(points["mod"], points["yi"], s=marker_areas(points["size_value"].to_numpy(), 8.0, 130.0),
                    label="_effect sizes", **point_kw)
-    ax.set_xlabel(xlab if xlab is not None else str(table.attrs.get("moderator", mod)))
-    ax.set_ylabel(ylab if ylab is not None else "Effect size")
+    ax.set_xlabel(xlab if xlab is not None else str(mod))
+    ax.set_ylabel(ylab if ylab is not None else effect_label(settings["response"], settings["transform"]))
     ax.grid(color="0.92", linewidth=0.6)
     ax.set_axisbelow(True)
     if legend:

@@ -9,7 +9,8 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DrmError
-from ._common import TransformArg, new_axes, require_univariate, resolve_transform
+from ._common import (TransformArg, new_axes, require_univariate, resolve_transform, table_settings,
+                      tag_table)
 
 __all__ = ["caterpillar_table", "caterpillar"]
 
@@ -41,13 +42,13 @@ def caterpillar_table(fit: Any, group: str, term: str = "(Intercept)", level: fl
     table = pd.DataFrame({"level": sub["level"].astype(str).to_numpy(), "estimate": tf(est),
                           "conf_low": tf(est - z * sd), "conf_high": tf(est + z * sd),
                           "n_rows": sub["n_rows"].to_numpy(), "position": np.arange(len(sub), dtype=float)})
-    table.attrs.update(group=group, term=term, reference=float(tf(np.zeros(1))[0]))
-    return table
+    return tag_table(table, "caterpillar", group=group, term=term, level=float(level),
+                     transform=transform, reference=float(tf(np.zeros(1))[0]))
 
 
-def caterpillar(fit: Any, group: str | None = None, term: str = "(Intercept)", level: float = 0.95, *,
-                transform: TransformArg = None, xlab: str | None = None, max_labels: int = 40,
-                ax: Any = None, **kwargs: Any):
+def caterpillar(fit: Any, *, group: str | None = None, term: str | None = None,
+                level: float | None = None, transform: TransformArg = None, xlab: str | None = None,
+                ylab: str | None = None, max_labels: int = 40, ax: Any = None, **kwargs: Any):
     """Caterpillar plot of :func:`caterpillar_table` (or of such a table passed as ``fit``):
     one row per level, sorted, the conditional mode and its interval; level names shown when
     there are at most ``max_labels`` levels.  ``kwargs`` style the points."""
@@ -56,23 +57,26 @@ def caterpillar(fit: Any, group: str | None = None, term: str = "(Intercept)", l
     else:
         if group is None:
             raise DrmError("caterpillar: name the grouping factor, e.g. caterpillar(fit, 'study').")
-        table = caterpillar_table(fit, group, term, level, transform=transform)
+        table = caterpillar_table(fit, group, term or "(Intercept)", 0.95 if level is None else level,
+                                  transform=transform)
+    settings = table_settings(table, "caterpillar", columns=("level", "estimate", "conf_low", "conf_high",
+                                                             "position"),
+                              given={"group": group, "term": term, "level": level, "transform": transform})
     n = len(table)
     ax = new_axes(ax, (5.6, min(1.8 + 0.16 * n, 12.0) if n <= max_labels else 5.6))
-    ax.axvline(table.attrs.get("reference", 0.0), color="0.45", linewidth=0.8, linestyle="--", zorder=0)
+    ax.axvline(settings["reference"], color="0.45", linewidth=0.8, linestyle="--", zorder=0)
     ax.hlines(table["position"], table["conf_low"], table["conf_high"], colors="0.45",
               linewidths=0.7 if n > 100 else 1.0, zorder=1, label="_intervals")
     point_kw = {"s": 6 if n > 100 else 14, "color": "0.05", "zorder": 2}
     point_kw.update(kwargs)
     ax.scatter(table["estimate"], table["position"], label="_conditional modes", **point_kw)
-    group_name = table.attrs.get("group", group)
-    term_name = table.attrs.get("term", term)
+    group_name, term_name = settings["group"], settings["term"]
     if n <= max_labels:
         ax.set_yticks(table["position"], table["level"], fontsize=8)
-        ax.set_ylabel(str(group_name))
+        ax.set_ylabel(ylab if ylab is not None else str(group_name))
     else:
         ax.set_yticks([])
-        ax.set_ylabel(f"{group_name} ({n} levels, sorted)")
+        ax.set_ylabel(ylab if ylab is not None else f"{group_name} ({n} levels, sorted)")
     ax.set_ylim(-1.0, n)
     what = "intercept" if term_name == "(Intercept)" else str(term_name)
     ax.set_xlabel(xlab if xlab is not None else f"Conditional mode of the {group_name} {what} (deviation from mu)")

@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from ._common import (TransformArg, column_of, effect_sizes_table, level_order, marker_areas,
-                      new_axes, require_univariate, resolve_transform)
+from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, level_order,
+                      interval_legend, marker_areas, new_axes, require_univariate, resolve_transform,
+                      size_legend,
+                      table_settings, tag_table)
 from .marginal_means import marginal_means
 
 __all__ = ["orchard_table", "orchard"]
@@ -80,9 +82,9 @@ def orchard_table(fit: Any, mod: str | None = None, level: float = 0.95, *,
         "k": k,
         "n_studies": n_studies,
     })
-    table.attrs["moderator"] = mod
-    table.attrs["reference"] = float(tf(np.zeros(1))[0])  # no effect, on the drawn scale
-    return table
+    return tag_table(table, "orchard", level=float(level), transform=transform, moderator=mod,
+                     group=group, test=test, vcov=vcov, response=fit.formula.response,
+                     reference=float(tf(np.zeros(1))[0]))  # reference: no effect, on the drawn scale
 
 
 def _jitter(level_positions: np.ndarray, width: float, seed: int) -> np.ndarray:
@@ -90,11 +92,11 @@ def _jitter(level_positions: np.ndarray, width: float, seed: int) -> np.ndarray:
     return level_positions + rng.uniform(-width, width, size=level_positions.shape)
 
 
-def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform: TransformArg = None,
-            size_by: str = "precision", group: str | None = None, test: str = "z",
-            vcov: str = "observed", data: Any = None, points: pd.DataFrame | None = None,
-            xlab: str | None = None, ylab: str | None = None, jitter: float = 0.3,
-            seed: int = 19680801, colors: Any = None, k_labels: bool = True,
+def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
+            transform: TransformArg = None, size_by: str = "precision", group: str | None = None,
+            test: str | None = None, vcov: str | None = None, data: Any = None,
+            points: pd.DataFrame | None = None, xlab: str | None = None, ylab: str | None = None,
+            jitter: float = 0.3, seed: int = 19680801, palette: Any = None, k_labels: bool = True,
             legend: bool = True, ax: Any = None, **kwargs: Any):
     """Orchard plot: effect sizes jittered per level, the mean with its CI (thick) and PI (thin).
 
@@ -102,19 +104,34 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
     :func:`~drmpy.plots.effect_sizes_table`) or an :func:`orchard_table` frame, drawn as it is
     (with the points of ``points=``, an ``effect_sizes_table``, when given).  Levels run top
     to bottom in the moderator's order; the effect size is on the x axis, labelled ``xlab``
-    (default ``"Effect size"``).  Point area is linear in ``size_by`` (precision
-    ``1/sqrt(v_i)`` or a column).  ``k = ... (n studies)`` sits in the right margin beside each row
-    (x in axes fraction).  ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the
-    Axes; ``ax=None`` draws on a new figure.
+    (default: the response's name and the back-transform, e.g. ``"tanh(yi)"``).  Point area
+    is linear in ``size_by`` (precision ``1/sqrt(v_i)`` or a column); ``palette``: one colour
+    per level.  ``k = ... (n studies)`` sits inside the Axes at the right end of each row, above
+    its intervals; a legend above the Axes says which line is which (thick = confidence
+    interval, thin = prediction interval, at the table's level) and gives the point sizes.
+    ``kwargs`` style the effect-size points (``ax.scatter``).  Returns the Axes; ``ax=None``
+    draws on a new figure.
     """
+    given = {"mod": mod, "level": level, "transform": transform, "group": group, "test": test,
+             "vcov": vcov}
     if isinstance(fit, pd.DataFrame):
         table = fit
-        mod = table.attrs.get("moderator", mod)
     else:
         require_univariate(fit, "orchard")
-        table = orchard_table(fit, mod, level, transform=transform, group=group, test=test,
-                              vcov=vcov, data=data)
+        table = orchard_table(fit, mod, 0.95 if level is None else level, transform=transform,
+                              group=group, test=test or "z", vcov=vcov or "observed", data=data)
         points = effect_sizes_table(fit, mod, size_by=size_by, transform=transform, data=data)
+    settings = table_settings(table, "orchard", columns=TABLE_COLUMNS,
+                              given={("moderator" if k == "mod" else k): v for k, v in given.items()})
+    mod = settings["moderator"]
+    if points is not None:
+        point_settings = table_settings(points, "effect_sizes", columns=("yi", "size_value", "level"))
+        if point_settings["transform"] != settings["transform"]:
+            raise DrmError(f"orchard: the points were computed with transform="
+                           f"{point_settings['transform']!r} and the table with "
+                           f"{settings['transform']!r}; compute both with the same transform.")
+        size_by = point_settings["size_by"]
+    colors = palette
     n_levels = len(table)
     ax = new_axes(ax, (6.4, 1.6 + (0.8 * n_levels if n_levels <= 6 else 2.4 + 0.4 * n_levels)))
     import matplotlib.pyplot as plt
@@ -127,7 +144,7 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
         colors = [cycle[i % len(cycle)] for i in range(n_levels)]
     positions = np.arange(n_levels, dtype=np.float64)[::-1]  # first level on top
     position_of = dict(zip(table["level"], positions))
-    reference = table.attrs.get("reference")
+    reference = settings["reference"]
     if reference is not None:
         ax.axvline(reference, color="0.45", linewidth=0.8, linestyle="--", zorder=0)
 
@@ -155,47 +172,24 @@ def orchard(fit: Any, mod: str | None = None, level: float = 0.95, *, transform:
     ax.scatter(table["estimate"], positions, s=80, facecolors="white", edgecolors="0.1",
                linewidths=1.5, zorder=5, label="_estimate")
 
-    if k_labels:  # in the right margin (x in axes fraction), never on the data
+    if k_labels:  # inside the Axes (x in axes fraction), in the gap above each row's jitter band
         blend = mtransforms.blended_transform_factory(ax.transAxes, ax.transData)
         for pos, k, g in zip(positions, table["k"], table["n_studies"]):
-            text = f"k = {k}" if pd.isna(g) else f"k = {k}\n({g} studies)"
-            ax.text(1.015, pos, text, transform=blend, ha="left", va="center", fontsize=9,
-                    color="0.15", linespacing=1.1)
+            text = f"k = {k}" if pd.isna(g) else f"k = {k} ({g} studies)"
+            ax.text(0.99, pos + jitter + 0.04, text, transform=blend, ha="right", va="bottom",
+                    fontsize=8, color="0.15", label="k label", clip_on=True)
     ax.set_yticks(positions, [str(v) for v in table["level"]])
-    ax.set_ylim(positions.min() - 0.55, positions.max() + 0.6)
-    ax.set_xlabel(xlab if xlab is not None else "Effect size")
+    ax.set_ylim(positions.min() - jitter - 0.25, positions.max() + jitter + 0.45)
+    ax.set_xlabel(xlab if xlab is not None else effect_label(settings["response"], settings["transform"]))
     if ylab is not None:
         ax.set_ylabel(ylab)
     elif mod is not None:
         ax.set_ylabel(str(mod))
     ax.grid(axis="x", color="0.9", linewidth=0.6, zorder=0)
     ax.set_axisbelow(True)
-    if legend and points is not None and len(points):
-        _size_legend(ax, points["size_value"].to_numpy(),
-                     "precision (1/SE)" if size_by == "precision" else size_by)
+    if legend:
+        interval_legend(ax, settings["level"], title="mean and intervals")
+        if points is not None and len(points):
+            size_legend(ax, points["size_value"].to_numpy(),
+                        "precision (1/SE)" if size_by == "precision" else size_by)
     return ax
-
-
-def _size_legend(ax: Any, values: np.ndarray, title: str) -> None:
-    """Three marker sizes above the Axes (outside the data region)."""
-    from matplotlib.lines import Line2D
-
-    from matplotlib.ticker import MaxNLocator
-
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return
-    lo, hi = float(finite.min()), float(finite.max())
-    for bins in (4, 6, 8):  # three or more round values inside the data's range
-        ticks = MaxNLocator(nbins=bins).tick_values(lo, hi)
-        shown = ticks[(ticks >= lo) & (ticks <= hi)]
-        if shown.size >= 3:
-            break
-    if shown.size < 2:
-        shown = np.array([lo, hi])
-    areas = marker_areas(np.concatenate([finite, shown]))[finite.size:]
-    handles = [Line2D([], [], linestyle="", marker="o", markersize=np.sqrt(a), markerfacecolor="0.6",
-                      markeredgecolor="0.2", alpha=0.7) for a in areas]
-    ax.legend(handles, [f"{v:g}" for v in shown], title=title, loc="lower right",
-              bbox_to_anchor=(1.0, 1.0), ncol=len(shown), frameon=False, fontsize=8,
-              title_fontsize=8, borderaxespad=0.2, handletextpad=0.2, columnspacing=0.8)

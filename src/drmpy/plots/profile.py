@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DrmError
-from ._common import TransformArg, new_axes, resolve_transform
+from ._common import TransformArg, new_axes, resolve_transform, table_settings, tag_table
 
 __all__ = ["profile_table", "profile"]
 
@@ -39,14 +39,13 @@ def profile_table(fit: Any, param: str, level: float = 0.95, *, n: int = 25, gri
                               for k, v, s in marks if np.isfinite(v)]))
     table = pd.concat(rows, ignore_index=True)
     table.insert(2, "value", tf(table["link_value"].to_numpy()))
-    table.attrs.update(param=param, level=level, critical=critical, status=str(interval.get("status", "")),
-                       transformed=transform is not None)
-    return table
+    return tag_table(table, "profile", param=param, level=float(level), critical=critical,
+                     status=str(interval.get("status", "")), transform=transform)
 
 
-def profile(fit: Any, param: str | None = None, level: float = 0.95, *, n: int = 25,
+def profile(fit: Any, *, param: str | None = None, level: float | None = None, n: int = 25,
             grid_level: float = 0.99, transform: TransformArg = None, xlab: str | None = None,
-            ax: Any = None, **kwargs: Any):
+            ylab: str | None = None, ax: Any = None, **kwargs: Any):
     """Profile plot of :func:`profile_table` (or of such a table passed as ``fit``): the curve
     ``2 (l_hat - l_p)``, the ``qchisq(level, 1)`` cut (dashed), the interval's ends (dotted
     verticals) and the estimate.  ``kwargs`` style the curve."""
@@ -55,14 +54,16 @@ def profile(fit: Any, param: str | None = None, level: float = 0.95, *, n: int =
     else:
         if param is None:
             raise DrmError("profile: name the parameter, e.g. profile(fit, 'sigma:(Intercept)').")
-        table = profile_table(fit, param, level, n=n, grid_level=grid_level, transform=transform)
+        table = profile_table(fit, param, 0.95 if level is None else level, n=n, grid_level=grid_level,
+                              transform=transform)
+    settings = table_settings(table, "profile", columns=("kind", "value", "statistic"),
+                              given={"param": param, "level": level, "transform": transform})
     ax = new_axes(ax, (5.2, 4.0))
     curve = table[table["kind"] == "curve"].sort_values("value")
     line_kw = {"color": "C0", "linewidth": 1.8}
     line_kw.update(kwargs)
     ax.plot(curve["value"], curve["statistic"], label="_profile", **line_kw)
-    critical = table.attrs.get("critical", float(stats.chi2.ppf(level, 1)))
-    lev = table.attrs.get("level", level)
+    critical, lev = settings["critical"], settings["level"]
     ax.axhline(critical, color="0.35", linestyle="--", linewidth=0.9, label="_cut")
     # centred above the cut, where the curve is near its minimum and cannot collide with it
     ax.text(0.5, critical, f"{lev:.0%} interval cut: {critical:.2f}", transform=ax.get_yaxis_transform(),
@@ -72,9 +73,9 @@ def profile(fit: Any, param: str | None = None, level: float = 0.95, *, n: int =
               label="_interval ends")
     est = table[table["kind"] == "estimate"]
     ax.scatter(est["value"], est["statistic"], s=30, color="0.1", zorder=3, label="_estimate")
-    name = table.attrs.get("param", param)
+    name = settings["param"]
     ax.set_xlabel(xlab if xlab is not None else
-                  (f"{name}" if table.attrs.get("transformed") else f"{name} (link scale)"))
-    ax.set_ylabel("2 (logLik max - profile logLik)")
+                  (f"{name}" if settings["transform"] is not None else f"{name} (link scale)"))
+    ax.set_ylabel(ylab if ylab is not None else "2 (logLik max - profile logLik)")
     ax.set_ylim(bottom=0.0)
     return ax

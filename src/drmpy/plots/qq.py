@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import stats
 from scipy.linalg import solve_triangular
 
-from ._common import new_axes, require_univariate
+from ._common import new_axes, require_univariate, table_settings, tag_table
 
 __all__ = ["qq_table", "qq"]
 
@@ -36,19 +36,22 @@ def qq_table(fit: Any, level: float = 0.95) -> pd.DataFrame:
     i = np.arange(1, n + 1)
     a = 3.0 / 8.0 if n <= 10 else 0.5
     alpha = 1.0 - level
-    return pd.DataFrame({
+    return tag_table(pd.DataFrame({
         "theoretical": stats.norm.ppf((i - a) / (n + 1 - 2 * a)),
         "sample": e[order],
         "band_low": stats.norm.ppf(stats.beta.ppf(alpha / 2.0, i, n - i + 1)),
         "band_high": stats.norm.ppf(stats.beta.ppf(1.0 - alpha / 2.0, i, n - i + 1)),
         "row": np.asarray(fit.design.row_labels)[order],
-    })
+    }), "qq", level=float(level))
 
 
-def qq(fit: Any, level: float = 0.95, *, ax: Any = None, **kwargs: Any):
+def qq(fit: Any, *, level: float | None = None, xlab: str | None = None, ylab: str | None = None,
+       ax: Any = None, **kwargs: Any):
     """QQ plot of :func:`qq_table` (or of such a table passed as ``fit``): points, the identity
     line and the shaded pointwise band.  ``kwargs`` style the points."""
-    table = fit if isinstance(fit, pd.DataFrame) else qq_table(fit, level)
+    table = fit if isinstance(fit, pd.DataFrame) else qq_table(fit, 0.95 if level is None else level)
+    level = table_settings(table, "qq", columns=("theoretical", "sample", "band_low", "band_high"),
+                           given={"level": level})["level"]
     ax = new_axes(ax, (4.8, 4.6))
     ax.fill_between(table["theoretical"], table["band_low"], table["band_high"], color="0.85",
                     linewidth=0, zorder=0, label=f"{level:.0%} pointwise band")
@@ -58,7 +61,7 @@ def qq(fit: Any, level: float = 0.95, *, ax: Any = None, **kwargs: Any):
     point_kw = {"s": 16, "facecolor": "white", "edgecolor": "0.1", "linewidths": 0.8, "zorder": 2}
     point_kw.update(kwargs)
     ax.scatter(table["theoretical"], table["sample"], label="_residuals", **point_kw)
-    ax.set_xlabel("Standard normal quantile")
-    ax.set_ylabel("Whitened residual  $L^{-1}(y - X\\hat\\beta)$")
+    ax.set_xlabel(xlab if xlab is not None else "Standard normal quantile")
+    ax.set_ylabel(ylab if ylab is not None else "Whitened residual  $L^{-1}(y - X\\hat\\beta)$")
     ax.legend(loc="upper left", frameon=False, fontsize=8)
     return ax
