@@ -267,6 +267,11 @@ def test_keyword_only_errors_and_export(bcg_fit, bcg, tmp_path):
     stripped.attrs = {}
     with pytest.raises(drm.DrmError, match="settings"):
         plots.forest(stripped)
+    with pytest.raises(drm.DrmError, match="level=0.95"):  # settings come from the table
+        plots.forest(table, level=0.9)
+    with pytest.raises(drm.DrmError, match="orchard_table"):
+        plots.forest(plots.orchard_table(bcg_fit))
+    assert plots.forest(table, level=0.95, transform=None).get_xlabel() == "yi"
     edited = table.copy()  # an ordinary pandas edit keeps the settings
     edited.loc[edited["kind"] == "effect", "label"] = "x"
     assert plots.forest(edited, xlab="log risk ratio", ylab="Trial").get_xlabel() == "log risk ratio"

@@ -19,8 +19,9 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DrmError, DrmWarning
-from ._common import (TransformArg, column_of, effect_sizes_table, is_factor, marker_areas,
-                      new_axes, require_univariate, resolve_transform)
+from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, is_factor,
+                      marker_areas, new_axes, require_univariate, resolve_transform, table_settings,
+                      tag_table)
 from .orchard import orchard_table
 
 __all__ = ["forest_table", "forest"]
@@ -29,29 +30,16 @@ TABLE_COLUMNS = ["kind", "level", "label", "estimate", "conf_low", "conf_high", 
                  "pred_high", "weight", "size_value", "k", "estimate_text", "weight_text",
                  "position", "page"]
 KINDS = ("heading", "effect", "pooled", "overall", "note")
-_TRANSFORM_NAMES = {"exp": "exp({})", "tanh": "tanh({})", "percent": "100 (exp({}) - 1)"}
 
 
-# ------------------------------------------------------------------ settings kept with the table
-def _store_settings(table: pd.DataFrame, **settings: Any) -> None:
-    """Keep the number-changing settings with the table (read back by :func:`forest`)."""
-    table.attrs.update({f"forest_{k}": v for k, v in settings.items()})
-
-
-def _settings(table: pd.DataFrame) -> dict[str, Any]:
-    """The settings :func:`forest_table` stored, after checking the table has what a forest needs."""
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise DrmError(f"forest(): the table lacks the column(s) {', '.join(missing)}; draw a table "
-                       "that forest_table() returned (pandas edits that keep its columns are fine).")
+def _settings(table: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings :func:`forest_table` kept with the table (``_common.table_settings``), after
+    checking the table has what a forest needs and agrees with the settings passed."""
+    settings = table_settings(table, "forest", columns=TABLE_COLUMNS, given=given)
     unknown = sorted(set(table["kind"]) - set(KINDS))
     if unknown:
         raise DrmError(f"forest(): unknown row kind(s) {unknown} in column `kind`; expected {list(KINDS)}.")
-    found = {k[len("forest_"):]: v for k, v in table.attrs.items() if k.startswith("forest_")}
-    if "level" not in found:
-        raise DrmError("forest(): the table has lost forest_table()'s settings (level, transform, x label); "
-                       "rebuild it with forest_table() or pass the fit.")
-    return found
+    return settings
 
 
 # ------------------------------------------------------------------ pieces of the table
@@ -286,20 +274,10 @@ def forest_table(fit: Any, *, label: str | None = None, sort: str | None = None,
     slots = np.arange(len(table)) + np.r_[0, np.cumsum(gap_after)[:-1]]
     table["position"] = (slots.max() - slots).astype(np.float64)
     table["page"] = _pages(kinds, slots, max_rows)
-    _store_settings(table, level=level, reference=float(tf(np.zeros(1))[0]), moderator=mod,
-                    xlab=_default_xlab(fit, transform), label_header=_label_header(label, aggregate),
-                    size_by=size_by, digits=digits, transform=transform if isinstance(transform, str) else None)
-    return table
-
-
-def _default_xlab(fit: Any, transform: TransformArg) -> str:
-    """The response's name, inside the transform drawn (``exp(yi)``)."""
-    response = fit.formula.response
-    if transform is None:
-        return response
-    if isinstance(transform, str):
-        return _TRANSFORM_NAMES[transform].format(response)
-    return f"{getattr(transform, '__name__', 'f')}({response})"
+    return tag_table(table, "forest", level=float(level), transform=transform, moderator=mod,
+                     aggregate=aggregate, size_by=size_by, digits=int(digits), group=group, test=test,
+                     vcov=vcov, response=fit.formula.response, reference=float(tf(np.zeros(1))[0]),
+                     label_header=_label_header(label, aggregate))
 
 
 def _label_header(label: str | None, aggregate: str | None) -> str:
@@ -344,9 +322,10 @@ def _palette_colors(palette: Any, n: int) -> list:
 
 
 def forest(fit: Any, *, label: str | None = None, sort: str | None = None, mod: str | None = None,
-           level: float = 0.95, transform: TransformArg = None, size_by: str = "weight",
-           aggregate: str | None = None, group: str | None = None, test: str = "z",
-           vcov: str = "observed", digits: int = 2, max_rows: int | None = 60, page: int | None = None,
+           level: float | None = None, transform: TransformArg = None, size_by: str | None = None,
+           aggregate: str | None = None, group: str | None = None, test: str | None = None,
+           vcov: str | None = None, digits: int | None = None, max_rows: int | None = 60,
+           page: int | None = None,
            data: Any = None, xlab: str | None = None, ylab: str | None = None, palette: Any = None,
            show_weights: bool = True, legend: bool = True, log_x: bool | None = None, ax: Any = None,
            **kwargs: Any):
@@ -361,8 +340,10 @@ def forest(fit: Any, *, label: str | None = None, sort: str | None = None, mod: 
     metafor's ``atransf = exp``).  Right: ``Weight`` (%) and
     ``Estimate [95% CI]`` columns.  Bottom: the heterogeneity line and a legend.  Every number
     comes from the table, and the level, transform and x label from the settings the table
-    keeps (a table passed in is drawn as it is; the keyword arguments that compute a table
-    are then ignored).
+    keeps (``_common.table_settings``): a table passed in is drawn as it is, and a setting
+    passed with it that differs from the table's (``level=0.9`` for a 95% table) raises a
+    :class:`~drmpy.DrmError`.  Default x label: the response's name and the back-transform
+    (``exp(yi)``).
 
     ``page``: which page (0-based) of a table longer than ``max_rows`` to draw; None draws the
     first with a :class:`~drmpy.DrmWarning` naming the number of pages (use ``aggregate=`` for
@@ -371,13 +352,17 @@ def forest(fit: Any, *, label: str | None = None, sort: str | None = None, mod: 
     (``ax.scatter``).  Returns the Axes; ``ax=None`` draws on a new figure.  Save with
     ``ax.figure.savefig("forest.pdf")`` (or ``.svg``): text stays text.
     """
+    given = {"moderator": mod, "level": level, "transform": transform, "size_by": size_by,
+             "aggregate": aggregate, "group": group, "test": test, "vcov": vcov, "digits": digits}
     if isinstance(fit, pd.DataFrame):
         table = fit
     else:
-        table = forest_table(fit, label=label, sort=sort, mod=mod, level=level, transform=transform,
-                             size_by=size_by, aggregate=aggregate, group=group, test=test, vcov=vcov,
-                             digits=digits, max_rows=max_rows, data=data)
-    settings = _settings(table)
+        require_univariate(fit, "forest")
+        table = forest_table(fit, label=label, sort=sort, mod=mod, level=0.95 if level is None else level,
+                             transform=transform, size_by=size_by or "weight", aggregate=aggregate,
+                             group=group, test=test or "z", vcov=vcov or "observed",
+                             digits=2 if digits is None else digits, max_rows=max_rows, data=data)
+    settings = _settings(table, given)
     n_pages = int(table["page"].max()) + 1
     if page is None:
         if n_pages > 1:
@@ -402,10 +387,10 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     n_slots = int(rows["position"].max() - rows["position"].min()) + 1
     small = n_slots > 30
     fs = 8.0 if small else 9.0
-    digits = int(settings.get("digits", 2))
+    digits = int(settings["digits"])
     level = float(settings["level"])
     ci_name = f"{100 * level:g}% CI"
-    header_left = ylab if ylab is not None else settings.get("label_header", "Study")
+    header_left = ylab if ylab is not None else settings["label_header"]
     header_est = f"Estimate [{ci_name}]"
 
     # column widths (points): labels on the left, weight and estimate [low, high] on the right
@@ -413,7 +398,7 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     low = [f"[{_fmt(v, digits)}," for v in rows["conf_low"]]
     high = [f"{_fmt(v, digits)}]" for v in rows["conf_high"]]
     shown = rows["kind"].isin(["effect", "pooled", "overall"]).to_numpy()
-    w_label = max([_text_width(str(t), fs, "bold") + (8.0 if k == "effect" and settings.get("moderator")
+    w_label = max([_text_width(str(t), fs, "bold") + (8.0 if k == "effect" and settings["moderator"]
                                                        else 0.0)
                    for t, k in zip(rows["label"], rows["kind"]) if k != "note"] + [_text_width(header_left, fs, "bold")])
     bold = ["normal" if k == "effect" else "bold" for k in rows["kind"]]
@@ -443,7 +428,7 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     eff_colors = [colors.get(lv, "0.1") for lv in effects["level"]]
     ax.hlines(effects["position"], effects["conf_low"], effects["conf_high"], colors=eff_colors,
               linewidths=0.9, zorder=2, label="_sampling intervals")
-    if settings.get("size_by", "weight") == "weight":  # area proportional to weight, as metafor
+    if settings["size_by"] == "weight":  # area proportional to weight, as metafor
         sizes = effects["size_value"].to_numpy()
         areas = np.clip(70.0 * sizes / np.nanmax(sizes), 3.0, None) if len(sizes) else sizes
     else:
@@ -468,14 +453,14 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     drawn = rows[shown]
     top = float(rows["position"].max())
     bottom = float(rows["position"].min())
-    reference = settings.get("reference")
+    reference = settings["reference"]
     if reference is not None and np.isfinite(reference):
         low_y = float(drawn["position"].min()) - 0.6 if len(drawn) else bottom
         ax.vlines(reference, low_y, top + 0.5, colors="0.45", linewidths=0.8, linestyles="--", zorder=0,
                   label="_no effect")
 
     # left column: labels (headings and means bold, effect sizes indented under a heading)
-    indent = 8.0 if settings.get("moderator") else 0.0
+    indent = 8.0 if settings["moderator"] else 0.0
     for _, row in rows.iterrows():
         kind = row["kind"]
         if kind == "note":
@@ -505,7 +490,7 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
                         fontweight="normal" if kind == "effect" else "bold", gid=f"forest:{name}")
     header_y = top + 1.3
     first = rows.iloc[0]
-    if first["kind"] == "effect" and settings.get("moderator"):  # a level carried over from the last page
+    if first["kind"] == "effect" and settings["moderator"]:  # a level carried over from the last page
         ax.text(0.0, top + 1.0, f"{first['level']} (continued)", transform=at(-(w_label + 2 * gap)), ha="left",
                 va="center", fontsize=fs, fontweight="bold", gid="forest:label:heading")
         header_y += 1.0
@@ -526,7 +511,7 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     if reference is not None and np.isfinite(reference):
         values = np.r_[values, reference]
     if log_x is None:
-        log_x = settings.get("transform") == "exp"
+        log_x = settings["transform"] == "exp"
     if log_x:
         if values.size and np.any(values <= 0):
             raise DrmError("forest(log_x=True): the drawn values include zero or negatives; a log axis "
@@ -539,7 +524,8 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     ax.set_ylim(bottom - 0.7, header_y + (1.4 if n_pages > 1 else 0.7))
     ax.set_yticks([])
     ax.tick_params(axis="x", labelsize=fs)
-    ax.set_xlabel(xlab if xlab is not None else settings.get("xlab", "Effect size"), fontsize=fs + 0.5)
+    ax.set_xlabel(xlab if xlab is not None else effect_label(settings["response"], settings["transform"]),
+                  fontsize=fs + 0.5)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     ax.spines["bottom"].set_bounds(*ax.get_xlim())
