@@ -8,6 +8,9 @@ Run from the repository root: ``python3 docs/make_gallery.py``.  Models:
 * lim2014 (``drm.datasets.lim2014()``, Fisher z of maternal size vs offspring size): the
   three-level location-scale model ``yi ~ environment + (1|article)``, ``sigma ~ environment``,
   drawn back-transformed to correlations (``transform="tanh"``).
+* curtis1998 (``drm.datasets.curtis1998()``, log response ratios of woody plant mass under
+  elevated CO2): ``yi ~ 1 + (1|paper)``, drawn as a forest plot with one row per paper
+  (``aggregate="paper"``) on the ratio scale (``transform="exp"``).
 """
 
 from __future__ import annotations
@@ -50,8 +53,16 @@ def main() -> None:
                        xlab="Correlation between maternal and offspring size (r)"), "orchard_lim2014")
     save(plots.bubble(sigma_by_duration, mod="duration", xlab="Duration (standardised)",
                       ylab="Effect size (restoration, SMD)"), "bubble_restoration")
-    save(plots.forest(location_scale, label="study", mod="habitat", sort="estimate", data=restoration,
-                      xlab="Effect size (restoration, SMD)"), "forest_restoration")
+    # 80 studies and two headings, diamonds and notes: two printed pages of at most 60 rows
+    for page, name in ((0, "forest_restoration"), (1, "forest_restoration_page2")):
+        save(plots.forest(location_scale, label="study", mod="habitat", sort="estimate", data=restoration,
+                          page=page, xlab="Effect size (restoration, SMD)"), name)
+    # a multilevel model drawn one row per paper (aggregate=), ratios on a log axis
+    curtis = drm.effect_size("ROM", data=drm.datasets.curtis1998(), m1i="m1i", sd1i="sd1i", n1i="n1i",
+                             m2i="m2i", sd2i="sd2i", n2i="n2i")
+    by_paper = drm.fit("yi ~ 1 + (1|paper) + meta_V(V=vi)", data=curtis)
+    save(plots.forest(by_paper, aggregate="paper", sort="estimate", transform="exp", data=curtis,
+                      ylab="Paper", xlab="Ratio of mean plant mass, elevated / ambient CO2"), "forest_curtis1998")
     save(plots.funnel(random_effects, contour=True, xlab="Effect size (restoration, SMD)"),
          "funnel_restoration")
     save(plots.funnel(three_level, xlab="Residual (Fisher z)"), "funnel_lim2014")

@@ -222,6 +222,11 @@ def test_pages_of_at_most_max_rows(three_level_fit, lim):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ax1 = plots.forest(table, page=1)
+    assert ax1.get_xlim() == ax.get_xlim()  # pages share the x range and the square scale
+    effects = table[table["kind"] == "effect"]
+    page1 = effects[effects["page"] == 1]
+    np.testing.assert_allclose(artist(ax1, "_effect sizes").get_sizes(),
+                               np.clip(70 * page1["size_value"] / effects["size_value"].max(), 3, None))
     first = table[table["page"] == 1].iloc[0]
     if first["kind"] == "effect":
         assert texts(ax1, "forest:label:heading")[0][1] == f"{first['level']} (continued)"
@@ -246,7 +251,7 @@ def test_aggregate_one_row_per_cluster(three_level_fit, lim):
     S = np.diag(lim["vi"].to_numpy()[rows] + sigma2)
     Si = np.linalg.inv(S)
     mean = Si.sum(axis=0) @ lim["yi"].to_numpy()[rows] / Si.sum()
-    row = effects[effects["label"] == str(many)].iloc[0]
+    row = effects[effects["label"] == f"{many} (k = {len(rows)})"].iloc[0]
     assert row["estimate"] == pytest.approx(mean)
     assert row["conf_high"] - row["estimate"] == pytest.approx(Z975 / np.sqrt(Si.sum()))
     assert row["k"] == len(rows)

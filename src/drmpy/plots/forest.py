@@ -95,10 +95,18 @@ def heterogeneity_text(fit: Any, digits: int = 2) -> str:
         else:
             symbol = f"σ²({name[3:-1]})" if name.startswith("sd(") and name.endswith(")") else f"{name}²"
             modelled = modelled or _sd_modelled(fit, name)
-        names.append(f"{symbol} = {value:.{digits}f}" + (" (mean over rows)" if modelled else ""))
+        names.append(f"{symbol} = {_variance_text(value, digits)}" + (" (mean over rows)" if modelled else ""))
     if names:
         parts.append(", ".join(names))
     return "; ".join(parts)
+
+
+def _variance_text(value: float, digits: int) -> str:
+    """``digits`` decimals, or two significant digits for a small positive variance that would
+    print as 0 (one at the boundary, below 1e-6, prints as 0, as metafor's)."""
+    if 1e-6 <= value < 0.5 * 10.0 ** -digits:
+        return f"{value:.2g}"
+    return f"{value:.{digits}f}"
 
 
 def _sd_modelled(fit: Any, name: str) -> bool:
@@ -152,7 +160,8 @@ def _effect_rows(fit: Any, *, label: str | None, mod: str | None, size_by: str, 
             raise DrmError(f"forest(aggregate={aggregate!r}): cluster {value!r} has rows in several levels of "
                            f"`{mod}` ({', '.join(map(str, levels))}); aggregate by a column nested in `{mod}`.")
         mean, se = _cluster_summary(fit, np.asarray(idx), np.asarray(sigma2, dtype=np.float64))
-        rows.append({"level": levels[0], "label": str(value) if label is None else out["label"].iloc[idx[0]],
+        name = str(value) if label is None else out["label"].iloc[idx[0]]
+        rows.append({"level": levels[0], "label": f"{name} (k = {len(idx)})" if len(idx) > 1 else name,
                      "estimate": mean, "se": se, "weight": float(out["weight"].iloc[idx].sum()),
                      "size_value": float(out["size_value"].iloc[idx].sum()) if size_by == "weight"
                      else 1.0 / se if size_by == "precision" else float(out["size_value"].iloc[idx].mean()),
@@ -282,10 +291,10 @@ def forest_table(fit: Any, *, label: str | None = None, sort: str | None = None,
 
 def _label_header(label: str | None, aggregate: str | None) -> str:
     if aggregate is not None and label is None:
-        return str(aggregate)
+        return str(aggregate)[:1].upper() + str(aggregate)[1:]
     if label is None or "{" in label:
         return "Study"
-    return str(label)
+    return str(label)[:1].upper() + str(label)[1:]
 
 
 # ------------------------------------------------------------------ drawing
@@ -374,11 +383,19 @@ def forest(fit: Any, *, label: str | None = None, sort: str | None = None, mod: 
     if not 0 <= page < n_pages:
         raise DrmError(f"forest: page must be in 0..{n_pages - 1}, got {page}.")
     rows = table[table["page"] == page]
-    return _draw(rows, settings, page=page, n_pages=n_pages, xlab=xlab, ylab=ylab, palette=palette,
+    effect_sizes = table.loc[table["kind"] == "effect", "size_value"].to_numpy(dtype=np.float64)
+    size_range = ((float(np.nanmin(effect_sizes)), float(np.nanmax(effect_sizes)))
+                  if np.isfinite(effect_sizes).any() else (1.0, 1.0))
+    # every page on the same x range: the whole table's intervals
+    drawn_all = table[table["kind"].isin(["effect", "pooled", "overall"])]
+    x_values = np.concatenate([drawn_all[c].to_numpy(dtype=np.float64)
+                               for c in ("conf_low", "conf_high", "pred_low", "pred_high")])
+    return _draw(rows, settings, size_range=size_range, x_values=x_values[np.isfinite(x_values)], page=page, n_pages=n_pages, xlab=xlab, ylab=ylab, palette=palette,
                  show_weights=show_weights, legend=legend, log_x=log_x, ax=ax, **kwargs)
 
 
-def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: str | None, ylab: str | None,
+def _draw(rows: pd.DataFrame, settings: dict, *, size_range: tuple[float, float], x_values: np.ndarray,
+          page: int, n_pages: int, xlab: str | None, ylab: str | None,
           palette: Any, show_weights: bool, legend: bool, log_x: bool | None, ax: Any, **kwargs: Any):
     from matplotlib import transforms as mtransforms
     from matplotlib.lines import Line2D
@@ -428,11 +445,12 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
     eff_colors = [colors.get(lv, "0.1") for lv in effects["level"]]
     ax.hlines(effects["position"], effects["conf_low"], effects["conf_high"], colors=eff_colors,
               linewidths=0.9, zorder=2, label="_sampling intervals")
+    # the same scale on every page: the whole table's smallest and largest size value
+    sizes = effects["size_value"].to_numpy(dtype=np.float64)
     if settings["size_by"] == "weight":  # area proportional to weight, as metafor
-        sizes = effects["size_value"].to_numpy()
-        areas = np.clip(70.0 * sizes / np.nanmax(sizes), 3.0, None) if len(sizes) else sizes
+        areas = np.clip(70.0 * sizes / size_range[1], 3.0, None)
     else:
-        areas = marker_areas(effects["size_value"].to_numpy(), 6.0, 70.0)
+        areas = marker_areas(np.r_[sizes, size_range], 6.0, 70.0)[:len(sizes)]
     square_kw = {"marker": "s", "c": eff_colors, "linewidths": 0, "zorder": 3}
     square_kw.update(kwargs)
     ax.scatter(effects["estimate"], effects["position"], s=areas, label="_effect sizes", **square_kw)
@@ -505,9 +523,7 @@ def _draw(rows: pd.DataFrame, settings: dict, *, page: int, n_pages: int, xlab: 
         ax.text(1.0, header_y + 0.9, f"page {page + 1} of {n_pages}", transform=at(columns[-1][1]),
                 ha="right", va="center", fontsize=fs - 1, color="0.35", gid="forest:page")
 
-    values = np.concatenate([drawn[c].to_numpy(dtype=np.float64) for c in
-                             ("conf_low", "conf_high", "pred_low", "pred_high")])
-    values = values[np.isfinite(values)]
+    values = x_values
     if reference is not None and np.isfinite(reference):
         values = np.r_[values, reference]
     if log_x is None:
@@ -556,8 +572,12 @@ def _log_axis(ax: Any, values: np.ndarray) -> None:
     ax.set_xscale("log")
     ax.set_xlim(lo / pad, hi * pad)
     decades = np.arange(np.floor(np.log10(lo / pad)), np.ceil(np.log10(hi * pad)) + 1)
-    ticks = np.array([m * 10.0 ** d for d in decades for m in (1.0, 2.0, 5.0)])
-    ticks = ticks[(ticks >= lo / pad) & (ticks <= hi * pad)]
+    for mantissas in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
+                      (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)):
+        ticks = np.array([m * 10.0 ** d for d in decades for m in mantissas])
+        ticks = ticks[(ticks >= lo / pad) & (ticks <= hi * pad)]
+        if len(ticks) >= 4:
+            break
     if len(ticks) > 9:
         ticks = ticks[np.isclose(np.log10(ticks) % 1.0, 0.0) | np.isclose(ticks, 1.0)]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
