@@ -154,6 +154,31 @@ def test_squares_by_weight_and_lines_on_the_exp_scale(bcg_fit, bcg):
     assert plots.forest(table, log_x=False).get_xscale() == "linear"
 
 
+def test_heterogeneity_line_with_a_moderator_common_effect_and_weights(bcg):
+    """metafor's numbers for rma(yi, vi, mods = ~ ablat); the line never breaks the table."""
+    ref = REF["bcg_ablat_reml"]
+    mods = drm.fit("yi ~ ablat + meta_V(V=vi)", data=bcg, method="REML")
+    # metafor stops its Fisher scoring at a change in tau^2 of 1e-5: weights agree to ~2e-4 and as printed
+    np.testing.assert_allclose(gls_weights(mods), ref["weights"], atol=5e-4)
+    table = plots.forest_table(mods, data=bcg)
+    assert list(table.loc[table["kind"] == "effect", "weight_text"]) == [f"{w:.2f}%" for w in ref["weights"]]
+    note = table["label"].iloc[-1]
+    assert note == (f"residual heterogeneity: Q = {ref['QE']:.2f}, df = {ref['df']}, p = {ref['QEp']:.3f}; "
+                    f"I² = {ref['I2']:.1f}%; τ² = {ref['tau2']:.2f}")
+    common = drm.fit(drm.Formula("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"), data=bcg)
+    w = 1 / bcg["vi"]
+    np.testing.assert_allclose(gls_weights(common), 100 * w / w.sum())
+    assert plots.forest_table(common, data=bcg)["label"].iloc[-1].startswith("common-effect model: Q = 152.23")
+    # likelihood weights a_i: the row's weight in its own GLS estimate, a_i / (v_i + sigma^2)
+    weighted = bcg.assign(n=np.arange(1.0, 14.0))
+    fit = drm.fit("yi ~ 1 + meta_V(V=vi)", data=weighted, weights="n")
+    sigma2 = np.exp(2 * fit.params["sigma:(Intercept)"])
+    a = weighted["n"] / (weighted["vi"] + sigma2)
+    np.testing.assert_allclose(gls_weights(fit), 100 * a / a.sum())
+    assert fit.params["mu:(Intercept)"] == pytest.approx((a * weighted["yi"]).sum() / a.sum(), abs=1e-8)
+    assert plots.forest_table(fit, data=weighted)["label"].iloc[-1].startswith("Q and I² not shown")
+
+
 # ------------------------------------------------------------------ subgroups
 def test_subgroups_headings_means_and_overall(restoration_fit, restoration, tmp_path):
     fit = restoration_fit

@@ -75,18 +75,25 @@ def _p_text(p: float) -> str:
 def heterogeneity_text(fit: Any, digits: int = 2) -> str:
     """metafor's ``mlab`` line: Q test, total I2 and the fitted variance components.
 
-    ``Q = .., df = .., p ..`` is the test for (residual) heterogeneity (``fit.q_test()``),
+    ``Q = .., df = .., p ..`` is the test for (residual) heterogeneity (``fit.q_test()``; left
+    out, and the line says so, for a fit with ``weights=``, where it is not defined),
     ``I²`` the total of ``fit.i2()``, then ``τ²`` (= sigma^2) for a model with only row-level
     heterogeneity, else ``σ²(group)`` per random-effect SD and ``σ²(residual)`` for sigma^2.
     A modelled variance (location-scale) is the mean over the rows, and says so.
     """
-    from ..heterogeneity.statistics import variance_components
+    from ..heterogeneity.statistics import _row_variances
 
-    q = fit.q_test()
     residual = "residual heterogeneity: " if fit.design.fixed["mu"].matrix.shape[1] > 1 else ""
-    parts = [f"{residual}Q = {q['Q']:.{digits}f}, df = {int(q['df'])}, {_p_text(q['p_value'])}"]
-    parts.append(f"I² = {fit.i2().loc['total', 'i2']:.1f}%")
-    components = variance_components(fit)
+    common = "common-effect model: " if fit.design.common_effect and not fit.design.random else ""
+    parts = []
+    try:
+        q = fit.q_test()
+        parts.append(f"{common}{residual}Q = {q['Q']:.{digits}f}, df = {int(q['df'])}, {_p_text(q['p_value'])}")
+        parts.append(f"I² = {fit.i2().loc['total', 'i2']:.1f}%")
+    except DrmError:  # Q and I2 count every row once, which a fit with weights= does not
+        parts.append(f"{common}Q and I² not shown (a fit with weights=)")
+    # each component's fitted variance averaged over the rows (heterogeneity.variance_components)
+    components = {k: float(np.mean(v)) for k, v in _row_variances(fit).items()}
     names = []
     for name, value in components.items():
         modelled = (name == "sigma" and fit.design.fixed["sigma"].matrix.shape[1] > 1)
@@ -132,7 +139,7 @@ def _cluster_summary(fit: Any, rows: np.ndarray, sigma2: np.ndarray) -> tuple[fl
 
 
 def _effect_rows(fit: Any, *, label: str | None, mod: str | None, size_by: str, aggregate: str | None,
-                 z: float, data: Any) -> pd.DataFrame:
+                 data: Any) -> pd.DataFrame:
     """Effect-size rows (model scale): one per row the fit used, or one per ``aggregate`` cluster."""
     from ..inference.marginal import gls_weights
 
@@ -237,7 +244,7 @@ def forest_table(fit: Any, *, label: str | None = None, sort: str | None = None,
         raise DrmError(f"size_by column `{size_by}` must be numeric.")
     tf = resolve_transform(transform)
     z = float(stats.norm.ppf(0.5 + level / 2.0))
-    effects = _effect_rows(fit, label=label, mod=mod, size_by=size_by, aggregate=aggregate, z=z, data=data)
+    effects = _effect_rows(fit, label=label, mod=mod, size_by=size_by, aggregate=aggregate, data=data)
     effects["conf_low"] = effects["estimate"] - z * effects["se"]
     effects["conf_high"] = effects["estimate"] + z * effects["se"]
     effects = _sorted(effects, sort, fit, data)
@@ -451,7 +458,9 @@ def _draw(rows: pd.DataFrame, settings: dict, *, size_range: tuple[float, float]
         areas = np.clip(70.0 * sizes / size_range[1], 3.0, None)
     else:
         areas = marker_areas(np.r_[sizes, size_range], 6.0, 70.0)[:len(sizes)]
-    square_kw = {"marker": "s", "c": eff_colors, "linewidths": 0, "zorder": 3}
+    square_kw = {"marker": "s", "linewidths": 0, "zorder": 3}
+    if not {"c", "color", "facecolor", "facecolors"} & set(kwargs):
+        square_kw["c"] = eff_colors
     square_kw.update(kwargs)
     ax.scatter(effects["estimate"], effects["position"], s=areas, label="_effect sizes", **square_kw)
 

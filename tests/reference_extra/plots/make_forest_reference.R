@@ -58,6 +58,11 @@ out$bcg_reml <- list(
   forest_pooled_text = pooled_annot, forest_study_text = dat$forest_text,
   forest_annotations = annot)
 
+# 1b. the same with absolute latitude as moderator (mlab numbers: residual heterogeneity)
+res_ablat <- rma(yi, vi, mods = ~ ablat, data = dat)
+out$bcg_ablat_reml <- list(QE = res_ablat$QE, QEp = res_ablat$QEp, df = res_ablat$k - res_ablat$p,
+  I2 = res_ablat$I2, tau2 = res_ablat$tau2, weights = as.numeric(weights(res_ablat)))
+
 # 2. lim2014, three-level (ML): weights(rma.mv) = diag(M^-1) as a percentage
 lim <- read.csv("../../../src/drmpy/datasets/lim2014.csv")
 lim$environment <- factor(lim$environment, levels = c("captive", "wild"))
