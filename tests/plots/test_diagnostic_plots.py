@@ -28,8 +28,9 @@ def test_qq_table_whitens_by_the_hand_built_marginal_covariance(three_level_fit,
     same_article = (lim["article"].to_numpy()[:, None] == lim["article"].to_numpy()[None, :]).astype(float)
     S = np.diag(lim["vi"].to_numpy() + sigma**2) + sd**2 * same_article
     e = solve_triangular(np.linalg.cholesky(S), r, lower=True)
-    table = plots.qq_table(fit)
+    table = plots.qq_table(fit, residuals="whitened")
     np.testing.assert_allclose(table["sample"], np.sort(e), rtol=1e-9, atol=1e-12)
+    assert "row" not in table.columns  # a whitened residual mixes rows: no study label
     n = len(e)
     np.testing.assert_allclose(table["theoretical"], stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n))
     # band: P(i-th order statistic <= band_low) = P(Binomial(n, Phi(band_low)) >= i) = 2.5%
@@ -52,7 +53,7 @@ def test_qq_of_a_location_scale_fit_divides_by_each_rows_sd(restoration_fit, res
     r = restoration["yi"].to_numpy() - _fixed_mean(
         fit, restoration, {"habitat[T.forest]": lambda d: forest, "duration": lambda d: d["duration"].to_numpy()})
     e = r / np.sqrt(restoration["vi"].to_numpy() + fit.sigma().to_numpy() ** 2)
-    np.testing.assert_allclose(plots.qq_table(fit)["sample"], np.sort(e), rtol=1e-9)
+    np.testing.assert_allclose(plots.qq_table(fit, residuals="whitened")["sample"], np.sort(e), rtol=1e-9)
     ax = plots.qq(fit, level=0.9)
     assert artist(ax, "90% pointwise band") is not None
 
@@ -154,21 +155,33 @@ def test_profile_plot_draws_fit_profile_and_conf_int(three_level_fit, tmp_path):
     param = "sd(article):(Intercept)"
     ax = plots.profile(fit, param=param, n=15)
     ax.figure.savefig(tmp_path / "profile.png")
-    curve = fit.profile(param, n=15, level=0.99)
-    line = artist(ax, "_profile")
-    np.testing.assert_allclose(line.get_xdata(), curve["value"])
-    np.testing.assert_allclose(line.get_ydata(), curve["statistic"])
     ci = fit.conf_int(method="profile", params=[param]).iloc[0]
+    critical = stats.chi2.ppf(0.95, 1)
+    # evaluated: 15 values over the 99% interval and 15 over the 95% one (ends on the cut)
+    wide, narrow = fit.profile(param, n=15, level=0.99), fit.profile(param, n=15, level=0.95)
+    table = plots.profile_table(fit, param, n=15)
+    curve = table[table["kind"] == "curve"]
+    np.testing.assert_allclose(np.sort(curve["value"]), np.sort(np.r_[wide["value"], narrow["value"]]))
+    np.testing.assert_allclose(narrow["value"].to_numpy()[[0, -1]], [ci["lower"], ci["upper"]], rtol=1e-8)
+    np.testing.assert_allclose(narrow["statistic"].to_numpy()[[0, -1]], critical, atol=1e-3)
+    # the smooth line passes through every evaluated point and is denser than them
+    line = artist(ax, "_profile")
+    x, y = line.get_xdata(), line.get_ydata()
+    assert len(x) > 300
+    np.testing.assert_allclose(np.interp(curve["value"], x, y), curve["statistic"], atol=1e-10)
     segs = artist(ax, "_interval ends").get_segments()
     np.testing.assert_allclose([s[0, 0] for s in segs], [ci["lower"], ci["upper"]])
-    critical = stats.chi2.ppf(0.95, 1)
     np.testing.assert_allclose(artist(ax, "_cut").get_ydata(), critical)
-    # the curve crosses the cut at the interval's ends (linear interpolation on a 15-point grid)
-    for end in (ci["lower"], ci["upper"]):
-        assert np.interp(end, curve["value"], curve["statistic"]) == pytest.approx(critical, abs=0.1)
-    est = artist(ax, "_estimate").get_offsets()
-    assert est[0, 0] == pytest.approx(fit.params[param]) and est[0, 1] == 0.0
+    # interval ends printed beside their lines
+    ends = {t.get_gid(): t for t in ax.texts if t.get_gid() in ("lower end", "upper end")}
+    assert float(ends["lower end"].get_text()) == pytest.approx(ci["lower"], rel=1e-3)
+    assert float(ends["upper end"].get_text()) == pytest.approx(ci["upper"], rel=1e-3)
+    est = artist(ax, "_estimate")
+    assert est.get_offsets()[0, 0] == pytest.approx(fit.params[param]) and est.get_offsets()[0, 1] == 0.0
+    assert not est.get_clip_on() and ax.get_ylim()[0] < 0.0  # the dot at 0 is not cut in half
     assert ax.get_xlabel() == f"{param} (link scale)"
+    assert ax.get_ylabel().startswith("Likelihood-ratio statistic")
+    assert plots.profile(plots.profile_table(fit, param, n=15, transform="exp")).get_xlabel() == f"exp({param})"
 
 
 @pytest.mark.slow
@@ -178,7 +191,7 @@ def test_profile_table_on_the_sd_scale(restoration_fit):
     marks = table.set_index("kind").loc[["estimate", "lower", "upper"]]
     assert marks.loc["estimate", "link_value"] == pytest.approx(restoration_fit.params["sigma:(Intercept)"])
     assert marks.loc["lower", "statistic"] == pytest.approx(stats.chi2.ppf(0.9, 1))
-    assert (table["kind"] == "curve").sum() == 9
+    assert (table["kind"] == "curve").sum() == 18  # 9 over the 99% interval, 9 over the 90% one
     with pytest.raises(drm.DrmError):
         plots.profile_table(restoration_fit, "sigma:nonsense")
 

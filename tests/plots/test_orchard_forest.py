@@ -156,7 +156,7 @@ def test_bubble_band_follows_sigma_of_the_moderator(sigma_duration_fit, restorat
         np.testing.assert_allclose(table.loc[j, TABLE].to_numpy(float), expected, rtol=1e-10)
     width = table["pred_high"] - table["pred_low"]
     assert width.max() / width.min() > 1.2  # the band widens with sigma(x)
-    mean_line = artist(ax, "mean (mu)")
+    mean_line = artist(ax, "mean (averaged over habitat)")
     np.testing.assert_allclose(mean_line.get_ydata(), table["estimate"])
     np.testing.assert_allclose(artist(ax, "95% prediction band").get_ydata(), table["pred_low"])
     np.testing.assert_allclose(artist(ax, "_prediction band upper").get_ydata(), table["pred_high"])

@@ -23,7 +23,7 @@ def test_orchard_legend_says_thick_ci_thin_pi(three_level_scale_fit):
 
 def test_orchard_k_annotation_inside_the_axes(three_level_scale_fit):
     ax = plots.orchard(three_level_scale_fit, mod="environment")
-    labels = [t for t in ax.texts if t.get_label() == "k label"]
+    labels = [t for t in ax.texts if t.get_gid() == "k label"]
     assert [t.get_text() for t in labels] == ["k = 130 (77 studies)", "k = 227 (145 studies)"]
     ax.figure.canvas.draw()
     box = ax.get_window_extent()

@@ -17,7 +17,7 @@ from ..errors import DrmError
 __all__ = ["resolve_transform", "fit_frame", "column_of", "level_order", "size_values",
            "marker_areas", "new_axes", "require_univariate", "effect_sizes_table", "TableSettings",
            "tag_table", "table_settings", "effect_label", "transform_name", "size_legend",
-           "interval_legend", "legends_of"]
+           "interval_legend", "keep_legend", "legends_of"]
 
 TransformArg = None | str | Callable[[np.ndarray], np.ndarray]
 
@@ -270,9 +270,11 @@ def effect_sizes_table(fit: Any, mod: str | None = None, *, size_by: str = "prec
                      response=fit.formula.response)
 
 
-def size_legend(ax: Any, values: np.ndarray, title: str, *, smallest: float = 6.0, largest: float = 110.0):
+def size_legend(ax: Any, values: np.ndarray, title: str, *, smallest: float = 6.0, largest: float = 110.0,
+                right: float | None = None):
     """A legend of three round values of ``values`` drawn at their marker areas, above the right
-    of the Axes (outside the data region); added beside any legend already there."""
+    of the Axes (outside the data region), or, with ``right`` (a height in axes fraction), in
+    one column right of the Axes; added beside any legend already there."""
     from matplotlib.lines import Line2D
 
     from matplotlib.ticker import MaxNLocator
@@ -291,11 +293,10 @@ def size_legend(ax: Any, values: np.ndarray, title: str, *, smallest: float = 6.
     areas = marker_areas(np.concatenate([finite, shown]), smallest, largest)[finite.size:]
     handles = [Line2D([], [], linestyle="", marker="o", markersize=np.sqrt(a), markerfacecolor="0.6",
                       markeredgecolor="0.2", alpha=0.7) for a in areas]
-    keep = ax.get_legend()
-    if keep is not None:
-        ax.add_artist(keep)  # ax.legend() would replace it
-    return ax.legend(handles, [f"{v:g}" for v in shown], title=title, loc="lower right",
-                     bbox_to_anchor=(1.0, 1.0), ncol=len(shown), frameon=False, fontsize=8,
+    keep_legend(ax)
+    place = (dict(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(shown)) if right is None
+             else dict(loc="upper left", bbox_to_anchor=(1.01, right), ncol=1, alignment="left"))
+    return ax.legend(handles, [f"{v:g}" for v in shown], title=title, **place, frameon=False, fontsize=8,
                      title_fontsize=8, borderaxespad=0.2, handletextpad=0.2, columnspacing=0.8)
 
 
@@ -309,12 +310,21 @@ def interval_legend(ax: Any, level: float, *, title: str | None = None, mean: st
                Line2D([], [], color="0.1", linewidth=4.5),
                Line2D([], [], color="0.1", linewidth=1.2)]
     labels = [mean, f"{level:.0%} CI (thick)", f"{level:.0%} PI (thin)"]
-    keep = ax.get_legend()
-    if keep is not None:
-        ax.add_artist(keep)
+    keep_legend(ax)
     return ax.legend(handles, labels, title=title, loc="lower left", bbox_to_anchor=(0.0, 1.0),
                      ncol=3, frameon=False, fontsize=8, title_fontsize=8, borderaxespad=0.2,
                      handlelength=1.8, handletextpad=0.6, columnspacing=1.2, alignment="left")
+
+
+def keep_legend(ax: Any) -> None:
+    """Keep the Axes' current legend when another is made (``ax.legend()`` replaces it).
+
+    Kept as an extra artist, unclipped so that the layout engine reserves room for it outside
+    the Axes as it does for the current legend."""
+    legend = ax.get_legend()
+    if legend is not None:
+        ax.add_artist(legend)
+        legend.set_clip_on(False)
 
 
 def legends_of(ax: Any) -> list:

@@ -177,7 +177,7 @@ def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
         for pos, k, g in zip(positions, table["k"], table["n_studies"]):
             text = f"k = {k}" if pd.isna(g) else f"k = {k} ({g} studies)"
             ax.text(0.99, pos + jitter + 0.04, text, transform=blend, ha="right", va="bottom",
-                    fontsize=8, color="0.15", label="k label", clip_on=True)
+                    fontsize=8, color="0.15", gid="k label", clip_on=True)
     ax.set_yticks(positions, [str(v) for v in table["level"]])
     ax.set_ylim(positions.min() - jitter - 0.25, positions.max() + jitter + 0.45)
     ax.set_xlabel(xlab if xlab is not None else effect_label(settings["response"], settings["transform"]))
