@@ -11,6 +11,9 @@ so a user's matplotlibrc or style does not change them.  Models:
 * lim2014 (``drm.datasets.lim2014()``, Fisher z of maternal size vs offspring size): the
   three-level location-scale model ``yi ~ environment + (1|article)``, ``sigma ~ environment``,
   drawn back-transformed to correlations (``transform="tanh"``) where the effect sizes are shown.
+* curtis1998 (``drm.datasets.curtis1998()``, log response ratios of woody plant mass under
+  elevated CO2): ``yi ~ 1 + (1|paper)``, drawn as a forest plot with one row per paper
+  (``aggregate="paper"``) on the ratio scale (``transform="exp"``).
 
 Besides the PNGs it writes the orchard plot as PDF and SVG (vector formats for a journal: the
 format follows the file name) and ``marginal_means_restoration.csv``, the table behind the
@@ -85,8 +88,16 @@ def main() -> None:
              "bubble_restoration")
         save(plots.bubble(sigma_by_duration, mod="duration", by="habitat", xlab="Duration (standardised)",
                           ylab=smd), "bubble_restoration_by_habitat")
-        save(plots.forest(location_scale, label="study", mod="habitat", sort="estimate", data=restoration,
-                          xlab=smd), "forest_restoration")
+        # 80 studies and two headings, diamonds and notes: two printed pages of at most 60 rows
+        for page, name in ((0, "forest_restoration"), (1, "forest_restoration_page2")):
+            save(plots.forest(location_scale, label="study", mod="habitat", sort="estimate", data=restoration,
+                              page=page, xlab=smd), name)
+        # a multilevel model drawn one row per paper (aggregate=), ratios on a log axis
+        curtis = drm.effect_size("ROM", data=drm.datasets.curtis1998(), m1i="m1i", sd1i="sd1i", n1i="n1i",
+                                 m2i="m2i", sd2i="sd2i", n2i="n2i")
+        by_paper = drm.fit("yi ~ 1 + (1|paper) + meta_V(V=vi)", data=curtis)
+        save(plots.forest(by_paper, aggregate="paper", sort="estimate", transform="exp", data=curtis,
+                          ylab="Paper", xlab="Ratio of mean plant mass, elevated / ambient CO2"), "forest_curtis1998")
         save(plots.funnel(random_effects, contour=True, trim_and_fill=drm.trim_and_fill(random_effects),
                           egger=drm.egger_test(random_effects), xlab=smd), "funnel_restoration")
         save(plots.funnel(three_level, xlab="Residual of Fisher z (fixed part)"), "funnel_lim2014")

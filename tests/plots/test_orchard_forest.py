@@ -1,5 +1,5 @@
-"""Orchard, forest and bubble plots: tables against dense hand computations and fit.predict,
-artists against tables."""
+"""Orchard and bubble plots: tables against dense hand computations and fit.predict, artists
+against tables (the forest plot: test_forest.py)."""
 
 import numpy as np
 import pandas as pd
@@ -139,54 +139,6 @@ def test_orchard_size_by_column_and_given_table(three_level_fit, lim):
     y, x0, x1 = hline_segments(artist(ax2, "_confidence interval"))
     np.testing.assert_allclose(x0, table["conf_low"])
     assert not [c for c in ax2.collections if c.get_label() == "_effect sizes"]
-
-
-def test_forest_effects_diamonds_and_prediction_interval(restoration_fit, restoration, tmp_path):
-    fit = restoration_fit
-    table = plots.forest_table(fit, label="study", mod="habitat", sort="estimate", data=restoration)
-    ax = plots.forest(table)
-    ax.figure.savefig(tmp_path / "forest.png")
-    effects = table[table["kind"] == "effect"]
-    assert len(effects) == len(restoration)
-    squares = artist(ax, "_effect sizes").get_offsets()
-    assert sorted(squares[:, 0]) == sorted(restoration["yi"])
-    np.testing.assert_array_equal(squares[:, 1], effects["position"])
-    by_study = restoration.set_index("study")
-    y, lo, hi = hline_segments(artist(ax, "_sampling intervals"))
-    se = np.sqrt(by_study.loc[effects["label"], "vi"].to_numpy())
-    np.testing.assert_allclose(lo, by_study.loc[effects["label"], "yi"].to_numpy() - Z975 * se)
-    np.testing.assert_allclose(hi, by_study.loc[effects["label"], "yi"].to_numpy() + Z975 * se)
-    for level in ("grassland", "forest"):  # sorted within each level, each level's rows together
-        block = effects[effects["level"] == level]
-        assert np.all(np.diff(block["estimate"]) >= 0)
-        assert set(by_study.loc[block["label"], "habitat"]) == {level}
-    orchard = plots.orchard_table(fit, "habitat")
-    diamonds = [p for p in ax.patches if p.get_label() == "pooled mean"]
-    assert len(diamonds) == 2
-    pooled = table[table["kind"] == "pooled"]
-    for patch, (_, row), (_, expected) in zip(diamonds, pooled.iterrows(), orchard.iterrows()):
-        xy = patch.get_xy()[:4]
-        np.testing.assert_allclose(xy[:, 0], [expected["conf_low"], expected["estimate"],
-                                              expected["conf_high"], expected["estimate"]])
-        np.testing.assert_allclose(xy[[0, 2], 1], row["position"])
-    pi_lines = [c for c in ax.collections if c.get_label() == "_prediction interval"]
-    for line, (_, expected) in zip(pi_lines, orchard.iterrows()):
-        _, x0, x1 = hline_segments(line)
-        np.testing.assert_allclose([x0[0], x1[0]], [expected["pred_low"], expected["pred_high"]])
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == list(table["label"])  # 82 rows, all labelled (max_labels=100)
-    assert labels[-1] == "forest" and len(restoration) + 2 == len(labels)
-
-
-def test_forest_overall_without_moderator(three_level_fit, lim):
-    fit = three_level_fit
-    table = plots.forest_table(fit)
-    assert (table["kind"] == "pooled").sum() == 1
-    assert table["position"].min() == 0 and table.iloc[-1]["kind"] == "pooled"
-    ax = plots.forest(table)
-    assert len(artist(ax, "_effect sizes").get_offsets()) == len(lim)
-    # more rows than max_labels: only the pooled row is labelled
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["Pooled mean"]
 
 
 def test_bubble_band_follows_sigma_of_the_moderator(sigma_duration_fit, restoration, tmp_path):

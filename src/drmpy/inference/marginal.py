@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engine.likelihood import Structure, dense_covariance, gram
 
-__all__ = ["GLS", "gls", "marginal_covariance", "location_vcov", "variance_parameters"]
+__all__ = ["GLS", "gls", "gls_weights", "marginal_covariance", "location_vcov", "variance_parameters"]
 
 
 class GLS(NamedTuple):
@@ -150,3 +150,39 @@ def location_vcov(fit, vcov: str = "observed") -> np.ndarray:
     if vcov == "gls":
         return gls(fit).vcov
     raise DrmError(f"vcov must be 'observed' or 'gls' here, got {vcov!r}.")
+
+
+def gls_weights(fit) -> np.ndarray:
+    """Percentage weight of each retained row in the fit's GLS estimate of ``mu`` (sums to 100).
+
+    ``w_i`` is the i-th diagonal entry of ``W = S^-1``, ``S`` the fitted marginal covariance,
+    shown as ``100 w_i / sum(w)``: metafor's ``weights()`` of an ``rma.mv`` fit
+    (``type = "diagonal"``), which for a diagonal ``S`` is ``rma.uni``'s
+    ``1 / (v_i + tau_i^2)`` (here ``v_i + sigma_i^2``; a location-scale model gives each row
+    its own ``sigma_i``).  A diagonal model with likelihood weights ``a_i`` (``drm.fit(weights=)``)
+    gets ``a_i / (v_i + sigma_i^2)``, the weight the row has in its own estimate.  Univariate
+    fits only.  A non-diagonal ``S`` (random effects or a matrix V) is factorised densely:
+    O(n^2) memory, meant for plots and reports.
+    """
+    from ..errors import DrmError
+    from ..heterogeneity.statistics import _row_variances
+    from ..results.bivariate import BivariateFit
+
+    if isinstance(fit, BivariateFit):
+        raise DrmError("gls_weights() takes a univariate fit; this is a bivariate fit (two responses).")
+    design = fit.design
+    if design.known_v.is_diagonal and not design.random:
+        total = np.asarray(design.known_v.diag, dtype=np.float64).copy()
+        sigma2 = _row_variances(fit).get("sigma")  # absent under sigma ~ 0 (common effect)
+        if sigma2 is not None:
+            total += np.asarray(sigma2, dtype=np.float64)
+        w = 1.0 / total
+        if design.weights is not None:
+            w = w * np.asarray(design.weights, dtype=np.float64)
+    else:
+        from scipy import linalg
+
+        factor = linalg.cho_factor(marginal_covariance(fit), lower=True)
+        inverse = linalg.cho_solve(factor, np.eye(fit.nobs))
+        w = np.diag(inverse).copy()
+    return 100.0 * w / np.sum(w)
