@@ -48,13 +48,19 @@ def check_against_metafor(case: str, method: str):
     ref = info["metafor"][method]
     X = np.column_stack([np.ones(len(data)), data["x"]])
     shift = 0.5 * np.linalg.slogdet(X.T @ X)[1] if method == "REML" else 0.0
-    assert fit.loglik + shift == pytest.approx(ref["loglik"], abs=1e-6)
-    np.testing.assert_allclose(fit.params[["mu:(Intercept)", "mu:x"]], ref["beta"], atol=2e-5)
+    # a variance at its zero boundary (metafor: ~1e-10) leaves the likelihood flat: drmpy
+    # stops within 3e-7 of metafor's logLik there (rtree120's residual variance)
+    at_boundary = min(ref["sigma2"]) < 1e-6 * max(ref["sigma2"])
+    assert fit.loglik + shift == pytest.approx(ref["loglik"], abs=1e-6 if at_boundary else 1e-8)
+    np.testing.assert_allclose(fit.params[["mu:(Intercept)", "mu:x"]], ref["beta"], atol=1e-6)
     gls_se = np.sqrt(np.diag(location_vcov(fit, "gls")))
-    np.testing.assert_allclose(gls_se, ref["se"], rtol=1e-4)
+    np.testing.assert_allclose(gls_se, ref["se"], rtol=1e-5)
     variances = metafor_variances(fit, info)
     for name, value in zip(info["sigma2_order"], ref["sigma2"]):
-        assert variances[name] == pytest.approx(value, rel=1e-3, abs=1e-6), name
+        if value < 1e-6 * max(ref["sigma2"]):
+            assert variances[name] < 1e-6 * max(ref["sigma2"]), name
+        else:
+            assert variances[name] == pytest.approx(value, rel=1e-4 if at_boundary else 1e-5), name
     return fit
 
 

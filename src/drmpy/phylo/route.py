@@ -25,8 +25,10 @@ __all__ = ["TREE_ROUTE_MIN_SPECIES", "tree_route_refusal", "tree_route_arrays", 
 #: species at and above which a model the tree route takes uses it unless a structure is
 #: forced (``control={"structure": ...}``); below, the dense K (Woodbury) route is as fast
 TREE_ROUTE_MIN_SPECIES = 1000
-#: other random-effect columns the Woodbury correction takes when chosen automatically
-MAX_CROSSED_COLUMNS = 2000
+#: other random-effect columns the Woodbury correction takes when chosen automatically: its
+#: cost grows as nodes x columns^2 (the tree pass carries every column), so many crossed
+#: levels (hundreds of studies) are faster by the dense-K route
+MAX_CROSSED_COLUMNS = 256
 
 
 def phylo_levels(design: ModelDesign) -> int:
