@@ -27,6 +27,7 @@ from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
                          elementwise_linalg, gram, row_sigma2, variance_objective)
 from .optimize import CONVERGED, SolverOutput, newton_trust_region
+from .scaling import scale_designs
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
 
@@ -79,7 +80,9 @@ class RawFit:
     theta: np.ndarray
     vcov: np.ndarray
     loglik: float
-    gradient: np.ndarray  # gradient of the objective at the estimate (all estimated parameters)
+    # gradient of the objective at the estimate (all estimated parameters; scale coefficients
+    # in the optimiser's standardised coordinates, engine.scaling, as the min eigenvalue)
+    gradient: np.ndarray
     hessian_min_eigenvalue: float
     status: int
     iterations: int
@@ -742,6 +745,10 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
     boundary point and the better of the two is returned (``RawFit.boundary_gain`` > 0).
     """
     arrs, struct, beta0, phi0 = prepared
+    # the optimiser sees standardised scale designs (engine.scaling); results are mapped back
+    scaling = scale_designs(arrs, struct)
+    if scaling is not None:
+        arrs, phi0, boundary = scaling.arrays, scaling.to_internal(phi0), scaling.boundary_to_internal(boundary)
     out = _run_once(arrs, struct, phi0, control, boundary)
     gain = 0.0
     first_f = float(out["f"])
@@ -760,6 +767,8 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
             break
         out = again
         gain = first_f - float(out["f"])
+    if scaling is not None:
+        out = scaling.to_user(out, struct.p)
     n = int(round(float(np.sum(np.asarray(arrs.mask)))))
     beta = np.asarray(out["beta"]) + beta0
     theta = np.concatenate([beta, np.asarray(out["phi"])])
