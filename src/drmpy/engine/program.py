@@ -690,9 +690,16 @@ def prepare(design: ModelDesign, method: str, control: Control):
 
 
 BOUNDARY_SD_RATIO = 1e-8  # a component "at zero": SD 1e-8 of the sampling SD scale
-# refit from a boundary point only when it is better by more than this (log-likelihood units):
-# a fit that already ran toward zero (converged_flat) sits within ~1e-8 of its boundary value
+# refit from a boundary point only when it is better by more than this times max(1, |f|)
+# (log-likelihood units, relative as the optimiser's own tolerance, so that the units of y,
+# which shift f by n log c, do not decide): a fit that already ran toward zero
+# (converged_flat) sits within ~1e-8 max(1, |f|) of its boundary value
 BOUNDARY_GAIN_MIN = 1e-6
+
+
+def boundary_gain_threshold(f):
+    """Smallest objective decrease from a boundary point that counts as a better optimum."""
+    return BOUNDARY_GAIN_MIN * np.maximum(1.0, np.abs(f))
 
 
 def boundary_candidates(design: ModelDesign) -> tuple[np.ndarray, np.ndarray] | None:
@@ -758,7 +765,7 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
         f_b = np.asarray(out["boundary_f"])
         f = float(out["f"])
         best = int(np.argmin(f_b)) if f_b.size else -1
-        if best < 0 or not f_b[best] < f - BOUNDARY_GAIN_MIN:
+        if best < 0 or not f_b[best] < f - boundary_gain_threshold(f):
             break
         masks, values = boundary
         start = np.where(masks[best] > 0, values[best], np.asarray(out["phi"]))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..engine.program import BOUNDARY_GAIN_MIN, BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size
+from ..engine.program import BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size, boundary_gain_threshold
 from ..errors import DataError, FormulaError, RandomEffectsError
 from ..model.design import _materialize_uncached, _response_values
 from ..model.formula import Formula
@@ -336,7 +336,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
             f_b = res["boundary_f"]
             best = np.argmin(np.where(np.isnan(f_b), np.inf, f_b), axis=1)
             f_best = f_b[np.arange(G), best]
-            again = np.flatnonzero(active & (f_best < res["f"] - BOUNDARY_GAIN_MIN))
+            again = np.flatnonzero(active & (f_best < res["f"] - boundary_gain_threshold(res["f"])))
             if again.size == 0:
                 break
             start = res["phi"].copy()
