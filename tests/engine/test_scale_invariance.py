@@ -182,3 +182,23 @@ def test_column_standardizer_centres_and_scales_and_keeps_the_span():
     used = np.r_[np.ones(20, bool), np.zeros(10, bool)]
     B = column_standardizer(M, used)
     np.testing.assert_allclose((M @ B)[used, 1].std(), 1, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# fit_batch: the same standardisation in the pool of diagonal fits
+
+
+def test_fit_batch_matches_single_fits_with_poorly_scaled_sigma_predictors():
+    rng = np.random.default_rng(1)
+    other = BCG.assign(yi=BCG["yi"] + rng.normal(0, 0.3, len(BCG)))
+    data = pd.concat([BCG.assign(g="a"), other.assign(g="b")], ignore_index=True)
+    for sigma in ("sigma ~ I(year*10)", "sigma ~ I(ablat*1e-6)"):
+        formula = drm.Formula("yi ~ ablat + meta_V(V=vi)", sigma)
+        batch = drm.fit_batch(formula, data, by="g", progress=False)
+        for g, d in (("a", BCG), ("b", other)):
+            single = _fit(formula, d)
+            rows = batch[batch["g"] == g]
+            assert rows["converged"].all() and single.converged
+            assert rows["loglik"].iloc[0] == pytest.approx(single.loglik, abs=1e-8)
+            np.testing.assert_allclose(rows["estimate"], single.params, rtol=1e-6)
+            np.testing.assert_allclose(rows["std_error"], single.std_errors, rtol=1e-6)

@@ -13,6 +13,7 @@ boundary) never hold the others back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
@@ -24,6 +25,7 @@ from ..model import frames
 from ..model.design import (FixedDesign, _check_full_rank, _formulaic, _materialize_uncached, _response_values,
                             formula_columns, require_scale_coefficients, response_columns, term_name)
 from ..engine.program import Control
+from ..engine.scaling import column_standardizer
 from ..errors import DataError, DrmError, FormulaError
 from ..model.formula import Formula
 from ..model.known_v import resolve_v
@@ -662,6 +664,11 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
 
     res = _empty_results(gr)
     positive = _positive_v_groups(gr)
+    # the pool's optimiser sees the sigma design standardised (as a single fit does, see
+    # drmpy.engine.scaling), over the rows of every group: one map back for all groups
+    B = column_standardizer(gr.Z, np.ones(len(gr.Z), dtype=bool))
+    if not np.array_equal(B, np.eye(gr.k)):
+        gr = dataclasses.replace(gr, Z=gr.Z @ B)
     if _scalar_tau2(gr):
         fast = fit_ids[positive[fit_ids]]
         slow = fit_ids[~positive[fit_ids]]
@@ -701,9 +708,19 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         n = len(ch.groups)
         for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
+        _to_user_coefficients(res, ch.groups, np.asarray(o["cov_phi"])[:n], B, gr.p)
         zero = dict(f=o["zero_f"], beta=o["zero_beta"], var_beta=o["zero_var_beta"])  # sigma = 0
         _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], zero, BOUNDARY_BETTER)
     return res
+
+
+def _to_user_coefficients(res: dict, groups: np.ndarray, cov_phi: np.ndarray, B: np.ndarray, p: int) -> None:
+    """Sigma coefficients fitted on the standardised design ``Z B`` -> those of ``Z``:
+    ``gamma = B gamma_int`` and their variances ``diag(B Cov B')`` (exact, linear)."""
+    if np.array_equal(B, np.eye(B.shape[0])):
+        return
+    res["phi"][groups] = res["phi"][groups] @ B.T
+    res["var"][groups, p:] = np.einsum("ij,gjk,ik->gi", B, cov_phi, B)
 
 
 def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, feasible: np.ndarray, zero: dict,
