@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import drmpy as drm
-from drmpy.engine.scaling import column_standardizer
+from drmpy.engine.scaling import column_standardizer, grouped_standardizers
 
 REF = Path(__file__).parents[1] / "reference"
 BCG = pd.read_csv(REF / "bcg_ablat_ml" / "data.csv")
@@ -202,3 +202,49 @@ def test_fit_batch_matches_single_fits_with_poorly_scaled_sigma_predictors():
             assert rows["loglik"].iloc[0] == pytest.approx(single.loglik, abs=1e-8)
             np.testing.assert_allclose(rows["estimate"], single.params, rtol=1e-6)
             np.testing.assert_allclose(rows["std_error"], single.std_errors, rtol=1e-6)
+
+
+def test_grouped_standardizers_equal_each_groups_own():
+    rng = np.random.default_rng(2)
+    Z = np.column_stack([np.ones(30), 1e8 + 1e2 * rng.normal(size=30), rng.integers(0, 2, 30)])
+    sizes = np.array([10, 0, 20])
+    B = grouped_standardizers(Z, sizes)
+    np.testing.assert_allclose(B[0], column_standardizer(Z[:10], np.ones(10, bool)), rtol=1e-12)
+    np.testing.assert_allclose(B[2], column_standardizer(Z[10:], np.ones(20, bool)), rtol=1e-12)
+    np.testing.assert_array_equal(B[1], np.eye(3))  # an empty group
+    no_intercept = grouped_standardizers(Z[:, 1:], sizes)
+    np.testing.assert_allclose(no_intercept[2], column_standardizer(Z[10:, 1:], np.ones(20, bool)), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# the location design: profiled in closed form (GLS), invariant without standardisation
+
+
+@pytest.mark.parametrize("c", SCALES)
+def test_mu_predictor_units_do_not_matter(c):
+    data = BCG.assign(x=BCG["ablat"] * c)
+    base = _fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ ablat"), data)
+    other = _renamed(_fit(drm.Formula("yi ~ x + meta_V(V=vi)", "sigma ~ ablat"), data), "mu:x", "mu:ablat")
+    _assert_rescaled(base, other, {"mu:ablat": c})
+    # REML (drmTMB's convention, without metafor's 1/2 log|X'X|): the criterion moves by -log|c|
+    reml = _fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ ablat"), data, method="REML")
+    reml_c = _fit(drm.Formula("yi ~ x + meta_V(V=vi)", "sigma ~ ablat"), data, method="REML")
+    assert reml_c.loglik == pytest.approx(reml.loglik - np.log(c), abs=1e-8)
+    np.testing.assert_allclose(reml_c.params.iloc[2:], reml.params.iloc[2:], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# the parametric bootstrap refits with the same standardisation
+
+
+@pytest.mark.slow
+def test_parametric_bootstrap_is_invariant_to_sigma_predictor_units():
+    data = BCG.assign(x=BCG["ablat"] * 1e-6)
+    base = _fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ ablat"), data)
+    other = _fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ x"), data)
+    a = drm.parametric_bootstrap(base, 32, seed=3, progress=False)
+    b = drm.parametric_bootstrap(other, 32, seed=3, progress=False)
+    assert (a["n_converged"] == 32).all() and (b["n_converged"] == 32).all()
+    factor = np.array([1.0, 1.0, 1.0, 1e6])
+    for col in ("boot_mean", "boot_se", "lower", "upper"):
+        np.testing.assert_allclose(b[col].to_numpy(), a[col].to_numpy() * factor, rtol=1e-5, err_msg=col)

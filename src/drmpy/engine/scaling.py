@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from scipy.linalg import block_diag
 
-__all__ = ["column_standardizer", "DesignScaling", "scale_designs"]
+__all__ = ["column_standardizer", "grouped_standardizers", "DesignScaling", "scale_designs"]
 
 
 def column_standardizer(M: np.ndarray, used: np.ndarray) -> np.ndarray:
@@ -55,6 +55,45 @@ def column_standardizer(M: np.ndarray, used: np.ndarray) -> np.ndarray:
             rms = float(np.sqrt(np.mean(col**2)))
             if rms > 0:
                 B[j, j] = 1.0 / rms
+    return B
+
+
+def grouped_standardizers(M: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(G, k, k): :func:`column_standardizer` of each group's rows of ``M``, the rows sorted
+    by group with ``sizes[g]`` rows in group g (fit_batch: every group is standardised as
+    its own single fit would be).  The intercept column is the one that is all ones on
+    every row; empty groups get the identity."""
+    G, k = len(sizes), M.shape[1]
+    B = np.broadcast_to(np.eye(k), (G, k, k)).copy()
+    if k == 0 or M.shape[0] == 0:
+        return B
+    offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    nonempty = sizes > 0
+    n = np.maximum(sizes, 1)[:, None].astype(float)
+
+    def sums(a):
+        out = np.zeros((G, k))
+        out[nonempty] = np.add.reduceat(a, offsets[nonempty], axis=0)
+        return out
+
+    ones = np.flatnonzero(np.all(M == 1.0, axis=0))
+    intercept = int(ones[0]) if ones.size else None
+    mean = sums(M) / n
+    second = sums(M * M) / n
+    # centred second moments (no cancellation for a column far from 0, e.g. a year)
+    centred = sums((M - np.repeat(mean, sizes, axis=0)) ** 2) / n
+    for j in range(k):
+        if j == intercept:
+            continue
+        if intercept is not None:
+            sd = np.sqrt(centred[:, j])
+            ok = nonempty & (sd > 1e-12 * np.abs(mean[:, j]))
+            B[ok, j, j] = 1.0 / sd[ok]
+            B[ok, intercept, j] = -mean[ok, j] / sd[ok]
+        else:
+            rms = np.sqrt(second[:, j])
+            ok = nonempty & (rms > 0)
+            B[ok, j, j] = 1.0 / rms[ok]
     return B
 
 
