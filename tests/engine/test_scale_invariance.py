@@ -248,3 +248,19 @@ def test_parametric_bootstrap_is_invariant_to_sigma_predictor_units():
     factor = np.array([1.0, 1.0, 1.0, 1e6])
     for col in ("boot_mean", "boot_se", "lower", "upper"):
         np.testing.assert_allclose(b[col].to_numpy(), a[col].to_numpy() * factor, rtol=1e-5, err_msg=col)
+
+
+# ------------------------------------------------------------------------------------------
+# profile likelihood: the inner optimisations work in the standardised coordinates
+
+
+def test_profile_interval_of_the_sigma_intercept_ignores_the_units_of_its_slope():
+    data = BCG.assign(x=BCG["ablat"] * 1e-6)
+    base = _fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ ablat"), data)
+    other = _fit(drm.Formula("yi ~ ablat + meta_V(V=vi)", "sigma ~ x"), data)
+    params = ["sigma:(Intercept)", "mu:ablat"]
+    a = base.conf_int(method="profile", params=params)
+    b = other.conf_int(method="profile", params=params)
+    assert list(b["status"].str[:4]) == list(a["status"].str[:4])  # "ok", "open ..." alike
+    np.testing.assert_allclose(b[["lower", "upper"]].to_numpy(), a[["lower", "upper"]].to_numpy(), rtol=1e-5)
+    assert np.isfinite(a.loc["sigma:(Intercept)", "upper"])
