@@ -242,6 +242,13 @@ def _summary(out: dict) -> dict:
                 status=out["status"], iterations=out["iterations"])
 
 
+def _pool_summary(out: dict) -> dict:
+    """:func:`_summary` plus ``cov_phi``, the covariance block of the log-SD coefficients
+    (fit_batch maps standardised sigma designs back to the user's coefficients with it)."""
+    k = out["phi"].shape[0]
+    return dict(_summary(out), cov_phi=out["vcov"][-k:, -k:] if k else out["vcov"][:0, :0])
+
+
 def _start_or_resume(starts, gamma0_in, beta0_in):
     """(beta0, gamma0) of one lane: its ``starts`` (start values) when ``gamma0_in`` is NaN
     (a fresh group), else the given point (a resumed fit)."""
@@ -429,7 +436,7 @@ def pool_program(reml: bool, lanes: int):
         return beta0, gamma0, (a.y - a.X @ beta0) * (a.w > 0)
 
     def finish(a, x, f, g, H, st, it):
-        return _with_zero_candidate(_summary(_diag_post(a, x, f, g, H, st, it, reml)), zero_variance_fit(a, reml))
+        return _with_zero_candidate(_pool_summary(_diag_post(a, x, f, g, H, st, it, reml)), zero_variance_fit(a, reml))
 
     # the same two steps in the column layout (every row sum a reduction over the last
     # axis): under vmap the matrix form's small products are batched XLA dots, which made
@@ -442,7 +449,7 @@ def pool_program(reml: bool, lanes: int):
 
     def finish_columns(c, x, f, g, H, st, it, location):
         beta, grad, vcov = dc.location_post(location, g, H, reml)
-        out = _summary(dict(beta=beta, phi=x, f=f, grad=grad, vcov=vcov, status=st, iterations=it))
+        out = _pool_summary(dict(beta=beta, phi=x, f=f, grad=grad, vcov=vcov, status=st, iterations=it))
         return _with_zero_candidate(out, dc.columns_zero_variance_fit(c, reml))
 
     def run(data: DiagArrays, gamma0_in, beta0_in, n_real, max_iter, gtol):
@@ -550,7 +557,8 @@ def run_pool(y, X, Z, v, w, gamma0, beta0, n_real: int, max_iter: int, gtol: flo
 
     Returns per group ``beta`` (location), ``phi`` (log-SD coefficients), ``f`` (the
     minimised negative log-likelihood), ``var`` (diagonal of the covariance of
-    (beta, phi)), ``max_gradient``, ``status``, ``iterations`` and ``beta0``.  With
+    (beta, phi)), ``cov_phi`` (its phi block), ``max_gradient``, ``status``, ``iterations``
+    and ``beta0``.  With
     ``block=False`` the result stays on the device (JAX dispatches asynchronously); the
     default returns numpy arrays, as a dask worker must.  ``device``: a jax Device, or a
     mesh (:func:`device_mesh`) when every array holds one pool per device, stacked along a

@@ -95,7 +95,7 @@ def intercepts_pool_program(struct: Structure, lanes: int):
     the engine's program (:func:`drmpy.engine.program._program_fn` started there), with the
     optimiser's objective, status and iteration count.
     """
-    from .batch import _summary, refill_lanes
+    from .batch import _pool_summary, refill_lanes
     from .likelihood import elementwise_linalg, variance_objective
     from .optimize import value_grad_hessian
     from .program import _program_fn
@@ -116,7 +116,7 @@ def intercepts_pool_program(struct: Structure, lanes: int):
 
         def post(a, x, vals):
             out = run(a, x, jnp.asarray(0), gtol, (masks, vals))  # no step: the estimate's covariance
-            summary = _summary(out)
+            summary = _pool_summary(out)  # with cov_phi: fit_batch maps standardised designs back
             summary["boundary_f"] = out["boundary_f"]
             return summary
 

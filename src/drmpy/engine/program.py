@@ -27,6 +27,7 @@ from ..errors import DrmError
 from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
                          elementwise_linalg, gram, row_sigma2, variance_objective)
 from .optimize import CONVERGED, NONFINITE, SolverOutput, newton_trust_region, value_grad_hessian_forward
+from .scaling import scale_designs
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
 
@@ -79,7 +80,9 @@ class RawFit:
     theta: np.ndarray
     vcov: np.ndarray
     loglik: float
-    gradient: np.ndarray  # gradient of the objective at the estimate (all estimated parameters)
+    # gradient of the objective at the estimate (all estimated parameters; scale coefficients
+    # in the optimiser's standardised coordinates, engine.scaling, as the min eigenvalue)
+    gradient: np.ndarray
     hessian_min_eigenvalue: float
     status: int
     iterations: int
@@ -716,9 +719,16 @@ def prepare(design: ModelDesign, method: str, control: Control):
 
 
 BOUNDARY_SD_RATIO = 1e-8  # a component "at zero": SD 1e-8 of the sampling SD scale
-# refit from a boundary point only when it is better by more than this (log-likelihood units):
-# a fit that already ran toward zero (converged_flat) sits within ~1e-8 of its boundary value
+# refit from a boundary point only when it is better by more than this times max(1, |f|)
+# (log-likelihood units, relative as the optimiser's own tolerance, so that the units of y,
+# which shift f by n log c, do not decide): a fit that already ran toward zero
+# (converged_flat) sits within ~1e-8 max(1, |f|) of its boundary value
 BOUNDARY_GAIN_MIN = 1e-6
+
+
+def boundary_gain_threshold(f):
+    """Smallest objective decrease from a boundary point that counts as a better optimum."""
+    return BOUNDARY_GAIN_MIN * np.maximum(1.0, np.abs(f))
 
 
 def boundary_candidates(design: ModelDesign) -> tuple[np.ndarray, np.ndarray] | None:
@@ -771,6 +781,10 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
     boundary point and the better of the two is returned (``RawFit.boundary_gain`` > 0).
     """
     arrs, struct, beta0, phi0 = prepared
+    # the optimiser sees standardised scale designs (engine.scaling); results are mapped back
+    scaling = scale_designs(arrs, struct)
+    if scaling is not None:
+        arrs, phi0, boundary = scaling.arrays, scaling.to_internal(phi0), scaling.boundary_to_internal(boundary)
     out = _run_once(arrs, struct, phi0, control, boundary)
     gain = 0.0
     first_f = float(out["f"])
@@ -780,7 +794,7 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
         f_b = np.asarray(out["boundary_f"])
         f = float(out["f"])
         best = int(np.argmin(f_b)) if f_b.size else -1
-        if best < 0 or not f_b[best] < f - BOUNDARY_GAIN_MIN:
+        if best < 0 or not f_b[best] < f - boundary_gain_threshold(f):
             break
         masks, values = boundary
         start = np.where(masks[best] > 0, values[best], np.asarray(out["phi"]))
@@ -789,6 +803,8 @@ def run_fit(prepared, control: Control, boundary: tuple[np.ndarray, np.ndarray] 
             break
         out = again
         gain = first_f - float(out["f"])
+    if scaling is not None:
+        out = scaling.to_user(out, struct.p)
     n = int(round(float(np.sum(np.asarray(arrs.mask)))))
     beta = np.asarray(out["beta"]) + beta0
     theta = np.concatenate([beta, np.asarray(out["phi"])])

@@ -85,17 +85,22 @@ def _fixed_objective(struct: Structure):
 
 
 def _inner_minimum(struct: Structure):
-    """``(f, psi, ok)``: minimum of the fixed-parameter objective from a warm start."""
+    """``(f, psi, ok)``: minimum of the fixed-parameter objective from a warm start.
+
+    The optimiser works in the coordinates ``u`` of the standardised scale designs,
+    ``psi = B u`` (``basis = (B, B^-1)``, :mod:`drmpy.engine.scaling`), as the fit's own
+    optimiser did, so a predictor's units do not decide whether it converges."""
     nll = _fixed_objective(struct)
 
-    def solve(arrs, psi0, phi_mask, phi_value, e_beta, beta_value):
-        fun = lambda psi: nll(psi, arrs, phi_mask, phi_value, e_beta, beta_value)  # noqa: E731
+    def solve(arrs, basis, psi0, phi_mask, phi_value, e_beta, beta_value):
+        B, B_inv = basis
+        fun = lambda u: nll(B @ u, arrs, phi_mask, phi_value, e_beta, beta_value)  # noqa: E731
         if psi0.shape[0] == 0:
             return fun(psi0), psi0, jnp.asarray(True)
-        sol = newton_trust_region(fun, jnp.where(phi_mask > 0, phi_value, psi0),
+        sol = newton_trust_region(fun, B_inv @ jnp.where(phi_mask > 0, phi_value, psi0),
                                   max_iter=jnp.asarray(INNER_MAX_ITER), gtol=INNER_GTOL, eigh=jacobi_eigh)
         ok = (sol.status == CONVERGED) | (sol.status == CONVERGED_FLAT)
-        return sol.f, sol.x, ok
+        return sol.f, B @ sol.x, ok
 
     return solve
 
@@ -119,12 +124,12 @@ def _root_program(struct: Structure):
     """jit(vmap over lanes) of the bracketing + Illinois search of one endpoint."""
     solve = _inner_minimum(struct)
 
-    def g_at(arrs, lane, x, psi, f_hat, q):
+    def g_at(arrs, basis, lane, x, psi, f_hat, q):
         value = x - lane.offset
-        f, psi_new, ok = solve(arrs, psi, lane.phi_mask, lane.phi_mask * value, lane.e_beta, value)
+        f, psi_new, ok = solve(arrs, basis, psi, lane.phi_mask, lane.phi_mask * value, lane.e_beta, value)
         return 2.0 * (f - f_hat) - q, psi_new, ok
 
-    def one(arrs, lane, psi_hat, f_hat, q):
+    def one(arrs, basis, lane, psi_hat, f_hat, q):
         d = lane.direction
         x0 = lane.theta_hat + d * lane.step0
         init = _Root(lane.theta_hat, -q, lane.theta_hat, -q, jnp.asarray(False), lane.step0, x0, psi_hat,
@@ -134,7 +139,7 @@ def _root_program(struct: Structure):
             return ~s.done
 
         def body(s):
-            g, psi_new, ok = g_at(arrs, lane, s.x, s.psi, f_hat, q)
+            g, psi_new, ok = g_at(arrs, basis, lane, s.x, s.psi, f_hat, q)
             inside = g < 0
             lo = jnp.where(inside, s.x, s.lo)
             g_lo = jnp.where(inside, g, s.g_lo)
@@ -174,9 +179,9 @@ def _root_program(struct: Structure):
         est = jnp.where(s.bracketed & ~(jnp.isfinite(est)), 0.5 * (s.lo + s.hi), est)
         return dict(endpoint=est, code=s.code, iterations=s.it)
 
-    def run(arrs, lanes, psi_hat, f_hat, q):
+    def run(arrs, basis, lanes, psi_hat, f_hat, q):
         with elementwise_linalg():
-            return jax.vmap(one, in_axes=(None, 0, None, None, None))(arrs, lanes, psi_hat, f_hat, q)
+            return jax.vmap(one, in_axes=(None, None, 0, None, None, None))(arrs, basis, lanes, psi_hat, f_hat, q)
 
     return jax.jit(run)
 
@@ -185,13 +190,14 @@ def _curve_program(struct: Structure):
     """jit(vmap over points) of the profile objective at given values of one parameter."""
     solve = _inner_minimum(struct)
 
-    def one(arrs, phi_mask, e_beta, value, psi_hat):
-        f, _, ok = solve(arrs, psi_hat, phi_mask, phi_mask * value, e_beta, value)
+    def one(arrs, basis, phi_mask, e_beta, value, psi_hat):
+        f, _, ok = solve(arrs, basis, psi_hat, phi_mask, phi_mask * value, e_beta, value)
         return f, ok
 
-    def run(arrs, phi_mask, e_beta, values, psi_hat):
+    def run(arrs, basis, phi_mask, e_beta, values, psi_hat):
         with elementwise_linalg():
-            return jax.vmap(one, in_axes=(None, None, None, 0, None))(arrs, phi_mask, e_beta, values, psi_hat)
+            return jax.vmap(one, in_axes=(None, None, None, None, 0, None))(arrs, basis, phi_mask, e_beta, values,
+                                                                            psi_hat)
 
     return jax.jit(run)
 
@@ -212,6 +218,7 @@ class _Setup(NamedTuple):
     theta: np.ndarray
     se: np.ndarray
     f_hat: float
+    basis: tuple  # (B, B^-1): psi = B u, u the optimiser's coordinates (engine.scaling)
 
 
 def _setup(fit) -> _Setup:
@@ -221,9 +228,15 @@ def _setup(fit) -> _Setup:
         return cached
     from .marginal import _prepared
 
+    from ..engine.scaling import scale_designs
+
     arrs, struct, beta0 = _prepared(fit, None)
+    scaling = scale_designs(arrs, struct)
+    k = len(fit.params) - struct.p
+    B = scaling.B if scaling is not None else np.eye(k)
+    basis = (jnp.asarray(B), jnp.asarray(np.linalg.inv(B)))
     out = _Setup(arrs, struct, np.asarray(beta0, dtype=float), list(fit.params.index),
-                 fit.params.to_numpy(dtype=float), fit.std_errors.to_numpy(dtype=float), -float(fit.loglik))
+                 fit.params.to_numpy(dtype=float), fit.std_errors.to_numpy(dtype=float), -float(fit.loglik), basis)
     fit._profile_setup = out
     return out
 
@@ -323,7 +336,7 @@ def profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFrame:
     cols = list(zip(*rows))
     lanes = Lanes(*(jnp.asarray(np.asarray(c, dtype=float)) for c in cols))
     psi_hat = jnp.asarray(setup.theta[setup.struct.p:])
-    out = jax.device_get(_root_programs(setup.struct)(setup.arrs, lanes, psi_hat,
+    out = jax.device_get(_root_programs(setup.struct)(setup.arrs, setup.basis, lanes, psi_hat,
                                                       jnp.asarray(setup.f_hat), jnp.asarray(q)))
     endpoint = np.asarray(out["endpoint"])
     code = np.asarray(out["code"])
@@ -370,7 +383,7 @@ def profile_curve(fit, param: str, n: int = 25, level: float = 0.99) -> pd.DataF
     values = np.linspace(lo, hi, int(n))
     phi_mask, e_beta, offset = _lane_pieces(setup, param)
     f, ok = jax.device_get(_curve_programs(setup.struct)(
-        setup.arrs, jnp.asarray(phi_mask), jnp.asarray(e_beta), jnp.asarray(values - offset),
+        setup.arrs, setup.basis, jnp.asarray(phi_mask), jnp.asarray(e_beta), jnp.asarray(values - offset),
         jnp.asarray(setup.theta[setup.struct.p:])))
     f = np.where(np.asarray(ok), np.asarray(f), np.nan)
     loglik = -f

@@ -9,14 +9,13 @@ import numpy as np
 import pandas as pd
 
 from ..engine.optimize import MAX_ITER, STATUS_NAMES
+from .boundary import SMALL_RATIO, TINY_RATIO, bivariate_sigma_components, variance_components
 
-__all__ = ["check_fit", "check_bivariate_fit", "GRADIENT_WARN", "BOUNDARY_SD"]
+__all__ = ["check_fit", "check_bivariate_fit", "GRADIENT_WARN"]
 
 GRADIENT_WARN = 1e-3
 SE_INFLATED_ABS = 50.0
 SE_INFLATED_REL = 1000.0
-BOUNDARY_SD = 1e-4
-BOUNDARY_VARIANCE_RATIO = 1e-8
 DESIGN_MB_NOTE = 25.0
 DESIGN_COLS_NOTE = 30
 V_CONDITION_WARN = 1e8
@@ -39,10 +38,11 @@ def check_fit(fit) -> pd.DataFrame:
              + (" and the random effects)." if design.random else ")."))
     else:
         _positive_scale_row(fit.sigma().to_numpy(), "sigma", rows)
-    _boundary_row(fit, rows)
+    components = variance_components(design, fit._raw.theta, fit._raw.vcov)
+    _boundary_row(fit, rows, components)
     _known_v_row(design, rows)
     _phylo_route_row(fit, rows)
-    _random_rows(fit, rows)
+    _random_rows(fit, rows, components)
     _random_design_row(design, rows)
     _design_size_row(design, rows)
     return pd.DataFrame(rows, columns=["check", "status", "value", "message"])
@@ -154,10 +154,8 @@ def _positive_scale_row(sig, name, rows):
              f"Some fitted {name} values are zero, negative or non-finite.")
 
 
-def _sd_at_boundary(sd: np.ndarray, v: np.ndarray) -> bool:
-    """An SD below BOUNDARY_SD, or a variance negligible against the known sampling variance."""
-    ratio = sd**2 / np.where(v > 0, v, np.nan)
-    return bool(np.any(sd < BOUNDARY_SD) or (np.isfinite(ratio).any() and np.nanmin(ratio) < BOUNDARY_VARIANCE_RATIO))
+BOUNDARY_RULE = (f"below {TINY_RATIO:g} of the typical SD of the other variance in play, or below "
+                 f"{SMALL_RATIO:g} of it with a log-SD standard error that cannot tell it from zero")
 
 
 def _boundary_result(rows, flagged: list[str], value: str, also: str) -> None:
@@ -170,14 +168,11 @@ def _boundary_result(rows, flagged: list[str], value: str, also: str) -> None:
         _row(rows, "boundary", "ok", value, "No SD is at its zero boundary.")
 
 
-def _boundary_row(fit, rows):
-    design = fit.design
+def _boundary_row(fit, rows, components):
+    """The ``boundary`` row (and ``boundary_optimum``): the scale-free rule of
+    :mod:`drmpy.results.boundary` over sigma and every random-effect SD."""
     sig = fit.sigma().to_numpy()
-    flagged = ["sigma"] if not design.common_effect and _sd_at_boundary(sig, design.known_v.diag) else []
-    for rd in design.random:
-        sds = fit.sd(rd.group).to_numpy()
-        if np.any(sds < BOUNDARY_SD):
-            flagged.append(f"sd({rd.group})")
+    flagged = [c.name for c in components if c.at_boundary]
     _boundary_result(rows, flagged, f"min_sigma={sig.min():.3g}", "")
     gain = fit._raw.boundary_gain
     if gain > 0:
@@ -210,13 +205,14 @@ def _known_v_row(design, rows):
         _row(rows, "known_sampling_covariance", "ok", val, f"Known sampling covariance is recorded through meta_V(V = {kv.name}).")
 
 
-def _random_rows(fit, rows):
+def _random_rows(fit, rows, components):
     for rd in fit.design.random:
         sds = fit.sd(rd.group).to_numpy()
         val = f"min_sd={sds.min():.3g}; max_sd={sds.max():.3g}"
-        if np.any(sds < BOUNDARY_SD):
+        flagged = [c.name for c in components if c.group == rd.group and c.at_boundary]
+        if flagged:
             _row(rows, f"sd_boundary[{rd.group}]", "note", val,
-                 f"sd({rd.group}) is at its zero boundary (< {BOUNDARY_SD:g}) for some level.")
+                 f"{', '.join(flagged)} is at its zero boundary for some level ({BOUNDARY_RULE}).")
         else:
             _row(rows, f"sd_boundary[{rd.group}]", "ok", val, f"sd({rd.group}) is away from zero.")
         single = int(np.sum(rd.level_counts < 2))
@@ -323,11 +319,7 @@ def check_bivariate_fit(fit) -> pd.DataFrame:
     values = np.concatenate([s[~np.isnan(s)] for s in sig.values()])
     _positive_scale_row(values, "sigma1/sigma2", rows)
 
-    v = design.v_diag
-    flagged = []
-    for k, name in enumerate(("sigma1", "sigma2")):
-        if _sd_at_boundary(sig[name][kept[:, k]], v[kept[:, k], k]):
-            flagged.append(name)
+    flagged = [c.name for c in bivariate_sigma_components(design, fit._raw.theta, fit._raw.vcov) if c.at_boundary]
     value = "; ".join(f"min_{k}={np.nanmin(s):.3g}" for k, s in sig.items())
     _boundary_result(rows, flagged, value, " (and of rho12)")
 

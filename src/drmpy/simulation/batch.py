@@ -13,6 +13,7 @@ boundary) never hold the others back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple
@@ -24,6 +25,7 @@ from ..model import frames
 from ..model.design import (FixedDesign, _check_full_rank, _formulaic, _materialize_uncached, _response_values,
                             formula_columns, require_scale_coefficients, response_columns, term_name)
 from ..engine.program import Control
+from ..engine.scaling import grouped_standardizers
 from ..errors import DataError, DrmError, FormulaError
 from ..model.formula import Formula
 from ..model.known_v import resolve_v
@@ -671,6 +673,13 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         slow = fit_ids[~positive[fit_ids]]
     else:
         fast, slow = fit_ids[:0], fit_ids
+    # the pool's optimiser sees each group's sigma design standardised on its rows, as the
+    # group's single fit does (drmpy.engine.scaling); B[g] maps the coefficients back.  After
+    # the routing above, which reads the user's design (the tau^2 path takes no Z)
+    B = grouped_standardizers(gr.Z, gr.sizes)
+    if not np.array_equal(B, np.broadcast_to(np.eye(gr.k), B.shape)):
+        group_of_row = np.repeat(np.arange(len(gr.sizes)), gr.sizes)
+        gr = dataclasses.replace(gr, Z=np.einsum("ni,nij->nj", gr.Z, B[group_of_row]))
     keys = ("beta", "phi", "f", "var", "max_gradient", "status", "iterations")
     fast_chunks = _plan_tau2(fast, gr.sizes, chunk_size)
     x_ones = gr.p == 1 and bool(np.all(gr.X[:, 0] == 1.0))
@@ -705,9 +714,19 @@ def _fit_lanes(gr: _Groups, fit_ids: np.ndarray, *, reml: bool, ctrl: Control, c
         n = len(ch.groups)
         for key in keys:
             res[key][ch.groups] = np.asarray(o[key])[:n]
+        _to_user_coefficients(res, ch.groups, np.asarray(o["cov_phi"])[:n], B[ch.groups], gr.p)
         zero = dict(f=o["zero_f"], beta=o["zero_beta"], var_beta=o["zero_var_beta"])  # sigma = 0
         _apply_boundary_rule(gr, res, ch.groups, positive[ch.groups], zero, BOUNDARY_BETTER)
     return res
+
+
+def _to_user_coefficients(res: dict, groups: np.ndarray, cov_phi: np.ndarray, B: np.ndarray, p: int) -> None:
+    """Sigma coefficients fitted on the standardised designs ``Z B[g]`` -> those of ``Z``:
+    ``gamma = B[g] gamma_int`` and their variances ``diag(B[g] Cov B[g]')`` (exact, linear)."""
+    if np.array_equal(B, np.broadcast_to(np.eye(B.shape[-1]), B.shape)):
+        return
+    res["phi"][groups] = np.einsum("gij,gj->gi", B, res["phi"][groups])
+    res["var"][groups, p:] = np.einsum("gij,gjk,gik->gi", B, cov_phi, B)
 
 
 def _apply_boundary_rule(gr: _Groups, res: dict, groups: np.ndarray, feasible: np.ndarray, zero: dict,

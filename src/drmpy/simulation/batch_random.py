@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..engine.program import BOUNDARY_GAIN_MIN, BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size
+from ..engine.scaling import grouped_standardizers
+from ..engine.program import BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size, boundary_gain_threshold
 from ..errors import DataError, FormulaError, RandomEffectsError
 from ..model.design import _label, _materialize_uncached, _response_values, one_level_message
 from ..model.known_v import rows_text
@@ -323,10 +324,20 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
     beta0, phi0, masks, values = start_values(gr, lv, ids)
     owner = np.repeat(np.arange(G), gr.sizes)
     y_c = gr.y - np.einsum("np,np->n", gr.X, np.nan_to_num(beta0[owner]))
+    # the optimiser sees each group's sigma and sd(g) designs standardised on its rows and
+    # levels, as the group's single fit does (drmpy.engine.scaling): phi = B[g] phi_int
+    B_Z, B_W = grouped_standardizers(gr.Z, gr.sizes), grouped_standardizers(lv.W, lv.count)
+    B = np.zeros((G, k + k_sd, k + k_sd))
+    B[:, :k, :k], B[:, k:, k:] = B_Z, B_W
+    Z_int = np.einsum("ni,nij->nj", gr.Z, B_Z[owner])
+    W_int = np.einsum("li,lij->lj", lv.W, B_W[lv.group])
+    B_inv = np.linalg.inv(B)
+    phi0 = np.where(np.isfinite(phi0), np.einsum("gij,gj->gi", B_inv, np.nan_to_num(phi0)), phi0)
+    values = np.einsum("gij,gcj->gci", B_inv, values)
     res = dict(beta=np.full((G, p), np.nan), phi=np.full((G, k + k_sd), np.nan), f=np.full(G, np.nan),
                var=np.full((G, p + k + k_sd), np.nan), max_gradient=np.full(G, np.nan),
                status=np.full(G, -1, dtype=np.int64), iterations=np.zeros(G, dtype=np.int64),
-               boundary_f=np.full((G, len(masks)), np.nan))
+               boundary_f=np.full((G, len(masks)), np.nan), cov_phi=np.full((G, k + k_sd, k + k_sd), np.nan))
     chunks = _shapes(ids, gr, lv, chunk_size)
     by_group = {}  # group id -> its chunk's shape
     for members, N, L, M, lanes in chunks:
@@ -343,7 +354,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
             for s in range(0, len(members), per):
                 real = members[s:s + per]
                 gs = np.concatenate([real, np.repeat(real[-1:], size - len(real))])
-                arrs = pack_intercepts(y_c, gr.X, gr.Z, gr.v, lv.within, lv.slot, lv.W, gr.offsets[gs], gr.sizes[gs],
+                arrs = pack_intercepts(y_c, gr.X, Z_int, gr.v, lv.within, lv.slot, W_int, gr.offsets[gs], gr.sizes[gs],
                                        lv.start[gs], lv.count[gs], N, L, M)
                 yield ((N, L, M, lanes, s), len(real) if count else 0,
                        (struct, arrs, start[gs], masks, values[gs], len(real), int(ctrl.max_iter), float(ctrl.gtol),
@@ -369,7 +380,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
     runner = _Runner(run_intercepts_pool, client, progress, len(ids), "drmpy fit_batch")
     try:
         done, out = run(ids, phi0, True)
-        for name in ("phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f"):
+        for name in ("phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f", "cov_phi"):
             if done.size:
                 res[name][done] = out[name]
         if done.size:
@@ -381,7 +392,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
             f_b = res["boundary_f"]
             best = np.argmin(np.where(np.isnan(f_b), np.inf, f_b), axis=1)
             f_best = f_b[np.arange(G), best]
-            again = np.flatnonzero(active & (f_best < res["f"] - BOUNDARY_GAIN_MIN))
+            again = np.flatnonzero(active & (f_best < res["f"] - boundary_gain_threshold(res["f"])))
             if again.size == 0:
                 break
             start = res["phi"].copy()
@@ -391,9 +402,11 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
             active[:] = False
             active[done[better]] = True
             g = done[better]
-            for name in ("beta", "phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f"):
+            for name in ("beta", "phi", "f", "var", "max_gradient", "status", "iterations", "boundary_f", "cov_phi"):
                 res[name][g] = out[name][better]
     finally:
         runner.close()
+    res["phi"] = np.einsum("gij,gj->gi", B, res["phi"])
+    res["var"][:, p:] = np.einsum("gij,gjk,gik->gi", B, res["cov_phi"], B)
     res["beta"] = res["beta"] + beta0
     return _result_frame(gr, by, res, fit_mask)

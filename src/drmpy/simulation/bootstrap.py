@@ -60,6 +60,13 @@ class _Refitter:
             (arrs, struct, beta0, _), _ = prepare(fit.design, fit.method, fit._control)
             self.X = fit.design.fixed["mu"].matrix
             self.row_mask = None
+        # the refits' optimiser sees standardised scale designs, as the fit's did
+        # (drmpy.engine.scaling): run() maps phi in and out
+        from ..engine.scaling import scale_designs
+
+        self.scaling = scale_designs(arrs, struct)
+        if self.scaling is not None:
+            arrs = self.scaling.arrays
         self.arrs, self.struct, self.beta0 = arrs, struct, np.asarray(beta0)
         self.phi_hat = np.asarray(fit.params.to_numpy()[struct.p:], dtype=float)
         self.n = self.X.shape[0]
@@ -85,7 +92,16 @@ class _Refitter:
         return out
 
     def run(self, Yc: np.ndarray, phi0: np.ndarray, max_iter: int, gtol: float) -> dict:
-        """Refit responses ``Yc`` (from :meth:`centred`) from ``phi0``; ``beta`` on the data's scale."""
+        """Refit responses ``Yc`` (from :meth:`centred`) from ``phi0``; ``beta`` on the data's
+        scale, ``phi0`` and the refits' ``phi`` in the fit's coefficients."""
+        if self.scaling is None:
+            return self._run(Yc, phi0, max_iter, gtol)
+        B = self.scaling.B
+        out = self._run(Yc, np.linalg.solve(B, phi0.T).T, max_iter, gtol)
+        out["phi"] = out["phi"] @ B.T
+        return out
+
+    def _run(self, Yc: np.ndarray, phi0: np.ndarray, max_iter: int, gtol: float) -> dict:
         import jax
 
         from ..engine.batch import DiagArrays, diag_program, generic_program
