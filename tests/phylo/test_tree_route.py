@@ -17,6 +17,7 @@ pytest.importorskip("Bio.Phylo")
 
 REF = Path(__file__).parents[1] / "reference_extra" / "phylo"
 TREE_CONTROL = {"structure": "tree"}
+DENSE_CONTROL = {"structure": "woodbury"}  # the dense-K route, the checked reference
 
 
 def load(case: str):
@@ -84,8 +85,9 @@ def test_location_scale_tree_equals_dense(method):
     info, data, tree = load("rtree120")
     f = formula(info, tree, sigma="~ x")
     tree_fit = drm.fit(f, data=data, method=method, control=TREE_CONTROL)
-    dense_fit = drm.fit(f, data=data, method=method)
+    dense_fit = drm.fit(f, data=data, method=method, control=DENSE_CONTROL)
     assert dense_fit.structure == "woodbury" and tree_fit.structure == "tree"
+    assert drm.fit(f, data=data, method=method).structure == "tree"  # 120 species: chosen by itself
     assert tree_fit.loglik == pytest.approx(dense_fit.loglik, abs=1e-8)
     pd.testing.assert_series_equal(tree_fit.params, dense_fit.params, atol=1e-6, rtol=0)
     pd.testing.assert_series_equal(tree_fit.std_errors, dense_fit.std_errors, atol=1e-5, rtol=1e-5)
@@ -98,7 +100,7 @@ def test_profile_interval_of_phylo_sd_equals_dense():
     f = formula(info, tree)
     name = "sd(phylo):(Intercept)"
     by_tree = drm.fit(f, data=data, control=TREE_CONTROL).conf_int(method="profile", params=[name])
-    dense = drm.fit(f, data=data).conf_int(method="profile", params=[name])
+    dense = drm.fit(f, data=data, control=DENSE_CONTROL).conf_int(method="profile", params=[name])
     np.testing.assert_allclose(by_tree[["lower", "upper"]].to_numpy(float),
                                dense[["lower", "upper"]].to_numpy(float), atol=1e-5)
 

@@ -23,8 +23,11 @@ from .topology import tree_topology
 __all__ = ["TREE_ROUTE_MIN_SPECIES", "tree_route_refusal", "tree_route_arrays", "phylo_levels"]
 
 #: species at and above which a model the tree route takes uses it unless a structure is
-#: forced (``control={"structure": ...}``); below, the dense K (Woodbury) route is as fast
-TREE_ROUTE_MIN_SPECIES = 1000
+#: forced (``control={"structure": ...}``).  The dense-K (Woodbury) route costs O(q^3) per
+#: evaluation: at 300 species (900 rows, a species term beside the phylo term) a warm fit
+#: took 17.9 s by it and well under a second by the tree (benchmarks/bench_phylo.out);
+#: at a few dozen species both take milliseconds
+TREE_ROUTE_MIN_SPECIES = 100
 #: other random-effect columns the Woodbury correction takes when chosen automatically: its
 #: cost grows as nodes x columns^2 (the tree pass carries every column), so many crossed
 #: levels (hundreds of studies) are faster by the dense-K route
