@@ -60,7 +60,7 @@ class RandomDesign:
     z: np.ndarray = field(repr=False)
     sd_designs: tuple[FixedDesign, ...]
     relmat: np.ndarray | None = field(default=None, repr=False)
-    level_counts: np.ndarray = field(default=None, repr=False)
+    level_counts: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def group(self) -> str:
@@ -273,7 +273,7 @@ def _group_keys(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, tupl
         if isinstance(col.dtype, pd.CategoricalDtype):
             rank = {str(cat): i for i, cat in enumerate(col.cat.categories)}
             labels = np.array([str(v) for v in values], dtype=object)
-            order_key = [rank[l] for l in labels]
+            order_key: list[int] | np.ndarray = [rank[l] for l in labels]
         elif frames.is_numeric(col):
             labels = np.array([_label(v) for v in values], dtype=object)
             order_key = values.astype(np.float64)
@@ -307,6 +307,7 @@ def _lookup(name: str, env: Mapping[str, Any] | None, namespace: Mapping[str, An
 def _phylo_relatedness(term: RandomTerm, env, namespace, what: str) -> pd.DataFrame:
     """K of ``phylo(1 | species, tree = name)``: the tree's Brownian-motion correlation matrix."""
     name = term.relmat
+    assert name is not None  # a phylo() term always names its tree
     if name[0] in "'\"":  # a quoted literal: Newick text or a file path
         tree = name[1:-1]
     else:
@@ -324,6 +325,7 @@ def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace) -> n
     if term.relmat_kind == "tree":
         K = _phylo_relatedness(term, env, namespace, what)
     else:
+        assert term.relmat is not None  # relmat_kind is set only with relmat
         K = _lookup(term.relmat, env, namespace, what)
     if isinstance(K, pd.DataFrame):
         rows = [str(i) for i in K.index]
@@ -458,7 +460,7 @@ def build_design(
     if newly.any():
         dropped["non-finite values in model variables"] = int(newly.sum())
     keep &= finite
-    if raw_v is not None and raw_v.is_vector:
+    if raw_v is not None and raw_v.vector is not None:
         bad_v = keep & ~np.isfinite(raw_v.vector)
         if bad_v.any():
             dropped[f"missing or non-finite sampling variance `{raw_v.name}`"] = int(bad_v.sum())

@@ -126,10 +126,10 @@ def funnel(fit: Any, *, contour: bool = False, xaxis: str | None = None, yaxis: 
     sizes = marker_areas(table["size_value"].to_numpy(), 8.0, 80.0) if size_by else 22.0
     ax.scatter(table["x"], table["y"], s=sizes, label="_effect sizes", **point_kw)
     ends = tf(center + np.array([-z, z]) * se_max)
-    lo = min(float(table["x"].min()), float(ends[0]))
-    hi = max(float(table["x"].max()), float(ends[1]))
-    pad = 0.05 * (hi - lo)
-    ax.set_xlim(lo - pad, hi + pad)
+    x_lo = min(float(table["x"].min()), float(ends[0]))
+    x_hi = max(float(table["x"].max()), float(ends[1]))
+    pad = 0.05 * (x_hi - x_lo)
+    ax.set_xlim(x_lo - pad, x_hi + pad)
     ymax = {"sei": se_max, "vi": se_max**2}.get(yaxis)
     if ymax is not None:
         ax.set_ylim(ymax, 0.0)  # inverted: precise studies at the top
