@@ -7,6 +7,11 @@ called inside a compiled ``while_loop`` (seen with 2,000 restoration-sized fits)
 functions here only use arithmetic, ``where`` and static indexing, so under ``vmap`` they
 become fused loops over the batch.  They are meant for k x k matrices with k up to about
 a dozen (the variance parameters of one fit, or its full Hessian).
+
+Re-tested 2026-12-04 with ``benchmarks/repro_lapack_vmap.py``: jaxlib 0.11.2 (Python 3.12, 16
+cores, one device and ``shard_map`` over four) ran every case without a hang
+(``benchmarks/jax011_device/lapack_vmap.out``).  JAX 0.11 and later need Python 3.12, and
+drmpy on Python 3.11 still gets jaxlib 0.10, so these routines stay.
 """
 
 from __future__ import annotations
