@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# How the JAX 0.11/0.12 outputs in benchmarks/ were made (issue 24, item 6).
+# JAX 0.12 checks for a machine with Python 3.12 (issue 24, item 6).  NOT YET RUN: the device
+# tool copies the lead's checkout, and the 87 MB jaxlib 0.12 wheel could not be carried from a
+# helper's worktree; benchmarks/jax011_device/ holds what did run (JAX 0.11.2).
 #
-# JAX >= 0.11 needs Python >= 3.12; the project's machine has Python 3.11 (JAX 0.10.2), so these
-# ran on a second machine with Python 3.12.3, 16 cores and JAX 0.11.2 installed, with the
-# jax/jaxlib 0.12.0.1 wheels unpacked into .dev/jax12 and the test extra's wheels into
-# .dev/testdeps (pip install --no-deps --target; the machine has no network).  Everything on CPU
-# (JAX_PLATFORMS=cpu).  Outputs go to $OUT (default benchmarks/out-jax12).
+# JAX >= 0.11 needs Python >= 3.12; the project's machine has Python 3.11 (JAX 0.10.2).  On a
+# machine with Python 3.12 and JAX 0.11.2 installed (no network): unpack the jax and jaxlib
+# 0.12.0.1 wheels into .dev/jax12 and the test extra's wheels into .dev/testdeps (pip install
+# --no-deps --target; carry the wheels in pieces under 64 MiB), then run this script.
+# Everything on CPU (JAX_PLATFORMS=cpu).  Outputs go to $OUT (default benchmarks/out-jax12).
+# Before it, tests/conftest.py needs no change: it passes the fusion-emitter flag only to
+# jaxlib < 0.11.
 #
 # Phase 1, in parallel: the batched-LAPACK reproducer and the serialize reproducer on both JAX
 # versions, and the not-slow test suite on JAX 0.12.  Phase 2, alone: the A/B timing.
