@@ -10,9 +10,10 @@ a dozen (the variance parameters of one fit, or its full Hessian).
 
 Re-tested 2026-12-04 with ``benchmarks/repro_lapack_vmap.py`` on jaxlib 0.10.2 (2 cores):
 second derivatives through batched ``cholesky``/``solve`` in a vmapped loop still deadlock
-when run on two CPU devices at once (2,000 lanes of 3 x 3 from two threads; 257 lanes of 8 x 8
-under ``shard_map``: the process sleeps at 0 % CPU; the same cases on one device finish in
-about 11 s; ``benchmarks/repro_lapack_vmap_jax0.10.2.out``).  A compact version of the
+when run on two CPU devices at once (3 of 26 cases: 2,000 lanes of 3 x 3 from two threads,
+257 lanes of 8 x 8 and 2,000 of 3 x 3 under ``shard_map``; the process sleeps at 0 % CPU
+until killed after 240 s, while the same cases on one device finish in about 11 s;
+``benchmarks/repro_lapack_vmap_jax0.10.2.out``).  A compact version of the
 reproducer without the second-derivative cases ran clean on jaxlib 0.11.2
 (``benchmarks/jax011_device/lapack_vmap.out``).  drmpy on Python 3.11 gets jaxlib 0.10, so
 these routines stay.
