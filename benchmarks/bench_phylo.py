@@ -128,7 +128,8 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     metafor_sizes = {int(s) for s in args.metafor.split(",") if s}
-    lines = [f"# bench_phylo.py, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores",
+    lines = [f"# bench_phylo.py, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+             f"load average at start {os.getloadavg()[0]:.1f}",
              "# model: yi ~ x + phylo(1|phylo, tree) + (1|species) + meta_V(V = vi), REML, 3 effect sizes per species",
              "# drmpy: fresh process per size, empty compilation cache; first = parse excluded, design + tree"
              " arrays + compile + fit; warm = new data frame, same shapes (best of 3)", ""]

@@ -38,13 +38,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "drmpy" / "jax"
 
 
+def _config_value(name: str) -> object:
+    """The current value of JAX option ``name`` (None for an option this JAX lacks).
+
+    Read through ``jax.config.values``: attribute access (``jax.config.NAME``) is typed
+    only from jax 0.11 on, so a type checker run against jax 0.10 rejects it."""
+    return jax.config.values.get(name)
+
+
 def configure_jax() -> None:
     """Enable float64 and (unless opted out or already configured) the persistent cache."""
     global _CACHE_ENABLED_BY_DRMPY
     jax.config.update("jax_enable_x64", True)
     if os.environ.get("DRMPY_NO_JAX_CACHE", "").strip() not in ("", "0", "false", "False"):
         return
-    user_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir
+    user_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or _config_value("jax_compilation_cache_dir")
     if user_dir:
         return
     cache_dir = default_cache_dir()
@@ -68,7 +76,7 @@ def use_cpu_cores() -> None:
         n = int(wanted) if wanted else min(len(os.sched_getaffinity(0)), MAX_CPU_DEVICES)
     except (ValueError, AttributeError):
         n = min(os.cpu_count() or 1, MAX_CPU_DEVICES)
-    if n <= 1 or jax.config.jax_num_cpu_devices not in (-1, None):
+    if n <= 1 or _config_value("jax_num_cpu_devices") not in (-1, None):
         return
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return

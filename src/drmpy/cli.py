@@ -145,7 +145,8 @@ def _one_line(exc: BaseException) -> str:
 def _formula(args: argparse.Namespace, mu: str | None = None):
     import drmpy as drm
 
-    return drm.Formula(mu if mu is not None else args.mu, **_other_formulas(args))
+    # the dict holds dpar formulas only, never the keyword _env_depth
+    return drm.Formula(mu if mu is not None else args.mu, **_other_formulas(args))  # type: ignore[arg-type]
 
 
 def _rhs_only(text: str, option: str) -> str:

@@ -373,6 +373,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
             hat = np.einsum("ip,pq,iq->i", X, vb, X) / s_full
             weight = 100.0 * (1.0 / s_full) / np.sum(1.0 / s_full)
         else:
+            assert dense is not None  # built whenever s_del is None
             s_ii = np.array([dense(res["phi"][d])[d, d] if ok[d] else np.nan for d in range(n)])
             S = marginal_covariance(fit)
             hat = np.sum((X @ vb) * np.linalg.solve(S, X), axis=1)
@@ -404,7 +405,11 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
             continue
         Xc = X[idx]
         r = y[idx] - Xc @ b_del[d]
-        S_cc = np.diag(s_del[d, idx]) if s_del is not None else dense(res["phi"][d])[np.ix_(idx, idx)]
+        if s_del is not None:
+            S_cc = np.diag(s_del[d, idx])
+        else:
+            assert dense is not None  # built whenever s_del is None
+            S_cc = dense(res["phi"][d])[np.ix_(idx, idx)]
         C = S_cc + Xc @ vb_del[d] @ Xc.T
         x2[d] = float(r @ np.linalg.solve(C, r))
         se = np.sqrt(np.diag(C))

@@ -114,7 +114,7 @@ def trim_and_fill(fit, side: str | None = None, estimator: str = "L0", max_iter:
         signed = np.sign(dev) * rankdata(np.abs(dev), method="ordinal")
         if estimator == "R0":
             neg = -signed[signed < 0]
-            k0_raw = (k - (neg.max() if neg.size else 0)) - 1
+            k0_raw: float = (k - (neg.max() if neg.size else 0)) - 1
             se = math.sqrt(2.0 * max(0.0, k0_raw) + 2.0)
         else:
             Sr = float(np.sum(signed[signed > 0]))

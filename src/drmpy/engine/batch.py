@@ -44,7 +44,7 @@ block is ``H_beta,gamma = -T``).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -281,7 +281,8 @@ def diag_program(reml: bool, shared_design: bool = False):
         out["beta0"] = beta0
         return out
 
-    axes = DiagArrays(0, None, None, None, None) if shared_design else 0
+    # a vmap in_axes tree (0: mapped, None: shared), not arrays
+    axes = DiagArrays(0, None, None, None, None) if shared_design else 0  # type: ignore[arg-type]
     return jax.jit(jax.vmap(run, in_axes=(axes, 0, 0, None, None)))
 
 
@@ -456,13 +457,14 @@ def pool_program(reml: bool, lanes: int):
         if max(data.X.shape[2], data.Z.shape[2]) <= dc.MAX_COLUMNS:
             beta0, gamma0, y_centred, Xt, Zt = _by_blocks(prepare_columns, (data, gamma0_in, beta0_in), n_real,
                                                           lanes)
-            problems = dc.DiagColumns(y_centred, Xt, Zt, data.v, data.w)
+            problems: dc.DiagColumns | DiagArrays = dc.DiagColumns(y_centred, Xt, Zt, data.v, data.w)
             # the optimiser's derivatives in the column layout (about 10% less CPU per
             # iteration than the matrix form under vmap), with the location pieces of each
             # accepted point: the covariance needs no further pass over the rows
             final = refill_lanes(lambda x, c: dc.columns_derivatives(x, c, reml, location=True), problems, gamma0,
                                  n_real, lanes, max_iter, gtol)
-            post_fn, extra = finish_columns, (final["aux"],)
+            post_fn: Callable[..., dict] = finish_columns
+            extra: tuple = (final["aux"],)
         else:
             beta0, gamma0, y_centred = _by_blocks(prepare, (data, gamma0_in, beta0_in), n_real, lanes)
             problems = data._replace(y=y_centred)

@@ -67,11 +67,12 @@ def pack_intercepts(y: np.ndarray, X: np.ndarray, Z: np.ndarray, v: np.ndarray, 
     sd_design = np.where(lreal[..., None], W[lidx], 0.0)
     w = real.astype(np.float64)
     # (the intercepts structure reads neither the blocks' V nor a relatedness factor)
-    bucket = BlockBucket(block_rows, np.zeros((C, L, 1, 1)), (block_levels,))
-    random = RandomArrays(lev, w[..., None], (sd_design,), np.zeros((C, 0, 0)))
+    # host (numpy) arrays in the engine's array tuples: the runner puts them on the devices
+    bucket = BlockBucket(block_rows, np.zeros((C, L, 1, 1)), (block_levels,))  # type: ignore[arg-type]
+    random = RandomArrays(lev, w[..., None], (sd_design,), np.zeros((C, 0, 0)))  # type: ignore[arg-type]
     return Arrays(
-        y=rows(y, 0.0), X=rows(X, 0.0), Z_sigma=rows(Z, 0.0), w=w, mask=w,
-        n_obs=n_rows.astype(np.float64), v=rows(v, 1.0), V_dense=np.zeros((C, 0, 0)),
+        y=rows(y, 0.0), X=rows(X, 0.0), Z_sigma=rows(Z, 0.0), w=w, mask=w,  # type: ignore[arg-type]
+        n_obs=n_rows.astype(np.float64), v=rows(v, 1.0), V_dense=np.zeros((C, 0, 0)),  # type: ignore[arg-type]
         buckets=(bucket,), random=(random,),
     )
 

@@ -86,6 +86,7 @@ def _dense_v(design: BivariateDesign, n_pad: int) -> np.ndarray:
         Vd[np.ix_(kept, kept)] = v.known.matrix if v.known.matrix is not None else np.diag(v.known.diag)
     else:
         b = v.blocks
+        assert b is not None  # without a full V matrix the pair V comes as 2 x 2 blocks
         first = 2 * np.arange(design.nobs)
         Vd[first, first] = np.where(design.kept[:, 0], b[:, 0, 0], 1.0)
         Vd[first + 1, first + 1] = np.where(design.kept[:, 1], b[:, 1, 1], 1.0)

@@ -456,6 +456,7 @@ def _dense_covariance(sigma2, re_terms, arrs: Arrays, struct: Structure):
 
 def pair_correlations(eta: jax.Array, arrs: Arrays) -> jax.Array:
     """rho12 per study: 0.999999 tanh(z_i'eta) for correlated pairs, 0 otherwise."""
+    assert arrs.pair is not None and arrs.Z_rho is not None  # bivariate arrays (trace time only)
     if eta.shape[0] == 0:
         return jnp.zeros(arrs.pair.shape, arrs.y.dtype)
     return RHO_GUARD * jnp.tanh(arrs.Z_rho @ eta) * arrs.pair
@@ -467,6 +468,7 @@ def _pair_covariances(gamma, eta, arrs: Arrays):
     v = arrs.v.reshape(-1, 2)
     kept = arrs.mask.reshape(-1, 2) > 0
     var = jnp.where(kept, v + sd**2, 1.0)
+    assert arrs.pair_v12 is not None  # bivariate arrays (trace time only)
     cov = arrs.pair_v12 + pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
     return var[:, 0], var[:, 1], cov
 

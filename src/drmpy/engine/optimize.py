@@ -265,7 +265,7 @@ def value_grad_hessian_forward(fun: Callable) -> Callable:
 
 
 def newton_trust_region(
-    fun: Callable[[jax.Array], jax.Array],
+    fun: Callable[[jax.Array], jax.Array] | None,
     x0: jax.Array,
     *,
     max_iter: jax.Array,
@@ -285,7 +285,11 @@ def newton_trust_region(
     :func:`drmpy.small_linalg.jacobi_eigh` when the solver is vmapped over many problems
     (batched LAPACK can deadlock on CPU).
     """
-    evaluate = derivatives if derivatives is not None else value_grad_hessian(fun)
+    if derivatives is not None:
+        evaluate = derivatives
+    else:
+        assert fun is not None, "newton_trust_region needs fun= or derivatives="
+        evaluate = value_grad_hessian(fun)
 
     aux0 = ()
     if derivatives is not None:

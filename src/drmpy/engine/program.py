@@ -359,6 +359,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
                                           rd.n_cor, rd.is_relmat))
     buckets = []
     if kind == "block":
+        assert clusters is not None  # choose_structure gives block structures their clusters
         buckets = _buckets(design, clusters)
     tree_static, tree_arrs = None, None
     if kind == "tree":
@@ -586,7 +587,7 @@ def _diag_closed_form_fn(struct: Structure, stride: int | None | str = "auto"):
     def run(arrs: Arrays, phi0, max_iter, gtol, boundary=None):
         if by_columns:
             c = dc.DiagColumns(arrs.y, dc.columns(arrs.X), dc.columns(arrs.Z_sigma), arrs.v, arrs.w)
-            step = subsample_stride(arrs.y.shape[0]) if stride == "auto" else stride
+            step = subsample_stride(arrs.y.shape[0]) if isinstance(stride, str) else stride  # "auto"
             if step is not None and step > 1:
                 phi0 = _subsample_start(c, phi0, max_iter, gtol, reml, step)
             # the evaluations also return the location pieces, so the covariance at the
@@ -765,7 +766,7 @@ def boundary_candidates(design: ModelDesign) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _run_once(arrs, struct, phi0, control: Control, boundary):
-    args = (arrs, _device(phi0), _device(int(control.max_iter)), _device(float(control.gtol)))
+    args: tuple = (arrs, _device(phi0), _device(int(control.max_iter)), _device(float(control.gtol)))
     if boundary is not None:
         args = args + (tuple(_device(b) for b in boundary),)
     leaves, treedef = jax.tree_util.tree_flatten(args)

@@ -7,6 +7,16 @@ called inside a compiled ``while_loop`` (seen with 2,000 restoration-sized fits)
 functions here only use arithmetic, ``where`` and static indexing, so under ``vmap`` they
 become fused loops over the batch.  They are meant for k x k matrices with k up to about
 a dozen (the variance parameters of one fit, or its full Hessian).
+
+Re-tested 2026-12-04 with ``benchmarks/repro_lapack_vmap.py`` on jaxlib 0.10.2 (2 cores):
+second derivatives through batched ``cholesky``/``solve`` in a vmapped loop still deadlock
+when run on two CPU devices at once (3 of 26 cases: 2,000 lanes of 3 x 3 from two threads,
+257 lanes of 8 x 8 and 2,000 of 3 x 3 under ``shard_map``; the process sleeps at 0 % CPU
+until killed after 240 s, while the same cases on one device finish in about 11 s;
+``benchmarks/repro_lapack_vmap_jax0.10.2.out``).  A compact version of the
+reproducer without the second-derivative cases ran clean on jaxlib 0.11.2
+(``benchmarks/jax011_device/lapack_vmap.out``).  drmpy on Python 3.11 gets jaxlib 0.10, so
+these routines stay.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def deleted_sampling_gls(fit, keep: np.ndarray) -> pd.DataFrame:
             Xwy[d] += pc[0].T @ pc[1]
             B[d] += pc[2].T @ pc[2]
             trace_W[d] += pc[3].sum()
-            pieces.setdefault(d, []).append(pc)
+            pieces.setdefault(int(d), []).append(pc)
     # pseudo-inverse and rank of each kept design (metafor drops redundant columns)
     vals, vecs = np.linalg.eigh(0.5 * (A + np.swapaxes(A, 1, 2)))
     ok = vals > np.maximum(vals.max(axis=1, keepdims=True), 0.0) * p * 1e-12
@@ -164,8 +164,8 @@ def deleted_sampling_gls(fit, keep: np.ndarray) -> pd.DataFrame:
     for s0 in range(0, D, step):
         r = wh.yw[None, :] - b_v[s0:s0 + step] @ wh.Xw.T
         Q[s0:s0 + step] = np.sum(np.where(whole[s0:s0 + step], r, 0.0) ** 2, axis=1)
-    for d, pcs in pieces.items():
-        Q[d] += sum(float(np.sum((pc[1] - pc[0] @ b_v[d]) ** 2)) for pc in pcs)
+    for deletion, pcs in pieces.items():
+        Q[deletion] += sum(float(np.sum((pc[1] - pc[0] @ b_v[deletion]) ** 2)) for pc in pcs)
     k = keep.sum(axis=1)
     trace_P = trace_W - np.einsum("dij,dji->d", A_inv, B)
     empty = k == 0

@@ -174,7 +174,7 @@ def _resolve_pair_v(name: str, env: Mapping[str, Any] | None, namespace: Mapping
     return arr, "dense"
 
 
-def _entry_label(labels: pd.Index, entry: int, responses: tuple[str, str]) -> str:
+def _entry_label(labels: pd.Index, entry: int | np.integer, responses: tuple[str, str]) -> str:
     return f"row {labels[entry // 2]!r} ({responses[entry % 2]})"
 
 
@@ -326,7 +326,8 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
             vk = blocks_all[:, k, k]
             v_ok = np.isfinite(vk)
             if (ok & ~v_ok).any():
-                dropped[f"{name}: missing sampling variance in `{meta_v.name}`"] = int((ok & ~v_ok).sum())
+                # type checker: blocks_all exists only with a meta_V term
+                dropped[f"{name}: missing sampling variance in `{meta_v.name}`"] = int((ok & ~v_ok).sum())  # type: ignore[union-attr]
             ok &= v_ok
         if w_all is not None:
             w_ok = np.isfinite(w_all)

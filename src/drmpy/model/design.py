@@ -67,7 +67,7 @@ class RandomDesign:
     z: np.ndarray = field(repr=False)
     sd_designs: tuple[FixedDesign, ...]
     relmat: np.ndarray | None = field(default=None, repr=False)
-    level_counts: np.ndarray = field(default=None, repr=False)
+    level_counts: np.ndarray | None = field(default=None, repr=False)
     # phylo() terms: the parsed tree (Bio.Phylo).  Their dense K is built here only below
     # DENSE_PHYLO_MAX_LEVELS levels; above, ``relatedness()`` builds it when a later stage
     # asks, and the likelihood walks the tree (drmpy.phylo) without it.
@@ -311,7 +311,7 @@ def _group_keys(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, tupl
         if isinstance(col.dtype, pd.CategoricalDtype):
             rank = {str(cat): i for i, cat in enumerate(col.cat.categories)}
             labels = np.array([str(v) for v in values], dtype=object)
-            order_key = [rank[l] for l in labels]
+            order_key: list[int] | np.ndarray = [rank[l] for l in labels]
         elif frames.is_numeric(col):
             labels = np.array([_label(v) for v in values], dtype=object)
             order_key = values.astype(np.float64)
@@ -345,6 +345,7 @@ def _lookup(name: str, env: Mapping[str, Any] | None, namespace: Mapping[str, An
 def _phylo_tree(term: RandomTerm, env, namespace, what: str):
     """The parsed tree (Bio.Phylo) of ``phylo(1 | species, tree = name)``."""
     name = term.relmat
+    assert name is not None  # a phylo() term always names its tree
     if name[0] in "'\"":  # a quoted literal: Newick text or a file path
         tree = name[1:-1]
     else:
@@ -372,6 +373,7 @@ def _relatedness(term: RandomTerm, levels: tuple[str, ...], env, namespace, tree
     if term.relmat_kind == "tree":
         K = _phylo_relatedness(tree, what)
     else:
+        assert term.relmat is not None  # relmat_kind is set only with relmat
         K = _lookup(term.relmat, env, namespace, what)
     if isinstance(K, pd.DataFrame):
         rows = [str(i) for i in K.index]
@@ -506,7 +508,7 @@ def build_design(
     if newly.any():
         dropped["non-finite values in model variables"] = int(newly.sum())
     keep &= finite
-    if raw_v is not None and raw_v.is_vector:
+    if raw_v is not None and raw_v.vector is not None:
         bad_v = keep & ~np.isfinite(raw_v.vector)
         if bad_v.any():
             dropped[f"missing or non-finite sampling variance `{raw_v.name}`"] = int(bad_v.sum())

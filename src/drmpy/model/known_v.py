@@ -129,7 +129,7 @@ def finalize_v(raw: RawV | None, keep: np.ndarray, labels: Any) -> KnownV:
     if raw is None:
         return KnownV("none", None, np.zeros(n))
     name = raw.name
-    if raw.is_vector:
+    if raw.vector is not None:  # raw.is_vector, spelt so that the type checker narrows it
         v = raw.vector[keep]
         bad = np.flatnonzero(v < 0)
         if bad.size:

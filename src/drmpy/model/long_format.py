@@ -136,10 +136,10 @@ def _pair_matrix(frame: pd.DataFrame, V: Any, vi: str | None, use: np.ndarray, e
         vals = np.concatenate([v, np.full(len(missing_diag), np.nan)])
         return sp.csr_matrix((vals, (rows, rows)), shape=(2 * n, 2 * n))
     dense = not sp.issparse(V)
-    if dense:
-        M = np.asarray(V, dtype=np.float64)
-    else:
+    if not dense:
         M = sp.coo_matrix(V)
+    else:
+        M = np.asarray(V, dtype=np.float64)
     if M.shape != (m, m):
         raise CovarianceError(f"long_to_bivariate: V has shape {M.shape}; the long data have {m} rows.")
     if dense:

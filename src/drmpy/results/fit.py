@@ -50,6 +50,11 @@ class FitResult:
     Subclasses set ``_names`` (``dpar:term`` in parameter order).
     """
 
+    @property
+    def _names(self) -> list[str]:
+        """``dpar:term`` names in parameter order (each subclass gives its own)."""
+        raise NotImplementedError
+
     def __init__(self, design, raw: RawFit, method: str, control: Control) -> None:
         self._design = design
         self._raw = raw

@@ -26,7 +26,8 @@ def _term_params(design: ModelDesign, theta: np.ndarray):
         tuple(RandomStatic(rd.n_levels, rd.n_coef, tuple(d.matrix.shape[1] for d in rd.sd_designs),
                            rd.n_cor, rd.is_relmat) for rd in design.random),
     )
-    return split_phi(np.asarray(theta)[p:], layout)
+    # type checker: split_phi only slices: numpy in, numpy out
+    return split_phi(np.asarray(theta)[p:], layout)  # type: ignore[arg-type]
 
 
 def level_sds(rd: RandomDesign, alphas) -> np.ndarray:
@@ -124,7 +125,7 @@ def conditional_modes(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray,
     if _one_term_per_cluster(design, clusters):
         rd = design.random[0]
         modes, cond_var = _single_term_modes(design, theta, sigma, r, rd, *terms[0])
-        groups = []
+        groups: list[np.ndarray] = []
     else:
         groups = [np.arange(design.nobs)] if clusters is None else _members(clusters)
     for rows in groups:

@@ -193,6 +193,7 @@ def _read_rows(formula: Formula, data: Any, by: str, full_v_error: str, extra_co
         if not raw_v.is_vector:
             raise FormulaError(full_v_error.format(name=meta_v.name))
         v_all = raw_v.vector
+        assert v_all is not None  # raw_v.is_vector
     else:
         v_all = np.zeros(n_data)
     # rows: the same rules as build_design, counted per group instead of per data set
@@ -287,7 +288,8 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
             n_drop = int(dropped[g, r + 1])
             what = _DROP_REASONS[r]
             if r == 2:
-                what = f"missing or non-finite sampling variance `{meta_v.name}`"
+                # type checker: reason 2 (sampling variance) occurs only with a meta_V term
+                what = f"missing or non-finite sampling variance `{meta_v.name}`"  # type: ignore[union-attr]
             notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
     return _Groups(
         labels=labels, names=names, p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v,
@@ -519,7 +521,8 @@ def _round_key(args, kwargs):
 
 def _rounds(tasks, n_devices: int):
     """Consecutive tasks grouped in rounds of at most ``n_devices`` with one round key."""
-    batch, key = [], None
+    batch: list = []
+    key = None
     for task in tasks:
         k = _round_key(task[2], task[3])
         if batch and (k != key or len(batch) == n_devices):

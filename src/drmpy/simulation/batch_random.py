@@ -132,7 +132,8 @@ def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list
         dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
         for g, r in zip(*np.nonzero(dropped[:, 1:])):
             n_drop = int(dropped[g, r + 1])
-            what = f"missing or non-finite sampling variance `{meta_v.name}`" if r == 2 else _DROP_REASONS[r]
+            # type checker: reason 2 (sampling variance) occurs only with a meta_V term
+            what = f"missing or non-finite sampling variance `{meta_v.name}`" if r == 2 else _DROP_REASONS[r]  # type: ignore[union-attr]
             notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
     gr = _Groups(labels=labels, names=[f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms],
                  p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v, row_pos=keep_pos, index=frame.index,
@@ -370,7 +371,7 @@ def fit_batch_random(formula: Formula, data: Any, by: str, *, method: str, ctrl:
                 yield task
 
         out = runner.map(keyed())
-        merged = {}
+        merged: dict = {}
         for key, real in members.items():
             for name, val in out[key].items():
                 merged.setdefault(name, {})[key] = np.asarray(val)[: len(real)]
