@@ -396,7 +396,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
         return out
 
     # cluster deletion (rma.mv's cluster=)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     x2 = np.full(len(labels), np.nan)
     for d in range(len(labels)):
         idx = np.flatnonzero(~keep[d])

@@ -172,7 +172,7 @@ def scale_designs(arrs, struct) -> DesignScaling | None:
     random = []
     for ra, rs in zip(arrs.random, struct.random):
         used = _used_levels(ra, mask, rs.n_levels)
-        designs = []
+        designs: list[jax.Array] = []
         for W in ra.sd_designs:
             W = np.asarray(W)
             Bw = column_standardizer(W, used)

@@ -225,6 +225,7 @@ def null_directions(known_v: KnownV) -> list[tuple[np.ndarray, np.ndarray]]:
     if known_v.rank is not None and known_v.rank == n:
         return []
     blocks = known_v.blocks if known_v.blocks is not None else (np.arange(n),)
+    assert known_v.matrix is not None  # V is not diagonal (returned above)
     spectra = [np.linalg.eigh(known_v.matrix[np.ix_(b, b)]) for b in blocks]
     hi = max(float(e[-1]) for e, _ in spectra)
     tol = max(n, 1) * np.finfo(float).eps * max(hi, 0.0)
@@ -251,18 +252,19 @@ def unrescued_rows(null: list[tuple[np.ndarray, np.ndarray]], random: Sequence[A
     m = len(null)
     offsets = np.cumsum([0] + [rd.n_levels for rd in random])
     one_row = np.array([len(rows) == 1 for rows, _ in null])
-    src, dst = [], []
+    src_parts: list[np.ndarray] = []
+    dst_parts: list[np.ndarray] = []
     if one_row.all():  # a diagonal V: each direction is one row (many rows: no Python loop)
         row = np.array([rows[0] for rows, _ in null])
-        src = [np.arange(m)] * len(random)
-        dst = [m + offsets[r] + rd.level_index[row] for r, rd in enumerate(random)]
+        src_parts = [np.arange(m)] * len(random)
+        dst_parts = [m + offsets[r] + rd.level_index[row] for r, rd in enumerate(random)]
     else:
-        for j, (rows, _) in enumerate(null):
+        for d, (rows, _) in enumerate(null):
             for r, rd in enumerate(random):
                 levels = np.unique(rd.level_index[rows])
-                src.append(np.full(len(levels), j))
-                dst.append(m + offsets[r] + levels)
-    src, dst = np.concatenate(src), np.concatenate(dst)
+                src_parts.append(np.full(len(levels), d))
+                dst_parts.append(m + offsets[r] + levels)
+    src, dst = np.concatenate(src_parts), np.concatenate(dst_parts)
     graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(m + offsets[-1],) * 2)
     _, label = connected_components(graph, directed=False)
     comps, first, size = np.unique(label[:m], return_index=True, return_counts=True)

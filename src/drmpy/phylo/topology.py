@@ -71,7 +71,7 @@ class TreeTopology:
 def _phylogeny_arrays(tree) -> tuple[list, np.ndarray, np.ndarray, list[str | None]]:
     """Pre-order nodes, parent positions (-1 for the root) and branch lengths (the root's own
     edge ignored, as in ape), iteratively so a deep caterpillar tree needs no recursion."""
-    nodes = []
+    nodes: list[Any] = []
     parent = []
     length = []
     stack = [(tree.root, -1)]
@@ -115,11 +115,12 @@ def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True) -> T
     tips = [i for i, nm in enumerate(names) if not nodes[i].clades]
     tip_of: dict[str, int] = {}
     for i in tips:
-        if names[i] is None:
+        name = names[i]
+        if name is None:
             raise DataError("phylo: a tip of the tree has no label.")
-        if names[i] in tip_of:
-            raise DataError(f"phylo: tip label `{names[i]}` appears more than once in the tree.")
-        tip_of[names[i]] = i
+        if name in tip_of:
+            raise DataError(f"phylo: tip label `{name}` appears more than once in the tree.")
+        tip_of[name] = i
 
     labels = np.asarray([str(s) for s in row_species], dtype=object)
     species, row_species_idx = np.unique(labels, return_inverse=True)

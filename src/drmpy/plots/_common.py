@@ -288,7 +288,7 @@ def size_legend(ax: Any, values: np.ndarray, title: str, *, smallest: float = 6.
         return None
     lo, hi = float(finite.min()), float(finite.max())
     for bins in (4, 6, 8):  # three or more round values inside the data's range
-        ticks = MaxNLocator(nbins=bins).tick_values(lo, hi)
+        ticks = np.asarray(MaxNLocator(nbins=bins).tick_values(lo, hi))
         shown = ticks[(ticks >= lo) & (ticks <= hi)]
         if shown.size >= 3:
             break

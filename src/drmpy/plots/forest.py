@@ -589,6 +589,6 @@ def _log_axis(ax: Any, values: np.ndarray) -> None:
             break
     if len(ticks) > 9:
         ticks = ticks[np.isclose(np.log10(ticks) % 1.0, 0.0) | np.isclose(ticks, 1.0)]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_locator(FixedLocator(ticks.tolist()))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())

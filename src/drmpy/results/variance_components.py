@@ -47,7 +47,7 @@ def _row_labels(design, values: pd.DataFrame | None) -> list[str]:
     their values are known (``values``, one row per design row), else ``term=value``."""
     variables = [v for v in (values.columns if values is not None else [])
                  if v in getattr(design.model_spec, "required_variables", set())]
-    if variables:
+    if values is not None and variables:
         return [", ".join(f"{v}={_show(row[v])}" for v in variables) for _, row in values[variables].iterrows()]
     terms = [t for t in design.terms if t != "(Intercept)"]
     cols = [design.terms.index(t) for t in terms]
@@ -86,7 +86,7 @@ def _metafor_kinds(fit, comps) -> list[str | None]:
     level; None where metafor has no such parameter (slopes, bivariate fits, an SD with a
     numeric predictor beside random effects)."""
     random = bool(getattr(fit.design, "random", ()))
-    kinds = []
+    kinds: list[str | None] = []
     for name, fixed, _ in comps:
         one = _is_intercept_only(fixed)
         per_factor_level = len(np.unique(fixed.matrix, axis=0)) == fixed.matrix.shape[1]

@@ -77,10 +77,11 @@ class _Levels:
         self.W_rows = sd_matrix
         self.max_size = np.zeros(G, dtype=np.int64)
         np.maximum.at(self.max_size, self.group, self.size)
-        self.group_values = None  # the grouping columns of the sorted rows (set by _build)
+        self.group_values: pd.DataFrame | None = None  # the grouping columns of the sorted rows (set by _build)
 
     def label(self, row: int) -> str:
         """The level label of sorted row ``row``, as a single fit names it (``a`` or ``a:b``)."""
+        assert self.group_values is not None  # _build sets it before any level is named
         return ":".join(_label(v) for v in self.group_values.iloc[int(row)])
 
 
