@@ -102,9 +102,6 @@ def test_other_data_with_other_labels_is_refused(fits):
         f1.i2(by="grp", data=d1.reset_index(drop=True))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="plots/_common.column_of aligns data= by label (data.loc[labels]); plots/ is owned "
-                          "by another helper: read by position (drmpy.bias.refit.retained_values) and drop this mark")
 def test_plot_table_with_duplicated_index(fits):
     from drmpy.plots import forest_table
 

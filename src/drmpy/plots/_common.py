@@ -182,15 +182,18 @@ def column_of(fit: Any, name: str, data: Any = None) -> pd.Series:
     """
     labels = fit.design.row_labels
     if data is not None:
-        if isinstance(data, pd.DataFrame):
-            if name in data.columns:
-                return data.loc[labels, name]
-        else:
-            from ..model import frames
+        from ..model import frames
 
-            if name in frames.column_names(data):
-                full = frames.as_pandas(data, [name])
-                return full.loc[labels, name]
+        if name in frames.column_names(data):
+            # by row position, as every later stage reads the fitted data (an index with
+            # repeated labels, from pd.concat without ignore_index, is no obstacle)
+            from ..bias.refit import retained_values
+
+            values = retained_values(fit, name, "data", data=data)
+            dtype = frames.as_pandas(data, [name])[name].dtype
+            if isinstance(dtype, pd.CategoricalDtype):  # keep the level order (subgroup order)
+                values = pd.Categorical(values, dtype=dtype)
+            return pd.Series(values, index=labels, name=name)
     frame = fit_frame(fit)
     if name in frame.columns:
         return frame[name]
