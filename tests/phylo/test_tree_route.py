@@ -112,3 +112,16 @@ def test_tree_route_refusals_are_explained():
     f = drm.Formula("yi ~ x + phylo(1|phylo, tree=tree) + meta_V(V=V)")
     with pytest.raises(drm.DrmError, match="not diagonal"):
         drm.fit(f, data=data, control=TREE_CONTROL)
+
+
+def test_zero_sampling_variance_without_sigma_takes_the_dense_route():
+    """sigma ~ 0 and a zero v_i: the row's pendant edge would have length 0 (and Woodbury
+    would divide by it); the automatic choice factors the dense S, and forcing the tree says why."""
+    info, data, tree = load("rtree120")
+    data = data.copy()
+    data.loc[3, "vi"] = 0.0
+    f = drm.Formula("yi ~ x + phylo(1|phylo, tree=tree) + (1|species) + meta_V(V=vi)", sigma="~ 0")
+    fit = drm.fit(f, data=data)
+    assert fit.structure == "dense" and fit.converged and np.isfinite(fit.loglik)
+    with pytest.raises(drm.DrmError, match="zero sampling variance"):
+        drm.fit(f, data=data, control=TREE_CONTROL)

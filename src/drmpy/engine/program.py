@@ -164,7 +164,10 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
         sizes = np.bincount(clusters)
         if sizes.max() <= MAX_BLOCK_ROWS:
             return "block", clusters
-    if kv.is_diagonal:
+    # Woodbury divides by each row's v_i + sigma_i^2: with sigma ~ 0 a zero sampling variance
+    # (its variance then comes from the random effects alone) needs the dense factorisation
+    zero_row = design.common_effect and bool(np.any(kv.diag <= 0.0))
+    if kv.is_diagonal and not zero_row:
         return "woodbury", clusters
     return "dense", clusters
 

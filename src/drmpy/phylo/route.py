@@ -70,6 +70,10 @@ def tree_route_refusal(design: ModelDesign, automatic: bool = False) -> str | No
         return "the known sampling covariance V is not diagonal."
     if design.weights is not None and np.any(design.weights != 1.0):
         return "row weights are not supported."
+    if design.common_effect and np.any(design.known_v.diag <= 0.0):
+        # sigma ~ 0: a zero sampling variance is a pendant edge of length 0 (the dense
+        # route handles a row whose variance comes from the random effects alone)
+        return "sigma ~ 0 with a zero sampling variance."
     if automatic:
         species = _species_term(design, phylo[0])
         columns = sum(rd.n_levels * rd.n_coef for i, rd in enumerate(design.random)
