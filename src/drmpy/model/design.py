@@ -654,11 +654,8 @@ def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple
             "heterogeneity)."
         )
     first_row = np.full(len(levels), -1, dtype=np.int64)
-    seen = np.zeros(len(levels), dtype=bool)
-    for i, j in enumerate(level_index):
-        if not seen[j]:
-            seen[j] = True
-            first_row[j] = i
+    present, first_of = np.unique(level_index, return_index=True)  # the first row of each level
+    first_row[present] = first_of
     sd_designs = []
     for dpar in term.sd_dpars():
         m, terms, spec = mats[dpar]

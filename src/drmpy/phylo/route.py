@@ -40,10 +40,13 @@ def phylo_levels(design: ModelDesign) -> int:
 
 
 def _same_partition(a: RandomDesign, b: RandomDesign) -> bool:
+    """Whether two terms' levels group the rows alike (a one-to-one map of levels), in O(n)."""
     if a.n_levels != b.n_levels:
         return False
-    pairs = np.unique(np.stack([a.level_index, b.level_index], axis=1), axis=0)
-    return pairs.shape[0] == a.n_levels
+    b_of_a = np.full(a.n_levels, -1, dtype=np.int64)
+    b_of_a[a.level_index] = b.level_index  # any row's b level; checked on every row below
+    return bool(np.all(b_of_a[a.level_index] == b.level_index)
+                and np.unique(b_of_a).shape[0] == a.n_levels)
 
 
 def _species_term(design: ModelDesign, phylo: int) -> int | None:
@@ -87,8 +90,7 @@ def tree_route_arrays(design: ModelDesign) -> tuple[TreeStatic, TreeArrays]:
     """The static description and device arrays of the tree pass for a design."""
     phylo = next(i for i, rd in enumerate(design.random) if rd.tree is not None)
     rp = design.random[phylo]
-    labels = np.asarray(rp.levels, dtype=object)[rp.level_index]
-    topology = tree_topology(rp.tree, labels, corr=True)
+    topology = tree_topology(rp.tree, rp.level_index, corr=True, levels=rp.levels)
     species = _species_term(design, phylo)
     species_level = np.zeros(topology.n_species, dtype=np.int64)
     if species is not None:

@@ -94,7 +94,8 @@ def _phylogeny_arrays(tree) -> tuple[list, np.ndarray, np.ndarray, list[str | No
     return nodes, np.asarray(parent, dtype=np.int64), np.asarray(length, dtype=np.float64), names
 
 
-def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True) -> TreeTopology:
+def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True,
+                  levels: Sequence[str] | None = None) -> TreeTopology:
     """Static arrays of the tree pass for effect sizes of the given species.
 
     Parameters
@@ -106,6 +107,9 @@ def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True) -> T
     corr
         Use the phylogenetic *correlation* matrix (ape's ``vcv(corr = TRUE)``; default) rather
         than the covariance matrix in branch-length units.
+    levels
+        When given, ``row_species`` are integer codes into these labels (a model design's
+        level index: no string comparisons per row).
     """
     parsed = read_tree(tree)
     nodes, up, length, names = _phylogeny_arrays(parsed)
@@ -122,8 +126,14 @@ def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True) -> T
             raise DataError(f"phylo: tip label `{name}` appears more than once in the tree.")
         tip_of[name] = i
 
-    labels = np.asarray([str(s) for s in row_species], dtype=object)
-    species, row_species_idx = np.unique(labels, return_inverse=True)
+    if levels is not None:
+        codes = np.asarray(row_species, dtype=np.int64)
+        used, row_species_idx = np.unique(codes, return_inverse=True)
+        species = np.asarray([str(levels[c]) for c in used], dtype=object)
+    else:
+        labels = np.asarray([str(s) for s in row_species], dtype=object)
+        species, row_species_idx = np.unique(labels, return_inverse=True)
+    n_obs = len(row_species_idx)
     missing = [s for s in species if s not in tip_of]
     if missing:
         shown = ", ".join(f"`{m}`" for m in missing[:10])
@@ -154,7 +164,6 @@ def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True) -> T
         keep[0] = True
     level[0] = max(level[0], 2)
 
-    n_obs = len(labels)
     n_species = len(species)
     kept = np.flatnonzero(keep)
     # order of the non-observation nodes: species nodes (level 1), then phylogeny nodes by level
