@@ -25,8 +25,9 @@ __all__ = ["TREE_ROUTE_MIN_SPECIES", "tree_route_refusal", "tree_route_arrays", 
 #: species at and above which a model the tree route takes uses it unless a structure is
 #: forced (``control={"structure": ...}``).  The dense-K (Woodbury) route costs O(q^3) per
 #: evaluation: at 300 species (900 rows, a species term beside the phylo term) a warm fit
-#: took 17.9 s by it and well under a second by the tree (benchmarks/bench_phylo.out);
-#: at a few dozen species both take milliseconds
+#: took 17.9 s by it against 0.06 s by the tree (benchmarks/bench_phylo.py on 2026-12-04,
+#: the run before this threshold was lowered from 1,000); at a few dozen species both take
+#: milliseconds
 TREE_ROUTE_MIN_SPECIES = 100
 #: other random-effect columns the Woodbury correction takes when chosen automatically: its
 #: cost grows as nodes x columns^2 (the tree pass carries every column), so many crossed
