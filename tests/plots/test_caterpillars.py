@@ -25,7 +25,7 @@ def test_caterpillars_table_sorts_effect_sizes_within_levels(restoration_fit, re
         vi = restoration.loc[block["label"].astype(int), "vi"].to_numpy()  # label = the row's label
         np.testing.assert_allclose(block["conf_high"] - block["estimate"], z * np.sqrt(vi))
         below = pooled.loc[pooled["level"] == level, "position"].iloc[0]
-        assert block["position"].min() == below + 1
+        assert block["position"].min() >= below + 1  # the mean sits under its block, apart
     assert np.all(np.diff(table["position"]) < 0)
 
 

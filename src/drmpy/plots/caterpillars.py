@@ -46,6 +46,9 @@ def caterpillars_table(fit: Any, mod: str | None = None, level: float = 0.95, *,
                             "pred_low": np.nan, "pred_high": np.nan})
     # empty slots above each block for its heading: at least 2, more as the plot gets taller
     gap = 2 + int(np.ceil(0.03 * len(effects)))
+    # and between a block's effect sizes and its mean below, so the mean's CI/PI row stands
+    # apart from the lowest effect size however tall the plot (orchaRd leaves a space too)
+    below = 1 + int(np.ceil(0.01 * len(effects)))
     blocks, slot = [], 0
     for _, row in pooled.iloc[::-1].iterrows():  # bottom block first
         block = effects[effects["level"] == row["level"]].sort_values("estimate", kind="stable")
@@ -53,9 +56,9 @@ def caterpillars_table(fit: Any, mod: str | None = None, level: float = 0.95, *,
                                  **{c: row[c] for c in ("estimate", "conf_low", "conf_high",
                                                         "pred_low", "pred_high")}}])
         summary["position"] = float(slot)
-        block = block.assign(position=np.arange(slot + 1, slot + 1 + len(block), dtype=np.float64))
+        block = block.assign(position=np.arange(slot + below, slot + below + len(block), dtype=np.float64))
         blocks.extend([block, summary])
-        slot += len(block) + 1 + gap
+        slot += len(block) + below + gap
     if not blocks:
         raise DrmError(f"caterpillars: moderator `{mod}` has no levels among the retained rows.")
     table = pd.concat(blocks[::-1], ignore_index=True)
