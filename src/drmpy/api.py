@@ -202,11 +202,11 @@ def _design_for(formula: Formula, data: Any, weights: Any, env) -> tuple[ModelDe
 
 def clear_cache() -> None:
     """Forget cached designs and design matrices (compiled programs stay cached)."""
-    from .model.design import _MATRIX_CACHE
+    from .model.design import clear_matrix_cache
 
     _design_cache.clear()
     _columns_by_formula.clear()
-    _MATRIX_CACHE.clear()
+    clear_matrix_cache()
 
 
 def fit(
@@ -263,7 +263,7 @@ def fit(
     if env is not None and not isinstance(env, Mapping):
         raise DrmError(f"env must be a mapping (e.g. a dict), got {type(env).__name__}.")
     if formula.is_bivariate:
-        return _warn_unless_converged(_fit_bivariate(formula, data, weights, method_u, env, ctrl))
+        return warn_unless_converged(_fit_bivariate(formula, data, weights, method_u, env, ctrl))
     design, prepared_cache = _design_for(formula, data, weights, env)
     pkey = (method_u, ctrl.structure)
     if pkey not in prepared_cache:
@@ -273,10 +273,10 @@ def fit(
     # the caller's data and env by reference (never modified): columns named later, e.g.
     # coef_test(cluster=), leave_one_out(by=), egger_test(ni=)
     result = DrmFit(design, raw, method_u, ctrl, clusters, data=data, env=env)
-    return _warn_unless_converged(result)
+    return warn_unless_converged(result)
 
 
-def _warn_unless_converged(result):
+def warn_unless_converged(result):
     if not result.converged:
         warnings.warn(
             f"drmpy: the optimiser did not converge ({result.convergence_message}); see fit.check().",

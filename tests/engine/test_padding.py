@@ -5,13 +5,13 @@ import pytest
 
 import drmpy as drm
 from drmpy.engine import program
-from drmpy.engine.program import _padded_size, single_fit_rows
+from drmpy.engine.program import padded_size, single_fit_rows
 
 
 def test_padded_rows_ladder():
     assert [single_fit_rows(n) for n in (1, 16, 64, 65, 128)] == [64, 64, 64, 128, 128]
     for n in (129, 200, 1000, 12345):
-        assert single_fit_rows(n) == _padded_size(n) >= n
+        assert single_fit_rows(n) == padded_size(n) >= n
 
 
 def test_small_data_sets_share_one_program():
@@ -34,7 +34,7 @@ def test_small_data_sets_share_one_program():
 def test_padded_counts_ladder():
     assert [program.padded_count(n) for n in (1, 16, 17, 32, 33, 64)] == [16, 16, 32, 32, 64, 64]
     for n in (65, 100, 1000):
-        assert program.padded_count(n) == _padded_size(n) >= n
+        assert program.padded_count(n) == padded_size(n) >= n
 
 
 def test_designs_with_different_level_counts_share_one_program():

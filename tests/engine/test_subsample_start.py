@@ -11,7 +11,7 @@ import pytest
 
 import drmpy as drm
 from drmpy.engine import program
-from drmpy.engine.program import Control, _diag_closed_form_fn, _padded_size, prepare, subsample_stride
+from drmpy.engine.program import Control, _diag_closed_form_fn, padded_size, prepare, subsample_stride
 from drmpy.model.design import build_design
 
 FORMULA = drm.Formula("yi ~ x + meta_V(V=vi)", "sigma ~ x2")
@@ -62,7 +62,7 @@ def test_subsample_threshold_is_on_padded_rows():
 @pytest.mark.slow
 def test_subsample_start_just_above_threshold():
     n = program.SUBSAMPLE_MIN_ROWS + 1000
-    assert subsample_stride(_padded_size(n)) is not None
+    assert subsample_stride(padded_size(n)) is not None
     data = _data(n, seed=11)
     for method in ("ML", "REML"):
         _assert_same_optimum(_fit(data, method, None), _fit(data, method, "auto"))

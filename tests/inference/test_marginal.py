@@ -77,9 +77,9 @@ def test_gls_information_without_compiling_equals_dense(case_name, weighted):
     expected = X.T @ W @ np.linalg.solve(S, X)
     np.testing.assert_allclose(gls(fit).information, expected, rtol=1e-9)
     # and equals the engine's gram at the fitted variances (the route bivariate fits take)
-    from drmpy.inference.marginal import _gram_program, _prepared, variance_parameters
+    from drmpy.inference.marginal import _gram_program, prepared_arrays, variance_parameters
 
-    arrs, struct, _ = _prepared(fit, None)
+    arrs, struct, _ = prepared_arrays(fit, None)
     _, M = _gram_program(struct)(variance_parameters(fit), arrs)
     np.testing.assert_allclose(gls(fit).information, np.asarray(M)[:struct.p, :struct.p], rtol=1e-9)
 

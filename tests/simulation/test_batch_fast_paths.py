@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import drmpy as drm
-from drmpy.model.design import _materialize_uncached
+from drmpy.model.design import materialize_uncached
 from drmpy.simulation import batch as sb
 
 FORMULA = ("yi ~ x + f + meta_V(V=vi)", "sigma ~ f")
@@ -74,7 +74,7 @@ def test_designs_from_one_formulaic_call(mu, sigma):
     formula = drm.Formula(mu, sigma)
     both = sb._materialize_dpars(formula, d, dict(formula.env))
     for dpar in ("mu", "sigma"):
-        values, terms, _ = _materialize_uncached(formula.dpars[dpar], d, dpar, formula.text[dpar], dict(formula.env))
+        values, terms, _ = materialize_uncached(formula.dpars[dpar], d, dpar, formula.text[dpar], dict(formula.env))
         assert both[dpar][1] == terms
         np.testing.assert_array_equal(both[dpar][0], values)
 

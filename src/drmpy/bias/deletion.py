@@ -44,34 +44,34 @@ def _prepared(fit):
     """(arrays, structure, beta0) of the fit's design, built once per fit.  A model with a
     diagonal V and one random intercept uses the closed-form ``intercepts`` structure
     (segment sums, O(n) per evaluation): the same likelihood as the fit's block structure."""
-    cached = getattr(fit, "_deletion_prepared", None)
-    if cached is None:
-        import dataclasses
+    return fit.stage_cache("bias.deletion_prepared", lambda: _prepared_uncached(fit))
 
-        from ..engine.program import build_arrays, prepare, start_values
 
-        design = fit.design
-        if _single_intercept(design):
-            # the block structure's buckets with one level per block, read in closed form
-            beta0, _ = start_values(design)
-            arrs, struct = build_arrays(design, "block", design.random[0].level_index, beta0, fit.method)
-            struct = dataclasses.replace(struct, kind="intercepts")
-        else:
-            (arrs, struct, beta0, _), _ = prepare(design, fit.method, fit._control)
-        cached = (arrs, struct, np.asarray(beta0))
-        fit._deletion_prepared = cached
-    return cached
+def _prepared_uncached(fit):
+    import dataclasses
+
+    from ..engine.program import build_arrays, prepare, start_values
+
+    design = fit.design
+    if _single_intercept(design):
+        # the block structure's buckets with one level per block, read in closed form
+        beta0, _ = start_values(design)
+        arrs, struct = build_arrays(design, "block", design.random[0].level_index, beta0, fit.method)
+        struct = dataclasses.replace(struct, kind="intercepts")
+    else:
+        (arrs, struct, beta0, _), _ = prepare(design, fit.method, fit._control)
+    return arrs, struct, np.asarray(beta0)
 
 
 def _lanes(arrs, n_deletions: int) -> int:
     import jax
 
-    from ..engine.program import _padded_size
+    from ..engine.program import padded_size
 
     per_lane = 8.0 * sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(arrs)) * 3 + 8.0 * arrs.y.shape[0] * 20
     cap = max(1, int(_LANE_BYTES // per_lane))
     # at least 16 lanes and sizes up the engine's ladder: data sets of similar size share a compile
-    return max(1, min(_padded_size(n_deletions), cap))
+    return max(1, min(padded_size(n_deletions), cap))
 
 
 def deletion_fits(fit, keep: np.ndarray, with_gls: bool = False) -> dict:
@@ -269,7 +269,7 @@ def _heterogeneity_columns(fit, keep: np.ndarray, theta: np.ndarray) -> dict[str
     return {k: table[k].to_numpy() for k in names}
 
 
-def _row_variances(fit, phi: np.ndarray) -> np.ndarray | None:
+def row_variances(fit, phi: np.ndarray) -> np.ndarray | None:
     """``v_i + sigma_i^2`` at variance parameters ``phi`` (deletions x nobs) for a diagonal V
     without random effects; None otherwise (the dense S is needed)."""
     design = fit.design
@@ -291,10 +291,10 @@ def _dense_s(fit):
     """phi -> dense fitted S over the retained rows (engine's dense structure, compiled once)."""
     import jax.numpy as jnp
 
-    from ..inference.marginal import _dense_program, _prepared as marginal_prepared
+    from ..inference.marginal import dense_program, prepared_arrays as marginal_prepared
 
     arrs, struct, _ = marginal_prepared(fit, "dense")
-    prog = _dense_program(struct)
+    prog = dense_program(struct)
     n = fit.nobs
 
     def at(phi):
@@ -360,7 +360,7 @@ def influence(fit, cluster: str | None = None) -> pd.DataFrame:
         cov_ratio = np.linalg.det(vb_del) / np.linalg.det(vb)
     sigma2_del = _sigma2(design, res["phi"])  # deletions x rows
     dfb_names = [f"dfbetas:{t}" for t in design.fixed["mu"].terms]
-    s_del = _row_variances(fit, res["phi"])
+    s_del = row_variances(fit, res["phi"])
     dense = None if s_del is not None else _dense_s(fit)
 
     if cluster is None:

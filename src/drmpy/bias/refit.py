@@ -114,12 +114,12 @@ def with_mu_column(fit, values: np.ndarray, term: str) -> ModelDesign:
 
 def refit_design(fit, design: ModelDesign, method: str | None = None):
     """A DrmFit of ``design`` with the fit's method (or ``method``) and control."""
-    from ..api import _warn_unless_converged
+    from ..api import warn_unless_converged
     from ..engine.program import prepare, run_fit
     from ..results.fit import DrmFit
 
     method = fit.method if method is None else method
     prepared, clusters = prepare(design, method, fit._control)
     raw = run_fit(prepared, fit._control)
-    return _warn_unless_converged(DrmFit(design, raw, method, fit._control, clusters,
+    return warn_unless_converged(DrmFit(design, raw, method, fit._control, clusters,
                                          data=getattr(fit, "_data", None), env=getattr(fit, "_env", None)))

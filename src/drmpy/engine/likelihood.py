@@ -252,7 +252,7 @@ def elementwise_linalg():
     """While tracing inside this context, small SPD solves use the unrolled Cholesky.
 
     A trace-time switch for programs that are ``vmap``-ed over many fits: there the p x p
-    solves become batched LAPACK calls, which can deadlock on CPU (see ``_spd_solve_terms``).
+    solves become batched LAPACK calls, which can deadlock on CPU (see ``spd_solve_terms``).
     Compiled programs keep what they were traced with.
     """
     token = _ELEMENTWISE.set(True)
@@ -263,7 +263,7 @@ def elementwise_linalg():
 
 
 @jax.custom_jvp
-def _spd_solve_terms(S, B):
+def spd_solve_terms(S, B):
     """For SPD S (batched): per-matrix log|S|, S^-1 and S^-1 B, from one Cholesky factor.
 
     The derivative rule is written out (d log|S| = tr(S^-1 dS), d S^-1 = -S^-1 dS S^-1,
@@ -289,11 +289,11 @@ def _spd_solve_terms(S, B):
     return logdet, P, W
 
 
-@_spd_solve_terms.defjvp
+@spd_solve_terms.defjvp
 def _spd_solve_terms_jvp(primals, tangents):
     S, B = primals
     dS, dB = tangents
-    logdet, P, W = _spd_solve_terms(S, B)
+    logdet, P, W = spd_solve_terms(S, B)
     dlogdet = jnp.einsum("...ij,...ji->...", P, dS)
     PdS = P @ dS
     dP = -PdS @ P
@@ -303,7 +303,7 @@ def _spd_solve_terms_jvp(primals, tangents):
 
 def _chol_gram(S, Bb):
     """log|S| (summed over a batch) and sum of B'S^-1B, from one Cholesky per matrix."""
-    logdet, _, W = _spd_solve_terms(S, Bb)
+    logdet, _, W = spd_solve_terms(S, Bb)
     M = jnp.einsum("...mi,...mj->ij", Bb, W)
     M = 0.5 * (M + M.T)
     return jnp.sum(logdet), M
@@ -369,7 +369,7 @@ def _gram_woodbury(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     Q = ZL.shape[1]
     Cap = jnp.eye(Q) + M_all[:Q, :Q]
     U = M_all[:Q, Q:]
-    logdet_cap, _, W = _spd_solve_terms(Cap, U)
+    logdet_cap, _, W = spd_solve_terms(Cap, U)
     M = M_all[Q:, Q:] - U.T @ W
     return logdet_R + logdet_cap, 0.5 * (M + M.T)
 
@@ -437,7 +437,7 @@ def _gram_tree(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     Q = ZL.shape[1]
     Cap = jnp.eye(Q) + M_all[:Q, :Q]
     U = M_all[:Q, Q:]
-    logdet_cap, _, W = _spd_solve_terms(Cap, U)
+    logdet_cap, _, W = spd_solve_terms(Cap, U)
     M = M_all[Q:, Q:] - U.T @ W
     return logdet_T + logdet_cap, 0.5 * (M + M.T)
 
@@ -544,7 +544,7 @@ def _split_gram(M, p):
 
 def _location_terms(A, b):
     """(log|A|, A^-1 b) for the p x p information A = X'S^-1X."""
-    logdet, _, beta = _spd_solve_terms(A, b[:, None])
+    logdet, _, beta = spd_solve_terms(A, b[:, None])
     return logdet, beta[:, 0]
 
 

@@ -190,12 +190,12 @@ SMALL_COUNTS = (16, 32, 64)
 
 def padded_count(n: int) -> int:
     """Levels of a random term, blocks of a bucket or studies of a bivariate fit after
-    padding: 16, 32 or 64 up to 64, else :func:`_padded_size` (padded slots are referenced
+    padding: 16, 32 or 64 up to 64, else :func:`padded_size` (padded slots are referenced
     by no data row)."""
     for size in SMALL_COUNTS:
         if n <= size:
             return size
-    return _padded_size(n)
+    return padded_size(n)
 
 
 # a single fit's rows are padded to 64 or 128 up to 128 rows: a pass over so few rows costs
@@ -205,14 +205,14 @@ SMALL_FIT_ROWS = (64, 128)
 
 def single_fit_rows(n: int) -> int:
     """Rows of a single fit after padding: 64 or 128 for small data (one compile serves every
-    data set of up to 128 rows of a model), else :func:`_padded_size`."""
+    data set of up to 128 rows of a model), else :func:`padded_size`."""
     for size in SMALL_FIT_ROWS:
         if n <= size:
             return size
-    return _padded_size(n)
+    return padded_size(n)
 
 
-def _padded_size(n: int) -> int:
+def padded_size(n: int) -> int:
     """Row count padded up a geometric ladder (ratio 2^(1/4)) so nearby sizes share a compile."""
     if n <= 16:
         return 16
@@ -435,11 +435,11 @@ def _slot_sizes(sizes: np.ndarray) -> np.ndarray:
     m_max = int(sizes.max())
     exact = float(np.sum(sizes.astype(float) ** 3))
     if len(sizes) * float(m_max) ** 3 <= max(4.0 * exact, 1e7):
-        return np.full(len(sizes), _bucket_size(m_max))
-    return np.array([_bucket_size(int(s)) for s in sizes])
+        return np.full(len(sizes), bucket_size(m_max))
+    return np.array([bucket_size(int(s)) for s in sizes])
 
 
-def _bucket_size(m: int) -> int:
+def bucket_size(m: int) -> int:
     """Block size padded up a short ladder, so a design compiles a handful of bucket shapes."""
     for size in _BUCKET_SIZES:
         if m <= size:

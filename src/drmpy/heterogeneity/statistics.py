@@ -87,9 +87,10 @@ def _block_pieces(V: np.ndarray, X: np.ndarray, y: np.ndarray, first_row):
 
 
 def _whitened(fit) -> _Whitened:
-    cached = getattr(fit, "_whitened_cache", None)
-    if cached is not None:
-        return cached
+    return fit.stage_cache("heterogeneity.whitened", lambda: _whitened_uncached(fit))
+
+
+def _whitened_uncached(fit) -> _Whitened:
     _univariate(fit, "q_test")
     design = fit.design
     kv = design.known_v
@@ -113,7 +114,6 @@ def _whitened(fit) -> _Whitened:
                 kv.matrix[np.ix_(rows, rows)], X[rows], y[rows], design.row_labels[rows[0]])
             block[rows] = b
         out = _Whitened(Xw, yw, WX, tw, block)
-    fit._whitened_cache = out
     return out
 
 
@@ -178,9 +178,10 @@ def sampling_gls(fit) -> SamplingGLS:
 
     Diagonal V: O(n p^2).  Block V: one Cholesky per block of V.
     """
-    cached = getattr(fit, "_sampling_gls_cache", None)
-    if cached is not None:
-        return cached
+    return fit.stage_cache("heterogeneity.sampling_gls", lambda: _sampling_gls_uncached(fit))
+
+
+def _sampling_gls_uncached(fit) -> SamplingGLS:
     wh = _whitened(fit)
     n, p = wh.Xw.shape
     if n <= p:
@@ -193,7 +194,6 @@ def sampling_gls(fit) -> SamplingGLS:
     Q = float(r @ r)  # r' W r
     trace_P = float(np.sum(wh.trace_W)) - float(np.trace(linalg.cho_solve(chol, wh.WX.T @ wh.WX)))
     out = SamplingGLS(Q, n - p, trace_P, b)
-    fit._sampling_gls_cache = out
     return out
 
 
@@ -210,20 +210,20 @@ def typical_sampling_variance(fit) -> float:
     return g.df / g.trace_P
 
 
-def _row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per retained row, the fitted variance of each component: ``sigma`` (sigma_i^2; absent
     under ``sigma ~ 0``), then
     per random-effect SD parameter ``(z_ic sd_c[level_i])^2`` (times K_ll for relmat).
     ``theta``: parameters in ``fit.params`` order (link scales) to evaluate at, or a
     (parameters, sets) array for several sets at once (each variance then (rows, sets));
     the fit's own estimates by default."""
-    from ..results.random_effects import _term_params, level_sds
+    from ..results.random_effects import term_params, level_sds
 
     design = fit.design
     theta = fit._raw.theta if theta is None else np.asarray(theta, dtype=np.float64)
     # sigma ~ 0 (common effect): no row-level component at all, rather than a row of zeros
     out = {}
-    gamma, terms = _term_params(design, theta)
+    gamma, terms = term_params(design, theta)
     if not design.common_effect:
         out["sigma"] = np.exp(2.0 * (design.fixed["sigma"].matrix @ gamma))  # (n[, sets])
     if not design.random:
@@ -248,7 +248,7 @@ def variance_components(fit) -> pd.Series:
     (mean sigma_i^2) and one entry per random-effect SD parameter (``sd(study)``: mean of
     ``sd(study)^2`` over the rows, which is the plain ``sd(study)^2`` when it is not modelled)."""
     _univariate(fit, "variance_components")
-    return pd.Series({k: float(np.mean(v)) for k, v in _row_variances(fit).items()}, name="variance")
+    return pd.Series({k: float(np.mean(v)) for k, v in row_variances(fit).items()}, name="variance")
 
 
 def _by_values(fit, by: Any, data: Any) -> np.ndarray:
@@ -331,7 +331,7 @@ def i2(fit, by: Any = None, data: Any = None) -> pd.DataFrame:
                            "(sigma ~ 0, no random effects) has none. Use fit.i2() for the Q-based I2.")
         return _ee_table(fit)
     s2 = typical_sampling_variance(fit)
-    rows = _row_variances(fit)
+    rows = row_variances(fit)
     if by is None:
         return _i2_table({k: float(np.mean(v)) for k, v in rows.items()}, s2)
     values = _by_values(fit, by, data)
@@ -366,12 +366,12 @@ def deleted_heterogeneity(fit, keep: np.ndarray, theta: np.ndarray) -> pd.DataFr
             I2 = np.where(Q > 0, 100.0 * np.maximum(0.0, (Q - df) / Q), 0.0)
             H2 = Q / df
         elif any(rd.n_cor for rd in fit.design.random):
-            # a correlated term's variance does not split by SD parameter (see _row_variances)
+            # a correlated term's variance does not split by SD parameter (see row_variances)
             I2 = H2 = np.full(len(Q), np.nan)
         else:
             s2 = df / g["trace_P"].to_numpy()
             # every refit's variances per row at once: (rows, deletions), averaged over kept rows
-            per_row = sum(_row_variances(fit, np.asarray(theta, dtype=np.float64).T).values())
+            per_row = sum(row_variances(fit, np.asarray(theta, dtype=np.float64).T).values())
             total = np.sum(np.where(keep.T, per_row, 0.0), axis=0) / keep.sum(axis=1)
             I2 = 100.0 * total / (total + s2)
             H2 = (total + s2) / s2
@@ -386,7 +386,7 @@ def h2(fit) -> float:
         g = sampling_gls(fit)
         return g.Q / g.df
     s2 = typical_sampling_variance(fit)
-    return float((sum(np.mean(v) for v in _row_variances(fit).values()) + s2) / s2)
+    return float((sum(np.mean(v) for v in row_variances(fit).values()) + s2) / s2)
 
 
 def _null_fit(fit):

@@ -68,9 +68,9 @@ class LikelihoodRatioTest(Mapping):
 
 
 def _dpar(name: str) -> str:
-    from ..results.fit import _dpar_of
+    from ..results.fit import dpar_of
 
-    return _dpar_of(name)
+    return dpar_of(name)
 
 
 def added_variance_components(names0, names1) -> list[str]:

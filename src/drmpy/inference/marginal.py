@@ -43,7 +43,7 @@ def variance_parameters(fit) -> np.ndarray:
     return np.asarray(fit._raw.theta[fit._raw.structure.p:], dtype=np.float64)
 
 
-def _prepared(fit, kind: str | None):
+def prepared_arrays(fit, kind: str | None):
     """(arrays, structure, beta0) of the fit's design, with structure ``kind`` (None: the fit's own)."""
     from ..engine.program import Control, prepare
     from ..results.bivariate import BivariateFit
@@ -68,7 +68,7 @@ def _gram_program(struct: Structure):
 
 
 @functools.lru_cache(maxsize=32)
-def _dense_program(struct: Structure):
+def dense_program(struct: Structure):
     return jax.jit(lambda phi, arrs: dense_covariance(phi, arrs, struct))
 
 
@@ -89,14 +89,14 @@ def marginal_covariance(fit) -> np.ndarray:
     ...; responses that are not kept left out).  O(n^2) memory: meant for diagnostics,
     robust variances and plots, not for the fit itself.
     """
-    cached = getattr(fit, "_marginal_covariance_cache", None)
-    if cached is not None:
-        return cached
-    arrs, struct, _ = _prepared(fit, "dense")
-    S = np.asarray(jax.device_get(_dense_program(struct)(jnp.asarray(variance_parameters(fit)), arrs)))
+    return fit.stage_cache("inference.marginal_covariance", lambda: _marginal_covariance_uncached(fit))
+
+
+def _marginal_covariance_uncached(fit) -> np.ndarray:
+    arrs, struct, _ = prepared_arrays(fit, "dense")
+    S = np.asarray(jax.device_get(dense_program(struct)(jnp.asarray(variance_parameters(fit)), arrs)))
     rows = _row_positions(fit)
     S = S[np.ix_(rows, rows)]
-    fit._marginal_covariance_cache = S
     return S
 
 
@@ -106,16 +106,17 @@ def gls(fit) -> GLS:
     Evaluated with the fit's own likelihood structure (diag, block, woodbury, pair or
     dense), so it costs one likelihood evaluation and no n x n matrix.
     """
-    cached = getattr(fit, "_gls_cache", None)
-    if cached is not None:
-        return cached
+    return fit.stage_cache("inference.gls", lambda: _gls_uncached(fit))
+
+
+def _gls_uncached(fit) -> GLS:
     A = _gls_information(fit)
     if A is not None:
         p = A.shape[0]
         vcov = np.linalg.inv(A)
         estimate = np.asarray(fit._raw.theta[:p], dtype=np.float64)  # the fit's beta is this GLS estimate
     else:
-        arrs, struct, beta0 = _prepared(fit, None)
+        arrs, struct, beta0 = prepared_arrays(fit, None)
         _, M = jax.device_get(_gram_program(struct)(jnp.asarray(variance_parameters(fit)), arrs))
         M = np.asarray(M)
         p = struct.p
@@ -124,7 +125,6 @@ def gls(fit) -> GLS:
         estimate = vcov @ M[:p, p] + beta0  # the arrays hold y centred at beta0
     vcov = 0.5 * (vcov + vcov.T)
     out = GLS(A, vcov, estimate)
-    fit._gls_cache = out
     return out
 
 
@@ -165,7 +165,7 @@ def gls_weights(fit) -> np.ndarray:
     O(n^2) memory, meant for plots and reports.
     """
     from ..errors import DrmError
-    from ..heterogeneity.statistics import _row_variances
+    from ..heterogeneity.statistics import row_variances
     from ..results.bivariate import BivariateFit
 
     if isinstance(fit, BivariateFit):
@@ -173,7 +173,7 @@ def gls_weights(fit) -> np.ndarray:
     design = fit.design
     if design.known_v.is_diagonal and not design.random:
         total = np.asarray(design.known_v.diag, dtype=np.float64).copy()
-        sigma2 = _row_variances(fit).get("sigma")  # absent under sigma ~ 0 (common effect)
+        sigma2 = row_variances(fit).get("sigma")  # absent under sigma ~ 0 (common effect)
         if sigma2 is not None:
             total += np.asarray(sigma2, dtype=np.float64)
         w = 1.0 / total

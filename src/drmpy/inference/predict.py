@@ -68,14 +68,14 @@ def _level_positions(fit, rd, newdata: Any, n: int) -> np.ndarray | None:
     """Position of each new row's level of ``rd.group`` among the fitted levels, or None when
     newdata lacks a group column or holds a level the fit did not see."""
     from ..model import frames
-    from ..model.design import _group_keys
+    from ..model.design import group_keys
 
     if not set(rd.term.group_columns) <= set(frames.column_names(newdata)):
         return None
     frame = frames.as_pandas(newdata, list(rd.term.group_columns))
     if frame.isna().any(axis=None):
         return None
-    keys, _ = _group_keys(frame, rd.term)
+    keys, _ = group_keys(frame, rd.term)
     position = {lv: i for i, lv in enumerate(rd.levels)}
     out = np.fromiter((position.get(k, -1) for k in keys), dtype=np.int64, count=n)
     return None if np.any(out < 0) else out
@@ -89,9 +89,9 @@ def _random_variance_new(fit, newdata: Any, n: int) -> np.ndarray:
     """
     from ..engine.likelihood import RHO_GUARD
     from ..model import frames
-    from ..results.random_effects import _term_params, level_sds
+    from ..results.random_effects import term_params, level_sds
 
-    _, terms = _term_params(fit.design, fit._raw.theta)
+    _, terms = term_params(fit.design, fit._raw.theta)
     total = np.zeros(n)
     columns = set() if newdata is None else set(frames.column_names(newdata))
     for rd, (alphas, etas) in zip(fit.design.random, terms):

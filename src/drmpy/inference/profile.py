@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..engine.likelihood import (LOG_2PI, RHO_GUARD, Arrays, Structure, _spd_solve_terms,
+from ..engine.likelihood import (LOG_2PI, RHO_GUARD, Arrays, Structure, spd_solve_terms,
                                  elementwise_linalg, gram, neg_reml)
 from ..engine.optimize import CONVERGED, CONVERGED_FLAT, newton_trust_region
 from ..engine.small_linalg import jacobi_eigh
@@ -76,7 +76,7 @@ def _fixed_objective(struct: Structure):
         P = jnp.eye(p) - jnp.outer(e_beta, e_beta)
         K = P @ A @ P + jnp.outer(e_beta, e_beta)
         rhs = P @ (b - A @ e_beta * beta_value)
-        _, _, sol = _spd_solve_terms(K, rhs[:, None])
+        _, _, sol = spd_solve_terms(K, rhs[:, None])
         beta = e_beta * beta_value + sol[:, 0]
         quad = c - 2.0 * beta @ b + beta @ A @ beta
         return 0.5 * (arrs.n_obs * LOG_2PI + logdet + quad) + penalty
@@ -223,29 +223,29 @@ class _Setup(NamedTuple):
 
 def _setup(fit) -> _Setup:
     """Arrays of the fit's design (cached on the fit) and its estimates."""
-    cached = getattr(fit, "_profile_setup", None)
-    if cached is not None:
-        return cached
-    from .marginal import _prepared
+    return fit.stage_cache("inference.profile_setup", lambda: _setup_uncached(fit))
+
+
+def _setup_uncached(fit) -> _Setup:
+    from .marginal import prepared_arrays
 
     from ..engine.scaling import scale_designs
 
-    arrs, struct, beta0 = _prepared(fit, None)
+    arrs, struct, beta0 = prepared_arrays(fit, None)
     scaling = scale_designs(arrs, struct)
     k = len(fit.params) - struct.p
     B = scaling.B if scaling is not None else np.eye(k)
     basis = (jnp.asarray(B), jnp.asarray(np.linalg.inv(B)))
     out = _Setup(arrs, struct, np.asarray(beta0, dtype=float), list(fit.params.index),
                  fit.params.to_numpy(dtype=float), fit.std_errors.to_numpy(dtype=float), -float(fit.loglik), basis)
-    fit._profile_setup = out
     return out
 
 
 def _kind(name: str) -> str:
     """mu (identity link), sd (log link) or cor (guarded atanh), by summary's link rule."""
-    from ..results.summary import _link
+    from ..results.summary import link_of
 
-    return {"identity": "mu", "log": "sd", "atanh": "cor"}[_link(name)]
+    return {"identity": "mu", "log": "sd", "atanh": "cor"}[link_of(name)]
 
 
 def _check_params(fit, params) -> list[str]:

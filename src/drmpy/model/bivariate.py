@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import frames
-from .design import (FixedDesign, _check_full_rank, _materialize, _response_values, check_weights,
+from .design import (FixedDesign, check_full_rank, _materialize, response_values, check_weights,
                      formula_columns, formula_context, require_scale_coefficients, response_columns)
 from ..errors import CovarianceError, DataError
 from .formula import Formula
@@ -339,7 +339,7 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
     for k, resp in enumerate(responses):
         rows = kept[:, k]
         if rows.any():
-            y_all[rows, k] = _response_values(frame.loc[rows], resp, context)
+            y_all[rows, k] = response_values(frame.loc[rows], resp, context)
     study = kept.any(axis=1)
     both = kept.all(axis=1)
     rho_ok = _present(frame, variables["rho12"])
@@ -372,7 +372,7 @@ def build_bivariate_design(formula: Formula, data: Any, *, env: Mapping[str, Any
                     f"The {dpar} formula `{texts[dpar]}` gives non-finite values at row "
                     f"{labels[np.flatnonzero(rows)[bad[0]]]!r}."
                 )
-            _check_full_rank(FixedDesign(dpar, terms, m, spec), texts[dpar])
+            check_full_rank(FixedDesign(dpar, terms, m, spec), texts[dpar])
         full = np.zeros((n, len(terms)))
         if rows.any():
             full[study_pos[rows]] = m

@@ -165,7 +165,7 @@ def _required_variables(rhs: str, dpar: str, text: str) -> frozenset[str]:
         raise FormulaError(f"Cannot parse the {dpar} formula `{text}`: {exc}") from exc
 
 
-def _formulaic():
+def formulaic_module():
     """The formulaic module; its first import (with scipy.sparse and narwhals, some 0.4 s)
     runs with the cyclic collector paused (:func:`drmpy._startup.long_lived_imports`), not
     frozen: it happens at the first fit, when the user's objects exist too."""
@@ -182,12 +182,17 @@ def _formulaic():
 
 @functools.lru_cache(maxsize=256)
 def _required_variables_of(rhs: str) -> frozenset[str]:
-    formulaic = _formulaic()
+    formulaic = formulaic_module()
     return frozenset(formulaic.Formula(rhs).required_variables)
 
 
 _MATRIX_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _MATRIX_CACHE_SIZE = 32
+
+
+def clear_matrix_cache() -> None:
+    """Forget the cached formulaic design matrices (see :func:`_materialize`)."""
+    _MATRIX_CACHE.clear()
 
 
 def _materialize(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
@@ -210,7 +215,7 @@ def _materialize(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: M
         if hit is not None:
             _MATRIX_CACHE.move_to_end(key)
             return hit
-    out = _materialize_uncached(rhs, frame, dpar, text, context)
+    out = materialize_uncached(rhs, frame, dpar, text, context)
     if key is not None:
         _MATRIX_CACHE[key] = out
         while len(_MATRIX_CACHE) > _MATRIX_CACHE_SIZE:
@@ -218,8 +223,8 @@ def _materialize(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: M
     return out
 
 
-def _materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
-    formulaic = _formulaic()
+def materialize_uncached(rhs: str, frame: pd.DataFrame, dpar: str, text: str, context: Mapping[str, Any]):
+    formulaic = formulaic_module()
     try:
         mm = formulaic.model_matrix(rhs, frame, na_action="ignore", context=dict(context))
     except Exception as exc:
@@ -254,7 +259,7 @@ def require_common_effect_variance(text: str, has_v: bool) -> None:
         )
 
 
-def _check_full_rank(design: FixedDesign, text: str) -> None:
+def check_full_rank(design: FixedDesign, text: str) -> None:
     m = design.matrix
     if m.shape[1] == 0:
         return
@@ -275,13 +280,13 @@ def _check_full_rank(design: FixedDesign, text: str) -> None:
                 )
 
 
-def _response_values(frame: pd.DataFrame, lhs: str, context: Mapping[str, Any]) -> np.ndarray:
+def response_values(frame: pd.DataFrame, lhs: str, context: Mapping[str, Any]) -> np.ndarray:
     if lhs in frame.columns:
         col = frame[lhs]
         if not frames.is_numeric(col):
             raise DataError(f"The response `{lhs}` must be numeric, but has dtype {col.dtype}.")
         return np.asarray(col, dtype=np.float64)
-    formulaic = _formulaic()
+    formulaic = formulaic_module()
     try:
         mm = formulaic.model_matrix(f"{lhs} ~ 1", frame, na_action="ignore", context=dict(context))
     except Exception as exc:
@@ -292,13 +297,13 @@ def _response_values(frame: pd.DataFrame, lhs: str, context: Mapping[str, Any]) 
     return lhs_m.reshape(-1)
 
 
-def _label(value: Any) -> str:
+def level_label(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
 
 
-def _group_keys(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, tuple[str, ...]]:
+def group_keys(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, tuple[str, ...]]:
     """Level label of every row and the ordered levels of a (possibly interacted) group.
 
     Levels follow the categorical order for a categorical column, numeric order for
@@ -313,7 +318,7 @@ def _group_keys(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, tupl
             labels = np.array([str(v) for v in values], dtype=object)
             order_key: list[int] | np.ndarray = [rank[l] for l in labels]
         elif frames.is_numeric(col):
-            labels = np.array([_label(v) for v in values], dtype=object)
+            labels = np.array([level_label(v) for v in values], dtype=object)
             order_key = values.astype(np.float64)
         else:
             labels = np.array([str(v) for v in values], dtype=object)
@@ -532,7 +537,7 @@ def build_design(
     # transformed predictors (np.log(x) of x <= 0) may produce non-finite values: evaluate on
     # the complete cases, then drop those rows too and count them.
     sub = frame.loc[keep]
-    y = _response_values(sub, response, context)
+    y = response_values(sub, response, context)
     mats: dict[str, tuple] = {}
     for dpar, rhs in formula.dpars.items():
         mats[dpar] = _materialize(rhs, sub, dpar, texts[dpar], context)
@@ -569,7 +574,7 @@ def build_design(
         if dpar in ("mu", "sigma")
     }
     for dpar in ("mu", "sigma"):
-        _check_full_rank(fixed[dpar], texts[dpar])
+        check_full_rank(fixed[dpar], texts[dpar])
     known_v = finalize_v(raw_v, np.flatnonzero(keep), kept_labels)
     if weights_arr is not None and not known_v.is_diagonal and np.any(weights_arr != 1.0):
         raise DataError(
@@ -622,7 +627,7 @@ def _require_several_levels(term: RandomTerm, levels: tuple) -> None:
 
 def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple],
                    formula: Formula, env, namespace, kept_labels) -> RandomDesign:
-    keys, levels = _group_keys(sub, term)
+    keys, levels = group_keys(sub, term)
     position = {lv: i for i, lv in enumerate(levels)}
     level_index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
     counts = np.bincount(level_index, minlength=len(levels))
@@ -668,7 +673,7 @@ def _random_design(term: RandomTerm, sub: pd.DataFrame, mats: Mapping[str, tuple
                 f"`{term.group}`, but level `{bad}` has rows with different values."
             )
         design = FixedDesign(dpar, terms, per_level, spec)
-        _check_full_rank(design, formula.text[dpar])
+        check_full_rank(design, formula.text[dpar])
         sd_designs.append(design)
     tree = None
     if term.relmat_kind == "tree" and len(levels) > DENSE_PHYLO_MAX_LEVELS:

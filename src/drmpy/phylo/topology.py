@@ -29,7 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..effects.phylogeny import read_tree
 from ..errors import DataError
 
 __all__ = ["TreeTopology", "tree_topology"]
@@ -111,6 +110,8 @@ def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True,
         When given, ``row_species`` are integer codes into these labels (a model design's
         level index: no string comparisons per row).
     """
+    from ..effects.phylogeny import read_tree  # effects is a later stage: imported when used
+
     parsed = read_tree(tree)
     nodes, up, length, names = _phylogeny_arrays(parsed)
     n_phylo = len(nodes)

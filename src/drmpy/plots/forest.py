@@ -81,7 +81,7 @@ def heterogeneity_text(fit: Any, digits: int = 2) -> str:
     heterogeneity, else ``σ²(group)`` per random-effect SD and ``σ²(residual)`` for sigma^2.
     A modelled variance (location-scale) is the mean over the rows, and says so.
     """
-    from ..heterogeneity.statistics import _row_variances
+    from ..heterogeneity.statistics import row_variances
 
     residual = "residual heterogeneity: " if fit.design.fixed["mu"].matrix.shape[1] > 1 else ""
     common = "common-effect model: " if fit.design.common_effect and not fit.design.random else ""
@@ -93,7 +93,7 @@ def heterogeneity_text(fit: Any, digits: int = 2) -> str:
     except DrmError:  # Q and I2 count every row once, which a fit with weights= does not
         parts.append(f"{common}Q and I² not shown (a fit with weights=)")
     # each component's fitted variance averaged over the rows (heterogeneity.variance_components)
-    components = {k: float(np.mean(v)) for k, v in _row_variances(fit).items()}
+    components = {k: float(np.mean(v)) for k, v in row_variances(fit).items()}
     names = []
     for name, value in components.items():
         modelled = (name == "sigma" and fit.design.fixed["sigma"].matrix.shape[1] > 1)
@@ -156,10 +156,10 @@ def _effect_rows(fit: Any, *, label: str | None, mod: str | None, size_by: str, 
     })
     if aggregate is None:
         return out
-    from ..heterogeneity.statistics import _row_variances
+    from ..heterogeneity.statistics import row_variances
 
     cluster = column_of(fit, aggregate, data).to_numpy()
-    sigma2 = _row_variances(fit).get("sigma", np.zeros(fit.nobs))
+    sigma2 = row_variances(fit).get("sigma", np.zeros(fit.nobs))
     rows = []
     for value, idx in pd.Series(np.arange(fit.nobs)).groupby(cluster, sort=False).indices.items():
         levels = pd.unique(out["level"].to_numpy()[idx])

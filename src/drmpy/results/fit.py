@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,8 @@ from ..model.design import ModelDesign
 from ..engine.program import Control, RawFit
 from ..errors import DrmError
 from ..engine.optimize import CONVERGED, CONVERGED_FLAT, STATUS_MESSAGES
+
+T = TypeVar("T")
 
 __all__ = ["FitResult", "DrmFit", "parameter_names"]
 
@@ -31,7 +33,7 @@ def parameter_names(design: ModelDesign) -> list[str]:
     return names
 
 
-def _dpar_of(name: str) -> str:
+def dpar_of(name: str) -> str:
     # "sd(g):x" -> "sd(g)"; the dpar never contains ":" outside parentheses.
     depth = 0
     for i, ch in enumerate(name):
@@ -60,6 +62,19 @@ class FitResult:
         self._raw = raw
         self._method = method
         self._control = control
+        self._stage_cache: dict[str, Any] = {}
+
+    def stage_cache(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()``, evaluated once per fit and key, then returned from memory.
+
+        Later stages (inference, heterogeneity, bias, ...) memoise quantities derived from the
+        fit here (prepared engine arrays, GLS pieces, the marginal covariance) instead of
+        attaching attributes to the fit; each stage uses keys named after itself.  A fit never
+        changes and a refit is a new object, so nothing stored here can go stale.
+        """
+        if key not in self._stage_cache:
+            self._stage_cache[key] = compute()
+        return self._stage_cache[key]
 
     # ---------------------------------------------------------------- basic quantities
     @property
@@ -133,13 +148,13 @@ class FitResult:
 
     @cached_property
     def dpars(self) -> list[str]:
-        return list(dict.fromkeys(_dpar_of(n) for n in self._names))
+        return list(dict.fromkeys(dpar_of(n) for n in self._names))
 
     def coef(self, dpar: str | None = None):
         """Coefficients of one distributional parameter (Series, index = term), or a dict of all."""
         groups: dict[str, pd.Series] = {}
         for d in self.dpars:
-            sel = [n for n in self._names if _dpar_of(n) == d]
+            sel = [n for n in self._names if dpar_of(n) == d]
             groups[d] = pd.Series(self.params[sel].to_numpy(), index=[n[len(d) + 1 :] for n in sel], name=d)
         if dpar is None:
             return groups
@@ -405,13 +420,13 @@ class DrmFit(FitResult):
 
     def _newdata_random(self, newdata: Any, n: int) -> np.ndarray:
         from ..model import frames
-        from ..model.design import _group_keys
+        from ..model.design import group_keys
 
         out = np.zeros(n)
         for rd, table in zip(self._design.random, self._ranef_tables):
             cols = list(rd.term.group_columns) + list(rd.term.slopes)
             frame = frames.as_pandas(newdata, cols)
-            keys, _ = _group_keys(frame, rd.term)
+            keys, _ = group_keys(frame, rd.term)
             for c, name in enumerate(rd.term.coefficient_names):
                 sub = table[table["term"] == name]
                 lookup = dict(zip(sub["level"], sub["estimate"]))

@@ -16,7 +16,7 @@ from ..engine.likelihood import RHO_GUARD
 __all__ = ["level_sd_table", "conditional_modes", "row_covariance"]
 
 
-def _term_params(design: ModelDesign, theta: np.ndarray):
+def term_params(design: ModelDesign, theta: np.ndarray):
     """Split theta into (gamma, per-term (alphas, etas)), as the likelihood does."""
     from ..engine.likelihood import RandomStatic, Structure, split_phi
 
@@ -48,7 +48,7 @@ def level_covariances(rd: RandomDesign, alphas, etas) -> np.ndarray:
 
 def level_sd_table(design: ModelDesign, theta: np.ndarray, group: str) -> pd.DataFrame:
     """Fitted SD(s) per level of ``group``: one row per level, one column per coefficient."""
-    _, terms = _term_params(design, theta)
+    _, terms = term_params(design, theta)
     for rd, (alphas, _) in zip(design.random, terms):
         if rd.group == group:
             sd = level_sds(rd, alphas)
@@ -70,7 +70,7 @@ def row_covariance(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray, ro
         S = np.diag(kv.diag[rows])
     S[np.diag_indices_from(S)] += sigma[rows] ** 2
     if include_random and design.random:
-        _, terms = _term_params(design, theta)
+        _, terms = term_params(design, theta)
         for rd, (alphas, etas) in zip(design.random, terms):
             lev = rd.level_index[rows]
             z = rd.z[rows]
@@ -118,7 +118,7 @@ def conditional_modes(design: ModelDesign, theta: np.ndarray, sigma: np.ndarray,
     p = design.fixed["mu"].matrix.shape[1]
     beta = theta[:p]
     r = design.y - design.fixed["mu"].matrix @ beta
-    _, terms = _term_params(design, theta)
+    _, terms = term_params(design, theta)
     Q = sum(rd.n_levels * rd.n_coef for rd in design.random)
     modes = np.zeros(Q)
     cond_var = np.zeros(Q)

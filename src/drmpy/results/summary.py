@@ -15,7 +15,7 @@ __all__ = ["Summary", "tidy_table", "table_text", "NUMBER_FORMAT"]
 _LOG_SCALE_PREFIXES = ("sigma", "sd(")
 
 
-def _link(name: str) -> str:
+def link_of(name: str) -> str:
     if name.startswith("mu"):
         return "identity"
     if name.startswith(("cor(", "rho")):
@@ -98,7 +98,7 @@ class Summary:
         if test == "t":
             columns = {"estimate": est, "std_error": se, "t": z, "df": df}
         table = pd.DataFrame({**columns, "p": p, "ci_lower": est - q * se, "ci_upper": est + q * se})
-        table["link"] = [_link(n) for n in est.index]
+        table["link"] = [link_of(n) for n in est.index]
         log_rows = table["link"] == "log"
         table["exp_estimate"] = np.where(log_rows, np.exp(table["estimate"]), np.nan)
         return table
@@ -192,13 +192,13 @@ def tidy_table(fit, level: float = 0.95) -> pd.DataFrame:
     ``std_error``, ``statistic`` (Wald z), ``p_value`` (two-sided normal) and the Wald
     interval ``conf_low``/``conf_high`` at ``level``, all on the link scale of ``fit.params``."""
     from ..errors import DrmError
-    from .fit import _dpar_of
+    from .fit import dpar_of
 
     if not (isinstance(level, (int, float)) and 0.0 < float(level) < 1.0):
         raise DrmError(f"level must be a number between 0 and 1 (e.g. 0.95), got {level!r}.")
     table = Summary.coefficient_table(fit, float(level))
     names = list(table.index)
-    dpars = [_dpar_of(n) for n in names]
+    dpars = [dpar_of(n) for n in names]
     return pd.DataFrame(
         {
             "dpar": dpars,

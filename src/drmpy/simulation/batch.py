@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..model import frames
-from ..model.design import (FixedDesign, _check_full_rank, _formulaic, _materialize_uncached, _response_values,
+from ..model.design import (FixedDesign, check_full_rank, formulaic_module, materialize_uncached, response_values,
                             formula_columns, require_scale_coefficients, response_columns, term_name)
 from ..engine.program import Control
 from ..engine.scaling import grouped_standardizers
@@ -208,12 +208,12 @@ def _read_rows(formula: Formula, data: Any, by: str, full_v_error: str, extra_co
 
 
 def _materialize_dpars(formula: Formula, sub: pd.DataFrame, context: Mapping[str, Any]) -> dict:
-    """The mu and sigma designs on ``sub`` as ``_materialize_uncached`` builds them, from one
+    """The mu and sigma designs on ``sub`` as ``materialize_uncached`` builds them, from one
     formulaic call (variables the two formulas share are evaluated and encoded once); any
     failure falls back to one call per formula, whose error names the formula."""
     dpars = ("mu", "sigma")
     try:
-        formulaic = _formulaic()
+        formulaic = formulaic_module()
         both = formulaic.model_matrix(formulaic.Formula({d: formulaic.Formula(formula.dpars[d]) for d in dpars}), sub,
                                       na_action="ignore", context=dict(context))
         out = {}
@@ -225,7 +225,7 @@ def _materialize_dpars(formula: Formula, sub: pd.DataFrame, context: Mapping[str
             out[d] = (values, tuple(term_name(str(c)) for c in mm.columns), mm.model_spec)
         return out
     except Exception:
-        return {d: _materialize_uncached(formula.dpars[d], sub, d, formula.text[d], context) for d in dpars}
+        return {d: materialize_uncached(formula.dpars[d], sub, d, formula.text[d], context) for d in dpars}
 
 
 def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
@@ -253,7 +253,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     sub = frame.loc[keep] if not keep.all() else frame
     if len(sub) == 0:
         raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
-    y = _response_values(sub, formula.response, context)
+    y = response_values(sub, formula.response, context)
     mats = _materialize_dpars(formula, sub, context)
     ok = np.isfinite(y)
     for m, _, _ in mats.values():
@@ -329,7 +329,7 @@ def _check_groups(gr: _Groups, formula: Formula, v_name: str | None) -> np.ndarr
             rows = slice(gr.offsets[g], gr.offsets[g + 1])
             design = FixedDesign(dpar, tuple(t.split(":", 1)[1] for t in terms), M[rows], None)
             try:
-                _check_full_rank(design, formula.text[dpar])
+                check_full_rank(design, formula.text[dpar])
             except DataError as exc:
                 gr.error[int(g)] = str(exc).rstrip(".").replace("among the retained rows", "among this group's rows")
                 ok[g] = False

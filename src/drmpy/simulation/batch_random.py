@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ..engine.scaling import grouped_standardizers
-from ..engine.program import BOUNDARY_SD_RATIO, BOUNDARY_START, Control, _bucket_size, boundary_gain_threshold
+from ..engine.program import BOUNDARY_SD_RATIO, BOUNDARY_START, Control, bucket_size, boundary_gain_threshold
 from ..errors import DataError, FormulaError, RandomEffectsError
-from ..model.design import _label, _materialize_uncached, _response_values, one_level_message
+from ..model.design import level_label, materialize_uncached, response_values, one_level_message
 from ..model.known_v import rows_text
 from ..model.formula import Formula
 from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, _check_groups, _Groups, _lanes_ladder, _pool_layout, _read_rows,
@@ -82,7 +82,7 @@ class _Levels:
     def label(self, row: int) -> str:
         """The level label of sorted row ``row``, as a single fit names it (``a`` or ``a:b``)."""
         assert self.group_values is not None  # _build sets it before any level is named
-        return ":".join(_label(v) for v in self.group_values.iloc[int(row)])
+        return ":".join(level_label(v) for v in self.group_values.iloc[int(row)])
 
 
 def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list[str]]:
@@ -103,9 +103,9 @@ def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list
     sub = frame.iloc[keep_pos]
     if len(sub) == 0:
         raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
-    y = _response_values(sub, formula.response, context)
+    y = response_values(sub, formula.response, context)
     sd_dpar = term.sd_dpars()[0]
-    mats = {d: _materialize_uncached(formula.dpars[d], sub, d, texts[d], context) for d in ("mu", "sigma", sd_dpar)}
+    mats = {d: materialize_uncached(formula.dpars[d], sub, d, texts[d], context) for d in ("mu", "sigma", sd_dpar)}
     ok = np.isfinite(y)
     for m, _, _ in mats.values():
         ok &= np.all(np.isfinite(m), axis=1)
@@ -302,7 +302,7 @@ def _shapes(ids: np.ndarray, gr: _Groups, lv: _Levels, chunk_size: int | None):
     chunks = []
     for nr, members in reversed(merged):
         L = padded_rows(int(lv.count[members].max()))
-        M = _bucket_size(int(lv.max_size[members].max()))
+        M = bucket_size(int(lv.max_size[members].max()))
         lanes = int(chunk_size) if chunk_size is not None else LANES
         lanes = min(lanes, _lanes_ladder(len(members)))
         for start in range(0, len(members), lanes):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from ..results.random_effects import _term_params, level_covariances, level_sds
+from ..results.random_effects import term_params, level_covariances, level_sds
 
 __all__ = ["simulate_responses", "simulate_bivariate_draws", "simulate_bivariate_responses", "random_generator"]
 
@@ -50,7 +50,7 @@ def simulate_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
     sigma = np.asarray(fit._sigma_values)
     out += sigma[:, None] * rng.standard_normal((n, nsim))
     if design.random:
-        _, terms = _term_params(design, theta)
+        _, terms = term_params(design, theta)
         for rd, (alphas, etas) in zip(design.random, terms):
             L, q = rd.n_levels, rd.n_coef
             if rd.is_relmat:
