@@ -93,7 +93,7 @@ def _phylogeny_arrays(tree) -> tuple[list, np.ndarray, np.ndarray, list[str | No
     return nodes, np.asarray(parent, dtype=np.int64), np.asarray(length, dtype=np.float64), names
 
 
-def tree_topology(tree: Any, row_species: Sequence[Any], corr: bool = True,
+def tree_topology(tree: Any, row_species: Sequence[Any] | np.ndarray, corr: bool = True,
                   levels: Sequence[str] | None = None) -> TreeTopology:
     """Static arrays of the tree pass for effect sizes of the given species.
 
