@@ -86,7 +86,7 @@ class _Levels:
 
 
 def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list[str]]:
-    """Rows of every group sorted by (group, level), as ``simulation.batch._build_groups``."""
+    """Rows of every group sorted by (group, level), as ``batch.batch._build_groups``."""
     term = formula.random_terms[0]
     frame, context, codes, labels, v_all, reason = _read_rows(
         formula, data, by, extra_columns=term.group_columns,
@@ -287,7 +287,7 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
 
 def _shapes(ids: np.ndarray, gr: _Groups, lv: _Levels, chunk_size: int | None):
     """Chunks (group ids, N, L, M, lanes): groups sorted by rows, adjacent row sizes merged
-    while padding costs less than another compile (as ``simulation.batch._plan``)."""
+    while padding costs less than another compile (as ``batch.batch._plan``)."""
     if ids.size == 0:
         return []
     order = ids[np.argsort(gr.sizes[ids], kind="stable")]

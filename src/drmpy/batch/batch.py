@@ -5,7 +5,7 @@ whole data (so factor levels, and any stateful transform such as ``center(x)``, 
 those of the whole data, common to all groups).  Rows are then scattered into padded
 per-group arrays with vectorised numpy, groups sorted by size so that each pool of
 groups pads little, and every pool is fitted by one compiled program
-(:func:`drmpy.batch_engine.pool_program`): ``lanes`` optimisers advance side by side
+(:func:`drmpy.engine.batch.pool_program`): ``lanes`` optimisers advance side by side
 (``jax.vmap`` of one trust-region iteration), and a lane whose group has finished takes
 the next group at once, so slow groups (typically a variance converging to its zero
 boundary) never hold the others back.
@@ -776,7 +776,7 @@ def fit_batch(
     Supported models: ``meta_V(V = vi)`` given as one sampling variance per row (a data
     column or a vector), any ``mu`` and ``sigma`` formulas, and no random effects or one
     random intercept ``(1|g)`` (optionally ``sd(g) ~ ...``) whose levels are the values of
-    ``g`` within each group (:mod:`drmpy.simulation.batch_random`).  Designs are
+    ``g`` within each group (:mod:`drmpy.batch.batch_random`).  Designs are
     built once on the whole data, so factor levels (and stateful transforms such as
     ``center(x)``) are those of the whole data and every group has the same parameters.
 
