@@ -145,7 +145,7 @@ def stage_profile(call) -> dict:
     checks (_check_groups), chunk arrays (_chunk_arrays, _dense_chunk), the compiled programs
     with their transfers (_Runner.map less the chunk arrays built inside it), and the result
     frame (_result_frame); 'other' is the rest of the call."""
-    from drmpy.simulation import batch as sb
+    from drmpy.batch import batch as sb
 
     spent = dict.fromkeys(["_build_groups", "_check_groups", "_chunk_arrays", "_dense_chunk", "map",
                            "_result_frame"], 0.0)

@@ -42,7 +42,7 @@ text = str(fit.summary())
 t3 = time.perf_counter()
 heavy = [m for m in ("scipy", "matplotlib", "dask", "tqdm", "formulaic", "narwhals", "drmpy.plots",
                      "drmpy.inference", "drmpy.effects", "drmpy.heterogeneity", "drmpy.bias",
-                     "drmpy.simulation") if m in sys.modules]
+                     "drmpy.simulation", "drmpy.batch") if m in sys.modules]
 print(f"import drmpy {t1 - t0:.3f} s; data + fit {t2 - t1:.3f} s; summary {t3 - t2:.3f} s; "
       f"{len(sys.modules)} modules; loaded: {', '.join(heavy)}")
 """

@@ -41,7 +41,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # program is compiled once per device it runs on (XLA's CPU cache key holds the device), so
 # with two devices every batch program that reached both was compiled twice; the two
 # pytest workers already keep both cores busy.  Cold suite on 2 cores: 405 s -> 353 s,
-# 741 -> 647 s CPU.  tests/simulation/test_batch.py::test_two_cpu_devices_equal_one runs
+# 741 -> 647 s CPU.  tests/batch/test_batch.py::test_two_cpu_devices_equal_one runs
 # fit_batch over two devices in a subprocess.
 os.environ.setdefault("DRMPY_CPU_DEVICES", "1")
 # The pytest-xdist workers (and the subprocesses tests start) share one persistent cache, so
@@ -65,17 +65,17 @@ import drmpy  # noqa: E402,F401
 # a file is unchanged.
 HEAVY_FILES = (
     "docs/test_docs.py",  # every example of README.md and docs/*.md (added after the timings above)
-    "simulation/test_batch_random.py",
+    "batch/test_batch_random.py",
     "bias/test_bias_metafor.py",
     "bias/test_bias_checks.py",
-    "simulation/test_batch.py",
+    "batch/test_batch.py",
     "engine/test_structures.py",
     "heterogeneity/test_statistics.py",
     "inference/test_profile.py",
     "engine/test_reference_extra.py",
     "engine/test_bivariate.py",
     "simulation/test_bivariate_simulation.py",
-    "simulation/test_batch_tau2.py",
+    "batch/test_batch_tau2.py",
 )
 
 

@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 # Names of the later stages (many fits at once, inference, heterogeneity, plots, effect
 # sizes, bias) are imported on first use (PEP 562), so ``import drmpy`` does not pay for them.
 _LAZY = {
-    "fit_batch": "drmpy.simulation.batch",
+    "fit_batch": "drmpy.batch.batch",
     "parametric_bootstrap": "drmpy.simulation.bootstrap",
     "lrt": "drmpy.inference.lrt",
     "compare": "drmpy.inference.lrt",

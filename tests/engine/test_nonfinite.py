@@ -204,7 +204,7 @@ def test_fit_batch_result_frame_never_converged_when_nonfinite():
     """The shared result table of fit_batch: a NaN log-likelihood or location estimate (or a
     NaN variance parameter outside the boundary rule's sigma = 0) is not converged."""
     from drmpy.engine.tau2_batch import BOUNDARY_BETTER
-    from drmpy.simulation.batch import _Groups, _result_frame
+    from drmpy.batch.batch import _Groups, _result_frame
 
     G = 4
     gr = _Groups(labels=pd.Index([0, 1, 2, 3]), names=["mu:(Intercept)", "sigma:(Intercept)"], p=1, k=1,

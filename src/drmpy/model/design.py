@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import frames
+from . import rows as drop_rules
 from ..errors import DataError, FormulaError, RandomEffectsError
 from .formula import Formula, RandomTerm
 from .known_v import KnownV, RawV, finalize_v, require_common_effect_covariance, resolve_v
@@ -496,28 +497,14 @@ def build_design(
     else:
         raw_v = None
 
-    # ---- rows: complete cases, then non-finite numeric values, then a vector V
-    keep = np.ones(n_data, dtype=bool)
-    dropped: dict[str, int] = {}
+    # ---- rows: complete cases, then non-finite numeric values, then a vector V (model/rows.py)
     used_cols = list(dict.fromkeys(needed))
-    complete = ~frame[used_cols].isna().any(axis=1).to_numpy() if used_cols else np.ones(n_data, bool)
     for term in formula.random_terms:
         for c in term.group_columns:
             if not frame[c].notna().any():
                 raise RandomEffectsError(f"Grouping column `{c}` of `{term.text}` is entirely missing.")
-    if (~complete).any():
-        dropped["missing values in model variables"] = int((~complete).sum())
-    keep &= complete
-    finite = frames.without_infinities(frame, used_cols)
-    newly = keep & ~finite
-    if newly.any():
-        dropped["non-finite values in model variables"] = int(newly.sum())
-    keep &= finite
-    if raw_v is not None and raw_v.vector is not None:
-        bad_v = keep & ~np.isfinite(raw_v.vector)
-        if bad_v.any():
-            dropped[f"missing or non-finite sampling variance `{raw_v.name}`"] = int(bad_v.sum())
-        keep &= np.isfinite(raw_v.vector)
+    v_name = raw_v.name if raw_v is not None else None
+    reason = drop_rules.row_reasons(frame, used_cols, raw_v.vector if raw_v is not None else None)
     if isinstance(weights, str):
         w_all = frame[weights]
         if not frames.is_numeric(w_all):
@@ -527,15 +514,13 @@ def build_design(
         w_all = np.asarray(weights, dtype=np.float64).reshape(-1)
         if len(w_all) != n_data:
             raise DataError(f"weights: expected {n_data} values (one per data row), got {len(w_all)}.")
-        bad_w = keep & ~np.isfinite(w_all)
-        if bad_w.any():
-            dropped["missing weights"] = int(bad_w.sum())
-        keep &= np.isfinite(w_all)
+        drop_rules.mark(reason, ~np.isfinite(w_all), drop_rules.MISSING_WEIGHT)
     else:
         w_all = None
 
     # transformed predictors (np.log(x) of x <= 0) may produce non-finite values: evaluate on
     # the complete cases, then drop those rows too and count them.
+    keep = reason == drop_rules.KEPT
     sub = frame.loc[keep]
     y = response_values(sub, response, context)
     mats: dict[str, tuple] = {}
@@ -550,19 +535,17 @@ def build_design(
     for dpar, (m, _, _) in mats.items():
         ok &= np.all(np.isfinite(m), axis=1)
     if not ok.all():
-        dropped["non-finite values of transformed variables"] = int((~ok).sum())
         keep_pos = np.flatnonzero(keep)
+        reason[keep_pos[~ok]] = drop_rules.TRANSFORMED
         keep[keep_pos[~ok]] = False
         sub = frame.loc[keep]
         y = y[ok]
         mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
+    dropped = drop_rules.dropped_counts(reason, v_name)
 
     n = int(keep.sum())
     if n == 0:
-        raise DataError(
-            f"No rows remain after removing rows with missing or non-finite values "
-            f"({n_data} rows in the data; dropped: {dropped})."
-        )
+        raise DataError(drop_rules.no_rows_message(n_data, dropped))
     kept_labels = labels[keep]
     dropped_labels = tuple(labels[~keep])
 

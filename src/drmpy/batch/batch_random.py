@@ -23,8 +23,9 @@ from ..engine.program import BOUNDARY_SD_RATIO, BOUNDARY_START, Control, bucket_
 from ..errors import DataError, FormulaError, RandomEffectsError
 from ..model.design import level_label, materialize_uncached, response_values, one_level_message
 from ..model.known_v import rows_text
+from ..model import rows as drop_rules
 from ..model.formula import Formula
-from .batch import (_DROP_REASONS, MERGE_LANE_ROWS, _check_groups, _Groups, _lanes_ladder, _pool_layout, _read_rows,
+from .batch import (MERGE_LANE_ROWS, _check_groups, _Groups, _lanes_ladder, _pool_layout, _read_rows,
                     _result_frame, _Runner, padded_rows)
 
 __all__ = ["fit_batch_random"]
@@ -86,7 +87,7 @@ class _Levels:
 
 
 def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list[str]]:
-    """Rows of every group sorted by (group, level), as ``simulation.batch._build_groups``."""
+    """Rows of every group sorted by (group, level), as ``batch.batch._build_groups``."""
     term = formula.random_terms[0]
     frame, context, codes, labels, v_all, reason = _read_rows(
         formula, data, by, extra_columns=term.group_columns,
@@ -99,10 +100,10 @@ def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list
     meta_v = formula.meta_v
     n_data = len(frame)
     G = len(labels)
-    keep_pos = np.flatnonzero(reason == 0)
+    keep_pos = np.flatnonzero(reason == drop_rules.KEPT)
     sub = frame.iloc[keep_pos]
     if len(sub) == 0:
-        raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
+        raise DataError(drop_rules.no_rows_message(n_data))
     y = response_values(sub, formula.response, context)
     sd_dpar = term.sd_dpars()[0]
     mats = {d: materialize_uncached(formula.dpars[d], sub, d, texts[d], context) for d in ("mu", "sigma", sd_dpar)}
@@ -110,7 +111,7 @@ def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list
     for m, _, _ in mats.values():
         ok &= np.all(np.isfinite(m), axis=1)
     if not ok.all():
-        reason[keep_pos[~ok]] = 4
+        reason[keep_pos[~ok]] = drop_rules.TRANSFORMED
         keep_pos, y, sub = keep_pos[ok], y[ok], sub.iloc[np.flatnonzero(ok)]
         mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
     # level key: the (possibly interacted) grouping columns, as one integer code per row
@@ -128,14 +129,7 @@ def _build(formula: Formula, data: Any, by: str) -> tuple[_Groups, _Levels, list
     X, Z, Wr = X[order], Z[order], Wr[order]
     v = v_all[keep_pos]
     sizes = np.bincount(group, minlength=G)
-    notes: dict[int, list[str]] = {}
-    if reason.any():
-        dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
-        for g, r in zip(*np.nonzero(dropped[:, 1:])):
-            n_drop = int(dropped[g, r + 1])
-            # type checker: reason 2 (sampling variance) occurs only with a meta_V term
-            what = f"missing or non-finite sampling variance `{meta_v.name}`" if r == 2 else _DROP_REASONS[r]  # type: ignore[union-attr]
-            notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
+    notes = drop_rules.group_notes(codes, reason, G, meta_v.name if meta_v is not None else None)
     gr = _Groups(labels=labels, names=[f"mu:{t}" for t in mu_terms] + [f"sigma:{t}" for t in sigma_terms],
                  p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v, row_pos=keep_pos, index=frame.index,
                  offsets=np.concatenate([[0], np.cumsum(sizes)]), sizes=sizes, notes=notes)
@@ -287,7 +281,7 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
 
 def _shapes(ids: np.ndarray, gr: _Groups, lv: _Levels, chunk_size: int | None):
     """Chunks (group ids, N, L, M, lanes): groups sorted by rows, adjacent row sizes merged
-    while padding costs less than another compile (as ``simulation.batch._plan``)."""
+    while padding costs less than another compile (as ``batch.batch._plan``)."""
     if ids.size == 0:
         return []
     order = ids[np.argsort(gr.sizes[ids], kind="stable")]

@@ -5,7 +5,7 @@ whole data (so factor levels, and any stateful transform such as ``center(x)``, 
 those of the whole data, common to all groups).  Rows are then scattered into padded
 per-group arrays with vectorised numpy, groups sorted by size so that each pool of
 groups pads little, and every pool is fitted by one compiled program
-(:func:`drmpy.batch_engine.pool_program`): ``lanes`` optimisers advance side by side
+(:func:`drmpy.engine.batch.pool_program`): ``lanes`` optimisers advance side by side
 (``jax.vmap`` of one trust-region iteration), and a lane whose group has finished takes
 the next group at once, so slow groups (typically a variance converging to its zero
 boundary) never hold the others back.
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..model import frames
+from ..model import rows as drop_rules
 from ..model.design import (FixedDesign, check_full_rank, formulaic_module, materialize_uncached, response_values,
                             formula_columns, require_scale_coefficients, response_columns, term_name)
 from ..engine.program import Control
@@ -32,14 +33,6 @@ from ..model.known_v import resolve_v
 from ..engine.optimize import CONVERGED, CONVERGED_FLAT, NONFINITE, STATUS_MESSAGES
 
 __all__ = ["fit_batch"]
-
-
-_DROP_REASONS = (
-    "missing values in model variables",
-    "non-finite values in model variables",
-    "missing or non-finite sampling variance",
-    "non-finite values of transformed variables",
-)
 
 
 # ------------------------------------------------------------------------------------------
@@ -156,8 +149,8 @@ def _by_codes(frame: pd.DataFrame, by: str) -> tuple[np.ndarray, Any]:
 
 class _RawRows(NamedTuple):
     """The data's rows as every fit_batch path first reads them: the model's columns, each
-    row's group code, its sampling variance and why it is dropped (0 kept, else 1 + index in
-    ``_DROP_REASONS``; only the reasons found before designs are built)."""
+    row's group code, its sampling variance and why it is dropped (a :mod:`drmpy.model.rows`
+    reason code; only the reasons found before designs are built)."""
 
     frame: pd.DataFrame
     context: dict
@@ -197,13 +190,7 @@ def _read_rows(formula: Formula, data: Any, by: str, full_v_error: str, extra_co
     else:
         v_all = np.zeros(n_data)
     # rows: the same rules as build_design, counted per group instead of per data set
-    reason = np.zeros(n_data, dtype=np.int64)
-    used = [c for c in needed if c != by]
-    if used:
-        reason[frame[used].isna().any(axis=1).to_numpy()] = 1
-    reason[(reason == 0) & ~frames.without_infinities(frame, used)] = 2
-    if meta_v is not None:
-        reason[(reason == 0) & ~np.isfinite(v_all)] = 3
+    reason = drop_rules.row_reasons(frame, [c for c in needed if c != by], v_all if meta_v is not None else None)
     return _RawRows(frame, context, codes, labels, v_all, reason)
 
 
@@ -249,10 +236,10 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     n_data = len(frame)
     G = len(labels)
     meta_v = formula.meta_v
-    keep = reason == 0
+    keep = reason == drop_rules.KEPT
     sub = frame.loc[keep] if not keep.all() else frame
     if len(sub) == 0:
-        raise DataError(f"No rows remain after removing rows with missing or non-finite values ({n_data} rows in the data).")
+        raise DataError(drop_rules.no_rows_message(n_data))
     y = response_values(sub, formula.response, context)
     mats = _materialize_dpars(formula, sub, context)
     ok = np.isfinite(y)
@@ -262,7 +249,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if not ok.all():
         if keep_pos is None:
             keep_pos = np.arange(n_data)
-        reason[keep_pos[~ok]] = 4
+        reason[keep_pos[~ok]] = drop_rules.TRANSFORMED
         keep_pos = keep_pos[ok]
         y = y[ok]
         mats = {d: (m[ok], t, s) for d, (m, t, s) in mats.items()}
@@ -281,16 +268,7 @@ def _build_groups(formula: Formula, data: Any, by: str) -> _Groups:
     if np.any(kept_codes[1:] < kept_codes[:-1]):  # not already sorted by group
         order = np.argsort(kept_codes, kind="stable")
         y, X, Z, v, keep_pos = y[order], X[order], Z[order], v[order], keep_pos[order]
-    notes: dict[int, list[str]] = {}
-    if reason.any():
-        dropped = np.bincount(codes * 5 + reason, minlength=5 * G).reshape(G, 5)
-        for g, r in zip(*np.nonzero(dropped[:, 1:])):
-            n_drop = int(dropped[g, r + 1])
-            what = _DROP_REASONS[r]
-            if r == 2:
-                # type checker: reason 2 (sampling variance) occurs only with a meta_V term
-                what = f"missing or non-finite sampling variance `{meta_v.name}`"  # type: ignore[union-attr]
-            notes.setdefault(int(g), []).append(f"{n_drop} row{'s' if n_drop != 1 else ''} dropped ({what})")
+    notes = drop_rules.group_notes(codes, reason, G, meta_v.name if meta_v is not None else None)
     return _Groups(
         labels=labels, names=names, p=X.shape[1], k=Z.shape[1], y=y, X=X, Z=Z, v=v,
         row_pos=keep_pos, index=frame.index, offsets=offsets, sizes=sizes, notes=notes,
@@ -776,7 +754,7 @@ def fit_batch(
     Supported models: ``meta_V(V = vi)`` given as one sampling variance per row (a data
     column or a vector), any ``mu`` and ``sigma`` formulas, and no random effects or one
     random intercept ``(1|g)`` (optionally ``sd(g) ~ ...``) whose levels are the values of
-    ``g`` within each group (:mod:`drmpy.simulation.batch_random`).  Designs are
+    ``g`` within each group (:mod:`drmpy.batch.batch_random`).  Designs are
     built once on the whole data, so factor levels (and stateful transforms such as
     ``center(x)``) are those of the whole data and every group has the same parameters.
 

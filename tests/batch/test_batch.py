@@ -265,7 +265,7 @@ def test_input_not_modified_and_errors(batch_data):
     d2.iloc[2, d2.columns.get_loc("set")] = None
     with pytest.raises(drm.DataError, match=r"by: column `set` has 1 missing value\(s\)"):
         drm.fit_batch(drm.Formula(*FORMULA), d2, by="set")
-    with pytest.raises(drm.FormulaError, match=r"random slope"):  # (1|f) alone: tests/simulation/test_batch_random.py
+    with pytest.raises(drm.FormulaError, match=r"random slope"):  # (1|f) alone: tests/batch/test_batch_random.py
         drm.fit_batch(drm.Formula("yi ~ x + (1 + x|f) + meta_V(V=vi)"), d, by="set")
     V = np.eye(len(d)) * 0.05  # noqa: F841  (meta_V(V=V) finds it in this namespace)
     with pytest.raises(drm.FormulaError, match=r"full covariance matrix is not supported"):
@@ -543,7 +543,7 @@ def test_closed_form_derivatives_equal_autodiff_of_engine_objective(method):
 
 
 def test_rounds_group_consecutive_tasks_of_one_shape():
-    from drmpy.simulation.batch import _rounds
+    from drmpy.batch.batch import _rounds
 
     a, b = np.zeros((4, 3)), np.zeros((4, 5))
     tasks = [(0, 4, ("pool", a, 4), {}), (1, 4, ("pool", a, 4), {}), (2, 4, ("pool", a, 4), {}),

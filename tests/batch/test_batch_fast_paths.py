@@ -10,7 +10,7 @@ import pytest
 
 import drmpy as drm
 from drmpy.model.design import materialize_uncached
-from drmpy.simulation import batch as sb
+from drmpy.batch import batch as sb
 
 FORMULA = ("yi ~ x + f + meta_V(V=vi)", "sigma ~ f")
 
