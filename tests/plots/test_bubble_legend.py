@@ -63,3 +63,11 @@ def test_bubble_colour_by_a_column_the_model_does_not_use(restoration):
     assert [t.get_text() for t in _legend_titled(ax, "habitat").get_texts()] == ["forest", "grassland"]
     with pytest.raises(drm.DrmError, match="categorical"):
         plots.bubble_table(fit, "duration", by="duration")
+
+
+def test_split_table_with_points_lacking_the_split_column_names_it(sigma_duration_fit):
+    table = plots.bubble_table(sigma_duration_fit, "duration", by="habitat", n=11)
+    points = plots.effect_sizes_table(sigma_duration_fit)
+    points["mod"] = sigma_duration_fit.design.fixed["mu"].matrix[:, 2] * 0 + 1.0
+    with pytest.raises(drm.DrmError, match="split by `habitat`; the points need a `by` column"):
+        plots.bubble(table, points=points)

@@ -339,3 +339,13 @@ def legends_of(ax: Any) -> list:
     from matplotlib.legend import Legend
 
     return [a for a in ax.get_children() if isinstance(a, Legend)]
+
+
+def points_settings(points: pd.DataFrame, plot: str, table_transform: Any, columns: tuple[str, ...]) -> dict:
+    """Settings of an ``effect_sizes_table`` drawn over another plot's table, after checking
+    that both were computed on the same transformed scale."""
+    settings = table_settings(points, "effect_sizes", columns=columns)
+    if settings["transform"] != table_transform:
+        raise DrmError(f"{plot}: the points were computed with transform={settings['transform']!r} "
+                       f"and the table with {table_transform!r}; compute both with the same transform.")
+    return settings

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, is_factor,
+from ._common import (points_settings, TransformArg, column_of, effect_label, effect_sizes_table, is_factor,
                       keep_legend, level_order, marker_areas, new_axes, require_univariate, resolve_transform,
                       size_legend, table_settings, tag_table)
 from .marginal_means import marginal_means, model_variables
@@ -100,14 +100,10 @@ def bubble(fit: Any, *, mod: str | None = None, by: str | None = None, level: fl
     settings = table_settings(table, "bubble", columns=("mod", *_BANDS), given=given)
     level, mod, by = settings["level"], settings["moderator"], settings["by"]
     if points is not None:
-        point_settings = table_settings(points, "effect_sizes", columns=("yi", "size_value", "mod"))
-        if point_settings["transform"] != settings["transform"]:
-            raise DrmError(f"bubble: the points were computed with transform="
-                           f"{point_settings['transform']!r} and the table with "
-                           f"{settings['transform']!r}; compute both with the same transform.")
+        point_settings = points_settings(points, "bubble", settings["transform"], ("yi", "size_value", "mod"))
         size_by = point_settings["size_by"]
         if by is not None and "by" not in points.columns:
-            raise DrmError("bubble: the table is split by `{by}`; the points need a `by` column.")
+            raise DrmError(f"bubble: the table is split by `{by}`; the points need a `by` column.")
     ax = new_axes(ax, (6.0, 4.6))
     levels = (list(dict.fromkeys(table["by"])) if settings["split"]
               else level_order(points["by"]) if by is not None and points is not None else [])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
-from ._common import (TransformArg, column_of, effect_label, effect_sizes_table, level_order,
+from ._common import (points_settings, TransformArg, column_of, effect_label, effect_sizes_table, level_order,
                       interval_legend, marker_areas, new_axes, require_univariate, resolve_transform,
                       size_legend,
                       table_settings, tag_table)
@@ -125,11 +125,7 @@ def orchard(fit: Any, *, mod: str | None = None, level: float | None = None,
                               given={("moderator" if k == "mod" else k): v for k, v in given.items()})
     mod = settings["moderator"]
     if points is not None:
-        point_settings = table_settings(points, "effect_sizes", columns=("yi", "size_value", "level"))
-        if point_settings["transform"] != settings["transform"]:
-            raise DrmError(f"orchard: the points were computed with transform="
-                           f"{point_settings['transform']!r} and the table with "
-                           f"{settings['transform']!r}; compute both with the same transform.")
+        point_settings = points_settings(points, "orchard", settings["transform"], ("yi", "size_value", "level"))
         size_by = point_settings["size_by"]
     colors = palette
     n_levels = len(table)
