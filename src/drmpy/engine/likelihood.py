@@ -366,7 +366,14 @@ def _gram_woodbury(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     Lam = _lambda(re_terms, arrs, struct)
     ZL = Z @ Lam
     logdet_R, M_all = _gram_diag(sigma2, arrs, jnp.concatenate([ZL, B], axis=1))
-    Q = ZL.shape[1]
+    return woodbury_update(logdet_R, M_all, ZL.shape[1])
+
+
+def woodbury_update(logdet_R, M_all, Q: int):
+    """``(log|S|, B'S^-1B)`` for ``S = R + ZL (ZL)'`` from the pieces of R alone:
+    ``logdet_R = log|R|`` and ``M_all = [ZL, B]' R^-1 [ZL, B]`` (its first Q columns ZL).
+    ``log|S| = log|R| + log|I + L'Z'R^-1ZL|``, ``B'S^-1B = B'R^-1B - U'(I + L'Z'R^-1ZL)^-1 U``
+    with ``U = L'Z'R^-1B``.  R is diagonal (woodbury) or a tree covariance (tree)."""
     Cap = jnp.eye(Q) + M_all[:Q, :Q]
     U = M_all[:Q, Q:]
     logdet_cap, _, W = spd_solve_terms(Cap, U)
@@ -411,7 +418,7 @@ def _gram_tree(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     other random terms by Woodbury on top: with ``T`` the tree part of S and ``ZL`` the
     other terms' factor, ``log|S| = log|T| + log|I + L'Z'T^-1ZL|`` and
     ``B'S^-1B = B'T^-1B - U'(I + L'Z'T^-1ZL)^-1 U``, ``U = L'Z'T^-1B``; the tree pass gives
-    every ``T^-1`` product at once for the columns ``[ZL, B]``.
+    every ``T^-1`` product at once for the columns ``[ZL, B]`` (:func:`woodbury_update`).
     Rows past ``n_obs`` are padding and left out."""
     from ..phylo.likelihood import edge_lengths, tree_gram  # imported when a tree is fitted
 
@@ -434,12 +441,7 @@ def _gram_tree(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
     sub_terms = [re_terms[i] for i in others]
     ZL = (_z_full(sub_arrs, sub) @ _lambda(sub_terms, sub_arrs, sub))[:n]
     logdet_T, M_all = tree_gram(t, jnp.concatenate([ZL, B[:n]], axis=1), ta, ts)
-    Q = ZL.shape[1]
-    Cap = jnp.eye(Q) + M_all[:Q, :Q]
-    U = M_all[:Q, Q:]
-    logdet_cap, _, W = spd_solve_terms(Cap, U)
-    M = M_all[Q:, Q:] - U.T @ W
-    return logdet_T + logdet_cap, 0.5 * (M + M.T)
+    return woodbury_update(logdet_T, M_all, ZL.shape[1])
 
 
 def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
