@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import drmpy as drm
-from drmpy.phylo.likelihood import dense_tree_covariance, edge_lengths, tree_arrays, tree_gram, tree_static
+from drmpy.phylo.likelihood import edge_lengths, tree_arrays, tree_gram, tree_static
 from drmpy.phylo.topology import tree_topology
 
 
@@ -25,6 +25,22 @@ def random_newick(n_tips: int, rng: np.random.Generator, ultrametric: bool, poly
             text = "(" + ",".join(f"{s}:{rng.uniform(0.05, 2.0):.6f}" for s, _ in parts) + ")"
         clades.append((text, height))
     return clades[0][0] + ";"
+
+
+def dense_tree_covariance(topology, t: np.ndarray) -> np.ndarray:
+    """The n_obs x n_obs covariance ``S`` that :func:`tree_gram` factors, formed densely with
+    numpy from the same edge lengths (a check for tests; O(n_obs^2) memory)."""
+    n_obs, n_nodes = topology.n_obs, topology.n_nodes
+    # path from each observation to the root as a 0/1 incidence over nodes
+    anc = np.zeros((n_obs, n_nodes))
+    for i in range(n_obs):
+        node = i
+        while node < n_nodes:
+            anc[i, node] = 1.0
+            node = int(topology.parent[node])
+    T = (anc * np.asarray(t)[None, :]) @ anc.T
+    d = 1.0 / topology.row_scale
+    return T * d[:, None] * d[None, :]
 
 
 def dense_reference(newick, species, tau2, species2, row_variance, corr):

@@ -137,18 +137,3 @@ def tree_gram(t: jax.Array, B: jax.Array, ta: TreeArrays, ts: TreeStatic):
     _, _, gram, logdet = state
     return logdet, 0.5 * (gram + gram.T)
 
-
-def dense_tree_covariance(topology: TreeTopology, t: np.ndarray) -> np.ndarray:
-    """The n_obs x n_obs covariance ``S`` that :func:`tree_gram` factors, formed densely with
-    numpy from the same edge lengths (a check for tests; O(n_obs^2) memory)."""
-    n_obs, n_nodes = topology.n_obs, topology.n_nodes
-    # path from each observation to the root as a 0/1 incidence over nodes
-    anc = np.zeros((n_obs, n_nodes))
-    for i in range(n_obs):
-        node = i
-        while node < n_nodes:
-            anc[i, node] = 1.0
-            node = int(topology.parent[node])
-    T = (anc * np.asarray(t)[None, :]) @ anc.T
-    d = 1.0 / topology.row_scale
-    return T * d[:, None] * d[None, :]
