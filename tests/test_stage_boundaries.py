@@ -7,7 +7,12 @@ Three rules keep the staircase model -> engine -> results -> later stages readab
 (b) no module outside results/ assigns an attribute to a fit (`fit.x = ...`, `setattr(fit, ...)`);
     later stages memoise derived quantities through `FitResult.stage_cache`;
 (c) no module-level import goes upward: an earlier stage never imports a later one at import time
-    (imports inside functions are allowed, they run after every module is loaded).
+    (imports inside functions are allowed, they run after every module is loaded);
+(d) no module reads an underscore attribute of another object across stage folders: outside
+    results/ nothing reads `fit._raw`, `fit._control`, ... (the fit's public, read-only face is
+    `fit.control`, `fit.theta`, `fit.n_location`, `fit.information`, `fit.data`, ...), and a
+    module of another stage is read only through its public names (`frames.is_pandas`, not
+    `frames._is_pandas`).  `self`/`cls` and namedtuple's own API (`_replace`, ...) are exempt.
 """
 from __future__ import annotations
 
@@ -143,6 +148,59 @@ def upward_module_level_imports() -> list[str]:
     return found
 
 
+NAMEDTUPLE_API = frozenset({"_replace", "_asdict", "_fields", "_make", "_field_defaults"})
+# the stage whose objects are the fits: its modules read the fit's own state
+FIT_STAGE = "results"
+
+
+def _bound_stages(path: Path, tree: ast.Module) -> dict[str, str]:
+    """Stage of every name an import binds in the module (``from ..model import frames`` ->
+    ``{"frames": "model"}``), wherever the import sits."""
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve(path, node)
+            if target is None:
+                continue
+            for alias in node.names:
+                module = f"{target}.{alias.name}" if target == PACKAGE else target
+                bound[alias.asname or alias.name] = _stage(module)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    bound[alias.asname or alias.name.split(".")[0]] = _stage(alias.name)
+    return bound
+
+
+def private_attribute_reads() -> list[str]:
+    """Rule (d): every read of ``obj._name`` across stage folders, as 'file:line: message'.
+
+    ``obj`` a module bound by an import: a violation when that module is of another stage.
+    Any other object (``fit._raw``, ``self.fit._control``): a violation outside results/.
+    """
+    found = []
+    for path in _modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        here = _stage(_module_name(path))
+        bound = _bound_stages(path, tree)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and node.attr not in NAMEDTUPLE_API):
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                continue
+            if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+                continue
+            if isinstance(owner, ast.Name) and owner.id in bound:
+                if bound[owner.id] != here:
+                    found.append(f"{_where(path, node)}: reads private {owner.id}.{node.attr} "
+                                 f"of stage {bound[owner.id]}")
+            elif here != FIT_STAGE:
+                found.append(f"{_where(path, node)}: reads private {ast.unparse(owner)}.{node.attr} outside results/")
+    return found
+
+
 def test_the_scan_sees_the_package():
     assert len(_modules()) > 40
     assert "drmpy.engine.program" in {_module_name(p) for p in _modules()}
@@ -158,8 +216,9 @@ def test_the_rules_catch_a_violation(tmp_path):
     (root / "engine" / "core.py").write_text("from ..results.fit import FitResult\n")
     (root / "inference" / "x.py").write_text(
         "from ..engine.core import _helper\nfrom ..engine import core\n\n"
-        "def f(fit):\n    fit._cache = 1\n    setattr(fit, 'a', 2)\n    from ..results import fit as late\n")
-    (root / "results" / "fit.py").write_text("def g(fit):\n    fit._ok = 1\n")
+        "def f(fit):\n    fit._cache = 1\n    setattr(fit, 'a', 2)\n    from ..results import fit as late\n"
+        "    return fit._raw.theta, core._helper, late._private, fit.arrays._replace(y=0), self._own\n")
+    (root / "results" / "fit.py").write_text("def g(fit):\n    fit._ok = 1\n    return fit._raw\n")
     globals()["SRC"], saved = root, SRC
     try:
         assert private_cross_stage_imports() == [
@@ -169,12 +228,17 @@ def test_the_rules_catch_a_violation(tmp_path):
             "drmpy/inference/x.py:6: setattr on a fit outside results/"]
         assert upward_module_level_imports() == [
             "drmpy/engine/core.py:1: engine imports later stage drmpy.results.fit at module level"]
+        assert sorted(private_attribute_reads()) == [
+            "drmpy/inference/x.py:8: reads private core._helper of stage engine",
+            "drmpy/inference/x.py:8: reads private fit._raw outside results/",
+            "drmpy/inference/x.py:8: reads private late._private of stage results"]
     finally:
         globals()["SRC"] = saved
 
 
 @pytest.mark.parametrize("rule", [private_cross_stage_imports, fit_attribute_assignments,
-                                  upward_module_level_imports], ids=lambda rule: rule.__name__)
+                                  upward_module_level_imports, private_attribute_reads],
+                         ids=lambda rule: rule.__name__)
 def test_stage_boundary(rule):
     violations = rule()
     assert not violations, f"{len(violations)} violation(s):\n" + "\n".join(violations)

@@ -59,7 +59,7 @@ def _prepared_uncached(fit):
         arrs, struct = build_arrays(design, "block", design.random[0].level_index, beta0, fit.method)
         struct = dataclasses.replace(struct, kind="intercepts")
     else:
-        (arrs, struct, beta0, _), _ = prepare(design, fit.method, fit._control)
+        (arrs, struct, beta0, _), _ = prepare(design, fit.method, fit.control)
     return arrs, struct, np.asarray(beta0)
 
 
@@ -95,7 +95,7 @@ def deletion_fits(fit, keep: np.ndarray, with_gls: bool = False) -> dict:
     phi_hat = np.asarray(fit.params.to_numpy()[struct.p:], dtype=np.float64)
     lanes = _lanes(arrs, D)
     prog = deletion_program(struct, bool(with_gls))
-    ctrl = fit._control
+    ctrl = fit.control
     parts = []
     for start in range(0, D, lanes):
         chunk = K[start:start + lanes]

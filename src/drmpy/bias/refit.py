@@ -47,7 +47,7 @@ def retained_values(fit, values: Any, argument: str, data: Any = None) -> np.nda
     from ..model import frames
 
     design = fit.design
-    source = getattr(fit, "_data", None) if data is None else data
+    source = fit.data if data is None else data
     if isinstance(values, str):
         if source is None:
             raise DrmError(f"{argument}=`{values}`: this fit does not hold its data; give an array instead.")
@@ -72,7 +72,7 @@ def _series_values(fit, values: pd.Series, argument: str, source: Any) -> np.nda
     """A Series on the retained rows: by position when its index is the data's, else by label."""
     from ..model import frames
 
-    if source is not None and frames._is_pandas(source) and values.index.equals(source.index):
+    if source is not None and frames.is_pandas(source) and values.index.equals(source.index):
         return values.iloc[fit.design.row_positions].to_numpy()
     return _by_label(fit, values, argument, "the Series")
 
@@ -119,7 +119,7 @@ def refit_design(fit, design: ModelDesign, method: str | None = None):
     from ..results.fit import DrmFit
 
     method = fit.method if method is None else method
-    prepared, clusters = prepare(design, method, fit._control)
-    raw = run_fit(prepared, fit._control)
-    return warn_unless_converged(DrmFit(design, raw, method, fit._control, clusters,
-                                         data=getattr(fit, "_data", None), env=getattr(fit, "_env", None)))
+    prepared, clusters = prepare(design, method, fit.control)
+    raw = run_fit(prepared, fit.control)
+    return warn_unless_converged(DrmFit(design, raw, method, fit.control, clusters,
+                                         data=fit.data, env=fit.env))

@@ -190,7 +190,7 @@ def selection_model(fit, steps=(0.025,), alternative: str = "greater") -> Select
         stats.norm.isf(cut[:-1]) if alternative == "greater" else stats.norm.isf(cut[:-1] / 2.0))
     onehot = np.eye(J)[group]
     run, _ = _program(alternative)
-    ctrl = fit._control
+    ctrl = fit.control
     out = run(jnp.asarray(theta0), jnp.asarray(y), jnp.asarray(v), jnp.asarray(X), jnp.asarray(onehot),
               jnp.asarray(quant), jnp.asarray(int(ctrl.max_iter)), jnp.asarray(float(ctrl.gtol)))
     theta = np.asarray(out["theta"])

@@ -108,7 +108,7 @@ def trim_and_fill(fit, side: str | None = None, estimator: str = "L0", max_iter:
         it += 1
         if it > max_iter:
             raise DrmError(f"trim_and_fill did not converge in {max_iter} iterations.")
-        trimmed = _intercept_fit(yi[: k - k0], vi[: k - k0], fit.method, fit._control, common_effect)
+        trimmed = _intercept_fit(yi[: k - k0], vi[: k - k0], fit.method, fit.control, common_effect)
         beta = float(trimmed.params.iloc[0])
         dev = yi - beta
         signed = np.sign(dev) * rankdata(np.abs(dev), method="ordinal")
@@ -134,7 +134,7 @@ def trim_and_fill(fit, side: str | None = None, estimator: str = "L0", max_iter:
         filled_v = vi[k - k0:]
         filled = pd.DataFrame({"yi": filled_y, "vi": filled_v})
         refit = _intercept_fit(np.concatenate([y0, filled_y]), np.concatenate([v0, filled_v]),
-                               fit.method, fit._control, common_effect)
+                               fit.method, fit.control, common_effect)
     else:
         filled = pd.DataFrame({"yi": np.zeros(0), "vi": np.zeros(0)})
         refit = fit

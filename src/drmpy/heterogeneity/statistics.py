@@ -220,7 +220,7 @@ def row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray]
     from ..results.random_effects import term_params, level_sds
 
     design = fit.design
-    theta = fit._raw.theta if theta is None else np.asarray(theta, dtype=np.float64)
+    theta = fit.theta if theta is None else np.asarray(theta, dtype=np.float64)
     # sigma ~ 0 (common effect): no row-level component at all, rather than a row of zeros
     out = {}
     gamma, terms = term_params(design, theta)
@@ -398,8 +398,8 @@ def _null_fit(fit):
     design = fit.design
     mu0 = FixedDesign("mu", ("(Intercept)",), np.ones((fit.nobs, 1)), None)
     design0 = replace(design, fixed={**design.fixed, "mu": mu0})
-    prepared, clusters = prepare(design0, fit.method, fit._control)
-    null = DrmFit(design0, run_fit(prepared, fit._control), fit.method, fit._control, clusters)
+    prepared, clusters = prepare(design0, fit.method, fit.control)
+    null = DrmFit(design0, run_fit(prepared, fit.control), fit.method, fit.control, clusters)
     if not null.converged:
         warnings.warn(f"r2: the refit with mu ~ 1 did not converge ({null.convergence_message}); "
                       "pseudo is unreliable.", ConvergenceWarning, stacklevel=3)
@@ -422,7 +422,7 @@ def r2(fit) -> pd.Series:
         raise DrmError("r2 is the share of heterogeneity variance the moderators explain; this common-effect "
                        "model (sigma ~ 0, no random effects) has none (metafor reports no R2 for EE models).")
     X = fit.design.fixed["mu"].matrix
-    fixed = X @ fit._raw.theta[: X.shape[1]]
+    fixed = X @ fit.theta[: X.shape[1]]
     var_fixed = float(np.var(fixed, ddof=1)) if fit.nobs > 1 else 0.0
     comps = variance_components(fit)
     total = float(comps.sum())

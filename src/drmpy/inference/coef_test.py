@@ -44,19 +44,20 @@ def knapp_hartung_factor(fit) -> float:
     d = fit.design
     X = d.fixed["mu"].matrix
     p = X.shape[1]
-    r = d.y - X @ fit._raw.theta[:p]
+    r = d.y - X @ fit.theta[:p]
     kv = d.known_v
     if d.random:
         S = marginal_covariance(fit)
         q = float(r @ cho_solve(cho_factor(S, lower=True), r))
     elif kv.matrix is None:
-        q = float(np.sum(r**2 / (kv.diag + fit._sigma_values**2)))
+        q = float(np.sum(r**2 / (kv.diag + fit.sigma().to_numpy() ** 2)))
     else:
         from ..results.random_effects import row_covariance
 
         q = 0.0
+        sigma = fit.sigma().to_numpy()
         for rows in kv.blocks:
-            Sb = row_covariance(d, fit._raw.theta, fit._sigma_values, rows)
+            Sb = row_covariance(d, fit.theta, sigma, rows)
             q += float(r[rows] @ cho_solve(cho_factor(Sb, lower=True), r[rows]))
     return q / (fit.nobs - p)
 

@@ -39,7 +39,7 @@ def _bootstrap(fit, names: list[str], level: float, nsim: int, seed: Any) -> pd.
     if not isinstance(fit, DrmFit):
         raise DrmError(f"conf_int(method='bootstrap') is not available for {type(fit).__name__} "
                        "(parametric_bootstrap refits univariate drm.fit models); use method='wald' or 'profile'.")
-    if fit._raw.structure.p == len(fit.params):
+    if fit.n_location == len(fit.params):
         boot = _bootstrap_gls(fit, nsim, seed, level)
     else:
         boot = parametric_bootstrap(fit, nsim=nsim, seed=seed, level=level, progress=False)

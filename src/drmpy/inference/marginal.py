@@ -40,7 +40,7 @@ class GLS(NamedTuple):
 
 def variance_parameters(fit) -> np.ndarray:
     """The fitted variance parameters phi (everything after the location coefficients), link scales."""
-    return np.asarray(fit._raw.theta[fit._raw.structure.p:], dtype=np.float64)
+    return np.asarray(fit.theta[fit.n_location:], dtype=np.float64)
 
 
 def prepared_arrays(fit, kind: str | None):
@@ -48,7 +48,7 @@ def prepared_arrays(fit, kind: str | None):
     from ..engine.program import Control, prepare
     from ..results.bivariate import BivariateFit
 
-    control = fit._control if kind is None else Control.coerce({**_control_dict(fit._control), "structure": kind})
+    control = fit.control if kind is None else Control.coerce({**_control_dict(fit.control), "structure": kind})
     if isinstance(fit, BivariateFit):
         from ..engine.bivariate import prepare_bivariate
 
@@ -114,7 +114,7 @@ def _gls_uncached(fit) -> GLS:
     if A is not None:
         p = A.shape[0]
         vcov = np.linalg.inv(A)
-        estimate = np.asarray(fit._raw.theta[:p], dtype=np.float64)  # the fit's beta is this GLS estimate
+        estimate = np.asarray(fit.theta[:p], dtype=np.float64)  # the fit's beta is this GLS estimate
     else:
         arrs, struct, beta0 = prepared_arrays(fit, None)
         _, M = jax.device_get(_gram_program(struct)(jnp.asarray(variance_parameters(fit)), arrs))
@@ -135,7 +135,7 @@ def _gls_information(fit) -> np.ndarray | None:
 
     if isinstance(fit, BivariateFit):
         return None
-    A = np.asarray(fit._raw.information, dtype=np.float64)
+    A = np.asarray(fit.information, dtype=np.float64)
     return 0.5 * (A + A.T)
 
 
@@ -144,9 +144,9 @@ def location_vcov(fit, vcov: str = "observed") -> np.ndarray:
     ``"gls"`` (``(X' S^-1 X)^-1`` at the fitted variances, metafor's)."""
     from ..errors import DrmError
 
-    p = fit._raw.structure.p
+    p = fit.n_location
     if vcov == "observed":
-        return np.asarray(fit._raw.vcov[:p, :p])
+        return fit.vcov().to_numpy()[:p, :p]
     if vcov == "gls":
         return gls(fit).vcov
     raise DrmError(f"vcov must be 'observed' or 'gls' here, got {vcov!r}.")

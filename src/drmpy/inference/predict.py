@@ -56,12 +56,12 @@ def _row_quadratic(X: np.ndarray, C: np.ndarray) -> np.ndarray:
 def _sigma_new(fit, newdata: Any) -> np.ndarray:
     design = fit.design.fixed["sigma"]
     if newdata is None:
-        return np.asarray(fit._sigma_values, dtype=np.float64)
-    Z = fit._new_matrix("sigma", newdata, purpose="the prediction interval's sigma_new")
+        return fit.sigma().to_numpy(dtype=np.float64)
+    Z = fit.new_design_matrix("sigma", newdata, purpose="the prediction interval's sigma_new")
     if Z.shape[1] == 0:  # common-effect model: no residual heterogeneity
         return np.zeros(Z.shape[0])
     start = fit.design.fixed["mu"].matrix.shape[1]
-    return np.exp(Z @ fit._raw.theta[start : start + design.matrix.shape[1]])
+    return np.exp(Z @ fit.theta[start : start + design.matrix.shape[1]])
 
 
 def _level_positions(fit, rd, newdata: Any, n: int) -> np.ndarray | None:
@@ -91,7 +91,7 @@ def _random_variance_new(fit, newdata: Any, n: int) -> np.ndarray:
     from ..model import frames
     from ..results.random_effects import term_params, level_sds
 
-    _, terms = term_params(fit.design, fit._raw.theta)
+    _, terms = term_params(fit.design, fit.theta)
     total = np.zeros(n)
     columns = set() if newdata is None else set(frames.column_names(newdata))
     for rd, (alphas, etas) in zip(fit.design.random, terms):
@@ -105,7 +105,7 @@ def _random_variance_new(fit, newdata: Any, n: int) -> np.ndarray:
             for d, a in zip(rd.sd_designs, alphas):
                 needed = set(d.model_spec.required_variables) - set(fit.formula.env)
                 if needed <= columns:
-                    W = fit._new_matrix(d.dpar, newdata, purpose="the prediction interval's " + d.dpar)
+                    W = fit.new_design_matrix(d.dpar, newdata, purpose="the prediction interval's " + d.dpar)
                     sds.append(np.exp(W @ np.asarray(a)))
                 elif positions is not None:
                     sds.append(np.exp(d.matrix @ np.asarray(a))[positions])
@@ -214,9 +214,9 @@ def predict_interval(fit, newdata: Any = None, interval: str = "confidence", lev
         index = fit.design.row_labels
     else:
         newdata = _shared_frame(fit, newdata, vi)
-        X = fit._new_matrix("mu", newdata, purpose="prediction")
+        X = fit.new_design_matrix("mu", newdata, purpose="prediction")
         index = newdata.index
-    beta = fit._raw.theta[: X.shape[1]]
+    beta = fit.theta[: X.shape[1]]
     estimate = X @ beta
     var = _row_quadratic(X, C)
     se = np.sqrt(np.maximum(var, 0.0))

@@ -62,10 +62,10 @@ def cluster_codes(fit, cluster: Any) -> np.ndarray:
     if cluster is None:
         raise DrmError("Cluster-robust vcov ('CR0', 'CR1', 'CR2') needs cluster= (a column name or array).")
     name = f"`{cluster}`" if isinstance(cluster, str) else "cluster"
-    if isinstance(cluster, str) and getattr(fit, "_data", None) is None:
+    if isinstance(cluster, str) and fit.data is None:
         raise DrmError(f"cluster=`{cluster}`: this fit keeps no reference to its data; pass the cluster "
                        "values (an array per retained row, or a Series indexed like the data).")
-    if isinstance(cluster, str) and cluster not in frames.column_names(fit._data):
+    if isinstance(cluster, str) and cluster not in frames.column_names(fit.data):
         raise DrmError(f"cluster=`{cluster}` is not a column of the data given to drm.fit.")
     if not isinstance(cluster, (str, pd.Series)) and np.ndim(cluster) == 1 and len(cluster) not in (fit.nobs, fit.design.n_data):
         raise DrmError(f"cluster has {np.size(cluster)} values; give one per row the fit used ({fit.nobs}), "
@@ -136,11 +136,12 @@ def cluster_robust(fit, cluster: Any, type: str = "CR2") -> RobustVcov:
     d = fit.design
     X = d.fixed["mu"].matrix
     p = X.shape[1]
-    r = d.y - X @ fit._raw.theta[:p]
+    r = d.y - X @ fit.theta[:p]
     blocks = []
     info = np.zeros((p, p))
+    sigma = fit.sigma().to_numpy()
     for idx in rows:
-        Sj = row_covariance(d, fit._raw.theta, fit._sigma_values, idx)
+        Sj = row_covariance(d, fit.theta, sigma, idx)
         Lj = np.linalg.cholesky(Sj)
         Wj = np.linalg.inv(Sj)
         Wj = 0.5 * (Wj + Wj.T)

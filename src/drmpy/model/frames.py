@@ -18,13 +18,13 @@ from ..errors import DataError
 __all__ = ["as_pandas", "column_names"]
 
 
-def _is_pandas(data: Any) -> bool:
+def is_pandas(data: Any) -> bool:
     return isinstance(data, pd.DataFrame)
 
 
 def column_names(data: Any) -> list[str]:
     """Column names of a pandas or narwhals-compatible frame."""
-    if _is_pandas(data):
+    if is_pandas(data):
         return [str(c) for c in data.columns]
     return list(_narwhals_frame(data).columns)
 
@@ -43,7 +43,7 @@ def _narwhals_frame(data: Any):
 def as_pandas(data: Any, columns: Iterable[str]) -> pd.DataFrame:
     """A pandas frame with the named columns of ``data`` (a view-safe selection, never the original)."""
     columns = list(dict.fromkeys(columns))
-    if _is_pandas(data):
+    if is_pandas(data):
         missing = [c for c in columns if c not in data.columns]
         if missing:
             raise DataError(_missing_message(missing[0], data.columns))

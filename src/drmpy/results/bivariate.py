@@ -91,8 +91,10 @@ class BivariateFit(FitResult):
         """Fitted means: columns mu1, mu2 per retained study (NaN where a response is not kept)."""
         return pd.DataFrame({"mu1": self._eta("mu1"), "mu2": self._eta("mu2")}, index=self.row_labels)
 
-    def _covariances(self):
-        """Per study (var1, var2, cov) of V_i + B_i (NaN where not applicable)."""
+    def study_covariances(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per retained study ``(var1, var2, cov)``: the entries of ``V_i + B_i``, the known
+        sampling covariance plus the fitted residual covariance (response scale; NaN where a
+        response is not kept or the pair is not correlated)."""
         d = self._design
         s = self.sigma()
         v = d.v_diag
@@ -117,7 +119,7 @@ class BivariateFit(FitResult):
 
     def _whiten(self, r: np.ndarray) -> np.ndarray:
         d = self._design
-        var1, var2, cov = self._covariances()
+        var1, var2, cov = self.study_covariances()
         if d.v.block_diagonal:
             out = np.full_like(r, np.nan)
             out[:, 0] = r[:, 0] / np.sqrt(var1)
@@ -161,7 +163,7 @@ class BivariateFit(FitResult):
         else:
             from ..model import frames
 
-            X = self._new_matrix(dpar, newdata)
+            X = self.new_design_matrix(dpar, newdata)
             eta, index = X @ self._raw.theta[self._offsets[dpar]], frames.as_pandas(newdata, []).index
         values = eta if type == "link" else self._inverse_link(dpar, eta)
         return pd.Series(values, index=index, name=dpar)

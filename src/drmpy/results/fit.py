@@ -46,10 +46,24 @@ def dpar_of(name: str) -> str:
     return name
 
 
+def _read_only(values: np.ndarray) -> np.ndarray:
+    """A read-only float64 view of ``values`` (the fit's own arrays are never handed out writable)."""
+    out = np.asarray(values, dtype=np.float64).view()
+    out.flags.writeable = False
+    return out
+
+
 class FitResult:
     """What every fit result shares: estimates with names, information criteria, convergence.
 
     Subclasses set ``_names`` (``dpar:term`` in parameter order).
+
+    A fit is immutable: assigning or deleting an attribute raises ``AttributeError``.  Its
+    constructor stores its state with :meth:`_store`; tables computed on first use are
+    ``functools.cached_property`` (which writes the instance ``__dict__`` directly) and later
+    stages memoise through :meth:`stage_cache`.  What later stages read is public and
+    read-only: :attr:`control`, :attr:`theta`, :attr:`n_location`, :attr:`information`,
+    :attr:`data`, :attr:`env`, :meth:`new_design_matrix`.
     """
 
     @property
@@ -57,12 +71,23 @@ class FitResult:
         """``dpar:term`` names in parameter order (each subclass gives its own)."""
         raise NotImplementedError
 
-    def __init__(self, design, raw: RawFit, method: str, control: Control) -> None:
-        self._design = design
-        self._raw = raw
-        self._method = method
-        self._control = control
-        self._stage_cache: dict[str, Any] = {}
+    def __init__(self, design, raw: RawFit, method: str, control: Control, data: Any = None,
+                 env: Any = None) -> None:
+        # the caller's data and env, by reference (never copied or modified): later stages
+        # (bias tests, leave-one-out by a column) read columns the formulas did not use
+        self._store(_design=design, _raw=raw, _method=method, _control=control, _data=data, _env=env,
+                    _stage_cache={})
+
+    def _store(self, **state: Any) -> None:
+        """Set attributes while the fit is built (the only way: ``__setattr__`` refuses)."""
+        self.__dict__.update(state)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set `{name}` "
+                             "(fit again, e.g. with drm.fit, for other settings).")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete `{name}`.")
 
     def stage_cache(self, key: str, compute: Callable[[], T]) -> T:
         """``compute()``, evaluated once per fit and key, then returned from memory.
@@ -82,12 +107,48 @@ class FitResult:
         return self._design
 
     @property
+    def data(self) -> Any:
+        """The data given to :func:`drmpy.fit` (the caller's object, by reference; None when
+        the fit was built without it), for columns the formulas did not use."""
+        return self._data
+
+    @property
+    def env(self) -> Any:
+        """The ``env=`` mapping given to :func:`drmpy.fit` (by reference; None when absent)."""
+        return self._env
+
+    @property
     def formula(self):
         return self._design.formula
 
     @property
     def method(self) -> str:
         return self._method
+
+    @property
+    def control(self) -> Control:
+        """The optimiser settings of the fit (a frozen :class:`drmpy.Control`); a refit with the
+        same settings passes it on."""
+        return self._control
+
+    @cached_property
+    def theta(self) -> np.ndarray:
+        """All estimates as one read-only float64 vector in parameter order (``fit.params``
+        without the names): location coefficients first, then the variance parameters, link
+        scales."""
+        return _read_only(self._raw.theta)
+
+    @property
+    def n_location(self) -> int:
+        """Number of location coefficients (the leading entries of :attr:`theta`; ``mu``, or
+        ``mu1`` and ``mu2`` of a bivariate fit)."""
+        return int(self._raw.structure.p)
+
+    @cached_property
+    def information(self) -> np.ndarray:
+        """``X' S^-1 X`` at the estimate (location coefficients, read-only p x p array), from
+        the compiled program's last step; its inverse is metafor's ``vb``."""
+        return _read_only(self._raw.information)
 
     @property
     def loglik(self) -> float:
@@ -203,7 +264,7 @@ class FitResult:
         """The fixed-effect design of ``dpar`` (subclasses add their other dpars)."""
         return self._design.fixed[dpar]
 
-    def _new_matrix(self, dpar: str, newdata: Any, purpose: str = "prediction") -> np.ndarray:
+    def new_design_matrix(self, dpar: str, newdata: Any, purpose: str = "prediction") -> np.ndarray:
         """Design matrix of ``dpar`` for the rows of newdata, built through the fitted model
         spec (same levels and stateful transforms).  A missing value gives a NaN row; a factor
         level the fit did not see is an error (formulaic would encode it as the reference)."""
@@ -250,16 +311,10 @@ class FitResult:
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
 
-    _data: Any = None  # the data given to drm.fit (a reference), for columns named later
-
     def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
                  clusters: np.ndarray | None, data: Any = None, env: Any = None) -> None:
-        super().__init__(design, raw, method, control)
-        self._clusters = clusters
-        # the caller's data and env, by reference (never copied or modified): later stages
-        # (bias tests, leave-one-out by a column) read columns the formulas did not use
-        self._data = data
-        self._env = env
+        super().__init__(design, raw, method, control, data=data, env=env)
+        self._store(_clusters=clusters)
 
     @cached_property
     def _names(self) -> list[str]:
@@ -399,7 +454,7 @@ class DrmFit(FitResult):
         else:
             from ..model import frames
 
-            X = self._new_matrix(dpar, newdata)
+            X = self.new_design_matrix(dpar, newdata)
             start = 0 if dpar == "mu" else self._design.fixed["mu"].matrix.shape[1]
             coef = self._raw.theta[start : start + X.shape[1]]
             eta = X @ coef

@@ -51,13 +51,13 @@ class _Refitter:
             # row-paired responses (y1_1, y2_1, y1_2, ...); responses not kept are masked rows
             from ..engine.bivariate import prepare_bivariate, stacked_designs
 
-            arrs, struct, beta0, _ = prepare_bivariate(fit.design, fit.method, fit._control)
+            arrs, struct, beta0, _ = prepare_bivariate(fit.design, fit.method, fit.control)
             self.X = stacked_designs(fit.design)[0]
             self.row_mask = fit.design.kept.reshape(-1)
         else:
             from ..engine.program import prepare
 
-            (arrs, struct, beta0, _), _ = prepare(fit.design, fit.method, fit._control)
+            (arrs, struct, beta0, _), _ = prepare(fit.design, fit.method, fit.control)
             self.X = fit.design.fixed["mu"].matrix
             self.row_mask = None
         # the refits' optimiser sees standardised scale designs, as the fit's did
@@ -166,7 +166,7 @@ def parametric_bootstrap(fit, nsim: int = 1000, *, seed: Any = None, level: floa
     nsim = int(nsim)
     Y = simulated_responses(fit, nsim, seed)
     refit = _Refitter(fit)
-    ctrl = fit._control
+    ctrl = fit.control
     lanes = _lanes(refit.per_lane, nsim, chunk_size)
     k = len(refit.phi_hat)
     p = refit.struct.p

@@ -47,7 +47,7 @@ def simulate_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
         for rows in kv.blocks:
             F = _psd_factor(kv.matrix[np.ix_(rows, rows)])
             out[rows] += F @ rng.standard_normal((len(rows), nsim))
-    sigma = np.asarray(fit._sigma_values)
+    sigma = fit.sigma().to_numpy()
     out += sigma[:, None] * rng.standard_normal((n, nsim))
     if design.random:
         _, terms = term_params(design, theta)
@@ -102,7 +102,7 @@ def simulate_bivariate_draws(fit, nsim: int, rng: np.random.Generator) -> np.nda
     z = rng.standard_normal((n, 2, nsim))
     if design.v.block_diagonal:
         # V_i + B_i in closed form: Cholesky of each study's 2 x 2 block (1 x 1 marginals alone)
-        var1, var2, cov = fit._covariances()
+        var1, var2, cov = fit.study_covariances()
         both = kept.all(axis=1)
         l11 = np.sqrt(np.where(kept[:, 0], var1, 1.0))
         l21 = np.where(both, np.nan_to_num(cov) / l11, 0.0)
