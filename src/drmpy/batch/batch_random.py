@@ -7,7 +7,7 @@ level) and packed per pool into the engine's ``intercepts`` arrays
 (:func:`drmpy.engine.batch_random.pack_intercepts`), and every pool is one call of a
 compiled program whose lanes are refilled as groups finish.  Start values, the zero-variance candidates and the
 refits from them are those of a single :func:`drmpy.fit` on the group's rows
-(:func:`drmpy.engine.program.start_values`, ``boundary_candidates``, ``run_fit``),
+(:func:`drmpy.engine.start.start_values`, ``boundary_candidates``, ``run_fit``),
 computed here for all groups at once.
 """
 
@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 
 from ..engine.scaling import grouped_standardizers
-from ..engine.program import BOUNDARY_SD_RATIO, BOUNDARY_START, Control, bucket_size, boundary_gain_threshold
+from ..engine.program import BOUNDARY_SD_RATIO, Control, bucket_size, boundary_gain_threshold
+from ..engine.start import (dersimonian_laird, level_sd_start, residual_variance, start_variance, variance_scale,
+                            variance_share)
 from ..errors import DataError, FormulaError, RandomEffectsError
 from ..model.design import level_label, materialize_uncached, response_values, one_level_message
 from ..model.known_v import rows_text
@@ -221,9 +223,10 @@ def _const_coefficients(M: np.ndarray, owner: np.ndarray, G: int, ids: np.ndarra
 
 def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
     """(beta0, phi0, masks, values) of every group in ``ids`` (other rows NaN), as
-    :func:`drmpy.engine.program.start_values` and ``boundary_candidates`` for one random
-    intercept: OLS location, DerSimonian-Laird between-row variance split between sigma
-    and sd(g), the SD of the level means of the OLS residuals for sd(g)."""
+    :func:`drmpy.engine.start.start_values` and ``boundary_candidates`` for one random
+    intercept, by the same rules (:mod:`drmpy.engine.start`) on per-group sums: OLS location,
+    DerSimonian-Laird between-row variance split between sigma and sd(g), the SD of the level
+    means of the OLS residuals for sd(g)."""
     G, p, k = len(gr.sizes), gr.p, gr.k
     owner = np.repeat(np.arange(G), gr.sizes)
     n = gr.sizes.astype(float)
@@ -235,7 +238,7 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
     dl = np.zeros(G, dtype=bool)
     dl[ids] = v_pos[ids] & (n[ids] > p)
     wi = np.where(dl[owner], 1.0 / np.where(v > 0, v, 1.0), 0.0)
-    tau2 = gr.group_sums(r * r) / np.maximum(n - p, 1.0)
+    tau2 = residual_variance(gr.group_sums(r * r), n, p)
     if dl.any():
         d = np.flatnonzero(dl)
         XtWX = gr.cross(X, w=wi)[d]
@@ -246,13 +249,13 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
         Q = gr.group_sums(wi * rw * rw)[d]
         trace = np.trace(np.linalg.solve(XtWX, gr.cross(X, w=wi * wi)[d]), axis1=1, axis2=2)
         denom = gr.group_sums(wi)[d] - trace
-        tau2[d] = np.where(denom > 0, np.maximum(0.0, (Q - (n[d] - p)) / np.where(denom > 0, denom, 1.0)), 0.0)
+        tau2[d] = dersimonian_laird(Q, n[d], p, denom)
     mean_v = gr.group_sums(v) / np.maximum(n, 1)
     mean_r = gr.group_sums(r) / np.maximum(n, 1)
     var_r = gr.group_sums((r - mean_r[owner]) ** 2) / np.maximum(n, 1)
-    scale2 = np.where(mean_v > 0, mean_v, var_r + 1e-12)
-    half = tau2 / 2.0  # the moment estimate shared between sigma and sd(g)
-    tau2_sigma = np.where(half > 0, np.maximum(half, 1e-2 * scale2), BOUNDARY_START * scale2)
+    scale2 = variance_scale(mean_v, var_r)
+    share = variance_share(tau2, 1)  # the moment estimate shared between sigma and sd(g)
+    tau2_sigma = start_variance(share, scale2)
     cZ = _const_coefficients(gr.Z, owner, G, ids)
     cW = _const_coefficients(lv.W, lv.group, G, ids)
     # sd(g): the SD of the level means of the OLS residuals
@@ -261,8 +264,7 @@ def start_values(gr: _Groups, lv: _Levels, ids: np.ndarray):
     mm = np.bincount(lv.group, weights=level_mean, minlength=G) / np.maximum(count, 1)
     sd_means = np.sqrt(np.bincount(lv.group, weights=(level_mean - mm[lv.group]) ** 2, minlength=G)
                        / np.maximum(count, 1))
-    sd0 = np.where(count > 1, sd_means, np.sqrt(tau2_sigma))
-    sd0 = np.maximum(sd0, np.sqrt(np.maximum(half, 1e-2 * scale2)))
+    sd0 = level_sd_start(sd_means, count, tau2_sigma, share, scale2)
     with np.errstate(divide="ignore", invalid="ignore"):
         phi0 = np.concatenate([cZ * (0.5 * np.log(tau2_sigma))[:, None], cW * np.log(sd0)[:, None]], axis=1)
         # zero-variance candidates: each component's SD at 1e-8 of the sampling SD scale

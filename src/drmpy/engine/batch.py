@@ -50,14 +50,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .program import BOUNDARY_START
 from .likelihood import gaussian_objective, small_cholesky_solve
 from .optimize import (CONVERGED, NONFINITE, RUNNING, SolverOutput, newton_trust_region, trust_region_init,
                        trust_region_output, trust_region_step)
 from .small_linalg import jacobi_eigh, sym_inverse
+from .start import _solve_small, diag_start_values
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
-           "diag_derivatives", "derivative_row_terms", "location_covariance", "start_values", "start_variance",
+           "diag_derivatives", "derivative_row_terms", "location_covariance",
            "drop_rows", "deletion_program", "zero_variance_fit"]
 
 
@@ -186,55 +186,6 @@ def _diag_run(a: DiagArrays, gamma0, max_iter, gtol, reml: bool):
     return _diag_post(a, sol.x, sol.f, sol.grad, sol.hess, sol.status, sol.iterations, reml)
 
 
-def _solve_small(M, B):
-    """M^-1 B for a small SPD M (no LAPACK call; B (m, r))."""
-    return small_cholesky_solve(M, B)[1]
-
-
-def start_variance(n, p, Q, denom, v_pos, sum_wr2, sum_wr, sum_wv):
-    """The start value of sigma^2 (as :func:`drmpy.engine.start_variance`) from one group's
-    sums: the DerSimonian-Laird tau^2 ``(Q - (n - p)) / denom`` (``Q`` the weighted residual
-    sum of squares of the fit with weights 1/v_i, ``denom = sum 1/v_i - tr((X'WX)^-1 X'W^2X)``)
-    when every v_i > 0 (``v_pos``) and n > p, else the OLS residual variance; floored at 1%
-    of the mean v_i, or 1e-4 of it when the estimate is 0 (the residual variance when no
-    v_i is positive)."""
-    safe = jnp.where(denom > 0, denom, 1.0)
-    tau2_dl = jnp.where(denom > 0, jnp.maximum(0.0, (Q - (n - p)) / safe), 0.0)
-    tau2_rss = sum_wr2 / jnp.maximum(n - p, 1.0)
-    tau2 = jnp.where(v_pos & (n > p), tau2_dl, tau2_rss)
-    mean_v = sum_wv / n
-    var_r = sum_wr2 / n - (sum_wr / n) ** 2
-    scale2 = jnp.where(mean_v > 0, mean_v, var_r + 1e-12)
-    return jnp.where(tau2 > 0, jnp.maximum(tau2, 1e-2 * scale2), BOUNDARY_START * scale2)
-
-
-def start_values(a: DiagArrays):
-    """(beta0, gamma0) of one group, as :func:`drmpy.engine.start_values` for a diagonal V.
-
-    OLS for beta; sigma^2 from :func:`start_variance`; sigma coefficients that reproduce
-    ``0.5 log sigma^2`` by least squares.
-    """
-    X, Z, y, v, w = a.X, a.Z, a.y, a.v, a.w
-    p = X.shape[1]
-    data = w > 0
-    n = jnp.sum(w)
-    Xw = X * w[:, None]
-    beta0 = _solve_small(Xw.T @ X, (Xw.T @ y)[:, None])[:, 0]
-    r = (y - X @ beta0) * data
-    v_pos = jnp.all(jnp.where(data, v > 0, True))
-    wi = jnp.where(data & (v > 0), w / jnp.where(v > 0, v, 1.0), 0.0)
-    Xwi = X * wi[:, None]
-    XtWX = Xwi.T @ X
-    sol = _solve_small(XtWX, jnp.concatenate([(Xwi.T @ y)[:, None], (Xwi * wi[:, None]).T @ X], axis=1))
-    bw = sol[:, 0]
-    rw = y - X @ bw
-    tau2_sigma = start_variance(n, p, jnp.sum(wi * rw * rw), jnp.sum(wi) - jnp.trace(sol[:, 1:]), v_pos,
-                                jnp.sum(w * r * r), jnp.sum(w * r), jnp.sum(w * v))
-    Zw = Z * w[:, None]
-    gamma0 = _solve_small(Zw.T @ Z, jnp.sum(Zw, axis=0)[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
-    return beta0, gamma0
-
-
 def _summary(out: dict) -> dict:
     """What a batch keeps of one fit: estimates, variances, objective, gradient size, status."""
     return dict(beta=out["beta"], phi=out["phi"], f=out["f"], var=jnp.diagonal(out["vcov"]),
@@ -267,14 +218,15 @@ def diag_program(reml: bool, shared_design: bool = False):
     """jit(vmap) of one group's diag fit.
 
     Arguments ``(DiagArrays, gamma0 (G, k), beta0 (G, p), max_iter, gtol)``; ``y`` is the
-    raw response.  A lane whose ``gamma0`` is NaN starts from :func:`start_values`; the
+    raw response.  A lane whose ``gamma0`` is NaN starts from
+    :func:`drmpy.engine.start.diag_start_values`; the
     others resume from ``gamma0`` with the response centred at ``beta0`` (as the first
     pass centred it).  ``shared_design=True``: only ``y`` carries the lane axis; X, Z, v, w
     are one design shared by every lane (refits of simulated responses).
     """
 
     def run(a, gamma0_in, beta0_in, max_iter, gtol):
-        beta0, gamma0 = _start_or_resume(start_values(a), gamma0_in, beta0_in)
+        beta0, gamma0 = _start_or_resume(diag_start_values(a), gamma0_in, beta0_in)
         centred = a._replace(y=(a.y - a.X @ beta0) * (a.w > 0))
         out = _summary(_diag_run(centred, gamma0, max_iter, gtol, reml))
         out["beta"] = out["beta"] + beta0
@@ -433,7 +385,7 @@ def pool_program(reml: bool, lanes: int):
     from . import diag_columns as dc
 
     def prepare(a, gamma0_in, beta0_in):
-        beta0, gamma0 = _start_or_resume(start_values(a), gamma0_in, beta0_in)
+        beta0, gamma0 = _start_or_resume(diag_start_values(a), gamma0_in, beta0_in)
         return beta0, gamma0, (a.y - a.X @ beta0) * (a.w > 0)
 
     def finish(a, x, f, g, H, st, it):

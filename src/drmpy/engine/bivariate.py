@@ -8,19 +8,16 @@ coefficients are stacked ``(beta_mu1, beta_mu2)`` with the block design
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
 import numpy as np
 
 from ..model.bivariate import BivariateDesign
-from .program import Control, _lstsq_const, moment_start, padded_count, start_variance
+from .program import Control, padded_count
 from ..errors import DrmError
-from .likelihood import RHO_GUARD, Arrays, Structure
+from .likelihood import Arrays, Structure
+from .start import bivariate_start_values
 
 __all__ = ["prepare_bivariate", "stacked_designs"]
-
-RHO_START_LIMIT = 0.8
 
 
 def stacked_designs(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
@@ -37,33 +34,6 @@ def stacked_designs(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
     Z[1::2, Z1.shape[1]:] = Z2
     mask = design.kept.reshape(-1)
     return X * mask[:, None], Z * mask[:, None]
-
-
-def start_values(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
-    """(beta_ols, phi0): per response OLS and DerSimonian-Laird sigma; rho12 from the
-    residual correlation of the correlated pairs, clipped to +-0.8."""
-    v = design.v_diag
-    betas, parts, resid = [], [], np.zeros((design.nobs, 2))
-    for k in range(2):
-        rows = design.kept[:, k]
-        X = design.fixed[f"mu{k + 1}"].matrix[rows]
-        w = design.weights[rows] if design.weights is not None else np.ones(int(rows.sum()))
-        beta, r, tau2, scale2 = moment_start(X, design.y[rows, k], v[rows, k], w)
-        betas.append(beta)
-        resid[rows, k] = r
-        tau2 = start_variance(tau2, scale2)
-        parts.append(_lstsq_const(design.fixed[f"sigma{k + 1}"].matrix[rows], 0.5 * math.log(tau2)))
-    Zr = design.fixed["rho12"].matrix
-    if Zr.shape[1]:
-        pairs = design.pair
-        rho = 0.0
-        if pairs.sum() > 2:
-            r1, r2 = resid[pairs, 0], resid[pairs, 1]
-            denom = math.sqrt(float(np.sum(r1**2) * np.sum(r2**2)))
-            rho = float(np.sum(r1 * r2)) / denom if denom > 0 else 0.0
-        rho = float(np.clip(rho, -RHO_START_LIMIT, RHO_START_LIMIT))
-        parts.append(_lstsq_const(Zr[pairs], math.atanh(rho / RHO_GUARD)))
-    return np.concatenate(betas), np.concatenate(parts)
 
 
 def choose_pair_structure(design: BivariateDesign, forced: str | None) -> str:
@@ -101,7 +71,7 @@ def prepare_bivariate(design: BivariateDesign, method: str, control: Control):
     if weighted and kind != "pair":
         raise DrmError("control: structure='dense' does not take study weights; non-unit weights need "
                        "structure='pair' (a V that is block-diagonal by study).")
-    beta0, phi0 = start_values(design)
+    beta0, phi0 = bivariate_start_values(design)
     n = design.nobs
     n_pad = padded_count(n)
     X, Zs = stacked_designs(design)

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .batch import _location, _solve_small, derivative_row_terms, location_covariance, start_variance
+from .batch import _location, _solve_small, derivative_row_terms, location_covariance
 from .likelihood import gaussian_objective
+from .start import start_variance_from_sums
 
 __all__ = ["MAX_COLUMNS", "DiagColumns", "Location", "columns", "columns_derivatives", "columns_value",
            "location_post", "loop_derivatives", "columns_start_values",
@@ -214,8 +215,8 @@ def columns_zero_variance_fit(c: DiagColumns, reml: bool) -> dict:
 
 
 def columns_start_values(c: DiagColumns):
-    """(beta0, gamma0) of :func:`drmpy.engine.batch.start_values` in the column layout
-    (``c.y`` the raw response): OLS for beta, sigma^2 from :func:`~drmpy.engine.batch.start_variance`,
+    """(beta0, gamma0) of :func:`drmpy.engine.start.diag_start_values` in the column layout
+    (``c.y`` the raw response): OLS for beta, sigma^2 from :func:`~drmpy.engine.start.start_variance_from_sums`,
     sigma coefficients that reproduce ``0.5 log sigma^2`` by least squares.  Two passes over the
     rows, where the matrix form's products are batched XLA dots (slow for these small
     matrices under vmap)."""
@@ -250,6 +251,6 @@ def columns_start_values(c: DiagColumns):
     r = (y - row_combination(beta0, X)) * data
     rw = y - row_combination(bw, X)
     sum_wr2, sum_wr, Q = _row_sums([w * r * r, w * r, wi * rw * rw])
-    tau2_sigma = start_variance(n, p, Q, sum_wi - jnp.trace(sol[:, 1:]), nonpositive == 0, sum_wr2, sum_wr, sum_wv)
+    tau2_sigma = start_variance_from_sums(n, p, Q, sum_wi - jnp.trace(sol[:, 1:]), nonpositive == 0, sum_wr2, sum_wr, sum_wv)
     gamma0 = _solve_small(ZtWZ, ZtW1[:, None])[:, 0] * (0.5 * jnp.log(tau2_sigma))
     return beta0, gamma0

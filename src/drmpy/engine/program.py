@@ -28,6 +28,7 @@ from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Struct
                          elementwise_linalg, gram, row_sigma2, variance_objective)
 from .optimize import CONVERGED, NONFINITE, SolverOutput, newton_trust_region, value_grad_hessian_forward
 from .scaling import scale_designs
+from .start import constant_coefficients as _lstsq_const, start_values  # start values: engine/start.py
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
 
@@ -219,89 +220,6 @@ def padded_size(n: int) -> int:
     k = math.ceil(4 * math.log2(n))
     size = int(math.ceil(2 ** (k / 4)))
     return max(size, n)
-
-
-# ------------------------------------------------------------------------------------------
-# start values
-
-
-def _lstsq_const(Z: np.ndarray, value: float) -> np.ndarray:
-    """Coefficients of design Z that reproduce the constant ``value`` as closely as possible."""
-    if Z.shape[1] == 0:
-        return np.zeros(0)
-    ones = np.flatnonzero(np.all(Z == 1.0, axis=0))
-    if ones.size:  # an intercept column reproduces it exactly (no SVD of a million-row Z)
-        coef = np.zeros(Z.shape[1])
-        coef[ones[0]] = value
-        return coef
-    coef, *_ = np.linalg.lstsq(Z, np.full(Z.shape[0], value), rcond=None)
-    return coef
-
-
-def _least_squares(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """OLS coefficients: normal equations when X'X is well conditioned (the start values
-    of a million-row fit without an SVD), else the SVD solution."""
-    G = X.T @ X
-    if X.shape[0] > 10_000 and X.shape[1] and np.linalg.cond(G) < 1e10:
-        return np.linalg.solve(G, X.T @ y)
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    return coef
-
-
-def moment_start(X: np.ndarray, y: np.ndarray, v: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """(beta_ols, residuals, tau2, scale2): weighted OLS location, the DerSimonian-Laird
-    between-row variance (residual variance without usable V) and a variance scale."""
-    sw = np.sqrt(w)
-    beta0 = _least_squares(X * sw[:, None], y * sw)
-    r = y - X @ beta0
-    n, p = X.shape
-    pos = (v > 0) & (w > 0)
-    if pos.all() and n > p:
-        wi = w / v
-        XtWX = (X * wi[:, None]).T @ X
-        bw = np.linalg.solve(XtWX, (X * wi[:, None]).T @ y)
-        rw = y - X @ bw
-        Q = float(np.sum(wi * rw**2))
-        denom = float(np.sum(wi) - np.trace(np.linalg.solve(XtWX, (X * (wi**2)[:, None]).T @ X)))
-        tau2 = max(0.0, (Q - (n - p)) / denom) if denom > 0 else 0.0
-    else:
-        tau2 = float(np.sum(w * r**2) / max(np.sum(w) - p, 1.0))
-    scale2 = float(np.mean(v)) if np.mean(v) > 0 else float(np.var(r)) + 1e-12
-    return beta0, r, tau2, scale2
-
-
-BOUNDARY_START = 1e-4
-
-
-def start_variance(tau2: float, scale2: float) -> float:
-    """Start value of a heterogeneity variance from its moment estimate: floored at 1% of
-    the variance scale, or 1e-4 of it when the moment estimate is 0 (a zero boundary is then
-    likely, and Newton steps toward it move the log-SD by only 1/2 each)."""
-    return max(tau2, 1e-2 * scale2) if tau2 > 0 else BOUNDARY_START * scale2
-
-
-def start_values(design: ModelDesign) -> tuple[np.ndarray, np.ndarray]:
-    """(beta_ols, phi0): OLS location, DerSimonian-Laird sigma, group-mean SDs for sd(g)."""
-    y = design.y
-    w = design.weights if design.weights is not None else np.ones_like(y)
-    beta0, r, tau2, scale2 = moment_start(design.fixed["mu"].matrix, y, design.known_v.diag, w)
-    n_re = len(design.random)
-    tau2_sigma = start_variance(tau2 / (1 + n_re), scale2)
-    parts = [_lstsq_const(design.fixed["sigma"].matrix, 0.5 * math.log(tau2_sigma))]
-    for rd in design.random:
-        counts = np.bincount(rd.level_index, minlength=rd.n_levels)
-        means = np.bincount(rd.level_index, weights=r, minlength=rd.n_levels) / np.maximum(counts, 1)
-        sd0 = float(np.std(means[counts > 0])) if np.sum(counts > 0) > 1 else math.sqrt(tau2_sigma)
-        sd0 = max(sd0, math.sqrt(max(tau2 / (1 + n_re), 1e-2 * scale2)))
-        for c, sdd in enumerate(rd.sd_designs):
-            if c == 0 and rd.term.intercept:
-                target = sd0
-            else:
-                spread = float(np.std(rd.z[:, c])) or 1.0
-                target = 0.5 * sd0 / spread
-            parts.append(_lstsq_const(sdd.matrix, math.log(target)))
-        parts.append(np.zeros(rd.n_cor))
-    return beta0, np.concatenate(parts) if parts else np.zeros(0)
 
 
 # ------------------------------------------------------------------------------------------

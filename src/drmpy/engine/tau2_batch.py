@@ -45,6 +45,7 @@ import numpy as np
 
 from .likelihood import gaussian_objective, small_cholesky_solve
 from .optimize import CONVERGED, MAX_ITER, RADIUS_COLLAPSED, RUNNING
+from .start import dersimonian_laird
 
 __all__ = ["BOUNDARY", "BOUNDARY_BETTER", "BOUNDARY_MESSAGES", "tau2_program", "run_tau2"]
 
@@ -221,8 +222,7 @@ def tau2_program(reml: bool):
         n = jnp.sum(w, axis=1)
         scale = jnp.sum(w * v, axis=1) / n
         # DerSimonian-Laird: Q = r'V^-1 r and tr(P) at tau^2 = 0 (the usual denominator)
-        denom = jnp.where(st0.trP > 0, st0.trP, 1.0)
-        tau2_dl = jnp.where(st0.trP > 0, jnp.maximum(0.0, (st0.quad - (n - p)) / denom), 0.0)
+        tau2_dl = dersimonian_laird(st0.quad, n, p, st0.trP, xp=jnp)
         start = _stats(tau2_dl, yc, X, v, w, reml)
         st = jax.tree_util.tree_map(lambda a, b: jnp.where(_expand(tau2_dl > 0, a), a, b), start, st0)
 

@@ -66,6 +66,15 @@ class FitResult:
     :attr:`data`, :attr:`env`, :meth:`new_design_matrix`.
     """
 
+    # the state, stored once by __init__ (see _store)
+    _design: Any
+    _raw: RawFit
+    _method: str
+    _control: Control
+    _data: Any
+    _env: Any
+    _stage_cache: dict[str, Any]
+
     @property
     def _names(self) -> list[str]:
         """``dpar:term`` names in parameter order (each subclass gives its own)."""
@@ -310,6 +319,8 @@ class FitResult:
 
 class DrmFit(FitResult):
     """Result of :func:`drmpy.fit`.  Immutable; expensive tables are computed on first use."""
+
+    _clusters: np.ndarray | None
 
     def __init__(self, design: ModelDesign, raw: RawFit, method: str, control: Control,
                  clusters: np.ndarray | None, data: Any = None, env: Any = None) -> None:
