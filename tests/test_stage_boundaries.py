@@ -184,6 +184,13 @@ def private_attribute_reads() -> list[str]:
         here = _stage(_module_name(path))
         bound = _bound_stages(path, tree)
         for node in ast.walk(tree):
+            if (here != FIT_STAGE and isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+                    and node.args[1].value.startswith("_") and not node.args[1].value.startswith("__")):
+                found.append(f"{_where(path, node)}: reads private {ast.unparse(node.args[0])}."
+                             f"{node.args[1].value} outside results/ ({node.func.id})")
+                continue
             if not (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and node.attr.startswith("_")
                     and not node.attr.startswith("__") and node.attr not in NAMEDTUPLE_API):
                 continue
@@ -217,7 +224,8 @@ def test_the_rules_catch_a_violation(tmp_path):
     (root / "inference" / "x.py").write_text(
         "from ..engine.core import _helper\nfrom ..engine import core\n\n"
         "def f(fit):\n    fit._cache = 1\n    setattr(fit, 'a', 2)\n    from ..results import fit as late\n"
-        "    return fit._raw.theta, core._helper, late._private, fit.arrays._replace(y=0), self._own\n")
+        "    return fit._raw.theta, core._helper, late._private, fit.arrays._replace(y=0), self._own\n"
+        "\ndef h(fit):\n    return getattr(fit, '_data', None), getattr(fit, 'data')\n")
     (root / "results" / "fit.py").write_text("def g(fit):\n    fit._ok = 1\n    return fit._raw\n")
     globals()["SRC"], saved = root, SRC
     try:
@@ -229,6 +237,7 @@ def test_the_rules_catch_a_violation(tmp_path):
         assert upward_module_level_imports() == [
             "drmpy/engine/core.py:1: engine imports later stage drmpy.results.fit at module level"]
         assert sorted(private_attribute_reads()) == [
+            "drmpy/inference/x.py:11: reads private fit._data outside results/ (getattr)",
             "drmpy/inference/x.py:8: reads private core._helper of stage engine",
             "drmpy/inference/x.py:8: reads private fit._raw outside results/",
             "drmpy/inference/x.py:8: reads private late._private of stage results"]
