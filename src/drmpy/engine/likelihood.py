@@ -33,7 +33,8 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Hashable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +82,7 @@ class Structure:
     method: str = "ML"
     pairs: bool = False  # bivariate: rows are row-paired responses of studies
     k_rho: int = 0
-    extra: Any = None  # the structure's own static part (tree: TreeStatic), None for most
+    extra: Hashable | None = None  # the structure's own static part (tree: TreeStatic), None for most
 
 
 class BlockBucket(NamedTuple):
@@ -117,7 +118,7 @@ class Arrays(NamedTuple):
     v: jax.Array  # (N,) diagonal of V; 1 on padding rows
     random: tuple = ()  # of RandomArrays
     pairs: PairArrays | None = None  # bivariate models only
-    extra: Any = None  # the structure's own arrays (its module's NamedTuple), None for most
+    extra: tuple | None = None  # the structure's own arrays (its module's NamedTuple), None for most
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ structures in the order of the automatic choice.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Hashable
+from typing import ClassVar
 
 import jax
 import numpy as np
 
+from ...model.bivariate import BivariateDesign
 from ...model.design import ModelDesign, RandomDesign
 from ..likelihood import Arrays, Structure
 
@@ -54,8 +56,8 @@ class CovarianceStructure:
         a cluster id per row such that S is block-diagonal by cluster (None if unavailable)."""
         return None if self.univariate else "needs a bivariate model."
 
-    def pair_refusal(self, design: Any) -> str | None:
-        """As :meth:`refusal`, for a bivariate design (:class:`drmpy.model.bivariate.BivariateDesign`)."""
+    def pair_refusal(self, design: BivariateDesign) -> str | None:
+        """As :meth:`refusal`, for a bivariate design."""
         return None if self.bivariate else "does not take bivariate models."
 
     # -- its arrays (host side) ------------------------------------------------------------
@@ -64,12 +66,13 @@ class CovarianceStructure:
         """Whether term ``rd`` needs the Cholesky factor of its relatedness matrix K."""
         return rd.is_relmat
 
-    def build(self, design: ModelDesign, clusters: np.ndarray | None, n_rows: int) -> tuple[Any, Any]:
+    def build(self, design: ModelDesign, clusters: np.ndarray | None,
+              n_rows: int) -> tuple[tuple | None, Hashable | None]:
         """(arrays, static part) of this structure for ``design`` padded to ``n_rows`` rows:
         ``Arrays.extra`` and ``Structure.extra`` (None when it needs none)."""
         return None, None
 
-    def build_pairs(self, design: Any, n_studies: int) -> Any:
+    def build_pairs(self, design: BivariateDesign, n_studies: int) -> tuple | None:
         """``Arrays.extra`` of a bivariate design padded to ``n_studies`` studies."""
         return None
 
@@ -85,7 +88,7 @@ class CovarianceStructure:
         coefficients ``eta``."""
         raise NotImplementedError(f"structure {self.name} does not take bivariate models")
 
-    def drop_rows(self, extra: Any, on: jax.Array, struct: Structure) -> Any:
+    def drop_rows(self, extra: tuple | None, on: jax.Array, struct: Structure) -> tuple | None:
         """Its arrays with every row where ``on`` is False turned into a padding row (no
         covariance with any other row; :func:`drmpy.engine.batch.drop_rows`)."""
         return extra

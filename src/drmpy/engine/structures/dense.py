@@ -59,8 +59,14 @@ class Dense(CovarianceStructure):
         return DenseArrays(jnp.where(both, extra.V, jnp.eye(extra.V.shape[0], dtype=extra.V.dtype)))
 
 
+def _known_v(arrs: Arrays) -> jax.Array:
+    """The dense known V of arrays built by this structure."""
+    assert isinstance(arrs.extra, DenseArrays)  # trace time only
+    return arrs.extra.V
+
+
 def _covariance(sigma2, re_terms, arrs: Arrays, struct: Structure):
-    S = arrs.extra.V + jnp.diag(sigma2)
+    S = _known_v(arrs) + jnp.diag(sigma2)
     if struct.random:
         ZL = random_design(arrs.random, struct.random) @ random_factor(re_terms, arrs.random, struct.random)
         S = S + ZL @ ZL.T
@@ -72,7 +78,7 @@ def _pair_covariance(gamma, eta, arrs: Arrays):
     sd = jnp.exp(arrs.Z_sigma @ gamma).reshape(-1, 2)
     off = pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
     first = 2 * jnp.arange(off.shape[0])
-    S = arrs.extra.V + jnp.diag(sigma2)
+    S = _known_v(arrs) + jnp.diag(sigma2)
     return S.at[first, first + 1].add(off).at[first + 1, first].add(off)
 
 
