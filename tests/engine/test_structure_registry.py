@@ -90,3 +90,18 @@ def test_registry_names_are_the_valid_controls():
         assert Control.coerce({"structure": name}).structure == name
     with pytest.raises(ValueError, match="new name"):
         structures.register(Dense())  # a name is registered once
+
+
+def test_every_registered_name_is_a_control_and_refusals_name_the_structure(data):
+    """The closed-form ``intercepts`` structure (now a control choice as well) fits the block
+    structure's model; a univariate model refuses the bivariate ``pair``."""
+    f = drm.Formula(FORMULA)
+    block = drm.fit(f, data=data)
+    closed = drm.fit(f, data=data, control={"structure": "intercepts"})
+    assert block.structure == "block" and closed.structure == "intercepts" and closed.converged
+    np.testing.assert_allclose(closed.params.to_numpy(), block.params.to_numpy(), rtol=1e-6, atol=1e-8)
+    assert closed.loglik == pytest.approx(block.loglik, abs=1e-9)
+    with pytest.raises(drm.DrmError, match="structure='pair' needs a bivariate model"):
+        drm.fit(f, data=data, control={"structure": "pair"})
+    with pytest.raises(drm.DrmError, match="structure='intercepts' needs a random intercept"):
+        drm.fit(drm.Formula("yi ~ x + (1 + x|study) + meta_V(V=vi)"), data=data, control={"structure": "intercepts"})

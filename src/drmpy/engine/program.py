@@ -136,6 +136,8 @@ def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.n
     (the cheapest exact one), and the row clusters."""
     clusters = _clusters(design)
     if forced is not None:
+        if forced not in structure_names():
+            raise DrmError(f"control: structure must be one of {', '.join(structure_names())}; got {forced!r}.")
         why = get_structure(forced).refusal(design, clusters, automatic=False)
         if why is not None:
             raise DrmError(f"control: structure='{forced}' {why}")
