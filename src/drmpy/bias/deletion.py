@@ -34,10 +34,9 @@ _LANE_BYTES = 2e8  # memory budget of one chunk of vmapped refits
 
 def _single_intercept(design) -> bool:
     """Diagonal V and one ``(1|g)`` term: the closed-form ``intercepts`` structure applies."""
-    if len(design.random) != 1 or not design.known_v.is_diagonal:
-        return False
-    rd = design.random[0]
-    return rd.term.intercept and not rd.term.slopes and not rd.is_relmat
+    from ..engine.structures import get_structure
+
+    return get_structure("intercepts").refusal(design, None, automatic=False) is None
 
 
 def _prepared(fit):
@@ -48,16 +47,14 @@ def _prepared(fit):
 
 
 def _prepared_uncached(fit):
-    import dataclasses
-
-    from ..engine.program import build_arrays, prepare, start_values
+    from ..engine.program import build_arrays, prepare
+    from ..engine.start import start_values
 
     design = fit.design
     if _single_intercept(design):
-        # the block structure's buckets with one level per block, read in closed form
+        # one block per level, read in closed form
         beta0, _ = start_values(design)
-        arrs, struct = build_arrays(design, "block", design.random[0].level_index, beta0, fit.method)
-        struct = dataclasses.replace(struct, kind="intercepts")
+        arrs, struct = build_arrays(design, "intercepts", None, beta0, fit.method)
     else:
         (arrs, struct, beta0, _), _ = prepare(design, fit.method, fit.control)
     return arrs, struct, np.asarray(beta0)

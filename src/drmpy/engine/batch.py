@@ -55,6 +55,7 @@ from .optimize import (CONVERGED, NONFINITE, RUNNING, SolverOutput, newton_trust
                        trust_region_output, trust_region_step)
 from .small_linalg import jacobi_eigh, sym_inverse
 from .start import _solve_small, diag_start_values
+from .structures import get_structure
 
 __all__ = ["DiagArrays", "diag_program", "pool_program", "run_pool", "refill_lanes", "generic_program",
            "diag_derivatives", "derivative_row_terms", "location_covariance",
@@ -560,19 +561,8 @@ def drop_rows(arrs, keep, struct):
     w = arrs.w * kf
     out = arrs._replace(y=arrs.y * kf, X=arrs.X * kf[:, None], w=w, mask=arrs.mask * kf,
                         n_obs=jnp.sum(w), v=jnp.where(on, arrs.v, 1.0))
-    if arrs.V_dense.shape[0]:
-        both = on[:, None] & on[None, :]
-        out = out._replace(V_dense=jnp.where(both, arrs.V_dense, jnp.eye(arrs.V_dense.shape[0], dtype=kf.dtype)))
-    if arrs.buckets:
-        on_ext = jnp.concatenate([on, jnp.ones((1,), bool)])  # index N: the dummy row, already padding
-        buckets = []
-        for bucket in arrs.buckets:
-            kb = on_ext[bucket.rows]  # (nb, m)
-            m = bucket.V.shape[-1]
-            V = jnp.where(kb[:, :, None] & kb[:, None, :], bucket.V, jnp.eye(m, dtype=kf.dtype))
-            levels = tuple(jnp.where(kb, lev, rs.n_levels) for lev, rs in zip(bucket.levels, struct.random))
-            buckets.append(bucket._replace(V=V, levels=levels))
-        out = out._replace(buckets=tuple(buckets))
+    if arrs.extra is not None:  # the structure's own arrays (V blocks, a dense V)
+        out = out._replace(extra=get_structure(struct.kind).drop_rows(arrs.extra, on, struct))
     if arrs.random:
         out = out._replace(random=tuple(
             ra._replace(level_index=jnp.where(on, ra.level_index, rs.n_levels), z=ra.z * kf[:, None])

@@ -3,7 +3,7 @@
 Every group is the model of a single :func:`drmpy.fit` with one random-intercept term
 and a diagonal V, ``y_i ~ N(x_i'beta, v_i + sigma_i^2 + tau_l(i)^2)``, whose likelihood
 is the engine's closed-form ``intercepts`` structure (segment sums per level,
-:func:`drmpy.engine.likelihood._gram_intercepts`).  Groups are packed into arrays of one
+:mod:`drmpy.engine.structures.intercepts`).  Groups are packed into arrays of one
 common shape (rows padded to ``N``, levels to ``L``, rows per level to ``M``; a padding
 row has zero response and design, unit variance and no level, a padding level no rows),
 and one compiled program fits a pool of groups of a shape: ``lanes`` trust-region
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .likelihood import Arrays, BlockBucket, RandomArrays, RandomStatic, Structure
+from .structures.block import BlockArrays
 
 __all__ = ["intercepts_structure", "intercepts_pool_program", "run_intercepts_pool", "pack_intercepts"]
 
@@ -72,8 +73,8 @@ def pack_intercepts(y: np.ndarray, X: np.ndarray, Z: np.ndarray, v: np.ndarray, 
     random = RandomArrays(lev, w[..., None], (sd_design,), np.zeros((C, 0, 0)))  # type: ignore[arg-type]
     return Arrays(
         y=rows(y, 0.0), X=rows(X, 0.0), Z_sigma=rows(Z, 0.0), w=w, mask=w,  # type: ignore[arg-type]
-        n_obs=n_rows.astype(np.float64), v=rows(v, 1.0), V_dense=np.zeros((C, 0, 0)),  # type: ignore[arg-type]
-        buckets=(bucket,), random=(random,),
+        n_obs=n_rows.astype(np.float64), v=rows(v, 1.0),  # type: ignore[arg-type]
+        random=(random,), extra=BlockArrays((bucket,)),
     )
 
 

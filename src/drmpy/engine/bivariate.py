@@ -1,7 +1,7 @@
 """From a BivariateDesign to the arrays of the compiled program (start values, padding, structure).
 
 The program itself is engine's: the bivariate model only changes the covariance (see
-``likelihood``, kinds ``pair`` and ``dense`` with ``Structure.pairs``).  Location
+the structures ``pair`` and ``dense`` of :mod:`drmpy.engine.structures` with ``Structure.pairs``).  Location
 coefficients are stacked ``(beta_mu1, beta_mu2)`` with the block design
 ``[[X1, 0], [0, X2]]`` on the row-paired responses; ``phi = (gamma1, gamma2, eta_rho12)``.
 """
@@ -14,10 +14,11 @@ import numpy as np
 from ..model.bivariate import BivariateDesign
 from .program import Control, padded_count
 from ..errors import DrmError
-from .likelihood import Arrays, Structure
+from .likelihood import RHO_GUARD, Arrays, PairArrays, Structure
+from .structures import get_structure, registered
 from .start import bivariate_start_values
 
-__all__ = ["prepare_bivariate", "stacked_designs"]
+__all__ = ["prepare_bivariate", "stacked_designs", "dense_pair_v"]
 
 
 def stacked_designs(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
@@ -37,16 +38,24 @@ def stacked_designs(design: BivariateDesign) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_pair_structure(design: BivariateDesign, forced: str | None) -> str:
-    if forced not in (None, "pair", "dense"):
-        raise DrmError(f"control: a bivariate model takes structure 'pair' or 'dense', not {forced!r}.")
-    if forced == "pair" and not design.v.block_diagonal:
-        raise DrmError("control: structure='pair' needs a V that is block-diagonal by study.")
+    """The forced structure, or the first bivariate one of the registry's automatic order
+    that applies."""
+    candidates = [s for s in registered() if s.bivariate]
     if forced is not None:
+        if forced not in [s.name for s in candidates]:
+            names = " or ".join(f"'{s.name}'" for s in candidates)
+            raise DrmError(f"control: a bivariate model takes structure {names}, not {forced!r}.")
+        why = get_structure(forced).pair_refusal(design)
+        if why is not None:
+            raise DrmError(f"control: structure='{forced}' {why}")
         return forced
-    return "pair" if design.v.block_diagonal else "dense"
+    for structure in candidates:
+        if structure.automatic and structure.pair_refusal(design) is None:
+            return structure.name
+    raise DrmError("no covariance structure applies to this bivariate model.")  # dense always does
 
 
-def _dense_v(design: BivariateDesign, n_pad: int) -> np.ndarray:
+def dense_pair_v(design: BivariateDesign, n_pad: int) -> np.ndarray:
     """(2N, 2N) V over the row-paired entries: kept entries as given, unit diagonal elsewhere."""
     N2 = 2 * n_pad
     Vd = np.eye(N2)
@@ -97,12 +106,12 @@ def prepare_bivariate(design: BivariateDesign, method: str, control: Control):
         mask=jnp.asarray(pad(mask)),
         n_obs=jnp.asarray(float(w.sum())),
         v=jnp.asarray(pad(v, 1.0)),
-        V_dense=jnp.asarray(_dense_v(design, n_pad) if kind == "dense" else np.zeros((0, 0))),
-        buckets=(),
-        random=(),
-        pair_v12=jnp.asarray(pad(v12, count=pad_s)),
-        Z_rho=jnp.asarray(pad(Zr, count=pad_s)),
-        pair=jnp.asarray(pad(design.pair.astype(float), count=pad_s)),
+        pairs=PairArrays(
+            v12=jnp.asarray(pad(v12, count=pad_s)),
+            Z_rho=jnp.asarray(pad(Zr, count=pad_s)),
+            pair=jnp.asarray(pad(design.pair.astype(float), count=pad_s)),
+        ),
+        extra=get_structure(kind).build_pairs(design, n_pad),
     )
     struct = Structure(kind, X.shape[1], Zs.shape[1], (), method, pairs=True, k_rho=Zr.shape[1])
     return arrs, struct, beta0, phi0

@@ -13,24 +13,18 @@ with ``A = X'S^-1X``, ``b = X'S^-1y``, ``c = y'S^-1y``.  Objectives are negative
 log-likelihoods.  Variance parameters ``phi`` are on link scales: log-SD for sigma and
 every sd(g), guarded atanh (``0.999999 tanh``) for random-effect correlations.
 
-Structures (``Structure.kind``):
-
-* ``diag``: V diagonal, no random effects; O(n), optionally row-weighted.
-* ``block``: S block-diagonal (V blocks and/or random effects nested in clusters);
-  batched Cholesky per bucket of equal-sized padded blocks.
-* ``woodbury``: V diagonal with random effects that do not nest (crossed, relmat);
-  ``log|S| = log|R| + log|I + L'Z'R^-1ZL|`` with ``G = LL'``.
-* ``dense``: S formed and factored in full (dense V, or any design as an oracle).
-* ``intercepts``: V diagonal and one random-intercept term ``(1|g)`` (no slopes, no relmat):
-  closed form per level by segment sums, O(n) (used by the deletion refits of
-  :func:`drmpy.engine.batch.deletion_program`; ``choose_structure`` does not pick it).
-* ``pair``: the bivariate model with V block-diagonal by study: closed-form 2 x 2
-  determinant and inverse per study, O(studies), optionally study-weighted.
+The structures themselves (diag, block, woodbury, intercepts, dense, tree, pair) live one
+per module in :mod:`drmpy.engine.structures`; ``Structure.kind`` names one of its registry
+and :func:`gram` hands the evaluation to it.  This module holds what they share: the static
+description (:class:`Structure`), the arrays every structure reads (:class:`Arrays`; each
+structure's own arrays ride in ``Arrays.extra``), the variance components, the small SPD
+linear algebra and the objectives.
 
 Bivariate models (``Structure.pairs``) stack the two responses row-paired
 ``(y1_1, y2_1, y1_2, ...)``; a response that is not kept is a zero row with unit
 variance and no covariance, so it adds nothing (the study keeps its 1 x 1 marginal).
-Their ``phi`` is ``(gamma_sigma1, gamma_sigma2, eta_rho12)``.
+Their ``phi`` is ``(gamma_sigma1, gamma_sigma2, eta_rho12)`` and their per-study arrays
+are ``Arrays.pairs`` (:class:`PairArrays`).
 """
 
 from __future__ import annotations
@@ -39,13 +33,14 @@ import contextlib
 import contextvars
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Hashable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve
 
-__all__ = ["Structure", "RandomStatic", "Arrays", "BlockBucket", "RandomArrays",
+__all__ = ["Structure", "RandomStatic", "Arrays", "BlockBucket", "RandomArrays", "PairArrays",
            "negloglik_joint", "negloglik_profiled", "neg_reml", "gls_beta"]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -74,16 +69,20 @@ class RandomStatic:
 
 @dataclass(frozen=True)
 class Structure:
-    """Static description of the likelihood: which code path and the parameter sizes."""
+    """Static description of the likelihood: which code path and the parameter sizes.
 
-    kind: str  # diag | block | woodbury | dense | pair
+    Hashable: it keys the compiled programs, so ``extra`` (a structure's own static part,
+    e.g. the tree's :class:`~drmpy.phylo.likelihood.TreeStatic`) must be hashable too.
+    """
+
+    kind: str  # a name of the registry drmpy.engine.structures
     p: int
     k_sigma: int
     random: tuple[RandomStatic, ...] = ()
     method: str = "ML"
     pairs: bool = False  # bivariate: rows are row-paired responses of studies
     k_rho: int = 0
-    tree: Any = None  # kind tree: drmpy.phylo.likelihood.TreeStatic
+    extra: Hashable | None = None  # the structure's own static part (tree: TreeStatic), None for most
 
 
 class BlockBucket(NamedTuple):
@@ -99,7 +98,17 @@ class RandomArrays(NamedTuple):
     relmat_chol: jax.Array  # (L, L) lower Cholesky factor of K, or (0, 0)
 
 
+class PairArrays(NamedTuple):
+    """Per study of a bivariate model (N/2 of them)."""
+
+    v12: jax.Array  # (N/2,) known sampling covariance of the pair; 0 unless both kept
+    Z_rho: jax.Array  # (N/2, k_rho) rho12 design; 0 where not a correlated pair
+    pair: jax.Array  # (N/2,) 1 for a correlated pair, else 0
+
+
 class Arrays(NamedTuple):
+    """The arrays of one fit: the parts every structure reads, and the structure's own."""
+
     y: jax.Array  # (N,)
     X: jax.Array  # (N, p)
     Z_sigma: jax.Array  # (N, k_sigma)
@@ -107,14 +116,9 @@ class Arrays(NamedTuple):
     mask: jax.Array  # (N,) 1 on data rows, 0 on padding rows
     n_obs: jax.Array  # () sum of weights
     v: jax.Array  # (N,) diagonal of V; 1 on padding rows
-    V_dense: jax.Array  # (N, N) for kind dense; (0, 0) otherwise
-    buckets: tuple  # of BlockBucket, for kind block
-    random: tuple  # of RandomArrays
-    # bivariate models only (None otherwise); per study, N/2 of them
-    pair_v12: jax.Array | None = None  # (N/2,) known sampling covariance of the pair; 0 unless both kept
-    Z_rho: jax.Array | None = None  # (N/2, k_rho) rho12 design; 0 where not a correlated pair
-    pair: jax.Array | None = None  # (N/2,) 1 for a correlated pair, else 0
-    tree: Any = None  # kind tree: drmpy.phylo.likelihood.TreeArrays
+    random: tuple = ()  # of RandomArrays
+    pairs: PairArrays | None = None  # bivariate models only
+    extra: tuple | None = None  # the structure's own arrays (its module's NamedTuple), None for most
 
 
 # ----------------------------------------------------------------------------------------
@@ -170,17 +174,7 @@ def level_covariances(alphas, etas, ra: RandomArrays, rs: RandomStatic) -> jax.A
 
 
 # ----------------------------------------------------------------------------------------
-# Gram matrices B'S^-1B and log|S| per structure
-
-
-def _gram_diag(sigma2, arrs: Arrays, B):
-    s = arrs.v + sigma2
-    s = jnp.where(arrs.mask > 0, s, 1.0)
-    wt = arrs.w / s
-    M = (B * wt[:, None]).T @ B
-    logdet = jnp.sum(arrs.w * jnp.log(s))
-    return logdet, M
-
+# small SPD linear algebra shared by the structures
 
 # Largest matrix factored by unrolled elementwise code.  Unrolled code is fastest for tiny
 # blocks, but its program grows as m^3 and is traced again inside every derivative: blocks
@@ -188,7 +182,7 @@ def _gram_diag(sigma2, arrs: Arrays, B):
 UNROLL_MAX = 8
 
 
-def _unrolled_cholesky(S):
+def unrolled_cholesky(S):
     """Lower Cholesky factor of a batch of small SPD matrices, unrolled over columns.
 
     Returns ``L`` as nested lists of (batch,) arrays, ``L[i][j]`` for i >= j.  Only
@@ -212,10 +206,10 @@ def _unrolled_cholesky(S):
     return L
 
 
-def _unrolled_cholesky_solve(S, R):
-    """Batched log|S| and S^-1 R for small SPD S (see :func:`_unrolled_cholesky`)."""
+def unrolled_cholesky_solve(S, R):
+    """Batched log|S| and S^-1 R for small SPD S (see :func:`unrolled_cholesky`)."""
     m = S.shape[-1]
-    L = _unrolled_cholesky(S)
+    L = unrolled_cholesky(S)
     logdet = 2.0 * sum(jnp.log(L[j][j]) for j in range(m))
     # forward substitution L z = R, then backward L' x = z (rows of R: R[..., i, :])
     z = []
@@ -238,7 +232,7 @@ def small_cholesky_solve(S, R):
     unrolled up to ``UNROLL_MAX`` rows, a loop of matrix-vector products beyond (an unrolled
     30 x 30 factor made a fit with a 30-level factor in mu compile for minutes)."""
     if S.shape[-1] <= UNROLL_MAX:
-        return _unrolled_cholesky_solve(S, R)
+        return unrolled_cholesky_solve(S, R)
     from .small_linalg import loop_cholesky_solve
 
     return loop_cholesky_solve(S, R)
@@ -301,7 +295,7 @@ def _spd_solve_terms_jvp(primals, tangents):
     return (logdet, P, W), (dlogdet, dP, dW)
 
 
-def _chol_gram(S, Bb):
+def chol_gram(S, Bb):
     """log|S| (summed over a batch) and sum of B'S^-1B, from one Cholesky per matrix."""
     logdet, _, W = spd_solve_terms(S, Bb)
     M = jnp.einsum("...mi,...mj->ij", Bb, W)
@@ -309,40 +303,17 @@ def _chol_gram(S, Bb):
     return jnp.sum(logdet), M
 
 
-def _gram_block(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
-    B_ext = jnp.concatenate([B, jnp.zeros((1, B.shape[1]))], axis=0)
-    s2_ext = jnp.concatenate([sigma2, jnp.zeros((1,))])
-    # index L_pad of the level covariances and index N of the rows are "nothing" (zeros)
-    covs, zs = [], []
-    for (alphas, etas), ra, rs in zip(re_terms, arrs.random, struct.random):
-        G = level_covariances(alphas, etas, ra, rs)
-        covs.append(jnp.concatenate([G, jnp.zeros((1,) + G.shape[1:])], axis=0))
-        zs.append(jnp.concatenate([ra.z, jnp.zeros((1, ra.z.shape[1]))], axis=0))
-    logdet = 0.0
-    M = jnp.zeros((B.shape[1], B.shape[1]))
-    for bucket in arrs.buckets:
-        S = bucket.V + jax.vmap(jnp.diag)(s2_ext[bucket.rows])
-        for z_ext, G, lev in zip(zs, covs, bucket.levels):
-            zb = z_ext[bucket.rows]  # (nb, m, q)
-            Gb = G[lev]  # (nb, m, q, q)
-            same = (lev[:, :, None] == lev[:, None, :]).astype(S.dtype)
-            S = S + same * jnp.einsum("bia,biac,bjc->bij", zb, Gb, zb)
-        ld, Mb = _chol_gram(S, B_ext[bucket.rows])
-        logdet = logdet + ld
-        M = M + Mb
-    return logdet, M
-
-
-def _lambda(re_terms, arrs: Arrays, struct: Structure):
-    """Block-diagonal factor L of G = LL' over all random-effect columns (level-major)."""
+def random_factor(re_terms, randoms: tuple, statics: tuple):
+    """Block-diagonal factor L of G = LL' over all random-effect columns (level-major), for
+    the terms ``randoms`` (RandomArrays) with static parts ``statics`` (RandomStatic)."""
     blocks = []
-    for (alphas, etas), ra, rs in zip(re_terms, arrs.random, struct.random):
+    for (alphas, etas), ra, rs in zip(re_terms, randoms, statics):
         if rs.relmat:
             sd = level_sds(alphas, ra)[:, 0]
             blocks.append(sd[:, None] * ra.relmat_chol)
         else:
             G = level_covariances(alphas, etas, ra, rs)  # (L, q, q)
-            factor = _unrolled_cholesky(G)
+            factor = unrolled_cholesky(G)
             zero = jnp.zeros(G.shape[:-2], G.dtype)
             Lg = jnp.stack([jnp.stack([factor[i][j] if j <= i else zero for j in range(rs.n_coef)], axis=-1)
                             for i in range(rs.n_coef)], axis=-2)  # (L, q, q)
@@ -352,21 +323,13 @@ def _lambda(re_terms, arrs: Arrays, struct: Structure):
     return jax.scipy.linalg.block_diag(*blocks)
 
 
-def _z_full(arrs: Arrays, struct: Structure):
-    """(N, Q) dense random-effect design, level-major within each term."""
+def random_design(randoms: tuple, statics: tuple):
+    """(N, Q) dense random-effect design of the terms ``randoms``, level-major within each term."""
     cols = []
-    for ra, rs in zip(arrs.random, struct.random):
+    for ra, rs in zip(randoms, statics):
         onehot = jax.nn.one_hot(ra.level_index, rs.n_levels, dtype=ra.z.dtype)  # pad -> zeros
         cols.append((onehot[:, :, None] * ra.z[:, None, :]).reshape(onehot.shape[0], -1))
     return jnp.concatenate(cols, axis=1)
-
-
-def _gram_woodbury(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
-    Z = _z_full(arrs, struct)
-    Lam = _lambda(re_terms, arrs, struct)
-    ZL = Z @ Lam
-    logdet_R, M_all = _gram_diag(sigma2, arrs, jnp.concatenate([ZL, B], axis=1))
-    return woodbury_update(logdet_R, M_all, ZL.shape[1])
 
 
 def woodbury_update(logdet_R, M_all, Q: int):
@@ -380,164 +343,30 @@ def woodbury_update(logdet_R, M_all, Q: int):
     M = M_all[Q:, Q:] - U.T @ W
     return logdet_R + logdet_cap, 0.5 * (M + M.T)
 
-
-def _gram_intercepts(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
-    """One random intercept per level l of a single grouping factor, diagonal V.
-
-    With ``D = diag(v_i + sigma_i^2)`` and level variance ``tau_l^2``, each level's block is
-    ``D_l + tau_l^2 11'``: ``log|S| = sum log d_i + sum_l log(1 + tau_l^2 a_l)`` and
-    ``B'S^-1B = B'D^-1B - sum_l tau_l^2 / (1 + tau_l^2 a_l) c_l c_l'``, with
-    ``a_l = sum_{i in l} 1/d_i`` and ``c_l = sum_{i in l} B_i / d_i``.  The rows of each level
-    sit in one block of the block structure's buckets (one level per block), so the sums
-    over a level are sums over a block's slots: O(n), no scatter, no factorisation.
-    """
-    (alphas, _), = re_terms
-    ra, = arrs.random
-    L = struct.random[0].n_levels
-    tau2 = jnp.exp(2.0 * (ra.sd_designs[0] @ alphas[0]))  # (L,)
-    s = jnp.where(arrs.mask > 0, arrs.v + sigma2, 1.0)
-    u = arrs.w / s
-    Bu = B * u[:, None]
-    M = Bu.T @ B
-    logdet = jnp.sum(arrs.w * jnp.log(s))
-    u_ext = jnp.concatenate([u, jnp.zeros((1,))])
-    Bu_ext = jnp.concatenate([Bu, jnp.zeros((1, B.shape[1]))], axis=0)
-    for bucket in arrs.buckets:
-        a = jnp.sum(u_ext[bucket.rows], axis=1)  # (nb,)
-        c = jnp.sum(Bu_ext[bucket.rows], axis=1)  # (nb, p + 1)
-        level = jnp.min(bucket.levels[0], axis=1)  # a block's real slots share one level
-        t = jnp.where(level < L, tau2[jnp.minimum(level, L - 1)], 0.0)
-        e = 1.0 + t * a
-        M = M - (c * (t / e)[:, None]).T @ c
-        logdet = logdet + jnp.sum(jnp.log(e))
-    return logdet, 0.5 * (M + M.T)
+# ----------------------------------------------------------------------------------------
+# the Gram matrix through the structure registry
 
 
-def _gram_tree(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
-    """A phylo() term (and a species term) by the linear-time tree pass (drmpy.phylo), any
-    other random terms by Woodbury on top: with ``T`` the tree part of S and ``ZL`` the
-    other terms' factor, ``log|S| = log|T| + log|I + L'Z'T^-1ZL|`` and
-    ``B'S^-1B = B'T^-1B - U'(I + L'Z'T^-1ZL)^-1 U``, ``U = L'Z'T^-1B``; the tree pass gives
-    every ``T^-1`` product at once for the columns ``[ZL, B]`` (:func:`woodbury_update`).
-    Rows past ``n_obs`` are padding and left out."""
-    from ..phylo.likelihood import edge_lengths, tree_gram  # imported when a tree is fitted
+def gram(phi: jax.Array, arrs: Arrays, struct: Structure):
+    """log|S| and [X y]'S^-1[X y] at variance parameters phi, by the structure
+    ``struct.kind`` of :mod:`drmpy.engine.structures`."""
+    from .structures import get_structure  # the structures import this module
 
-    ts, ta = struct.tree, arrs.tree
-    n = ts.n_obs
-    alphas_p, _ = re_terms[ts.phylo_term]
-    tau2 = jnp.exp(2.0 * (arrs.random[ts.phylo_term].sd_designs[0][0] @ alphas_p[0]))
-    if ts.species_term is None:
-        species2 = jnp.zeros((), B.dtype)
-    else:
-        alphas_s, _ = re_terms[ts.species_term]
-        level_sd2 = jnp.exp(2.0 * (arrs.random[ts.species_term].sd_designs[0] @ alphas_s[0]))
-        species2 = level_sd2[ta.species_level]
-    t = edge_lengths(tau2, species2, (arrs.v + sigma2)[:n], ta)
-    others = [i for i in range(len(struct.random)) if i not in (ts.phylo_term, ts.species_term)]
-    if not others:
-        return tree_gram(t, B[:n], ta, ts)
-    sub = Structure("woodbury", struct.p, struct.k_sigma, tuple(struct.random[i] for i in others), struct.method)
-    sub_arrs = arrs._replace(random=tuple(arrs.random[i] for i in others))
-    sub_terms = [re_terms[i] for i in others]
-    ZL = (_z_full(sub_arrs, sub) @ _lambda(sub_terms, sub_arrs, sub))[:n]
-    logdet_T, M_all = tree_gram(t, jnp.concatenate([ZL, B[:n]], axis=1), ta, ts)
-    return woodbury_update(logdet_T, M_all, ZL.shape[1])
-
-
-def _gram_dense(sigma2, re_terms, arrs: Arrays, struct: Structure, B):
-    return _chol_gram(_dense_covariance(sigma2, re_terms, arrs, struct), B)
-
-
-def _dense_covariance(sigma2, re_terms, arrs: Arrays, struct: Structure):
-    S = arrs.V_dense + jnp.diag(sigma2)
-    if struct.random:
-        ZL = _z_full(arrs, struct) @ _lambda(re_terms, arrs, struct)
-        S = S + ZL @ ZL.T
-    return S
-
-
-def pair_correlations(eta: jax.Array, arrs: Arrays) -> jax.Array:
-    """rho12 per study: 0.999999 tanh(z_i'eta) for correlated pairs, 0 otherwise."""
-    assert arrs.pair is not None and arrs.Z_rho is not None  # bivariate arrays (trace time only)
-    if eta.shape[0] == 0:
-        return jnp.zeros(arrs.pair.shape, arrs.y.dtype)
-    return RHO_GUARD * jnp.tanh(arrs.Z_rho @ eta) * arrs.pair
-
-
-def _pair_covariances(gamma, eta, arrs: Arrays):
-    """Per study the entries (a, d, b) of S_i = V_i + B_i; unit variance for responses not kept."""
-    sd = jnp.exp(arrs.Z_sigma @ gamma).reshape(-1, 2)  # unmasked: no sqrt(0) in derivatives
-    v = arrs.v.reshape(-1, 2)
-    kept = arrs.mask.reshape(-1, 2) > 0
-    var = jnp.where(kept, v + sd**2, 1.0)
-    assert arrs.pair_v12 is not None  # bivariate arrays (trace time only)
-    cov = arrs.pair_v12 + pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
-    return var[:, 0], var[:, 1], cov
-
-
-def _gram_pair(gamma, eta, arrs: Arrays, B):
-    """Per-study closed form, each study's terms multiplied by its weight (the larger of its
-    two row weights: a response that is not kept has weight 0; padding studies 0)."""
-    a, d, b = _pair_covariances(gamma, eta, arrs)
-    det = a * d - b * b
-    w = arrs.w.reshape(-1, 2)
-    ws = jnp.maximum(w[:, 0], w[:, 1])
-    Bp = B.reshape(-1, 2, B.shape[1])
-    B1, B2 = Bp[:, 0], Bp[:, 1]
-    cross = (B1 * (ws * b / det)[:, None]).T @ B2
-    M = (B1 * (ws * d / det)[:, None]).T @ B1 + (B2 * (ws * a / det)[:, None]).T @ B2 - cross - cross.T
-    return jnp.sum(ws * jnp.log(det)), 0.5 * (M + M.T)
-
-
-def _gram_dense_pairs(gamma, eta, arrs: Arrays, B):
-    return _chol_gram(_dense_pair_covariance(gamma, eta, arrs), B)
-
-
-def _dense_pair_covariance(gamma, eta, arrs: Arrays):
-    sigma2 = row_sigma2(gamma, arrs)
-    sd = jnp.exp(arrs.Z_sigma @ gamma).reshape(-1, 2)
-    off = pair_correlations(eta, arrs) * sd[:, 0] * sd[:, 1]
-    first = 2 * jnp.arange(off.shape[0])
-    S = arrs.V_dense + jnp.diag(sigma2)
-    return S.at[first, first + 1].add(off).at[first + 1, first].add(off)
+    structure = get_structure(struct.kind)
+    B = jnp.concatenate([arrs.X, arrs.y[:, None]], axis=1)
+    if struct.pairs:
+        gamma, eta = split_phi(phi, struct)
+        return structure.gram_pairs(gamma, eta, arrs, struct, B)
+    gamma, re_terms = split_phi(phi, struct)
+    return structure.gram(row_sigma2(gamma, arrs), re_terms, arrs, struct, B)
 
 
 def dense_covariance(phi: jax.Array, arrs: Arrays, struct: Structure) -> jax.Array:
     """The marginal covariance S = V + diag(sigma^2) + Z G Z' (bivariate: V + B) as one dense
     matrix, for arrays built with structure ``dense``.  Padding rows carry unit variance."""
-    if struct.pairs:
-        gamma, eta = split_phi(phi, struct)
-        return _dense_pair_covariance(gamma, eta, arrs)
-    gamma, re_terms = split_phi(phi, struct)
-    return _dense_covariance(row_sigma2(gamma, arrs), re_terms, arrs, struct)
+    from .structures.dense import dense_covariance as covariance
 
-
-def gram(phi: jax.Array, arrs: Arrays, struct: Structure):
-    """log|S| and [X y]'S^-1[X y] at variance parameters phi."""
-    if struct.pairs:
-        gamma, eta = split_phi(phi, struct)
-        B = jnp.concatenate([arrs.X, arrs.y[:, None]], axis=1)
-        if struct.kind == "pair":
-            return _gram_pair(gamma, eta, arrs, B)
-        if struct.kind == "dense":
-            return _gram_dense_pairs(gamma, eta, arrs, B)
-        raise ValueError(f"structure {struct.kind} does not take bivariate models")
-    gamma, re_terms = split_phi(phi, struct)
-    sigma2 = row_sigma2(gamma, arrs)
-    B = jnp.concatenate([arrs.X, arrs.y[:, None]], axis=1)
-    if struct.kind == "diag":
-        return _gram_diag(sigma2, arrs, B)
-    if struct.kind == "block":
-        return _gram_block(sigma2, re_terms, arrs, struct, B)
-    if struct.kind == "woodbury":
-        return _gram_woodbury(sigma2, re_terms, arrs, struct, B)
-    if struct.kind == "dense":
-        return _gram_dense(sigma2, re_terms, arrs, struct, B)
-    if struct.kind == "intercepts":
-        return _gram_intercepts(sigma2, re_terms, arrs, struct, B)
-    if struct.kind == "tree":
-        return _gram_tree(sigma2, re_terms, arrs, struct, B)
-    raise ValueError(f"unknown structure {struct.kind}")
+    return covariance(phi, arrs, struct)
 
 
 def _split_gram(M, p):

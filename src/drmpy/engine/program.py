@@ -24,15 +24,15 @@ import numpy as np
 
 from ..model.design import ModelDesign
 from ..errors import DrmError
-from .likelihood import (Arrays, BlockBucket, RandomArrays, RandomStatic, Structure,
-                         elementwise_linalg, gram, row_sigma2, variance_objective)
+from .likelihood import (Arrays, RandomArrays, RandomStatic, Structure, elementwise_linalg, gram, row_sigma2,
+                         variance_objective)
 from .optimize import CONVERGED, NONFINITE, SolverOutput, newton_trust_region, value_grad_hessian_forward
 from .scaling import scale_designs
 from .start import constant_coefficients as _lstsq_const, start_values  # start values: engine/start.py
+from .structures import get_structure, registered, structure_names
+from .structures.block import bucket_size  # noqa: F401  (drmpy.batch pads its levels by this ladder)
 
 __all__ = ["Control", "RawFit", "run_fit", "choose_structure", "boundary_candidates"]
-
-MAX_BLOCK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ class Control:
     Attributes:
         max_iter: iteration limit of the Newton trust-region loop.
         gtol: stop when ``max|gradient| <= gtol * max(1, |objective|)``.
-        structure: force a likelihood structure (``"dense"`` evaluates the full n x n
-            covariance; useful as an oracle).  None chooses the cheapest exact one.
+        structure: force a likelihood structure by its name in the registry
+            :mod:`drmpy.engine.structures` (``"dense"`` evaluates the full n x n covariance;
+            useful as an oracle).  None chooses the cheapest exact one.
     """
 
     max_iter: int = 200
@@ -67,10 +68,9 @@ class Control:
             raise DrmError("control: max_iter must be >= 0.")
         if not float(control.gtol) > 0:
             raise DrmError("control: gtol must be > 0.")
-        if control.structure not in (None, "diag", "block", "woodbury", "dense", "tree"):
-            raise DrmError(
-                f"control: structure must be one of diag, block, woodbury, dense, tree; got {control.structure!r}."
-            )
+        names = structure_names()
+        if control.structure is not None and control.structure not in names:
+            raise DrmError(f"control: structure must be one of {', '.join(names)}; got {control.structure!r}.")
         return control
 
 
@@ -133,54 +133,20 @@ def _clusters(design: ModelDesign) -> np.ndarray | None:
 
 
 def choose_structure(design: ModelDesign, forced: str | None) -> tuple[str, np.ndarray | None]:
-    """Cheapest exact structure for the design (or the forced one) and the row clusters."""
-    kv = design.known_v
-    has_re = bool(design.random)
+    """The forced structure, or the first of the registry's automatic order that applies
+    (the cheapest exact one), and the row clusters."""
     clusters = _clusters(design)
     if forced is not None:
-        weighted = design.weights is not None and np.any(design.weights != 1.0)
-        if weighted and forced in ("block", "dense"):
-            raise DrmError(
-                f"control: structure='{forced}' does not take row weights; non-unit weights need "
-                "structure='diag' (a diagonal V without random effects)."
-            )
-        if forced == "diag" and (has_re or not kv.is_diagonal):
-            raise DrmError("control: structure='diag' needs a diagonal V and no random effects.")
-        if forced == "woodbury" and (not has_re or not kv.is_diagonal):
-            raise DrmError("control: structure='woodbury' needs random effects and a diagonal V.")
-        if forced == "block" and clusters is None:
-            raise DrmError("control: structure='block' is not available with relmat() terms.")
-        if forced == "tree":
-            from ..phylo.route import tree_route_refusal
-
-            why = tree_route_refusal(design)
-            if why is not None:
-                raise DrmError(f"control: structure='tree' is not available: {why}")
+        if forced not in structure_names():
+            raise DrmError(f"control: structure must be one of {', '.join(structure_names())}; got {forced!r}.")
+        why = get_structure(forced).refusal(design, clusters, automatic=False)
+        if why is not None:
+            raise DrmError(f"control: structure='{forced}' {why}")
         return forced, clusters
-    if _tree_route(design):
-        return "tree", None
-    if not has_re and kv.is_diagonal:
-        return "diag", None
-    if clusters is not None:
-        sizes = np.bincount(clusters)
-        if sizes.max() <= MAX_BLOCK_ROWS:
-            return "block", clusters
-    # Woodbury divides by each row's v_i + sigma_i^2: with sigma ~ 0 a zero sampling variance
-    # (its variance then comes from the random effects alone) needs the dense factorisation
-    zero_row = design.common_effect and bool(np.any(kv.diag <= 0.0))
-    if kv.is_diagonal and not zero_row:
-        return "woodbury", clusters
-    return "dense", clusters
-
-
-def _tree_route(design: ModelDesign) -> bool:
-    """Whether the automatic choice is the linear-time tree pass (drmpy.phylo.route)."""
-    if not any(rd.tree is not None for rd in design.random):
-        return False
-    from ..phylo.route import TREE_ROUTE_MIN_SPECIES, phylo_levels, tree_route_refusal
-
-    return (phylo_levels(design) >= TREE_ROUTE_MIN_SPECIES
-            and tree_route_refusal(design, automatic=True) is None)
+    for structure in registered():
+        if structure.automatic and structure.refusal(design, clusters, automatic=True) is None:
+            return structure.name, clusters if structure.reports_clusters else None
+    raise DrmError("no covariance structure applies to this model.")  # dense always does
 
 
 # counts of random-effect levels, blocks and bivariate studies up to 64 are padded to 16, 32
@@ -234,6 +200,10 @@ def _device(value) -> jax.Array:
 
 def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
                  beta0: np.ndarray, method: str) -> tuple[Arrays, Structure]:
+    """(arrays, static description) of ``design`` for the structure named ``kind``, rows
+    padded (:func:`single_fit_rows`) and ``y`` centred at ``beta0``.  The structure builds
+    its own part (``Arrays.extra``, ``Structure.extra``) from ``clusters``."""
+    structure = get_structure(kind)
     n = design.nobs
     X = design.fixed["mu"].matrix
     Zs = design.fixed["sigma"].matrix
@@ -251,11 +221,6 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
 
     v = padrows(kv.diag, 1.0)
     mask = padrows(np.ones(n), 0.0)
-    if kind == "dense":
-        Vd = np.eye(N)
-        Vd[:n, :n] = kv.matrix if kv.matrix is not None else np.diag(kv.diag)
-    else:
-        Vd = np.zeros((0, 0))
     random_arrays = []
     random_static = []
     for rd in design.random:
@@ -263,7 +228,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         # L_pad is the "no level" of padding rows and slots
         L_pad = padded_count(rd.n_levels)
         lev = padrows(rd.level_index, L_pad)
-        if rd.is_relmat and not (kind == "tree" and rd.tree is not None):
+        if structure.relatedness_factor(rd):
             Kchol = np.eye(L_pad)
             Kchol[: rd.n_levels, : rd.n_levels] = np.linalg.cholesky(rd.relatedness())
         else:
@@ -278,15 +243,7 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         random_static.append(RandomStatic(L_pad, rd.n_coef,
                                           tuple(d.matrix.shape[1] for d in rd.sd_designs),
                                           rd.n_cor, rd.is_relmat))
-    buckets = []
-    if kind == "block":
-        assert clusters is not None  # choose_structure gives block structures their clusters
-        buckets = _buckets(design, clusters)
-    tree_static, tree_arrs = None, None
-    if kind == "tree":
-        from ..phylo.route import tree_route_arrays
-
-        tree_static, tree_arrs = tree_route_arrays(design)
+    extra_arrays, extra_static = structure.build(design, clusters, N)
     arrs = Arrays(
         y=_device(padrows(y)),
         X=_device(padrows(X)),
@@ -295,74 +252,11 @@ def build_arrays(design: ModelDesign, kind: str, clusters: np.ndarray | None,
         mask=_device(mask),
         n_obs=_device(float(np.sum(w))),
         v=_device(v),
-        V_dense=_device(Vd),
-        buckets=tuple(buckets),
         random=tuple(random_arrays),
-        tree=tree_arrs,
+        extra=extra_arrays,
     )
-    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static), method, tree=tree_static)
+    struct = Structure(kind, X.shape[1], Zs.shape[1], tuple(random_static), method, extra=extra_static)
     return arrs, struct
-
-
-def _buckets(design: ModelDesign, clusters: np.ndarray) -> list[BlockBucket]:
-    """Group clusters by size; each bucket is (nb, m) row positions with padding -> n."""
-    n = design.nobs
-    order = np.argsort(clusters, kind="stable")
-    labels_sorted = clusters[order]
-    splits = np.flatnonzero(np.diff(labels_sorted)) + 1
-    members = np.split(order, splits)
-    sizes = np.array([len(m) for m in members])
-    V = design.known_v.matrix
-    diag_ext = np.concatenate([design.known_v.diag, [1.0]])
-    slot_sizes = _slot_sizes(sizes)
-    out = []
-    for m in np.unique(slot_sizes):
-        sel = [members[i] for i in np.flatnonzero(slot_sizes == m)]
-        # pad the number of blocks (padded_count), so new data of a similar size re-use
-        # the compiled program (all-padding blocks are identity matrices)
-        n_blocks = padded_count(len(sel))
-        rows = np.full((n_blocks, m), n, dtype=np.int64)
-        for b, idx in enumerate(sel):
-            rows[b, : len(idx)] = idx
-        real = rows < n
-        Vb = np.zeros((n_blocks, m, m))
-        Vb[:, np.arange(m), np.arange(m)] = diag_ext[rows]
-        if V is not None:
-            safe = np.where(real, rows, 0)
-            full = V[safe[:, :, None], safe[:, None, :]]
-            both = real[:, :, None] & real[:, None, :]
-            Vb = np.where(both, full, Vb)
-        levels = tuple(
-            _device(np.where(real, np.concatenate([rd.level_index, [0]])[rows], padded_count(rd.n_levels)))
-            for rd in design.random
-        )
-        out.append(BlockBucket(_device(rows), _device(Vb), levels))
-    return out
-
-
-_BUCKET_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-
-
-def _slot_sizes(sizes: np.ndarray) -> np.ndarray:
-    """Padded size of every block.
-
-    Each extra bucket is another batched Cholesky in the compiled program (compile time
-    grows with the number of buckets), so all blocks share the largest size unless that
-    costs over 4x the flops of the unpadded blocks (and more than 1e7 flops).
-    """
-    m_max = int(sizes.max())
-    exact = float(np.sum(sizes.astype(float) ** 3))
-    if len(sizes) * float(m_max) ** 3 <= max(4.0 * exact, 1e7):
-        return np.full(len(sizes), bucket_size(m_max))
-    return np.array([bucket_size(int(s)) for s in sizes])
-
-
-def bucket_size(m: int) -> int:
-    """Block size padded up a short ladder, so a design compiles a handful of bucket shapes."""
-    for size in _BUCKET_SIZES:
-        if m <= size:
-            return size
-    return int(m)
 
 
 # ------------------------------------------------------------------------------------------
@@ -408,7 +302,8 @@ def _program_fn(struct: Structure, elementwise: bool = False):
         else:
             fun = lambda ph: objective(ph, arrs, struct)  # noqa: E731
             # the tree pass compiles far faster differentiated forward-over-forward
-            derivatives = value_grad_hessian_forward(fun) if struct.kind == "tree" else None
+            forward = get_structure(struct.kind).forward_derivatives
+            derivatives = value_grad_hessian_forward(fun) if forward else None
             sol = newton_trust_region(fun, phi0, max_iter=max_iter, gtol=gtol, eigh=eigh,
                                       derivatives=derivatives)
         phi = sol.x
@@ -458,7 +353,7 @@ def _program_fn(struct: Structure, elementwise: bool = False):
 
 def _closed_form_diag(struct: Structure, elementwise: bool) -> bool:
     """A diagonal V without random effects: derivatives in closed form (engine.batch)."""
-    return (struct.kind == "diag" and struct.p > 0 and struct.k_sigma > 0 and not struct.random
+    return (get_structure(struct.kind).closed_form_diag and struct.p > 0 and struct.k_sigma > 0 and not struct.random
             and not struct.pairs and not elementwise)
 
 
@@ -561,8 +456,10 @@ def _source_digest() -> str:
 
     h = hashlib.blake2b(digest_size=12)
     here = Path(__file__).parent
-    # every module of engine/, and of phylo/ (its tree pass is traced into the programs)
-    for path in sorted(here.glob("*.py")) + sorted((here.parent / "phylo").glob("*.py")):
+    # every module of engine/ and engine/structures/, and of phylo/ (its tree pass is traced
+    # into the programs)
+    paths = sorted(here.glob("*.py")) + sorted((here / "structures").glob("*.py"))
+    for path in paths + sorted((here.parent / "phylo").glob("*.py")):
         h.update(path.read_bytes())
     h.update(jax.__version__.encode())
     return h.hexdigest()

@@ -159,12 +159,12 @@ def scale_designs(arrs, struct) -> DesignScaling | None:
         for cols, used in _pair_blocks(Z, mask):
             Bs[np.ix_(cols, cols)] = column_standardizer(Z[:, cols], used)
         blocks.append(Bs)
-        Zr = np.asarray(arrs.Z_rho)
-        Br = column_standardizer(Zr, np.asarray(arrs.pair) > 0)
+        Zr = np.asarray(arrs.pairs.Z_rho)
+        Br = column_standardizer(Zr, np.asarray(arrs.pairs.pair) > 0)
         blocks.append(Br)
         if _is_identity(Bs) and _is_identity(Br):
             return None
-        new = arrs._replace(Z_sigma=_device(Z @ Bs), Z_rho=_device(Zr @ Br))
+        new = arrs._replace(Z_sigma=_device(Z @ Bs), pairs=arrs.pairs._replace(Z_rho=_device(Zr @ Br)))
         return DesignScaling(new, block_diag(*blocks))
     Bs = column_standardizer(Z, mask > 0)
     blocks.append(Bs)
