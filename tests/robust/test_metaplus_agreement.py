@@ -87,6 +87,10 @@ def test_cdp_mixture(cdp_mix):
 
 
 def test_cdp_outlier_probabilities(cdp_mix, cdp):
+    """Bonavita 1983 (yi 2.22, five SDs above the rest) is the outlier, probability 0.9997.  The
+    vignette's text names Senin 2003, but at the vignette's own estimates (mu 0.1910, tau2 0,
+    tau2out 3.1558, p 0.1237) Senin 2003 (yi 0.15, sei 0.097, next to mu) has probability 0.008;
+    the vignette's Figure 4 labels Bonavita 1983 among its studies."""
     probs = cdp_mix.outlier_probabilities()
     assert probs.index.equals(cdp.index)
     assert cdp.loc[probs.idxmax(), "study"] == "Bonavita 1983"  # metaplus's outlier
