@@ -23,7 +23,7 @@ stopifnot(dir.exists(out_dir))
 stopifnot(packageVersion("metaplus") == "1.0.8")
 
 SEED <- 12345  # the vignette's set.seed
-R_BOOT <- list(mixture = 999L, t = 49L)  # testOutliers bootstrap sizes per model (see README)
+R_BOOT <- list(mixture = 999L, t = 999L)  # testOutliers bootstrap sizes (metaplus default)
 
 cached <- function(name, compute) {
   path <- file.path(cache_dir, paste0(name, ".rds"))
@@ -136,6 +136,115 @@ test_one <- function(dname, model, R, justfit = FALSE) {
   })
 }
 
+# ---- exact t likelihood (an independent check of metaplus's quadrature) -------------------------
+# Exact marginal log-likelihood of the t random-effects model (metaplus's parameterisation):
+# y_i = mu + u_i + e_i, e_i ~ N(0, sei^2), u_i = sqrt(tau2) * T_i, T_i ~ t with 1/vinv df.
+# Integrated by integrate() over pieces split at the t density's spike (u = 0, width sqrt(tau2))
+# and at the normal kernel's centre (u = y - mu), which metaplus's single integrate() call over
+# y - mu +- 12 sei lacks.
+exact_t_loglik <- function(mu, tau2, vinv, yi, sei) {
+  if (vinv == 0) return(sum(dnorm(yi, mu, sqrt(tau2 + sei^2), log = TRUE)))
+  s <- sqrt(tau2); nu <- 1 / vinv
+  one <- function(y, se) {
+    c0 <- y - mu
+    f <- function(u) dnorm(u, c0, se) * dt(u / s, nu) / s
+    knots <- sort(unique(c(0, s * c(-1e3, -1e2, -10, -1, 1, 10, 1e2, 1e3),
+                           c0 + se * c(-12, -4, -1, 0, 1, 4, 12))))
+    edges <- c(-Inf, knots, Inf)
+    total <- 0
+    for (j in seq_len(length(edges) - 1)) {
+      total <- total + integrate(f, edges[j], edges[j + 1], rel.tol = 1e-12, abs.tol = 0,
+                                 subdivisions = 1000L)$value
+    }
+    log(total)
+  }
+  sum(mapply(one, yi, sei))
+}
+exact_t_mle <- function(start, yi, sei) {
+  negll <- function(p) -exact_t_loglik(p[1], exp(p[2]), exp(p[3]), yi, sei)
+  opt <- nlminb(c(start[["muhat"]], log(start[["tau2"]]), log(start[["vinv"]])), negll,
+                control = list(rel.tol = 1e-14, x.tol = 1e-12, eval.max = 2000, iter.max = 1000))
+  list(muhat = opt$par[1], tau2 = exp(opt$par[2]), vinv = exp(opt$par[3]), logLik = -opt$objective,
+       convergence = opt$convergence, message = opt$message)
+}
+
+
+# ---- the vignette's printed numbers (metaplus vignette, "metaplus-package.pdf", R Journal
+# style; text extracted from inst/doc of the 1.0-8 tarball), and whether 1.0-8 reproduces them
+# to the printed digits. Values are the printed strings; "stat" is testOutliers' LRT statistic.
+vignette <- list(
+  mag = list(
+    normal = list(muhat = "-0.7463", muhat_lb = "-1.2583", muhat_ub = "-0.3428", muhat_p = "0.000501",
+                  tau2 = "0.2540", logLik = "-19.68459", AIC = "43.36918", BIC = "44.91436"),
+    t = list(muhat = "-0.7463", muhat_lb = "-1.2583", muhat_ub = "-0.3430", muhat_p = "0.000501",
+             tau2 = "0.2540", vinv = "0.0000", logLik = "-19.68459", AIC = "45.36918", BIC = "47.68695",
+             stat = "0.0", pvalue = "1"),
+    mixture = list(muhat = "-0.7463152", muhat_lb = "-1.2581689", muhat_ub = "-0.3435347",
+                   muhat_p = "0.000501", tau2 = "0.2539984", tau2out = "0.2539985",
+                   p_outlier = "0.0006075", logLik = "-19.68459", AIC = "47.36918", BIC = "50.45954",
+                   stat = "0.0", pvalue = "1")),
+  cdp = list(
+    normal = list(muhat = "0.38944", muhat_lb = "0.07269", muhat_ub = "0.76634", muhat_p = "0.0218",
+                  tau2 = "0.14666", logLik = "-8.198544", AIC = "20.39709", BIC = "21.00226"),
+    t = list(muhat = "1.945e-01", muhat_lb = "5.294e-02", muhat_ub = "3.611e-01", muhat_p = "0.00899",
+             tau2 = "4.504e-05", vinv = "2.023e+00", logLik = "-4.058334", AIC = "14.11667",
+             BIC = "15.02442", stat = "8.3", pvalue = "0.001"),
+    mixture = list(muhat = "0.1910", muhat_lb = "0.0563", muhat_ub = "0.3479", muhat_p = "0.00711",
+                   tau2 = "0.0000", tau2out = "3.1558", p_outlier = "0.1237", logLik = "-3.007145",
+                   AIC = "14.01429", BIC = "15.22463", stat = "10.4", pvalue = "0.001")),
+  exercise = list(
+    normal = list(muhat = "-2.8994", muhat_lb = "-4.3006", muhat_ub = "-1.5222", muhat_p = "0.000884",
+                  tau2 = "0.1171", duration = "0.2078", duration_lb = "0.0584", duration_ub = "0.3632",
+                  duration_p = "0.011570", logLik = "-8.133435", AIC = "22.26687", BIC = "23.17462"),
+    mixture = list(muhat = "-2.88472", muhat_lb = "-4.10690", muhat_ub = "-1.48262",
+                   muhat_p = "0.000649", tau2 = "0.00000", tau2out = "0.59398",
+                   p_outlier = "0.25169", duration = "0.21086", duration_lb = "0.07824",
+                   duration_ub = "0.34581", duration_p = "0.007123", logLik = "-7.69139",
+                   AIC = "25.38278", BIC = "26.8957", stat = "0.9", pvalue = "0.05")))
+
+# metaplus 1.0-8's value of a printed quantity, from a fit (and its outlier test, if run)
+value_of <- function(fit, test, key) {
+  row_of <- function(name) fit$results[[name]]
+  switch(key,
+    logLik = fit$logLik, AIC = fit$AIC, BIC = fit$BIC,
+    p_outlier = fit$p_outlier,
+    stat = if (is.null(test)) NA else test$observed,
+    pvalue = if (is.null(test)) NA else test$pvalue,
+    {
+      parts <- strsplit(key, "_")[[1]]
+      row <- row_of(parts[1])
+      if (length(parts) == 1) row$est
+      else switch(parts[2], lb = row$ci_lb, ub = row$ci_ub, p = row$pvalue)
+    })
+}
+# printed to the same digits (decimals, or significant digits in e-notation; R's print of a
+# p value < 1e-3 uses significant digits, which decimals cover here)
+same_digits <- function(value, printed) {
+  if (is.null(value) || is.na(value)) return(NA)
+  if (grepl("e", printed)) {
+    digits <- nchar(sub("e.*", "", sub("^-?[0-9]\\.", "", printed)))
+    return(formatC(value, digits = digits, format = "e") == printed)
+  }
+  decimals <- if (grepl("\\.", printed)) nchar(sub(".*\\.", "", printed)) else 0
+  text <- formatC(value, digits = decimals, format = "f")
+  text <- sub("^-(0\\.?0*)$", "\\1", text)  # R prints -0.0000 as 0.0000
+  text == printed
+}
+compare_vignette <- function() {
+  out <- list()
+  for (dname in names(vignette)) for (model in names(vignette[[dname]])) {
+    fit <- fits[[dname]][[model]]
+    test <- tests[[dname]][[model]]
+    printed <- vignette[[dname]][[model]]
+    out[[dname]][[model]] <- lapply(names(printed), function(key) {
+      value <- value_of(fit, test, key)
+      list(quantity = key, vignette = printed[[key]], metaplus_1.0_8 = value,
+           same_to_printed_digits = same_digits(value, printed[[key]]))
+    })
+  }
+  out
+}
+
 # ---- write (after every stage, so a partial run still leaves its numbers) --------------------
 strip <- function(x) { x$fit <- NULL; x }
 fits <- list(); tests <- list(); timing <- list(); extra <- list()
@@ -156,6 +265,7 @@ write_json <- function(stage) {
                 sim30 = "sim30.csv beside this file"),
     fits = lapply(fits, function(per) lapply(per, strip)),
     extra = extra,
+    vignette_comparison = if (length(fits)) compare_vignette() else NULL,
     testOutliers = tests,
     timing_sim30 = timing,
     cores = 1L,
@@ -179,6 +289,18 @@ vignette_t_cdp <- c(muhat = 1.945e-01, tau2 = 4.504e-05, vinv = 2.023e+00)
 negll_t <- fits$cdp$t$fit$fittedmodel@minuslogl
 extra$loglik_t_cdp_at_vignette_estimates <- list(
   par = as.list(vignette_t_cdp), logLik = -negll_t(vignette_t_cdp, yi = cdp$yi, sei = cdp$sei))
+# the exact log-likelihood at metaplus's estimate and at the vignette's, and the exact maximum
+# (started from metaplus's estimate; log tau2 and log vinv unconstrained)
+t_cdp <- fits$cdp$t$coef
+extra$exact_t_cdp <- list(
+  method = paste("integrate() over pieces split at u = 0 (+-1, 10, 100, 1000 sqrt(tau2)) and",
+                 "at u = y - mu (+-1, 4, 12 sei), rel.tol 1e-12; nlminb on (mu, log tau2, log vinv)"),
+  loglik_at_metaplus_estimate = exact_t_loglik(t_cdp$muhat, t_cdp$tau2, t_cdp$vinv, cdp$yi, cdp$sei),
+  loglik_at_vignette_estimate = exact_t_loglik(vignette_t_cdp[["muhat"]], vignette_t_cdp[["tau2"]],
+                                               vignette_t_cdp[["vinv"]], cdp$yi, cdp$sei),
+  mle = exact_t_mle(t_cdp, cdp$yi, cdp$sei))
+extra$exact_t_mag_loglik_at_metaplus_estimate <- with(fits$mag$t$coef,
+  exact_t_loglik(muhat, tau2, vinv, mag$yi, mag$sei))
 write_json("fits")
 
 # ---- stage 2: outlier tests, mixture (fast) then t (each refit integrates per study) ---------
@@ -194,7 +316,10 @@ for (dname in c("cdp", "mag")) {
   write_json(paste("fits + mixture tests + sim30 mixture timing + t test", dname))
 }
 
-# ---- stage 3: timing of the t outlier test on 30 studies (R = 19; 999 would take hours) -----
+# ---- stage 3: timing of the t outlier test on 30 studies: R = 19 first (a quick rate), then the
+# full R = 999 (about half an hour on the shared 2-core machine) ------------------------------
 fits[["sim30"]][["t"]] <- fit_one("sim30", "t", justfit = TRUE)
 timing$t_R19 <- test_one("sim30", "t", 19L, justfit = TRUE)
+write_json("all but the sim30 t test with R = 999")
+timing$t_R999 <- test_one("sim30", "t", 999L, justfit = TRUE)
 write_json("complete")
