@@ -6,7 +6,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["restoration", "lim2014", "curtis1998", "bcg", "moura2021", "moura2021_tree"]
+__all__ = ["restoration", "lim2014", "curtis1998", "bcg", "moura2021", "moura2021_tree", "cdp", "mag"]
 
 
 def restoration() -> pd.DataFrame:
@@ -118,3 +118,48 @@ def moura2021_tree() -> str:
     """The phylogeny of :func:`moura2021`'s 341 species as Newick text: metadat's tree with
     Grafen's branch lengths (ape's ``compute.brlen``; ultrametric, height 1, with polytomies)."""
     return resources.files(__package__).joinpath("moura2021.nwk").read_text()
+
+
+def _study_se_table(filename: str) -> pd.DataFrame:
+    """Read a (study, yi, sei) table written by ``make_cdp_mag.R`` and add ``vi = sei**2``.
+
+    The CSV holds each number's shortest exact decimal form, so pandas reads back the exact
+    doubles metaplus stores.
+    """
+    with resources.files(__package__).joinpath(filename).open("r") as fh:
+        frame = pd.read_csv(fh, dtype={"study": str})
+    frame["vi"] = frame["sei"] ** 2
+    return frame
+
+
+def cdp() -> pd.DataFrame:
+    """CDP-choline for cognitive and behavioural disturbances in the elderly: 10 trials.
+
+    Fioravanti and Yanagi (2005), Cochrane Database of Systematic Reviews,
+    doi:10.1002/14651858.CD000269.pub2.  Taken from the R package metaplus 1.0-8 (``cdp``;
+    licence GPL (>= 2)) by ``make_cdp_mag.R`` beside this file, values and row order unchanged.
+    metaplus's vignette (Beath 2014) fits it with normal, t and normal-mixture random
+    effects: one study is far from the others (in these data the row labelled "Bonavita 1983",
+    yi = 2.22; the vignette's text calls it Senin 2003).
+
+    Columns: ``study`` (author and year), ``yi`` (standardised mean difference), ``sei`` (its
+    standard error, metaplus's second argument) and ``vi`` = ``sei**2``, the sampling variance
+    for ``meta_V(V = vi)``.
+    """
+    return _study_se_table("cdp.csv")
+
+
+def mag() -> pd.DataFrame:
+    """Intravenous magnesium in acute myocardial infarction: 16 trials (log odds ratios).
+
+    Sterne, Bradburn and Egger (2001), "Meta-analysis in Stata", in Egger, Davey Smith and
+    Altman (eds.), *Systematic Reviews in Health Care*, BMJ Books, pp. 347-369.  Taken from the
+    R package metaplus 1.0-8 (``mag``; licence GPL (>= 2)) by ``make_cdp_mag.R`` beside this
+    file, values and row order unchanged.  The question metaplus's vignette asks of it is
+    whether the large ISIS-4 trial is an outlier (its answer: no; the t model collapses to the
+    normal one).
+
+    Columns: ``study`` (first author or trial name), ``yi`` (log odds ratio of death), ``sei``
+    (its standard error) and ``vi`` = ``sei**2``, the sampling variance for ``meta_V(V = vi)``.
+    """
+    return _study_se_table("mag.csv")
