@@ -29,10 +29,12 @@ __all__ = ["RobustFit", "RobustSummary"]
 class RobustFit(DrmFit):
     """Result of :func:`drmpy.fit` with a non-Gaussian family (ML)."""
 
+    _family: Any
+    _robust: RobustRaw
+
     def __init__(self, design, raw: RobustRaw, method: str, control, family, data: Any = None, env: Any = None) -> None:
         super().__init__(design, cast(Any, raw), method, control, None, data=data, env=env)
-        self._family = family
-        self._robust: RobustRaw = raw
+        self._store(_family=family, _robust=raw)
 
     # ------------------------------------------------------------------ the family
     @property
@@ -97,7 +99,7 @@ class RobustFit(DrmFit):
 
         if dpar not in self._family.dpars:
             raise DrmError(f"predict(dpar=...): {dpar!r} is not an estimated parameter of {self._family!r}.")
-        X = self._new_matrix(dpar, newdata)
+        X = self.new_design_matrix(dpar, newdata)
         start = 0
         for d in self._family.dpars:
             if d == dpar:
