@@ -127,6 +127,14 @@ class RobustFit(DrmFit):
 
         return lrt_normal(self)
 
+    def outlier_test(self, nsim: int = 999, *, seed: Any = None, resample_v: bool = False):
+        """Parametric-bootstrap test of this robust model against the normal model (metaplus's
+        ``testOutliers``): ``nsim`` replicates from the fitted normal model, each refitted under
+        both, in compiled batches.  See :func:`drmpy.inference.outlier_test.outlier_test`."""
+        from ..inference.outlier_test import outlier_test
+
+        return outlier_test(self, nsim, seed=seed, resample_v=resample_v)
+
     # ------------------------------------------------------------------ Gaussian-only methods
     def heterogeneity(self):
         self._gaussian_only("heterogeneity()")
