@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,3 +51,20 @@ def test_normal_ml_fit_reproduces_metaplus_vignette(loader, mu, tau2, loglik):
     for value, printed in [(fit.params["mu:(Intercept)"], mu), (tau2_hat, tau2), (fit.loglik, loglik)]:
         decimals = len(printed.split(".")[1])
         assert f"{float(value):.{decimals}f}" == printed
+
+
+REF = Path(__file__).parents[1] / "reference_extra" / "robust" / "robust_metaplus.json"
+
+
+@pytest.mark.parametrize("name", ["cdp", "mag"])
+def test_normal_ml_fit_equals_metaplus_at_full_precision(name):
+    """metaplus 1.0-8's normal fit (robust_metaplus.json, made by make_robust.R): mu, tau2 and
+    logLik; the SE of mu from numDeriv's Hessian of metaplus's likelihood."""
+    ref = json.loads(REF.read_text())["fits"][name]["normal"]
+    fit = drm.fit("yi ~ 1 + meta_V(V = vi)", data=getattr(drm.datasets, name)(), method="ML")
+    assert fit.params["mu:(Intercept)"] == pytest.approx(ref["coef"]["muhat"], abs=1e-6)
+    assert np.exp(2 * fit.params["sigma:(Intercept)"]) == pytest.approx(ref["coef"]["tau2"], rel=1e-5)
+    assert fit.loglik == pytest.approx(ref["logLik"], abs=1e-9)
+    tidy = fit.tidy()
+    se_mu = float(tidy.loc[tidy["dpar"].eq("mu"), "std_error"].iloc[0])
+    assert se_mu == pytest.approx(ref["hessian"]["se"]["muhat"], rel=1e-6)
