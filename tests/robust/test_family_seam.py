@@ -78,3 +78,18 @@ def test_a_fixed_family_parameter_takes_no_formula(data):
 def test_robust_families_refuse_reml(data):
     with pytest.raises(drm.DrmError, match="maximum likelihood only"):
         drm.fit("yi ~ 1 + meta_V(V=vi)", data, family=drm.student(), method="REML")
+
+
+def test_robust_families_refuse_models_they_do_not_fit(data):
+    d = data.assign(g=["a", "b", "c"] * 4, h=["u", "v"] * 6)
+    with pytest.raises(drm.DrmError, match="sigma ~ 0"):
+        drm.fit(drm.Formula("yi ~ 1 + meta_V(V=vi)", "sigma ~ 0"), d, family=drm.student())
+    with pytest.raises(drm.DrmError, match="at most one random-effect term"):
+        drm.fit("yi ~ 1 + (1|g) + (1|h) + meta_V(V=vi)", d, family=drm.normal_mixture())
+    V = np.diag(d["vi"].to_numpy()) + 0.001
+    with pytest.raises(drm.DrmError, match="diagonal V"):
+        drm.fit("yi ~ 1 + meta_V(V=V)", d, family=drm.student(), env={"V": V})
+    with pytest.raises(drm.DrmError, match="sigma_out is a parameter of family normal_mixture"):
+        drm.fit(drm.Formula("yi ~ 1 + meta_V(V=vi)", "sigma_out ~ 1"), d, family=drm.student())
+    with pytest.raises(drm.DrmError, match="positive finite"):
+        drm.student(nu=0)

@@ -87,6 +87,10 @@ def test_cdp_mixture(cdp_mix):
 
 
 def test_cdp_outlier_probabilities(cdp_mix, cdp):
+    """Bonavita 1983 (yi 2.22, five SDs above the rest) is the outlier, probability 0.9997.  The
+    vignette's text names Senin 2003, but at the vignette's own estimates (mu 0.1910, tau2 0,
+    tau2out 3.1558, p 0.1237) Senin 2003 (yi 0.15, sei 0.097, next to mu) has probability 0.008;
+    the vignette's Figure 4 labels Bonavita 1983 among its studies."""
     probs = cdp_mix.outlier_probabilities()
     assert probs.index.equals(cdp.index)
     assert cdp.loc[probs.idxmax(), "study"] == "Bonavita 1983"  # metaplus's outlier
@@ -107,3 +111,13 @@ def test_mag_student_collapses_to_normal():
     assert check.loc["nu_boundary", "value"] == "1/nu=0"
     assert "1/nu = 0" in str(fit.summary())
     assert fit.lrt_normal()["statistic"] == 0.0 and fit.lrt_normal()["p_value"] == 1.0
+
+
+def test_mag_mixture_collapses_to_normal():
+    """metaplus: tau2 0.2539984, tau2out 0.2539985, logLik -19.684594 (the normal model's)."""
+    fit = drm.fit(FORMULA, drm.datasets.mag(), family=drm.normal_mixture())
+    assert round(fit.loglik, 5) == -19.68459 and abs(fit.loglik - fit.normal_loglik) < 1e-6
+    assert round(fit.params["mu:(Intercept)"], 4) == -0.7463
+    for dpar in ("sigma", "sigma_out"):
+        assert round(float(np.exp(2 * fit.params[f"{dpar}:(Intercept)"])), 4) == 0.2540
+    assert fit.check().set_index("check").loc["mixture_collapsed", "value"] == "sigma_out=sigma"

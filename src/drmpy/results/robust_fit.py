@@ -233,7 +233,11 @@ class RobustFit(DrmFit):
             row("hessian", "ok", raw.hessian_min_eigenvalue, "Hessian positive definite at the estimate.")
         if self._family.name == "normal_mixture":
             s, s_out = self.dpar_values("sigma").to_numpy(), self.dpar_values("sigma_out").to_numpy()
-            if np.any(s_out < s):
+            if np.all(np.abs(np.log(s_out) - np.log(s)) < 1e-3):
+                row("mixture_collapsed", "note", "sigma_out=sigma",
+                    "The two components have the same SD: the mixture is the normal model, and p_out is "
+                    "not identified (its estimate and standard error mean nothing).")
+            elif np.any(s_out < s):
                 row("mixture_labels", "note", "sigma_out<sigma",
                     "The 'outlier' component has the smaller SD on some rows: the components swapped roles "
                     "(the model does not order them, as in metaplus).")
