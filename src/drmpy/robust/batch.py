@@ -35,14 +35,11 @@ from ..engine.optimize import (CONVERGED_FLAT, RUNNING, newton_trust_region, tru
                                trust_region_output, trust_region_step, value_grad_hessian)
 from ..engine.small_linalg import jacobi_eigh
 from ..families.base import Family
+from ..families.student_marginal import FINE_NODES
 from ..families.gaussian import Gaussian
 from ..model.design import ModelDesign
 from .likelihood import Layout, RobustArrays, loglik
 from .student_derivatives import student_row_derivatives
-
-# fine trapezoid nodes of the t marginal in the refits: value within 1e-12 of the fit's 512
-# (and gradient within 1e-10 relative) over nu 0.3..1e6, sigma/sqrt(v) 1e-3..1e3, r to 10 SDs
-BATCH_T_NODES = 256
 
 # A student() refit stops at the boundary nu = infinity once nu exceeds exp(NU_BOUNDARY_LOG) on
 # every row while its log-likelihood is not above the normal refit's by more than the boundary
@@ -52,7 +49,7 @@ BATCH_T_NODES = 256
 NU_BOUNDARY_LOG = math.log(1e5)
 
 __all__ = ["StartPlan", "start_plan", "batch_starts", "normal_refits", "robust_refits", "normal_layout",
-           "student_objective", "NormalRefits", "RobustRefits"]
+           "student_objective", "NormalRefits", "RobustRefits", "fixed_parameter_refits", "FixedRefits"]
 
 
 class StartPlan(NamedTuple):
@@ -129,7 +126,7 @@ def normal_layout(layout: Layout, family: Family) -> Layout:
     return Layout(blocks, sd_slice, layout.n_groups)
 
 
-def student_objective(arrays: RobustArrays, layout: Layout, nodes: int = BATCH_T_NODES):
+def student_objective(arrays: RobustArrays, layout: Layout, nodes: int = FINE_NODES):
     """``theta -> (f, g, H)`` of ``-loglik`` for ``student()`` with nu estimated and no random
     effect, from :func:`~drmpy.robust.student_derivatives.student_row_derivatives`: the rows'
     ``(r, log sigma, log nu)`` are linear in theta (identity and log links), so
@@ -247,3 +244,41 @@ def robust_refits(theta0: jax.Array, Y: jax.Array, V: jax.Array, normal_f: jax.A
         return RobustRefits(out.f, status, out.iterations, out.x)
 
     return jax.vmap(one)(theta0, Y, V, normal_f)
+
+
+class FixedRefits(NamedTuple):
+    """Per lane: the objective (-logLik) maximised with one parameter held fixed, the
+    estimates there (the fixed one at its value) and the solver status."""
+
+    f: jax.Array
+    theta: jax.Array
+    status: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "family"))
+def fixed_parameter_refits(values: jax.Array, masks: jax.Array, theta0: jax.Array, arrays: RobustArrays,
+                           max_iter: jax.Array, gtol: float, layout: Layout, family: Family) -> FixedRefits:
+    """The profile points of a robust fit: per lane, maximise the log-likelihood over every
+    parameter but the one where ``masks`` (lanes, k) is 1, which is held at ``values`` (lanes,),
+    from ``theta0`` (lanes, k).  The held coordinate is kept at its value by a unit quadratic
+    penalty in the solver's coordinates (so the Hessian stays regular); the objective reported
+    is ``-logLik`` at the held value."""
+    if _uses_student_objective(layout, family):
+        full = student_objective(arrays, layout)
+    else:
+        full = value_grad_hessian(lambda th: -loglik(th, arrays, layout, family))
+
+    def one(value, mask, th0):
+        def derivatives(th):
+            fixed = jnp.where(mask > 0, value, th)
+            f, g, H = full(fixed)
+            both = (mask[:, None] > 0) | (mask[None, :] > 0)
+            H = jnp.where(both, jnp.diag(mask), H)
+            return f + 0.5 * jnp.sum(mask * (th - value) ** 2), jnp.where(mask > 0, th - value, g), H
+
+        out = newton_trust_region(None, jnp.where(mask > 0, value, th0), max_iter=max_iter, gtol=gtol,
+                                  eigh=jacobi_eigh, derivatives=derivatives)
+        fixed = jnp.where(mask > 0, value, out.x)
+        return FixedRefits(full(fixed)[0], fixed, out.status)
+
+    return jax.vmap(one)(values, masks, theta0)
