@@ -41,7 +41,7 @@ __all__ = ["OutlierTest", "outlier_test"]
 # (refits still running then are resumed together, so a few slow refits do not hold a batch)
 ROBUST_LANES = 256
 NORMAL_LANES = 256
-FIRST_PASS_ITER = 16
+FIRST_PASS_ITER = 8
 
 
 @dataclass(frozen=True)
