@@ -138,6 +138,20 @@ def _batches(total: int, lanes: int):
         yield np.arange(start, min(start + lanes, total))
 
 
+def _on_devices(program, parts):
+    """``(key, program(*arrays))`` per part, the parts dealt round-robin to the local devices
+    and dispatched before any result is read, so that the devices (on CPU, one per core:
+    :mod:`drmpy._jax`) run batches at the same time."""
+    import jax
+
+    devices = jax.local_devices()
+    pending = []
+    for i, (key, arrays) in enumerate(parts):
+        device = devices[i % len(devices)]
+        pending.append((key, program(*(jax.device_put(a, device) for a in arrays))))
+    return pending
+
+
 def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
     """Normal and robust refits of the rows of ``Y`` (with variances ``V``): per replicate the
     normal log-likelihood and status, per replicate and start the robust log-likelihood, status
@@ -158,9 +172,10 @@ def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
     normal_ll = np.empty(nsim)
     normal_status = np.empty(nsim, dtype=np.int64)
     starts = []
-    for ids in _batches(nsim, NORMAL_LANES):
-        out = normal_refits(jnp.asarray(_padded(Y[ids], NORMAL_LANES)), jnp.asarray(_padded(V[ids], NORMAL_LANES)),
-                            arrays, theta_n0, plan, jnp.asarray(max_iter), gtol, layout, family)
+    normal_parts = [(ids, (_padded(Y[ids], NORMAL_LANES), _padded(V[ids], NORMAL_LANES)))
+                    for ids in _batches(nsim, NORMAL_LANES)]
+    for ids, out in _on_devices(lambda y, v: normal_refits(y, v, arrays, theta_n0, plan, jnp.asarray(max_iter), gtol,
+                                                           layout, family), normal_parts):
         m = len(ids)
         normal_ll[ids] = -np.asarray(out.f)[:m]
         normal_status[ids] = np.asarray(out.status)[:m]
@@ -174,16 +189,21 @@ def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
     status = np.full(len(theta), MAX_ITER, dtype=np.int64)
     iterations = np.zeros(len(theta), dtype=np.int64)
     todo = np.arange(len(theta))
-    for budget in (min(FIRST_PASS_ITER, max_iter), max_iter - min(FIRST_PASS_ITER, max_iter)):
+    first = min(FIRST_PASS_ITER, max_iter)
+    for budget in (first, max_iter - first):
         if budget <= 0 or len(todo) == 0:
             break
+        parts = []
         for part in _batches(len(todo), ROBUST_LANES):
             lanes = todo[part]
             reps = lane_rep[lanes]
-            out = robust_refits(jnp.asarray(_padded(theta[lanes], ROBUST_LANES)),
-                                jnp.asarray(_padded(Y[reps], ROBUST_LANES)), jnp.asarray(_padded(V[reps], ROBUST_LANES)),
-                                jnp.asarray(_padded(-normal_ll[reps], ROBUST_LANES)), arrays, jnp.asarray(budget), gtol,
-                                BOUNDARY_GAIN, layout, family)
+            parts.append((lanes, (_padded(theta[lanes], ROBUST_LANES), _padded(Y[reps], ROBUST_LANES),
+                                  _padded(V[reps], ROBUST_LANES), _padded(-normal_ll[reps], ROBUST_LANES))))
+
+        def solve(th0, y, v, fn, budget=budget):
+            return robust_refits(th0, y, v, fn, arrays, jnp.asarray(budget), gtol, BOUNDARY_GAIN, layout, family)
+
+        for lanes, out in _on_devices(solve, parts):
             m = len(lanes)
             f[lanes] = np.asarray(out.f)[:m]
             status[lanes] = np.asarray(out.status)[:m]

@@ -1,24 +1,27 @@
-"""Many refits of the normal and a robust model in one compiled program (the outlier test's engine).
+"""Many refits of the normal and a robust model in compiled, ``vmap``-ed batches.
 
 The parametric-bootstrap outlier test (:mod:`drmpy.inference.outlier_test`) refits, for each of
 many simulated responses, the normal model and the robust model (``student()`` or
-``normal_mixture()``) with the same formulas, and compares their log-likelihoods.  Every
-simulated data set has the fitted design; only ``y`` (and, when the sampling variances are
-resampled as metaplus does, ``v``) changes.  So one program, ``jax.vmap``-ed over replicates,
-runs:
+``normal_mixture()``) with the same formulas.  Every simulated data set has the fitted design;
+only ``y`` (and, when the sampling variances are resampled as metaplus does, ``v``) changes.
+Two compiled programs, each ``jax.vmap``-ed over lanes, do the work:
 
-1. the normal (Gaussian, ML) refit of the replicate from the generating estimates, with the
-   same likelihood code as the robust model (:func:`drmpy.robust.likelihood.loglik` with
-   :class:`drmpy.families.Gaussian`; the ``(1|g)`` integral is then Gaussian, which adaptive
-   Gauss-Hermite quadrature integrates exactly);
-2. the robust refit from each start that :func:`drmpy.robust.program.start_values` would take
-   from that normal refit (the same starts as the fit of the observed data), ``vmap``-ed over the
-   starts.
+1. :func:`normal_refits`: the normal (Gaussian, ML) refit of each replicate from the generating
+   estimates, with the same likelihood code as the robust model
+   (:func:`drmpy.robust.likelihood.loglik` with :class:`drmpy.families.Gaussian`; a ``(1|g)``
+   integral is then Gaussian, which adaptive Gauss-Hermite quadrature integrates exactly), and
+   the robust starts that :func:`drmpy.robust.program.start_values` would take from that refit
+   (:func:`batch_starts`: the same starts as the fit of the observed data);
+2. :func:`robust_refits`: one robust refit per lane (replicate x start).  ``student()`` without
+   a random effect uses the one-pass value, gradient and Hessian of
+   :func:`student_objective` (:mod:`drmpy.robust.student_derivatives`); other models automatic
+   differentiation.  A t refit heading for ``nu = infinity`` stops at ``NU_BOUNDARY_LOG``
+   (see there).
 
-Both use :func:`drmpy.engine.optimize.newton_trust_region` with the elementwise eigen-solver
-(:func:`drmpy.engine.small_linalg.jacobi_eigh`): batched LAPACK kernels under ``vmap`` can
-deadlock on CPU.  The program returns objective values and solver statuses; the statistic is
-formed by the caller.
+:func:`fixed_parameter_refits` serves the profile likelihood: one refit per lane with one
+parameter held fixed.  All use :func:`drmpy.engine.optimize.newton_trust_region` (or its step)
+with the elementwise eigen-solver (:func:`drmpy.engine.small_linalg.jacobi_eigh`): batched
+LAPACK kernels under ``vmap`` can deadlock on CPU.
 """
 
 from __future__ import annotations
