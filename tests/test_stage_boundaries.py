@@ -18,11 +18,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "drmpy"
 PACKAGE = "drmpy"
-STAGE_FOLDERS = frozenset({"model", "engine", "results", "inference", "heterogeneity", "effects", "plots",
+STAGE_FOLDERS = frozenset({"model", "engine", "families", "robust", "results", "inference", "heterogeneity",
+                           "effects", "plots",
                            "bias", "simulation", "batch", "phylo", "datasets"})
 # Rank of each stage folder: a module may import, at module level, only stages of rank <= its own.
-# phylo sits with engine; the later stages share one rank (they may import each other at module level).
-STAGE_RANK = {"model": 0, "engine": 1, "phylo": 1, "results": 2, "inference": 3, "heterogeneity": 3,
+# phylo, families (log-densities in JAX) and robust (their likelihoods) sit with engine; the later
+# stages share one rank (they may import each other at module level).
+STAGE_RANK = {"model": 0, "engine": 1, "families": 1, "robust": 1, "phylo": 1, "results": 2, "inference": 3,
+              "heterogeneity": 3,
               "effects": 3, "plots": 3, "bias": 3, "simulation": 3, "batch": 3}
 
 

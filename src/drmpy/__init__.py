@@ -19,7 +19,7 @@ from ._startup import long_lived_imports
 with long_lived_imports():  # see drmpy._startup: the objects of these imports live as long as the process
     from . import _jax  # noqa: F401  (float64 + compilation cache before any array is made)
     from . import datasets
-    from .api import biv_gaussian, check, clear_cache, fit, gaussian
+    from .api import biv_gaussian, check, clear_cache, fit, gaussian, normal_mixture, student
     from .engine.program import Control
     from .errors import (ConvergenceWarning, CovarianceError, DataError, DrmError,
                          DrmWarning, FormulaError, RandomEffectsError)
@@ -67,6 +67,8 @@ __all__ = [
     "Formula",
     "gaussian",
     "biv_gaussian",
+    "student",
+    "normal_mixture",
     "meta_vcov_bivariate",
     "long_to_bivariate",
     "BivariateFit",

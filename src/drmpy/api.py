@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
+from .families import BivariateGaussian, Family, Gaussian, biv_gaussian, gaussian, normal_mixture, student
 from .model.design import ModelDesign, build_design
 from .engine.program import Control, boundary_candidates, prepare, run_fit
 from .errors import ConvergenceWarning, DrmError
@@ -23,37 +23,8 @@ from .model.fingerprint import hash_array, hash_column, hash_object
 from .model.formula import Formula
 from .results.fit import DrmFit
 
-__all__ = ["fit", "gaussian", "Gaussian", "biv_gaussian", "BivariateGaussian", "check"]
-
-
-@dataclass(frozen=True)
-class Gaussian:
-    """Gaussian family: identity link for mu, log link for sigma and every sd(g)."""
-
-    name: str = "gaussian"
-
-    def __repr__(self) -> str:
-        return "gaussian()"
-
-
-def gaussian() -> Gaussian:
-    return Gaussian()
-
-
-@dataclass(frozen=True)
-class BivariateGaussian:
-    """Bivariate Gaussian family: identity links for mu1, mu2; log for sigma1, sigma2;
-    guarded atanh (``rho12 = 0.999999 tanh(eta)``) for rho12.  Same as
-    ``[drm.gaussian(), drm.gaussian()]``."""
-
-    name: str = "biv_gaussian"
-
-    def __repr__(self) -> str:
-        return "biv_gaussian()"
-
-
-def biv_gaussian() -> BivariateGaussian:
-    return BivariateGaussian()
+__all__ = ["fit", "gaussian", "Gaussian", "biv_gaussian", "BivariateGaussian", "student", "normal_mixture",
+           "check"]
 
 
 def _is_bivariate_family(family: Any) -> bool | None:
@@ -62,12 +33,13 @@ def _is_bivariate_family(family: Any) -> bool | None:
         return None
     if isinstance(family, BivariateGaussian):
         return True
-    if isinstance(family, Gaussian):
+    if isinstance(family, Family):  # gaussian(), student(), normal_mixture(): one response
         return False
     if isinstance(family, (list, tuple)) and len(family) == 2 and all(isinstance(f, Gaussian) for f in family):
         return True
     raise DrmError(
-        f"family must be drm.gaussian(), drm.biv_gaussian() or [drm.gaussian(), drm.gaussian()]; got {family!r}."
+        f"family must be drm.gaussian(), drm.student(), drm.normal_mixture(), drm.biv_gaussian() or "
+        f"[drm.gaussian(), drm.gaussian()]; got {family!r}."
     )
 
 
@@ -213,7 +185,7 @@ def fit(
     formula: Formula | str,
     data: Any,
     *,
-    family: Gaussian | None = None,
+    family: Family | BivariateGaussian | list | tuple | None = None,
     weights: Any = None,
     method: str = "ML",
     env: Mapping[str, Any] | None = None,
@@ -228,7 +200,10 @@ def fit(
     data:
         pandas or polars DataFrame.  Never modified.
     family:
-        ``drm.gaussian()`` (default for one response), or ``drm.biv_gaussian()`` (equivalently
+        ``drm.gaussian()`` (default for one response); ``drm.student()`` or
+        ``drm.normal_mixture()`` (robust random effects with known V, ML only, fitted by
+        :mod:`drmpy.robust`; their extra parameters ``nu`` or ``sigma_out``/``p_out`` take
+        formulas like sigma); or ``drm.biv_gaussian()`` (equivalently
         ``[drm.gaussian(), drm.gaussian()]``, default when the formula has ``mu1``/``mu2``):
         the bivariate model with ``sigma1``, ``sigma2`` and ``rho12`` formulas, returning a
         :class:`~drmpy.BivariateFit`.
@@ -264,6 +239,15 @@ def fit(
         raise DrmError(f"env must be a mapping (e.g. a dict), got {type(env).__name__}.")
     if formula.is_bivariate:
         return warn_unless_converged(_fit_bivariate(formula, data, weights, method_u, env, ctrl))
+    if isinstance(family, Family) and not family.gaussian:
+        return warn_unless_converged(_fit_robust(formula, data, family, weights, method_u, env, ctrl))
+    if formula.family_dpars:
+        name = formula.family_dpars[0]
+        from .model.formula import family_dpar_names
+
+        raise DrmError(f"`{formula.text[name]}`: {name} is a parameter of family "
+                       f"{family_dpar_names()[name]}(), not of the Gaussian model; pass "
+                       f"family=drm.{family_dpar_names()[name]}().")
     design, prepared_cache = _design_for(formula, data, weights, env)
     pkey = (method_u, ctrl.structure)
     if pkey not in prepared_cache:
@@ -294,6 +278,28 @@ def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, 
     design = build_bivariate_design(formula, data, env=env, weights=weights)
     raw = run_fit(prepare_bivariate(design, method, ctrl), ctrl)
     return BivariateFit(design, raw, method, ctrl)
+
+
+def _fit_robust(formula: Formula, data: Any, family: Family, weights: Any, method: str, env, ctrl: Control):
+    """Student-t or normal-mixture random effects (drmpy.robust), with the normal model beside."""
+    from .robust.program import NormalReference, fit_robust, robust_formula
+    from .results.robust_fit import RobustFit
+
+    if method != "ML":
+        raise DrmError(f"family {family!r} is fitted by maximum likelihood only (as metaplus): REML is not "
+                       "defined for a non-Gaussian random effect; use method='ML'.")
+    formula = robust_formula(formula, family)
+    design = build_design(formula, data, weights=weights, env=env)
+    # the normal model with the same mu, sigma and random-effect formulas: the start of the
+    # robust fit, and for student() the boundary nu = infinity (1/nu = 0)
+    gformula = Formula(*[formula.text[d] for d in formula.dpars if d not in formula.family_dpars], _env_depth=1)
+    object.__setattr__(gformula, "env", formula.env)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gfit = fit(gformula, data, family=gaussian(), weights=weights, method="ML", env=env, control=ctrl)
+    normal = NormalReference(gfit.params.to_numpy(), gfit.vcov().to_numpy(), gfit.loglik, gfit.converged)
+    raw = fit_robust(design, family, ctrl, normal)
+    return RobustFit(design, raw, method, ctrl, family, data=data, env=env)
 
 
 def check(fit_result: DrmFit) -> pd.DataFrame:

@@ -123,7 +123,7 @@ class RandomDesign:
 class ModelDesign:
     formula: Formula
     y: np.ndarray = field(repr=False)
-    fixed: Mapping[str, FixedDesign] = field(repr=False)  # "mu", "sigma"
+    fixed: Mapping[str, FixedDesign] = field(repr=False)  # "mu", "sigma", then a family's ("nu", ...)
     random: tuple[RandomDesign, ...]
     known_v: KnownV
     weights: np.ndarray | None = field(repr=False)
@@ -153,7 +153,7 @@ class ModelDesign:
     @property
     def designs(self) -> list[FixedDesign]:
         """Every coefficient block in parameter order: mu, sigma, then each sd(...) design."""
-        out = [self.fixed["mu"], self.fixed["sigma"]]
+        out = list(self.fixed.values())  # mu, sigma, then a family's parameters (nu, ...)
         for r in self.random:
             out.extend(r.sd_designs)
         return out
@@ -528,9 +528,12 @@ def build_design(
         mats[dpar] = _materialize(rhs, sub, dpar, texts[dpar], context)
         if dpar == "sigma" and mats[dpar][0].shape[1] == 0:
             require_common_effect_variance(texts[dpar], meta_v is not None)
-        elif dpar != "mu":
+        elif dpar.startswith("sd("):
             require_scale_coefficients(dpar, mats[dpar][0].shape[1], texts[dpar],
                                        fix="to fit a model without this SD, drop its random-effect term")
+        elif dpar != "mu" and mats[dpar][0].shape[1] == 0:
+            raise FormulaError(f"The {dpar} formula `{texts[dpar]}` has no coefficients; give at least "
+                               f"an intercept (`{dpar} ~ 1`), or fix the parameter in the family.")
     ok = np.isfinite(y)
     for dpar, (m, _, _) in mats.items():
         ok &= np.all(np.isfinite(m), axis=1)
@@ -551,12 +554,13 @@ def build_design(
 
     weights_arr = None if w_all is None else check_weights(w_all[keep], kept_labels, "rows")
 
+    # mu, sigma and a family's parameters (nu, ...): one design per row; sd(g): one per level
     fixed = {
         dpar: FixedDesign(dpar, terms, m, spec)
         for dpar, (m, terms, spec) in mats.items()
-        if dpar in ("mu", "sigma")
+        if not dpar.startswith("sd(")
     }
-    for dpar in ("mu", "sigma"):
+    for dpar in fixed:
         check_full_rank(fixed[dpar], texts[dpar])
     known_v = finalize_v(raw_v, np.flatnonzero(keep), kept_labels)
     if weights_arr is not None and not known_v.is_diagonal and np.any(weights_arr != 1.0):

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from ..errors import FormulaError
 
-__all__ = ["Formula", "RandomTerm", "MetaV"]
+__all__ = ["Formula", "RandomTerm", "MetaV", "register_dpar_names", "family_dpar_names"]
 
 _SD_DPAR = re.compile(r"^sd\((?P<inner>.+)\)$")
 
@@ -122,8 +122,32 @@ def _split_tilde(text: str) -> tuple[str, str]:
 BIVARIATE_DPARS = ("mu1", "mu2", "sigma1", "sigma2", "rho12")
 
 
+# Distributional parameters beyond mu, sigma and sd(g) that a family estimates (``nu`` of
+# drm.student(), ``sigma_out``/``p_out`` of drm.normal_mixture()): name -> family name.  Families
+# register their names here when they are defined (drmpy.families), so the formula layer
+# accepts ``nu ~ 1`` without knowing any family.
+_FAMILY_DPARS: dict[str, str] = {}
+
+
+def register_dpar_names(names: tuple[str, ...], family: str) -> None:
+    """Accept ``names`` as distributional parameters (left sides ``nu ~ x``), owned by ``family``."""
+    for name in names:
+        owner = _FAMILY_DPARS.get(name)
+        if name in ("mu", "sigma") or name in BIVARIATE_DPARS or _SD_DPAR.match(name):
+            raise FormulaError(f"`{name}` is a built-in distributional parameter; a family cannot register it.")
+        if owner is not None and owner != family:
+            raise FormulaError(f"The distributional parameter `{name}` is already registered by family {owner}.")
+        _FAMILY_DPARS[name] = family
+
+
+def family_dpar_names() -> dict[str, str]:
+    """Registered family parameters, in registration order: name -> family name."""
+    return dict(_FAMILY_DPARS)
+
+
 def _is_dpar_name(lhs: str) -> bool:
-    return lhs in ("sigma", "mu") or lhs in BIVARIATE_DPARS or bool(_SD_DPAR.match(lhs))
+    return (lhs in ("sigma", "mu") or lhs in BIVARIATE_DPARS or lhs in _FAMILY_DPARS
+            or bool(_SD_DPAR.match(lhs)))
 
 
 def _user_stacklevel() -> int:
@@ -425,8 +449,9 @@ class Formula:
             if not isinstance(f, str):
                 raise FormulaError(f"Formula for `{key}` must be a string, got {type(f).__name__}.")
             if not _is_dpar_name(key):
+                extra = "".join(f", {name} ({fam})" for name, fam in _FAMILY_DPARS.items())
                 raise FormulaError(
-                    f"Unknown distributional parameter `{key}`; use mu, sigma or sd(<group>) "
+                    f"Unknown distributional parameter `{key}`; use mu, sigma or sd(<group>){extra} "
                     "(bivariate: mu1, mu2, sigma1, sigma2, rho12)."
                 )
             lhs, rhs = _split_tilde(f) if "~" in f else ("", f)
@@ -470,6 +495,9 @@ class Formula:
             dpars.setdefault(name, "1")
             texts.setdefault(name, f"{name} ~ 1")
         ordered = {"mu": dpars["mu"], "sigma": dpars["sigma"]}
+        for name in _FAMILY_DPARS:  # a family's parameters (nu ~ 1) after sigma, in registration order
+            if name in dpars:
+                ordered[name] = dpars[name]
         for name in sd_names:
             ordered[name] = dpars[name]
         object.__setattr__(self, "dpars", ordered)
@@ -522,6 +550,37 @@ class Formula:
         object.__setattr__(self, "text", texts)
         object.__setattr__(self, "env", _capture_env(_env_depth + 2))
         object.__setattr__(self, "locations", locations)
+
+    def with_dpar_defaults(self, defaults: Mapping[str, str]) -> "Formula":
+        """This formula with ``dpar ~ rhs`` added for each family parameter of ``defaults`` it
+        does not have (``{"nu": "1"}``), in parameter order; self when nothing is added."""
+        missing = {d: rhs for d, rhs in defaults.items() if d not in self.dpars}
+        if not missing:
+            return self
+        if self.mu is None:
+            raise FormulaError("Family parameters are for univariate models; this formula is bivariate.")
+        unknown = [d for d in missing if d not in _FAMILY_DPARS]
+        if unknown:
+            raise FormulaError(f"`{unknown[0]}` is not a registered family parameter.")
+        merged = dict(self.dpars)
+        merged.update(missing)
+        texts = dict(self.text)
+        texts.update({d: f"{d} ~ {rhs}" for d, rhs in missing.items()})
+        ordered = {"mu": merged["mu"], "sigma": merged["sigma"]}
+        ordered.update({d: merged[d] for d in _FAMILY_DPARS if d in merged})
+        ordered.update({d: rhs for d, rhs in merged.items() if d not in ordered})
+        new = object.__new__(Formula)
+        object.__setattr__(new, "dpars", ordered)
+        object.__setattr__(new, "mu", self.mu)
+        object.__setattr__(new, "text", {d: texts[d] for d in ordered})
+        object.__setattr__(new, "env", self.env)
+        object.__setattr__(new, "locations", self.locations)
+        return new
+
+    @property
+    def family_dpars(self) -> tuple[str, ...]:
+        """The registered family parameters this formula has formulas for (``("nu",)``)."""
+        return tuple(d for d in self.dpars if d in _FAMILY_DPARS)
 
     @property
     def is_bivariate(self) -> bool:

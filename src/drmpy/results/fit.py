@@ -23,9 +23,15 @@ T = TypeVar("T")
 __all__ = ["FitResult", "DrmFit", "parameter_names"]
 
 
-def parameter_names(design: ModelDesign) -> list[str]:
-    """``dpar:term`` names in theta order: mu, sigma, then per random term its SDs and correlations."""
-    names = list(design.fixed["mu"].names) + list(design.fixed["sigma"].names)
+def parameter_names(design: ModelDesign, family: Any = None) -> list[str]:
+    """``dpar:term`` names in theta order: the family's parameters (``family.dpars``: mu, sigma,
+    then e.g. nu; default: every row-level parameter of the design, in formula order), then per
+    random term its SDs and correlations."""
+    dpars = tuple(design.fixed) if family is None else family.dpars
+    missing = [d for d in dpars if d not in design.fixed]
+    if missing:
+        raise DrmError(f"The design has no formula for {missing[0]}, a parameter of family {family!r}.")
+    names = [n for d in dpars for n in design.fixed[d].names]
     for rd in design.random:
         for d in rd.sd_designs:
             names.extend(d.names)
