@@ -46,6 +46,7 @@ _LAZY = {
     "pet_peese": "drmpy.bias.egger",
     "trim_and_fill": "drmpy.bias.trimfill",
     "selection_model": "drmpy.bias.selection",
+    "outlier_test": "drmpy.inference.outlier_test",
 }
 # Later-stage subpackages reached as attributes (``drm.plots``), imported on first use.
 _LAZY_SUBMODULES = {"plots": "drmpy.plots"}
@@ -64,6 +65,7 @@ __all__ = [
     "pet_peese",
     "trim_and_fill",
     "selection_model",
+    "outlier_test",
     "Formula",
     "gaussian",
     "biv_gaussian",

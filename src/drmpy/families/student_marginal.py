@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["student_normal_logpdf", "log_gamma_mixing", "FINE_NODES"]
+__all__ = ["student_normal_logpdf", "log_gamma_mixing", "quadrature_window", "FINE_NODES"]
 
 FINE_NODES = 256
 WINDOW_DROP = 50.0
@@ -78,23 +78,24 @@ def _log_integrand(t, r, v, sigma, nu):
     return log_gamma_mixing(t, nu) - 0.5 * (_LOG_2PI + jnp.log(q) + r * r / q)
 
 
-def _window(r, v, sigma, nu):
-    """[lower, upper] of the fine rule per element (no derivatives flow through it)."""
+def quadrature_window(r, v, sigma, nu):
+    """[lower, upper] of the fine rule per element (no derivatives flow through it): the coarse
+    node below the first and the one above the last node whose log-integrand is within
+    ``WINDOW_DROP`` of the largest (found with masked minima and maxima: no sort)."""
     r, v, sigma, nu = (jax.lax.stop_gradient(x) for x in (r, v, sigma, nu))
     s = jnp.minimum(1.0, jnp.sqrt(2.0 / nu))
     unit = jnp.asarray(_COARSE_UNIT, dtype=jnp.float64)
     peak = jnp.asarray(_COARSE_PEAK, dtype=jnp.float64)
-    nodes = jnp.sort(jnp.concatenate([jnp.broadcast_to(unit, s.shape + unit.shape),
-                                      s[..., None] * peak], axis=-1), axis=-1)
+    nodes = jnp.concatenate([jnp.broadcast_to(unit, s.shape + unit.shape), s[..., None] * peak], axis=-1)
     vals = _log_integrand(nodes, r[..., None], v[..., None], sigma[..., None], nu[..., None])
     vals = jnp.where(jnp.isfinite(vals), vals, -jnp.inf)
     keep = vals >= jnp.max(vals, axis=-1, keepdims=True) - WINDOW_DROP
-    m = nodes.shape[-1]
-    idx = jnp.arange(m)
-    first = jnp.min(jnp.where(keep, idx, m), axis=-1)
-    last = jnp.max(jnp.where(keep, idx, -1), axis=-1)
-    lo = jnp.take_along_axis(nodes, jnp.maximum(first - 1, 0)[..., None], axis=-1)[..., 0]
-    hi = jnp.take_along_axis(nodes, jnp.minimum(last + 1, m - 1)[..., None], axis=-1)[..., 0]
+    first = jnp.min(jnp.where(keep, nodes, jnp.inf), axis=-1, keepdims=True)
+    last = jnp.max(jnp.where(keep, nodes, -jnp.inf), axis=-1, keepdims=True)
+    below = jnp.max(jnp.where(nodes < first, nodes, -jnp.inf), axis=-1)
+    above = jnp.min(jnp.where(nodes > last, nodes, jnp.inf), axis=-1)
+    lo = jnp.where(jnp.isfinite(below), below, first[..., 0])
+    hi = jnp.where(jnp.isfinite(above), above, last[..., 0])
     return lo, hi
 
 
@@ -102,7 +103,7 @@ def student_normal_logpdf(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.
     """``log f(r)`` of ``r = u + e``, ``u ~ t_nu(0, sigma)`` (scale sigma), ``e ~ N(0, v)``,
     elementwise over broadcast arrays (float64).  ``v = 0`` gives the t log-density itself."""
     r, v, sigma, nu = jnp.broadcast_arrays(*(jnp.asarray(x, dtype=jnp.float64) for x in (r, v, sigma, nu)))
-    lo, hi = _window(r, v, sigma, nu)
+    lo, hi = quadrature_window(r, v, sigma, nu)
     u = jnp.linspace(0.0, 1.0, FINE_NODES, dtype=jnp.float64)
     h = (hi - lo) / (FINE_NODES - 1)
     t = lo[..., None] + (hi - lo)[..., None] * u

@@ -4,7 +4,7 @@ A :class:`RobustFit` is a :class:`~drmpy.DrmFit` whose family is not Gaussian: e
 standard errors (exact observed information), ``vcov``, ``coef``, ``tidy``, logLik/AIC/BIC,
 fitted values, response residuals and predictions of the row-level parameters work as for any
 fit; methods whose numbers assume a Gaussian model (I2, H2, R2, the Q test, BLUPs, Pearson
-residuals, heterogeneity tables, variance components, profile and bootstrap intervals,
+residuals, heterogeneity tables, variance components, bootstrap intervals,
 influence, simulation) raise :class:`~drmpy.DrmError` naming the family instead of returning
 wrong numbers.
 """
@@ -129,6 +129,14 @@ class RobustFit(DrmFit):
 
         return lrt_normal(self)
 
+    def outlier_test(self, nsim: int = 999, *, seed: Any = None, resample_v: bool = False):
+        """Parametric-bootstrap test of this robust model against the normal model (metaplus's
+        ``testOutliers``): ``nsim`` replicates from the fitted normal model, each refitted under
+        both, in compiled batches.  See :func:`drmpy.inference.outlier_test.outlier_test`."""
+        from ..inference.outlier_test import outlier_test
+
+        return outlier_test(self, nsim, seed=seed, resample_v=resample_v)
+
     # ------------------------------------------------------------------ Gaussian-only methods
     def heterogeneity(self):
         self._gaussian_only("heterogeneity()")
@@ -147,27 +155,40 @@ class RobustFit(DrmFit):
 
     def conf_int(self, level: float = 0.95, method: str = "wald", params: Any = None,
                  scale: str = "link", nsim: int = 1000, seed: Any = None) -> pd.DataFrame:
-        """Wald intervals only (link scale, or ``scale="response"`` through the inverse links)."""
-        if method != "wald":
+        """Wald (``method="wald"``) or profile-likelihood (``method="profile"``, with a
+        ``status`` column; see :func:`drmpy.inference.robust_profile.robust_profile_intervals`)
+        intervals, on the link scale or (``scale="response"``) through the inverse links."""
+        if method not in ("wald", "profile"):
             self._gaussian_only(f"conf_int(method={method!r})")
-        table = self.tidy(level)
-        out = pd.DataFrame({"estimate": table["estimate"].to_numpy(), "lower": table["conf_low"].to_numpy(),
-                            "upper": table["conf_high"].to_numpy()}, index=self.params.index)
-        if params is not None:
-            out = out.loc[[params] if isinstance(params, str) else list(params)]
+        if scale not in ("link", "response"):
+            raise DrmError(f"conf_int(scale=...) must be 'link' or 'response', got {scale!r}.")
+        if method == "profile":
+            from ..inference.robust_profile import robust_profile_intervals
+
+            out = robust_profile_intervals(self, level, params)
+        else:
+            table = self.tidy(level)
+            out = pd.DataFrame({"estimate": table["estimate"].to_numpy(), "lower": table["conf_low"].to_numpy(),
+                                "upper": table["conf_high"].to_numpy()}, index=self.params.index)
+            if params is not None:
+                out = out.loc[[params] if isinstance(params, str) else list(params)]
         if scale == "response":
             from ..families import inverse_link_numpy
             from .fit import dpar_of
 
+            cols = ["estimate", "lower", "upper"]
             for name in out.index:
                 link = self._family.link(dpar_of(name))
-                out.loc[name] = inverse_link_numpy(link, out.loc[name].to_numpy())
-        elif scale != "link":
-            raise DrmError(f"conf_int(scale=...) must be 'link' or 'response', got {scale!r}.")
+                out.loc[name, cols] = inverse_link_numpy(link, out.loc[name, cols].to_numpy(dtype=float))
         return out
 
-    def profile(self, param: str, n: int = 25, level: float = 0.99):
-        self._gaussian_only("profile()")
+    def profile(self, param: str, n: int = 25, level: float = 0.99) -> pd.DataFrame:
+        """Profile log-likelihood of one parameter on ``n`` link-scale values spanning its
+        ``level`` profile interval: columns ``value``, ``loglik``, ``statistic`` (2 (l_hat - l)).
+        See :func:`drmpy.inference.robust_profile.robust_profile_curve`."""
+        from ..inference.robust_profile import robust_profile_curve
+
+        return robust_profile_curve(self, param, n=n, level=level)
 
     def coef_test(self, *args: Any, **kwargs: Any):
         self._gaussian_only("coef_test()")

@@ -64,6 +64,7 @@ class RobustRaw:
     starts: int = 1
     start_logliks: tuple = ()
     boundary_gain: float = 0.0
+    normal_theta: np.ndarray | None = field(default=None, repr=False)  # the normal model's estimates
 
 
 def robust_formula(formula: Formula, family: Family) -> Formula:
@@ -217,7 +218,8 @@ def fit_robust(design: ModelDesign, family: Family, control: Any, normal: Normal
     return RobustRaw(theta=theta, vcov=vcov, loglik=float(ll), gradient=gradient, hessian_min_eigenvalue=min_eval,
                      status=status, iterations=int(best.iterations), evaluations=int(best.evaluations),
                      sigma=values["sigma"], row_values=dict(values), at_boundary=at_boundary,
-                     normal_loglik=float(normal.loglik), starts=len(results), start_logliks=start_ll)
+                     normal_loglik=float(normal.loglik), starts=len(results), start_logliks=start_ll,
+                     normal_theta=np.asarray(normal.theta, dtype=np.float64))
 
 
 def _boundary_estimates(design: ModelDesign, family: Family, normal: NormalReference, layout: Layout):
