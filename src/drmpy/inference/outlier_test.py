@@ -79,7 +79,7 @@ def _check_fit(fit) -> None:
     if family.name == "student" and "nu" not in family.estimated_extra_dpars:
         raise DrmError(f"outlier_test(): {family!r} fixes nu, so the normal model is not nested in it; "
                        "estimate nu with drm.student().")
-    if fit._robust.normal_theta is None:
+    if fit.normal_theta is None:
         raise DrmError("outlier_test(): this fit keeps no estimates of the normal model; refit it.")
 
 
@@ -110,7 +110,7 @@ def simulate_normal(fit, nsim: int, rng: np.random.Generator, resample_v: bool) 
     ``(1|g)`` term; ``v_i`` the row's own, or (``resample_v``) drawn with replacement from
     all rows' v (metaplus)."""
     design = fit.design
-    theta = np.asarray(fit._robust.normal_theta, dtype=np.float64)
+    theta = np.asarray(fit.normal_theta, dtype=np.float64)
     X = design.fixed["mu"].matrix
     Xs = design.fixed["sigma"].matrix
     p, q = X.shape[1], Xs.shape[1]
@@ -167,9 +167,9 @@ def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
     family = fit.family
     arrays, layout = prepare_robust(fit.design, family)
     plan = start_plan(fit.design, family)
-    ctrl = fit._control
+    ctrl = fit.control
     max_iter, gtol = int(ctrl.max_iter), float(ctrl.gtol)
-    theta_n0 = jnp.asarray(fit._robust.normal_theta, dtype=jnp.float64)
+    theta_n0 = jnp.asarray(fit.normal_theta, dtype=jnp.float64)
     nsim = Y.shape[0]
     normal_ll = np.empty(nsim)
     normal_status = np.empty(nsim, dtype=np.int64)

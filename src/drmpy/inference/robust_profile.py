@@ -37,7 +37,7 @@ def _setup(fit):
     if fit.at_boundary:
         raise DrmError("profile: nu is at its boundary (1/nu = 0), where the t model is the normal model and "
                        "has no profile in nu; profile the normal fit (drm.fit(..., method='ML')) instead.")
-    theta = np.asarray(fit._raw.theta, dtype=np.float64)
+    theta = np.asarray(fit.theta, dtype=np.float64)
     if not np.all(np.isfinite(theta)):
         raise DrmError("profile: the fit has non-finite estimates; no profile.")
     arrays, layout = prepare_robust(fit.design, fit.family)
@@ -68,7 +68,7 @@ class _Evaluator:
     def __init__(self, fit):
         self.theta, self.arrays, self.layout = _setup(fit)
         self.family = fit.family
-        ctrl = fit._control
+        ctrl = fit.control
         self.max_iter, self.gtol = int(ctrl.max_iter), float(ctrl.gtol)
         self.k = len(self.theta)
 

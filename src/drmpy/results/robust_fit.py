@@ -48,6 +48,17 @@ class RobustFit(DrmFit):
         return bool(self._robust.at_boundary)
 
     @property
+    def normal_theta(self) -> np.ndarray | None:
+        """Estimates of the normal (Gaussian, ML) model with the same formulas, in its parameter
+        order (mu, sigma, sd), read-only; None when the fit keeps none.  The null model of
+        :meth:`outlier_test`."""
+        if self._robust.normal_theta is None:
+            return None
+        out = np.array(self._robust.normal_theta, dtype=np.float64)
+        out.setflags(write=False)
+        return out
+
+    @property
     def normal_loglik(self) -> float:
         """Log-likelihood of the normal (Gaussian, ML) model with the same formulas (student())."""
         return float(self._robust.normal_loglik) if self._robust.normal_loglik is not None else float("nan")
