@@ -170,6 +170,12 @@ def gls_weights(fit) -> np.ndarray:
 
     if isinstance(fit, BivariateFit):
         raise DrmError("gls_weights() takes a univariate fit; this is a bivariate fit (two responses).")
+    from ..results.robust_fit import RobustFit
+
+    if isinstance(fit, RobustFit):  # the robust estimate's own weights (posterior mean precisions)
+        from .robust_residuals import robust_weights
+
+        return robust_weights(fit).to_numpy()
     design = fit.design
     if design.known_v.is_diagonal and not design.random:
         total = np.asarray(design.known_v.diag, dtype=np.float64).copy()

@@ -82,7 +82,10 @@ def heterogeneity_text(fit: Any, digits: int = 2) -> str:
     A modelled variance (location-scale) is the mean over the rows, and says so.
     """
     from ..heterogeneity.statistics import row_variances
+    from ..results.robust_fit import RobustFit
 
+    if isinstance(fit, RobustFit):
+        return robust_heterogeneity_text(fit, digits)
     residual = "residual heterogeneity: " if fit.design.fixed["mu"].matrix.shape[1] > 1 else ""
     common = "common-effect model: " if fit.design.common_effect and not fit.design.random else ""
     parts = []
@@ -106,6 +109,40 @@ def heterogeneity_text(fit: Any, digits: int = 2) -> str:
     if names:
         parts.append(", ".join(names))
     return "; ".join(parts)
+
+
+def robust_heterogeneity_text(fit: Any, digits: int = 2) -> str:
+    """The heterogeneity line of a robust fit (no Q or I², which assume normal random effects):
+    the family's parameters, each the mean over the rows when it has a formula.  ``student()``:
+    ``σ²`` (the squared t scale, metaplus's tau2) and ``ν`` (``∞`` at the boundary, the normal
+    model); ``normal_mixture()``: ``σ²``, ``σ²(outlier)`` and ``P(outlier)``; then ``σ²(g)``
+    per Gaussian ``(1|g)`` effect."""
+    family = fit.family
+
+    def mean_of(dpar: str) -> float:
+        if dpar in family.fixed_values:
+            return float(family.fixed_values[dpar])
+        return float(np.mean(fit.dpar_values(dpar).to_numpy(dtype=np.float64)))
+
+    def modelled(dpar: str) -> str:
+        fixed = fit.design.fixed.get(dpar)
+        return " (mean over rows)" if fixed is not None and fixed.matrix.shape[1] > 1 else ""
+
+    sigma2 = mean_of("sigma") ** 2 if not modelled("sigma") else float(np.mean(fit.dpar_values("sigma") ** 2))
+    if family.name == "student":
+        nu = mean_of("nu")
+        nu_text = "∞ (normal)" if not np.isfinite(nu) else f"{nu:.{digits}f}"
+        parts = [f"t random effects: σ² = {_variance_text(sigma2, digits)}{modelled('sigma')} (t scale²)",
+                 f"ν = {nu_text}{modelled('nu')}"]
+    else:
+        out2 = float(np.mean(fit.dpar_values("sigma_out") ** 2))
+        parts = [f"normal-mixture random effects: σ² = {_variance_text(sigma2, digits)}{modelled('sigma')}",
+                 f"σ²(outlier) = {_variance_text(out2, digits)}{modelled('sigma_out')}",
+                 f"P(outlier) = {mean_of('p_out'):.{digits}f}{modelled('p_out')}"]
+    for rd in fit.design.random:
+        sd = fit.sd(rd.group).to_numpy(dtype=np.float64)
+        parts.append(f"σ²({rd.group}) = {_variance_text(float(np.mean(sd**2)), digits)}")
+    return ", ".join(parts)
 
 
 def _variance_text(value: float, digits: int) -> str:
@@ -157,6 +194,11 @@ def _effect_rows(fit: Any, *, label: str | None, mod: str | None, size_by: str, 
     if aggregate is None:
         return out
     from ..heterogeneity.statistics import row_variances
+    from ..results.robust_fit import RobustFit
+
+    if isinstance(fit, RobustFit):
+        raise DrmError(f"forest(aggregate={aggregate!r}): a cluster's mean is the GLS mean under normal random "
+                       f"effects; a {fit.family!r} fit has no such closed form. Plot the rows (no aggregate=).")
 
     cluster = column_of(fit, aggregate, data).to_numpy()
     sigma2 = row_variances(fit).get("sigma", np.zeros(fit.nobs))

@@ -14,7 +14,7 @@ from ._common import new_axes, require_univariate, table_settings, tag_table
 
 __all__ = ["qq_table", "qq"]
 
-_YLABELS = {"standardized": "Standardized residual",
+_YLABELS = {"standardized": "Standardized residual", "quantile": "Quantile residual  $\\Phi^{-1}(F_i(y_i))$",
             "whitened": "Whitened residual  $L^{-1}(y - X\\hat\\beta)$"}
 
 
@@ -49,7 +49,9 @@ def qq_table(fit: Any, level: float = 0.95, *, residuals: str = "standardized") 
     """Sorted residuals against normal quantiles, with a pointwise band.
 
     ``residuals="standardized"`` (default): metafor's ``rstandard``, as its ``qqnorm`` draws
-    (see :func:`standardized_residuals`); ``row`` is the data's label of each.  ``"whitened"``:
+    (see :func:`standardized_residuals`), or for a robust fit (``student()``,
+    ``normal_mixture()``) the quantile residuals ``Phi^-1(F_i(y_i))`` of
+    :func:`drmpy.inference.robust_residuals.quantile_residuals`; ``row`` is the data's label of each.  ``"whitened"``:
     ``L^-1 (y - X beta)`` (:func:`whitened_residuals`), exactly independent under the model
     but each a mix of rows, so the table has no ``row`` column.  ``theoretical``: ``Phi^-1``
     of R's ``ppoints(n)``; ``band_low``/``band_high``: the ``level`` pointwise interval of the
@@ -57,7 +59,17 @@ def qq_table(fit: Any, level: float = 0.95, *, residuals: str = "standardized") 
     quantiles; for correlated standardized residuals a guide, not an exact band).
     """
     require_univariate(fit, "qq_table")
-    if residuals == "standardized":
+    from ..results.robust_fit import RobustFit
+
+    if isinstance(fit, RobustFit):
+        if residuals not in ("standardized", "quantile"):
+            raise DrmError(f"qq(residuals={residuals!r}) assumes a Gaussian random-effects model; a {fit.family!r} "
+                           "fit has quantile residuals (residuals='quantile', what 'standardized' gives it).")
+        from ..inference.robust_residuals import quantile_residuals
+
+        e = quantile_residuals(fit)
+        residuals = "quantile"
+    elif residuals == "standardized":
         e = standardized_residuals(fit)
     elif residuals == "whitened":
         e = whitened_residuals(fit)
@@ -74,7 +86,7 @@ def qq_table(fit: Any, level: float = 0.95, *, residuals: str = "standardized") 
         "band_low": stats.norm.ppf(stats.beta.ppf(alpha / 2.0, i, n - i + 1)),
         "band_high": stats.norm.ppf(stats.beta.ppf(1.0 - alpha / 2.0, i, n - i + 1)),
     })
-    if residuals == "standardized":
+    if residuals in ("standardized", "quantile"):
         table["row"] = np.asarray(fit.design.row_labels)[order]
     return tag_table(table, "qq", level=float(level), residuals=residuals)
 
@@ -88,6 +100,7 @@ def qq(fit: Any, *, level: float | None = None, residuals: str | None = None, xl
         table = fit
     else:
         table = qq_table(fit, 0.95 if level is None else level, residuals=residuals or "standardized")
+        residuals = None  # the table was made with it (a robust fit's 'standardized' is 'quantile')
     settings = table_settings(table, "qq", columns=("theoretical", "sample", "band_low", "band_high"),
                               given={"level": level, "residuals": residuals})
     level = settings["level"]

@@ -3,7 +3,10 @@
 A :class:`RobustFit` is a :class:`~drmpy.DrmFit` whose family is not Gaussian: estimates,
 standard errors (exact observed information), ``vcov``, ``coef``, ``tidy``, logLik/AIC/BIC,
 fitted values, response residuals and predictions of the row-level parameters work as for any
-fit; methods whose numbers assume a Gaussian model (I2, H2, R2, the Q test, BLUPs, Pearson
+fit; ``predict(interval=...)`` gives Wald confidence intervals and prediction intervals from
+the family's random-effect distribution (:mod:`drmpy.inference.robust_prediction`), and the
+forest, orchard and QQ plots use the robust estimate's own weights and quantile residuals
+(:mod:`drmpy.inference.robust_residuals`); methods whose numbers assume a Gaussian model (I2, H2, R2, the Q test, BLUPs, Pearson
 residuals, heterogeneity tables, variance components, bootstrap intervals,
 influence, simulation) raise :class:`~drmpy.DrmError` naming the family instead of returning
 wrong numbers.
@@ -67,6 +70,11 @@ class RobustFit(DrmFit):
     def structure(self) -> str:
         return "robust"
 
+    @property
+    def n_location(self) -> int:
+        """Number of location (mu) coefficients: the first entries of ``theta``."""
+        return int(self._design.fixed["mu"].matrix.shape[1])
+
     @cached_property
     def _names(self) -> list[str]:
         return parameter_names(self._design, self._family)
@@ -97,9 +105,18 @@ class RobustFit(DrmFit):
     def predict(self, newdata: Any = None, dpar: str = "mu", type: str = "response",
                 interval: str | None = None, level: float = 0.95, vi: Any = None,
                 test: str = "z", vcov: str = "observed", re_form: Any = None):
-        """Predictions of a row-level parameter (no intervals; fixed effects only)."""
+        """Predictions of a row-level parameter (fixed effects only), or of ``mu`` with a Wald
+        confidence interval or a prediction interval from the family's random-effect
+        distribution (``interval=``; see
+        :func:`drmpy.inference.robust_prediction.robust_predict_interval`)."""
         if interval is not None:
-            self._gaussian_only(f"predict(interval={interval!r})")
+            if dpar != "mu":
+                raise DrmError(f"predict(interval={interval!r}) is for dpar='mu' only, got dpar={dpar!r}.")
+            if re_form:
+                self._gaussian_only("predict(re_form=True) (conditional modes)")
+            from ..inference.robust_prediction import robust_predict_interval
+
+            return robust_predict_interval(self, newdata, interval, level, vi, test, vcov)
         if re_form:
             self._gaussian_only("predict(re_form=True) (conditional modes)")
         if newdata is None:
@@ -157,9 +174,19 @@ class RobustFit(DrmFit):
             return super().ranef()
         self._gaussian_only("ranef() (conditional modes, BLUPs)")
 
+    def gaussian_order_theta(self) -> np.ndarray:
+        """``theta`` in the Gaussian model's order (mu, sigma, sd coefficients): without the
+        family's extra parameters (nu; sigma_out, p_out), which sit between sigma and the SDs.
+        What the Gaussian helpers that read random-effect SDs take."""
+        widths = [self._design.fixed[d].matrix.shape[1] for d in ("mu", "sigma", *self._family.estimated_extra_dpars)]
+        theta = np.asarray(self._raw.theta, dtype=np.float64)
+        return np.concatenate([theta[:widths[0] + widths[1]], theta[sum(widths):]])
+
     def sd(self, group: str):
         """Fitted SD of the Gaussian ``(1|group)`` effect per level (response scale)."""
-        return super().sd(group)
+        from .random_effects import level_sd_table
+
+        return level_sd_table(self._design, self.gaussian_order_theta(), group)
 
     def variance_components(self, level: float | None = None, method: str = "profile"):
         self._gaussian_only("variance_components()")

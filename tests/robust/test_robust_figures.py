@@ -1,0 +1,188 @@
+"""Prediction intervals, weights, quantile residuals and figures of robust fits, each against an
+independent computation: scipy's quad of the t-plus-normal convolution, simulation, the
+weighted-mean identity of the estimate, and the Gaussian model at the boundary."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, stats
+
+import drmpy as drm
+from drmpy.inference.robust_prediction import mixture_half_width, student_cdf, student_half_width
+from drmpy.inference.robust_residuals import quantile_residuals, robust_weights, student_precision_mean
+
+FORMULA = "yi ~ 1 + meta_V(V = vi)"
+
+
+def quad_student_cdf(x: float, s: float, sigma: float, nu: float) -> float:
+    """P(z + u <= x), z ~ N(0, s^2), u ~ t_nu(0, sigma): quad over z of the t CDF."""
+    def f(z):
+        return stats.norm.pdf(z, scale=s) * stats.t.cdf((x - z) / sigma, nu)
+
+    edges = [-np.inf, -10 * s, -s, 0.0, s, 10 * s, np.inf]
+    return sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-12, limit=400)[0] for a, b in zip(edges[:-1], edges[1:]))
+
+
+@pytest.fixture(scope="module")
+def cdp():
+    return drm.datasets.cdp()
+
+
+@pytest.fixture(scope="module")
+def t_fit(cdp):
+    return drm.fit(FORMULA, cdp, family=drm.student())
+
+
+@pytest.fixture(scope="module")
+def mix_fit(cdp):
+    return drm.fit(FORMULA, cdp, family=drm.normal_mixture())
+
+
+# ---------------------------------------------------------------- distributions
+@pytest.mark.parametrize("s, sigma, nu", [(0.1, 0.3, 0.5), (0.3, 0.05, 4.0), (0.05, 1.0, 30.0), (1.0, 1e-3, 2.0)])
+def test_student_half_width_is_the_quantile_of_the_convolution(s, sigma, nu):
+    x = float(student_half_width(s * s, sigma, nu, 0.95))
+    assert abs(quad_student_cdf(x, s, sigma, nu) - 0.975) < 1e-10
+
+
+def test_student_half_width_limits():
+    # no normal part: the t quantile itself; nu -> inf: the normal interval
+    assert float(student_half_width(0.0, 0.3, 2.5, 0.9)) == pytest.approx(0.3 * stats.t.ppf(0.95, 2.5), rel=1e-10)
+    got = student_half_width([0.04, 0.04], 0.3, [np.inf, 1e9], 0.95)
+    np.testing.assert_allclose(got, np.sqrt(0.13) * stats.norm.ppf(0.975), rtol=1e-8)
+
+
+def test_student_cdf_in_both_tails():
+    x = np.array([-40.0, -3.0, -0.2, 0.0, 0.7])
+    got = student_cdf(x, 0.09, 0.4, 1.5)
+    want = [quad_student_cdf(v, 0.3, 0.4, 1.5) for v in x]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_mixture_half_width_covers_level_of_simulated_effects():
+    x = float(mixture_half_width(0.01, 0.1, 0.8, 0.12, 0.95))
+    rng = np.random.default_rng(20261205)
+    n = 400_000
+    draws = rng.normal(0.0, 0.1, n) + np.where(rng.random(n) < 0.12, rng.normal(0.0, 0.8, n), rng.normal(0.0, 0.1, n))
+    # binomial SE of the coverage: 3.4e-4; four of them
+    assert abs(np.mean(np.abs(draws) <= x) - 0.95) < 4 * np.sqrt(0.95 * 0.05 / n)
+    # p_out = 0 is the normal interval
+    assert float(mixture_half_width(0.01, 0.1, 0.8, 0.0, 0.95)) == pytest.approx(np.sqrt(0.02) * stats.norm.ppf(0.975))
+
+
+# ---------------------------------------------------------------- prediction intervals of fits
+def test_prediction_interval_is_the_fitted_t_quantile(t_fit):
+    pi = t_fit.predict(pd.DataFrame(index=[0]), interval="prediction").iloc[0]
+    sigma = float(np.exp(t_fit.params["sigma:(Intercept)"]))
+    nu = float(np.exp(t_fit.params["nu:(Intercept)"]))
+    assert quad_student_cdf(pi["upper"] - pi["estimate"], pi["se"], sigma, nu) == pytest.approx(0.975, abs=1e-10)
+    assert pi["estimate"] - pi["lower"] == pytest.approx(pi["upper"] - pi["estimate"], rel=1e-12)
+    ci = t_fit.predict(interval="confidence").iloc[0]
+    assert ci["lower"] == pytest.approx(t_fit.tidy().iloc[0]["conf_low"], rel=1e-10)
+
+
+def test_prediction_interval_at_the_boundary_is_the_normal_models():
+    mag = drm.datasets.mag()
+    robust = drm.fit(FORMULA, mag, family=drm.student())
+    assert robust.at_boundary
+    normal = drm.fit(FORMULA, mag, method="ML")
+    got = robust.predict(interval="prediction").iloc[0]
+    want = normal.predict(interval="prediction").iloc[0]
+    np.testing.assert_allclose(got[["estimate", "lower", "upper"]].to_numpy(dtype=float),
+                               want[["estimate", "lower", "upper"]].to_numpy(dtype=float), rtol=1e-6)
+
+
+def test_prediction_interval_refuses_gaussian_only_options(t_fit):
+    with pytest.raises(drm.DrmError, match="Wald"):
+        t_fit.predict(interval="prediction", test="t")
+    with pytest.raises(drm.DrmError, match="gls"):
+        t_fit.predict(interval="confidence", vcov="gls")
+
+
+# ---------------------------------------------------------------- weights and residuals
+@pytest.mark.parametrize("which", ["t_fit", "mix_fit"])
+def test_weights_reproduce_the_estimate_as_a_weighted_mean(which, request, cdp):
+    fit = request.getfixturevalue(which)
+    w = robust_weights(fit).to_numpy()
+    assert w.sum() == pytest.approx(100.0)
+    assert float(w @ cdp["yi"].to_numpy() / w.sum()) == pytest.approx(float(fit.params["mu:(Intercept)"]), abs=1e-8)
+    assert cdp["study"].iloc[int(np.argmin(w))] == "Bonavita 1983"
+
+
+def test_precision_mean_is_the_score_over_the_residual():
+    """E[1/q | r] = -(d/dr log f) / r; the derivative by central differences of the quad oracle."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_student_marginal import oracle_logpdf
+
+    for r, v, sigma, nu in [(1.3, 0.4, 0.3, 2.0), (-0.2, 0.05, 0.5, 0.7), (6.0, 0.1, 0.2, 5.0)]:
+        h = 1e-4
+        score = (oracle_logpdf(r + h, v, sigma, nu) - oracle_logpdf(r - h, v, sigma, nu)) / (2 * h)
+        assert float(student_precision_mean(r, v, sigma, nu)) == pytest.approx(-score / r, rel=1e-6)
+    assert float(student_precision_mean(0.5, 0.1, 0.2, np.inf)) == pytest.approx(1.0 / 0.14)
+
+
+def test_quantile_residuals(t_fit, mix_fit, cdp):
+    # t: Phi^-1 of the quad CDF of two rows
+    e = quantile_residuals(t_fit)
+    sigma = float(np.exp(t_fit.params["sigma:(Intercept)"]))
+    nu = float(np.exp(t_fit.params["nu:(Intercept)"]))
+    mu = float(t_fit.params["mu:(Intercept)"])
+    for i in (1, 2):  # Barbagallo (below mu), Bonavita (far above)
+        r, s = cdp["yi"].iloc[i] - mu, cdp["sei"].iloc[i]
+        want = -stats.norm.ppf(quad_student_cdf(-r, s, sigma, nu)) if r > 0 else stats.norm.ppf(quad_student_cdf(r, s, sigma, nu))
+        assert e[i] == pytest.approx(want, rel=1e-8)
+    # mixture: closed-form CDF
+    p = {d: float(mix_fit.dpar_values(d).iloc[0]) for d in ("mu", "sigma", "sigma_out", "p_out")}
+    r = cdp["yi"].to_numpy() - p["mu"]
+    F = ((1 - p["p_out"]) * stats.norm.cdf(r, scale=np.sqrt(cdp["vi"] + p["sigma"] ** 2))
+         + p["p_out"] * stats.norm.cdf(r, scale=np.sqrt(cdp["vi"] + p["sigma_out"] ** 2)))
+    np.testing.assert_allclose(quantile_residuals(mix_fit), stats.norm.ppf(F), rtol=1e-9, atol=1e-12)
+    # boundary: the normal model's r / sqrt(v + sigma^2)
+    mag = drm.datasets.mag()
+    b = drm.fit(FORMULA, mag, family=drm.student())
+    r = mag["yi"].to_numpy() - float(b.params["mu:(Intercept)"])
+    np.testing.assert_allclose(quantile_residuals(b), r / np.sqrt(mag["vi"] + np.exp(2 * b.params["sigma:(Intercept)"])),
+                               rtol=1e-10)
+
+
+def test_group_sd_of_a_robust_fit_reads_its_own_parameter(cdp):
+    data = cdp.assign(g=np.arange(len(cdp)) // 2)
+    fit = drm.fit("yi ~ 1 + (1|g) + meta_V(V = vi)", data, family=drm.normal_mixture())
+    assert fit.sd("g").iloc[0, 0] == pytest.approx(float(np.exp(fit.params["sd(g):(Intercept)"])), rel=1e-12)
+    with pytest.raises(drm.DrmError, match="group"):
+        robust_weights(fit)
+
+
+# ---------------------------------------------------------------- figures
+def test_forest_table_of_a_t_fit(t_fit, cdp):
+    table = drm.plots.forest_table(t_fit, label="study", data=cdp)
+    effects = table[table["kind"] == "effect"]
+    np.testing.assert_allclose(effects["weight"].to_numpy(), robust_weights(t_fit).to_numpy())
+    pooled = table[table["kind"] == "overall"].iloc[0]
+    pi = t_fit.predict(pd.DataFrame(index=[0]), interval="prediction").iloc[0]
+    assert (pooled["pred_low"], pooled["pred_high"]) == pytest.approx((pi["lower"], pi["upper"]), rel=1e-10)
+    note = table[table["kind"] == "note"].iloc[0]["label"]
+    assert "t random effects" in note and "ν = 0.49" in note and "Q =" not in note
+    with pytest.raises(drm.DrmError, match="aggregate"):
+        drm.plots.forest_table(t_fit, aggregate="study", data=cdp)
+
+
+def test_figures_of_robust_fits_draw(t_fit, mix_fit, cdp):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for fit in (t_fit, mix_fit):
+        for draw in (lambda: drm.plots.forest(fit, label="study", data=cdp), lambda: drm.plots.orchard(fit),
+                     lambda: drm.plots.qq(fit)):
+            out = draw()
+            plt.close(getattr(out, "figure", out))
+    ax = drm.plots.qq(t_fit)
+    assert ax.get_ylabel().startswith("Quantile residual")
+    plt.close(ax.figure)
+    assert drm.plots.qq_table(mix_fit).attrs["drmpy"].values[1] == ("residuals", "quantile")
