@@ -186,3 +186,47 @@ def test_figures_of_robust_fits_draw(t_fit, mix_fit, cdp):
     assert ax.get_ylabel().startswith("Quantile residual")
     plt.close(ax.figure)
     assert drm.plots.qq_table(mix_fit).attrs["drmpy"].values[1] == ("residuals", "quantile")
+
+
+# ---------------------------------------------------------------- simulation
+def test_simulated_rows_follow_the_fitted_marginal(t_fit, mix_fit, cdp):
+    """Draws of one row against the quadrature CDF (t: numpy's chi-square construction of T is
+    independent of the quadrature) and the closed-form mixture CDF: Kolmogorov-Smirnov."""
+    from drmpy.inference.robust_prediction import mixture_cdf
+
+    for fit in (t_fit, mix_fit):
+        sims = fit.simulate(4000, seed=11)
+        assert sims.shape == (10, 4000) and list(sims.columns[:2]) == ["sim_1", "sim_2"]
+        mu = float(fit.params["mu:(Intercept)"])
+        row = 7  # Senin 2003, the most precise study
+        v = float(cdp["vi"].iloc[row])
+        sigma = float(fit.dpar_values("sigma").iloc[row])
+        if fit is t_fit:
+            nu = float(fit.dpar_values("nu").iloc[row])
+
+            def cdf(x):
+                return student_cdf(np.asarray(x) - mu, v, sigma, nu)
+        else:
+            so, p = float(fit.dpar_values("sigma_out").iloc[row]), float(fit.dpar_values("p_out").iloc[row])
+
+            def cdf(x):
+                return mixture_cdf(np.asarray(x) - mu, v, sigma, so, p)
+
+        assert stats.kstest(sims.iloc[row].to_numpy(), cdf).pvalue > 1e-3
+    assert t_fit.simulate(3, seed=5).equals(t_fit.simulate(3, seed=5))
+
+
+def test_simulated_group_effects_share_their_level():
+    rng = np.random.default_rng(26)
+    g = np.repeat(np.arange(30), 3)
+    y = 0.3 + rng.normal(0, 0.5, 30)[g] + rng.normal(0, 0.1, 90) + rng.normal(0, np.sqrt(0.02), 90)
+    fit = drm.fit("yi ~ 1 + (1|g) + meta_V(V = vi)", pd.DataFrame({"yi": y, "vi": 0.02, "g": g}),
+                  family=drm.normal_mixture())
+    sd = float(fit.sd("g").iloc[0, 0])
+    assert sd > 0.3
+    sims = fit.simulate(20000, seed=3).to_numpy()
+    # rows 0 and 1 share level 0: covariance sd^2; rows 0 and 3 do not (SE of a covariance
+    # about sqrt((var^2 + cov^2) / nsim))
+    cov = np.cov(sims[[0, 1, 3]])
+    se = np.sqrt((cov[0, 0] * cov[1, 1] + cov[0, 1] ** 2) / 20000)
+    assert abs(cov[0, 1] - sd**2) < 4 * se and abs(cov[0, 2]) < 4 * se

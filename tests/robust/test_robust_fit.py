@@ -58,7 +58,7 @@ def test_wald_intervals_and_predictions(cdp_t):
 
 
 @pytest.mark.parametrize("call", ["i2()", "h2()", "q_test()", "heterogeneity()", "variance_components()",
-                                  "conf_int(method='bootstrap')", "residuals('pearson')", "simulate()",
+                                  "conf_int(method='bootstrap')", "residuals('pearson')", "influence()",
                                   "predict(re_form=True)", "coef_test()", "leave_one_out()"])
 def test_gaussian_only_methods_name_the_family(cdp_t, call):
     with pytest.raises(drm.DrmError, match=r"assumes a Gaussian random-effects model; this fit's family is student\(\)"):

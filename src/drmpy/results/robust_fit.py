@@ -8,7 +8,7 @@ the family's random-effect distribution (:mod:`drmpy.inference.robust_prediction
 forest, orchard and QQ plots use the robust estimate's own weights and quantile residuals
 (:mod:`drmpy.inference.robust_residuals`); methods whose numbers assume a Gaussian model (I2, H2, R2, the Q test, BLUPs, Pearson
 residuals, heterogeneity tables, variance components, bootstrap intervals,
-influence, simulation) raise :class:`~drmpy.DrmError` naming the family instead of returning
+influence) raise :class:`~drmpy.DrmError` naming the family instead of returning
 wrong numbers.
 """
 
@@ -249,8 +249,14 @@ class RobustFit(DrmFit):
     def influence(self, cluster: str | None = None):
         self._gaussian_only("influence()")
 
-    def simulate(self, nsim: int = 1, seed: Any = None):
-        self._gaussian_only("simulate()")
+    def simulate(self, nsim: int = 1, seed: Any = None) -> pd.DataFrame:
+        """Responses drawn from the fitted robust model, ``nsim`` data sets (columns
+        ``sim_1 ..``, rows the retained rows): the known sampling variance, the family's random
+        effect at each row's fitted parameters, and any ``(1|g)`` effect redrawn per level.
+        See :mod:`drmpy.simulation.robust`."""
+        from ..simulation.robust import simulate_robust
+
+        return simulate_robust(self, nsim, seed)
 
     # ------------------------------------------------------------------ reports
     def summary(self, test: str = "z"):
