@@ -292,8 +292,7 @@ def _fit_robust(formula: Formula, data: Any, family: Family, weights: Any, metho
     design = build_design(formula, data, weights=weights, env=env)
     # the normal model with the same mu, sigma and random-effect formulas: the start of the
     # robust fit, and for student() the boundary nu = infinity (1/nu = 0)
-    gformula = Formula(*[formula.text[d] for d in formula.dpars if d not in formula.family_dpars], _env_depth=1)
-    object.__setattr__(gformula, "env", formula.env)
+    gformula = formula.without_dpars(formula.family_dpars)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gfit = fit(gformula, data, family=gaussian(), weights=weights, method="ML", env=env, control=ctrl)

@@ -230,3 +230,37 @@ def test_simulated_group_effects_share_their_level():
     cov = np.cov(sims[[0, 1, 3]])
     se = np.sqrt((cov[0, 0] * cov[1, 1] + cov[0, 1] ** 2) / 20000)
     assert abs(cov[0, 1] - sd**2) < 4 * se and abs(cov[0, 2]) < 4 * se
+
+
+def test_forest_of_a_multilevel_robust_fit_sizes_by_precision():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(26)
+    g = np.repeat(np.arange(8), 3)
+    y = 0.3 + rng.normal(0, 0.5, 8)[g] + 0.2 * rng.standard_t(3, 24) + rng.normal(0, np.sqrt(0.02), 24)
+    fit = drm.fit("yi ~ 1 + (1|g) + meta_V(V = vi)", pd.DataFrame({"yi": y, "vi": 0.02, "g": g}),
+                  family=drm.student())
+    table = drm.plots.forest_table(fit)
+    assert table["weight"].isna().all() and table.attrs["drmpy"].values[4] == ("size_by", "precision")
+    assert f"σ²(g) = {float(fit.sd('g').iloc[0, 0]) ** 2:.2f}" in table.iloc[-1]["label"]
+    ax = drm.plots.forest(fit)
+    texts = [t.get_text() for t in ax.texts] + [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Weight" not in texts and any("precision 1/SE" in t for t in texts)
+    plt.close(ax.figure)
+
+
+def test_keyword_sigma_formula_fits_the_robust_and_normal_models():
+    """drm.Formula(mu, sigma='~ x'): the normal model beside the robust fit is the Gaussian ML
+    fit of the same formula."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=40)
+    data = pd.DataFrame({"yi": 0.2 + np.exp(-1.0 + 0.5 * x) * rng.standard_t(4, 40) + rng.normal(0, 0.1, 40),
+                         "vi": 0.01, "x": x})
+    formula = drm.Formula("yi ~ 1 + meta_V(V = vi)", sigma="~ x")
+    fit = drm.fit(formula, data, family=drm.student())
+    normal = drm.fit(formula, data, method="ML")
+    np.testing.assert_allclose(fit.normal_theta, normal.params.to_numpy(), rtol=1e-5, atol=1e-7)
+    assert list(fit.params.index) == ["mu:(Intercept)", "sigma:(Intercept)", "sigma:x", "nu:(Intercept)"]

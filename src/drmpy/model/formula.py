@@ -577,6 +577,22 @@ class Formula:
         object.__setattr__(new, "locations", self.locations)
         return new
 
+    def without_dpars(self, names) -> "Formula":
+        """This formula without the parameters ``names`` (the robust fit's normal model drops
+        the family parameters); self when it has none of them."""
+        drop = [d for d in names if d in self.dpars]
+        if not drop:
+            return self
+        if "mu" in drop or "sigma" in drop:
+            raise FormulaError("without_dpars(): mu and sigma cannot be dropped.")
+        new = object.__new__(Formula)
+        object.__setattr__(new, "dpars", {d: rhs for d, rhs in self.dpars.items() if d not in drop})
+        object.__setattr__(new, "mu", self.mu)
+        object.__setattr__(new, "text", {d: t for d, t in self.text.items() if d not in drop})
+        object.__setattr__(new, "env", self.env)
+        object.__setattr__(new, "locations", self.locations)
+        return new
+
     @property
     def family_dpars(self) -> tuple[str, ...]:
         """The registered family parameters this formula has formulas for (``("nu",)``)."""

@@ -175,13 +175,21 @@ def _cluster_summary(fit: Any, rows: np.ndarray, sigma2: np.ndarray) -> tuple[fl
     return float(s_inv_one @ fit.design.y[rows]) / precision, 1.0 / np.sqrt(precision)
 
 
+def _without_row_weights(fit: Any) -> bool:
+    """A robust fit with a ``(1|g)`` effect: its rows' weights in the estimate depend on the
+    group effects, so the forest plot has no weight column and sizes squares by precision."""
+    from ..results.robust_fit import RobustFit
+
+    return isinstance(fit, RobustFit) and bool(fit.design.random)
+
+
 def _effect_rows(fit: Any, *, label: str | None, mod: str | None, size_by: str, aggregate: str | None,
                  data: Any) -> pd.DataFrame:
     """Effect-size rows (model scale): one per row the fit used, or one per ``aggregate`` cluster."""
     from ..inference.marginal import gls_weights
 
     points = effect_sizes_table(fit, mod, size_by="precision" if size_by == "weight" else size_by, data=data)
-    weight = gls_weights(fit)
+    weight = np.full(fit.nobs, np.nan) if _without_row_weights(fit) else gls_weights(fit)
     out = pd.DataFrame({
         "level": points["level"].to_numpy(),
         "label": _labels(fit, label, data),
@@ -282,6 +290,8 @@ def forest_table(fit: Any, *, label: str | None = None, sort: str | None = None,
     :func:`orchard_table`.
     """
     require_univariate(fit, "forest_table")
+    if size_by == "weight" and _without_row_weights(fit):
+        size_by = "precision"
     if size_by not in ("weight", "precision") and is_factor(column_of(fit, size_by, data)):
         raise DrmError(f"size_by column `{size_by}` must be numeric.")
     tf = resolve_transform(transform)
@@ -310,7 +320,7 @@ def forest_table(fit: Any, *, label: str | None = None, sort: str | None = None,
     overall = orchard_table(fit, None, level, group=group, test=test, vcov=vcov, data=data).iloc[0]
     blocks.append(pd.DataFrame([{
         "kind": "overall", "level": "overall", "label": "Overall mean" if mod is not None else "Pooled mean",
-        "weight": 100.0, "k": int(overall["k"]),
+        "weight": np.nan if _without_row_weights(fit) else 100.0, "k": int(overall["k"]),
         **{c: overall[c] for c in ("estimate", "conf_low", "conf_high", "pred_low", "pred_high")}}]))
     blocks.append(pd.DataFrame([{"kind": "note", "level": "overall", "label": heterogeneity_text(fit, digits),
                                  "k": int(overall["k"])}]))
@@ -451,6 +461,8 @@ def _draw(rows: pd.DataFrame, settings: dict, *, size_range: tuple[float, float]
     from matplotlib.patches import Polygon
 
     n_slots = int(rows["position"].max() - rows["position"].min()) + 1
+    # no weight column where the table has no weights (a robust fit with a (1|g) effect)
+    show_weights = show_weights and bool(np.isfinite(rows["weight"].to_numpy(dtype=np.float64)).any())
     small = n_slots > 30
     fs = 8.0 if small else 9.0
     digits = int(settings["digits"])
@@ -603,7 +615,9 @@ def _draw(rows: pd.DataFrame, settings: dict, *, size_range: tuple[float, float]
             Line2D([], [], color="0.1", marker="D", markersize=6, linestyle="none"),
             Line2D([], [], color="0.1", linestyle=":", linewidth=1.0),
         ]
-        texts = [f"effect size and {ci_name} (square area ∝ weight)",
+        size_by = settings["size_by"]
+        sized = {"weight": "weight", "precision": "precision 1/SE"}.get(size_by, str(size_by))
+        texts = [f"effect size and {ci_name} (square area ∝ {sized})",
                  f"pooled mean and {ci_name} (diamond)",
                  f"{100 * level:g}% prediction interval (dotted line)"]
         ax.legend(handles, texts, loc="upper center", ncol=3 if fig_width >= 8.5 else 1, frameon=False,
