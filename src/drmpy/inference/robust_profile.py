@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
+from .root_bracket import illinois_roots
 
 __all__ = ["robust_profile_intervals", "robust_profile_curve"]
 
@@ -152,39 +153,24 @@ def robust_profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFr
         grow = below & ~at_limit
         trial[grow] = np.minimum(2.0 * trial[grow], limit_a[grow])
     state[state == 0] = 2
-    # Illinois regula falsi on [inside, outside]
-    side_kept = np.zeros(L, dtype=int)
-    root = np.where(state == 1, outside, np.nan)
-    for _ in range(MAX_ROOT_ITER):
-        active = (state == 1) & (outside - inside > ROOT_TOL)
-        if not active.any():
-            break
-        x = np.where(active, (inside * g_out - outside * g_in) / np.where(active, g_out - g_in, 1.0), inside)
-        x = np.where(active & ~((x > inside) & (x < outside)), 0.5 * (inside + outside), x)
+    # Illinois regula falsi on [inside, outside] (distances from the estimate)
+    bracketed = state == 1
+
+    def evaluate(x, active):
         f, th, ok = ev.internal(theta_hat + d_a * x, which_a, warm)
         g = 2.0 * (f - f_hat) - q
-        failed = active & ~ok
-        state[failed] = 3
-        hit = active & ok & (np.abs(g) < 1e-10)
-        root[hit] = x[hit]
-        state[hit] = 4
-        up = active & ok & ~hit & (g > 0)
-        down = active & ok & ~hit & (g < 0)
-        outside[up], g_out[up] = x[up], g[up]
-        g_in[up & (side_kept == 1)] *= 0.5
-        side_kept[up] = 1
-        inside[down], g_in[down] = x[down], g[down]
-        warm[down] = th[down]
-        g_out[down & (side_kept == -1)] *= 0.5
-        side_kept[down] = -1
-    done = state == 1
-    root[done] = 0.5 * (inside[done] + outside[done])
+        down = active & ok & (g < 0)
+        warm[down] = th[down]  # warm-start the next point from the nearest inside one
+        return g, ok | ~active
+
+    root, code = illinois_roots(evaluate, inside, g_in, outside, g_out, ROOT_TOL, MAX_ROOT_ITER, active=bracketed)
+    state[bracketed & (code == 2)] = 3
     rows = []
     for i, name in enumerate(names):
         bounds, notes = [], []
         for s, label in enumerate(("lower", "upper")):
             lane = 2 * i + s
-            if state[lane] in (1, 4):
+            if state[lane] == 1:
                 j = which_a[lane]
                 bounds.append(float(sc.factor[j] * (theta_hat[lane] + d_a[lane] * root[lane]) + sc.shift[j]))
             elif state[lane] == 2:
