@@ -71,8 +71,8 @@ def illinois_roots(evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray
     ``max_iter`` reached (root: the final false-position point).  ``active``: the lanes to
     solve (default all); the others keep code 3 and a NaN root, and are still passed to
     ``evaluate`` (at ``lo``) so that a batched evaluation keeps its shape."""
-    b = Bracket(*(np.asarray(a, dtype=np.float64) for a in (lo, g_lo, hi, g_hi)),
-                side_kept=np.zeros(np.shape(lo), dtype=np.int64))
+    lo, g_lo, hi, g_hi = (np.asarray(a, dtype=np.float64) for a in (lo, g_lo, hi, g_hi))
+    b = Bracket(lo, g_lo, hi, g_hi, np.zeros(lo.shape, dtype=np.int64))
     n = len(b.lo)
     root = np.full(n, np.nan)
     code = np.full(n, 3)
