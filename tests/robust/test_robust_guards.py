@@ -71,6 +71,7 @@ def test_outlier_probabilities_are_scale_invariant(c, scaled_fits, cdp_mix):
                                cdp_mix.outlier_probabilities().to_numpy(), atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", SCALES)
 def test_bootstrap_refits_are_scale_invariant(c, scaled_fits, cdp_mix):
     """The outlier test's batch refits of the same replicates (drawn at c = 1, multiplied by c):
@@ -87,6 +88,7 @@ def test_bootstrap_refits_are_scale_invariant(c, scaled_fits, cdp_mix):
     np.testing.assert_allclose(replicate_statistics(got), replicate_statistics(base), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_profile_interval_of_mu_is_scale_invariant(cdp, cdp_t):
     """The profile search runs in the optimiser's units: the interval of mu at c = 1e-6 is c
     times the interval at c = 1."""
