@@ -282,7 +282,7 @@ def _fit_bivariate(formula: Formula, data: Any, weights: Any, method: str, env, 
 
 def _fit_robust(formula: Formula, data: Any, family: Family, weights: Any, method: str, env, ctrl: Control):
     """Student-t or normal-mixture random effects (drmpy.robust), with the normal model beside."""
-    from .robust.program import NormalReference, fit_robust, robust_formula
+    from .robust.program import NormalReference, check_robust_data, fit_robust, robust_formula
     from .results.robust_fit import RobustFit
 
     if method != "ML":
@@ -290,6 +290,7 @@ def _fit_robust(formula: Formula, data: Any, family: Family, weights: Any, metho
                        "defined for a non-Gaussian random effect; use method='ML'.")
     formula = robust_formula(formula, family)
     design = build_design(formula, data, weights=weights, env=env)
+    check_robust_data(design, family)
     # the normal model with the same mu, sigma and random-effect formulas: the start of the
     # robust fit, and for student() the boundary nu = infinity (1/nu = 0)
     gformula = formula.without_dpars(formula.family_dpars)

@@ -23,23 +23,8 @@ from drmpy.families.student_marginal import student_normal_logpdf
 FORMULA = "yi ~ 1 + meta_V(V=vi)"
 
 
-@pytest.fixture(scope="module")
-def cdp():
-    return drm.datasets.cdp()
-
-
-@pytest.fixture(scope="module")
-def cdp_t(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.student())
-
-
-@pytest.fixture(scope="module")
-def cdp_mix(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.normal_mixture())
-
-
-def test_cdp_normal(cdp):
-    fit = drm.fit(FORMULA, cdp)
+def test_cdp_normal(cdp_normal):
+    fit = cdp_normal
     assert round(fit.params["mu:(Intercept)"], 5) == 0.38944
     assert round(float(np.exp(2 * fit.params["sigma:(Intercept)"])), 5) == 0.14666
     assert round(fit.loglik, 6) == -8.198544

@@ -26,21 +26,6 @@ FORMULA = "yi ~ 1 + meta_V(V=vi)"
 REFERENCE = Path(__file__).resolve().parents[1] / "reference_extra" / "robust" / "robust_metaplus.json"
 
 
-@pytest.fixture(scope="module")
-def cdp():
-    return drm.datasets.cdp()
-
-
-@pytest.fixture(scope="module")
-def cdp_t(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.student())
-
-
-@pytest.fixture(scope="module")
-def cdp_mix(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.normal_mixture())
-
-
 def _observed_refits(fit, copies=2):
     y = np.asarray(fit.design.y)
     v = np.asarray(fit.design.known_v.diag)
@@ -174,9 +159,9 @@ def test_simulation_from_the_normal_model(cdp_t):
     assert set(np.unique(V2)) <= set(v) and len(np.unique(V2)) > 1 and not np.array_equal(V2[0], v)
 
 
-def test_outlier_test_refuses(cdp, cdp_t):
+def test_outlier_test_refuses(cdp, cdp_normal, cdp_t):
     with pytest.raises(drm.DrmError, match="student"):
-        drm.outlier_test(drm.fit(FORMULA, cdp), nsim=5)
+        drm.outlier_test(cdp_normal, nsim=5)
     with pytest.raises(drm.DrmError, match="nu"):
         drm.fit(FORMULA, cdp, family=drm.student(nu=4)).outlier_test(nsim=5)
     with pytest.raises(drm.DrmError, match="nsim"):

@@ -10,7 +10,8 @@ from scipy import integrate, stats
 
 import drmpy as drm
 from drmpy.inference.robust_prediction import mixture_half_width, student_cdf, student_half_width
-from drmpy.inference.robust_residuals import quantile_residuals, robust_weights, student_precision_mean
+from drmpy.families.student_marginal import posterior_precision_mean
+from drmpy.inference.robust_residuals import quantile_residuals, robust_weights
 
 FORMULA = "yi ~ 1 + meta_V(V = vi)"
 
@@ -121,8 +122,8 @@ def test_precision_mean_is_the_score_over_the_residual():
     for r, v, sigma, nu in [(1.3, 0.4, 0.3, 2.0), (-0.2, 0.05, 0.5, 0.7), (6.0, 0.1, 0.2, 5.0)]:
         h = 1e-4
         score = (oracle_logpdf(r + h, v, sigma, nu) - oracle_logpdf(r - h, v, sigma, nu)) / (2 * h)
-        assert float(student_precision_mean(r, v, sigma, nu)) == pytest.approx(-score / r, rel=1e-6)
-    assert float(student_precision_mean(0.5, 0.1, 0.2, np.inf)) == pytest.approx(1.0 / 0.14)
+        assert float(posterior_precision_mean(r, v, sigma, nu)) == pytest.approx(-score / r, rel=1e-6)
+    assert float(posterior_precision_mean(0.5, 0.1, 0.2, np.inf)) == pytest.approx(1.0 / 0.14)
 
 
 def test_quantile_residuals(t_fit, mix_fit, cdp):

@@ -12,16 +12,6 @@ from drmpy.families.student_marginal import student_normal_logpdf
 FORMULA = "yi ~ 1 + meta_V(V=vi)"
 
 
-@pytest.fixture(scope="module")
-def cdp():
-    return drm.datasets.cdp()
-
-
-@pytest.fixture(scope="module")
-def cdp_t(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.student())
-
-
 def test_fixed_nu_has_no_nu_parameter_and_its_loglik_is_the_sum_of_marginals(cdp):
     fit = drm.fit(FORMULA, cdp, family=drm.student(nu=3))
     assert list(fit.params.index) == ["mu:(Intercept)", "sigma:(Intercept)"]
@@ -63,6 +53,17 @@ def test_wald_intervals_and_predictions(cdp_t):
 def test_gaussian_only_methods_name_the_family(cdp_t, call):
     with pytest.raises(drm.DrmError, match=r"assumes a Gaussian random-effects model; this fit's family is student\(\)"):
         eval(f"cdp_t.{call}")
+
+
+def test_raw_fit_is_a_raw_fit_with_the_location_information(cdp_t, cdp_mix):
+    """The robust raw result is an engine RawFit: n_location, structure and information answer
+    (information: the inverse of mu's variance, the other parameters profiled out)."""
+    from drmpy.engine.program import RawFit
+
+    for fit in (cdp_t, cdp_mix):
+        assert isinstance(fit._raw, RawFit) and fit.structure == "robust" and fit.n_location == 1
+        assert fit.information.shape == (1, 1)
+        assert fit.information[0, 0] == pytest.approx(1.0 / fit.std_errors["mu:(Intercept)"] ** 2, rel=1e-12)
 
 
 def test_summary_and_check(cdp_t):

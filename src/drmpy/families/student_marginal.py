@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["student_normal_logpdf", "log_gamma_mixing", "quadrature_window", "FINE_NODES"]
+__all__ = ["student_normal_logpdf", "log_gamma_mixing", "quadrature_window", "posterior_precision_mean",
+           "FINE_NODES"]
 
 FINE_NODES = 256
 WINDOW_DROP = 50.0
@@ -115,3 +116,25 @@ def student_normal_logpdf(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.
     vals = _log_integrand(t, r[..., None], v[..., None], sigma[..., None], nu[..., None])
     # trapezoid: the end nodes lie beyond the window's mass, their half weights do not matter
     return jax.scipy.special.logsumexp(vals, axis=-1) + jnp.log(h)
+
+
+def posterior_precision_mean(r, v, sigma, nu) -> np.ndarray:
+    """``E[1 / (v + sigma^2 / lambda) | r]`` elementwise: the posterior mean precision of a row
+    of the t model (``lambda`` the gamma mixing variable), by the fine quadrature of
+    :func:`drmpy.families.student_marginal.student_normal_logpdf` (posterior weights of its
+    nodes).  ``nu = inf``: ``1 / (v + sigma^2)``."""
+    shape = np.broadcast(*(np.asarray(a) for a in (r, v, sigma, nu))).shape
+    r, v, sigma, nu = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape).reshape(-1) for a in (r, v, sigma, nu))
+    normal = ~np.isfinite(nu)
+    out = 1.0 / (v + sigma**2)
+    if np.all(normal):
+        return out.reshape(shape)
+    rf, vf, sf, nf = (jnp.asarray(a[~normal], dtype=jnp.float64) for a in (r, v, sigma, nu))
+    lo, hi = quadrature_window(rf, vf, sf, nf)
+    t = lo[:, None] + (hi - lo)[:, None] * jnp.linspace(0.0, 1.0, FINE_NODES, dtype=jnp.float64)
+    g = _log_integrand(t, rf[:, None], vf[:, None], sf[:, None], nf[:, None])
+    p = jnp.exp(g - jnp.max(g, axis=1, keepdims=True))
+    q = vf[:, None] + sf[:, None] ** 2 * jnp.exp(-t)
+    out = out.copy()
+    out[~normal] = np.asarray(jnp.sum(p / q, axis=1) / jnp.sum(p, axis=1))
+    return out.reshape(shape)

@@ -157,19 +157,22 @@ def _on_devices(program, parts):
 def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
     """Normal and robust refits of the rows of ``Y`` (with variances ``V``): per replicate the
     normal log-likelihood and status, per replicate and start the robust log-likelihood, status
-    and iterations."""
+    and iterations.  The refits run in the fit's units (``Y / c``, ``V / c^2``,
+    :class:`drmpy.robust.program.ResponseScale`); the log-likelihoods are the user's."""
     import jax.numpy as jnp
 
     from ..engine.optimize import MAX_ITER
     from ..robust.batch import normal_refits, robust_refits, start_plan
-    from ..robust.program import BOUNDARY_GAIN, prepare_robust
+    from ..robust.program import BOUNDARY_GAIN, normal_positions, prepare_scaled
 
     family = fit.family
-    arrays, layout = prepare_robust(fit.design, family)
+    arrays, layout, scale = prepare_scaled(fit.design, family)
+    Y, V = np.asarray(Y, dtype=np.float64) / scale.c, np.asarray(V, dtype=np.float64) / scale.c**2
     plan = start_plan(fit.design, family)
     ctrl = fit.control
     max_iter, gtol = int(ctrl.max_iter), float(ctrl.gtol)
-    theta_n0 = jnp.asarray(fit.normal_theta, dtype=jnp.float64)
+    normal_scale = scale.take(normal_positions(layout))
+    theta_n0 = jnp.asarray(normal_scale.to_internal(fit.normal_theta), dtype=jnp.float64)
     nsim = Y.shape[0]
     normal_ll = np.empty(nsim)
     normal_status = np.empty(nsim, dtype=np.int64)
@@ -212,8 +215,8 @@ def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
             iterations[lanes] += np.asarray(out.iterations)[:m]
             theta[lanes] = np.asarray(out.theta)[:m]
         todo = todo[status[todo] == MAX_ITER]
-    return {"normal_loglik": normal_ll, "normal_status": normal_status,
-            "robust_loglik": -f.reshape(nsim, n_starts), "robust_status": status.reshape(nsim, n_starts),
+    return {"normal_loglik": scale.loglik_to_user(normal_ll), "normal_status": normal_status,
+            "robust_loglik": scale.loglik_to_user(-f.reshape(nsim, n_starts)), "robust_status": status.reshape(nsim, n_starts),
             "robust_iterations": iterations.reshape(nsim, n_starts)}
 
 

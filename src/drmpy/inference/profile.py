@@ -32,6 +32,7 @@ from ..engine.likelihood import (LOG_2PI, RHO_GUARD, Arrays, Structure, spd_solv
 from ..engine.optimize import CONVERGED, CONVERGED_FLAT, newton_trust_region
 from ..engine.small_linalg import jacobi_eigh
 from ..errors import DrmError
+from .root_bracket import Bracket, false_position, illinois_update
 
 __all__ = ["profile_intervals", "profile_curve"]
 
@@ -141,27 +142,15 @@ def _root_program(struct: Structure):
         def body(s):
             g, psi_new, ok = g_at(arrs, basis, lane, s.x, s.psi, f_hat, q)
             inside = g < 0
-            lo = jnp.where(inside, s.x, s.lo)
-            g_lo = jnp.where(inside, g, s.g_lo)
-            hi = jnp.where(inside, s.hi, s.x)
-            g_hi = jnp.where(inside, s.g_hi, g)
+            b = illinois_update(Bracket(s.lo, s.g_lo, s.hi, s.g_hi, s.side_kept), s.x, g, s.bracketed)
+            lo, g_lo, hi, g_hi, side_kept = b
             bracketed = s.bracketed | ~inside
             psi = jnp.where(inside, psi_new, s.psi)
-            # Illinois: halve the function value of the end kept twice in a row
-            kept = jnp.where(inside, 1, -1)  # +1: hi kept, -1: lo kept
-            halve = s.bracketed & (kept == s.side_kept)
-            g_hi = jnp.where(halve & inside, 0.5 * g_hi, g_hi)
-            g_lo = jnp.where(halve & ~inside, 0.5 * g_lo, g_lo)
-            side_kept = jnp.where(s.bracketed, kept, 0)
-            # next trial
+            # next trial: outward while bracketing, then false position inside the bracket
             dist = jnp.where(bracketed, s.dist, 2.0 * s.dist)
             grow = lane.theta_hat + d * dist
-            falsi = hi - g_hi * (hi - lo) / (g_hi - g_lo)
             width = jnp.abs(hi - lo)
-            mid = 0.5 * (lo + hi)
-            # keep the false-position point strictly inside the bracket
-            inner = jnp.abs(falsi - lo) + jnp.abs(hi - falsi) <= width * (1 + 1e-12)
-            nxt = jnp.where(bracketed, jnp.where(inner, falsi, mid), grow)
+            nxt = jnp.where(bracketed, false_position(b), grow)
             found = bracketed & ((width <= ROOT_TOL) | (jnp.abs(g) <= 1e-10))
             opened = ~bracketed & (jnp.abs(s.x - lane.theta_hat) >= lane.limit * (1 - 1e-9))
             failed = ~ok
@@ -174,9 +163,7 @@ def _root_program(struct: Structure):
 
         s = jax.lax.while_loop(cond, body, init)
         # the endpoint: the last false-position estimate inside the final bracket
-        g_lo, g_hi = s.g_lo, s.g_hi
-        est = jnp.where(s.bracketed, s.hi - g_hi * (s.hi - s.lo) / (g_hi - g_lo), s.lo)
-        est = jnp.where(s.bracketed & ~(jnp.isfinite(est)), 0.5 * (s.lo + s.hi), est)
+        est = jnp.where(s.bracketed, false_position(Bracket(s.lo, s.g_lo, s.hi, s.g_hi, s.side_kept)), s.lo)
         return dict(endpoint=est, code=s.code, iterations=s.it)
 
     def run(arrs, basis, lanes, psi_hat, f_hat, q):

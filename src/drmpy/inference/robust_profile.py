@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DrmError
+from .root_bracket import illinois_roots
 
 __all__ = ["robust_profile_intervals", "robust_profile_curve"]
 
@@ -32,7 +33,7 @@ LINK_SEARCH = 20.0
 
 
 def _setup(fit):
-    from ..robust.program import prepare_robust
+    from ..robust.program import prepare_scaled
 
     if fit.at_boundary:
         raise DrmError("profile: nu is at its boundary (1/nu = 0), where the t model is the normal model and "
@@ -40,8 +41,7 @@ def _setup(fit):
     theta = np.asarray(fit.theta, dtype=np.float64)
     if not np.all(np.isfinite(theta)):
         raise DrmError("profile: the fit has non-finite estimates; no profile.")
-    arrays, layout = prepare_robust(fit.design, fit.family)
-    return theta, arrays, layout
+    return prepare_scaled(fit.design, fit.family)
 
 
 def _names(fit, params) -> list[str]:
@@ -63,16 +63,20 @@ def _link(fit, name: str) -> str:
 
 
 class _Evaluator:
-    """Profile points of one fit: ``(values, which, warm) -> (f, theta, ok)`` per lane."""
+    """Profile points of one fit, in the optimiser's units (``internal``: ``y / c``, see
+    :class:`drmpy.robust.program.ResponseScale`) or the user's (``__call__``):
+    ``(values, which, warm) -> (f, theta, ok)`` per lane, ``f = -logLik``."""
 
     def __init__(self, fit):
-        self.theta, self.arrays, self.layout = _setup(fit)
+        self.arrays, self.layout, self.scale = _setup(fit)
+        self.theta = np.asarray(fit.theta, dtype=np.float64)  # the user's estimates
+        self.theta_internal = self.scale.to_internal(self.theta)
         self.family = fit.family
         ctrl = fit.control
         self.max_iter, self.gtol = int(ctrl.max_iter), float(ctrl.gtol)
         self.k = len(self.theta)
 
-    def __call__(self, values: np.ndarray, which: np.ndarray, warm: np.ndarray):
+    def internal(self, values: np.ndarray, which: np.ndarray, warm: np.ndarray):
         from ..engine.optimize import CONVERGED, CONVERGED_FLAT
         from ..robust.batch import fixed_parameter_refits
 
@@ -83,6 +87,12 @@ class _Evaluator:
         f = np.asarray(out.f)
         ok = np.isin(np.asarray(out.status), (CONVERGED, CONVERGED_FLAT)) & np.isfinite(f)
         return f, np.asarray(out.theta), ok
+
+    def __call__(self, values: np.ndarray, which: np.ndarray, warm: np.ndarray):
+        sc = self.scale
+        values = (np.asarray(values, dtype=np.float64) - sc.shift[which]) / sc.factor[which]
+        f, theta, ok = self.internal(values, which, sc.to_internal(warm))
+        return -sc.loglik_to_user(-f), sc.to_user(theta), ok
 
 
 def robust_profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFrame:
@@ -95,9 +105,12 @@ def robust_profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFr
     names = _names(fit, params)
     ev = _Evaluator(fit)
     q = float(chi2.ppf(float(level), 1))
-    f_hat = -float(fit.loglik)
+    # the search runs in the optimiser's units (y / c): tolerances and search ranges of mu do not
+    # depend on the units of y; the ends are mapped back at the end
+    sc = ev.scale
+    f_hat = -(float(fit.loglik) - sc.loglik_to_user(0.0))  # -logLik in those units
     all_names = list(fit.params.index)
-    se_all = fit.std_errors.to_numpy(dtype=float)
+    se_all = fit.std_errors.to_numpy(dtype=float) / sc.factor
     which, direction, step, limit = [], [], [], []
     for name in names:
         j = all_names.index(name)
@@ -112,11 +125,11 @@ def robust_profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFr
     which_a = np.asarray(which)
     d_a, limit_a = np.asarray(direction), np.asarray(limit)
     L = len(which_a)
-    theta_hat = ev.theta[which_a]
+    theta_hat = ev.theta_internal[which_a]
     # inside point (criterion below the cut) and outside trial, as distances from the estimate
     inside = np.zeros(L)
     g_in = np.full(L, -q)
-    warm = np.tile(ev.theta, (L, 1))
+    warm = np.tile(ev.theta_internal, (L, 1))
     trial = np.minimum(np.asarray(step), limit_a)
     state = np.zeros(L, dtype=int)  # 0 bracketing, 1 bracketed, 2 open, 3 failed
     outside = np.full(L, np.nan)
@@ -125,7 +138,7 @@ def robust_profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFr
         active = state == 0
         if not active.any():
             break
-        f, th, ok = ev(theta_hat + d_a * trial, which_a, warm)
+        f, th, ok = ev.internal(theta_hat + d_a * trial, which_a, warm)
         g = 2.0 * (f - f_hat) - q
         failed = active & ~ok
         state[failed] = 3
@@ -140,40 +153,26 @@ def robust_profile_intervals(fit, level: float = 0.95, params=None) -> pd.DataFr
         grow = below & ~at_limit
         trial[grow] = np.minimum(2.0 * trial[grow], limit_a[grow])
     state[state == 0] = 2
-    # Illinois regula falsi on [inside, outside]
-    side_kept = np.zeros(L, dtype=int)
-    root = np.where(state == 1, outside, np.nan)
-    for _ in range(MAX_ROOT_ITER):
-        active = (state == 1) & (outside - inside > ROOT_TOL)
-        if not active.any():
-            break
-        x = np.where(active, (inside * g_out - outside * g_in) / np.where(active, g_out - g_in, 1.0), inside)
-        x = np.where(active & ~((x > inside) & (x < outside)), 0.5 * (inside + outside), x)
-        f, th, ok = ev(theta_hat + d_a * x, which_a, warm)
+    # Illinois regula falsi on [inside, outside] (distances from the estimate)
+    bracketed = state == 1
+
+    def evaluate(x, active):
+        f, th, ok = ev.internal(theta_hat + d_a * x, which_a, warm)
         g = 2.0 * (f - f_hat) - q
-        failed = active & ~ok
-        state[failed] = 3
-        hit = active & ok & (np.abs(g) < 1e-10)
-        root[hit] = x[hit]
-        state[hit] = 4
-        up = active & ok & ~hit & (g > 0)
-        down = active & ok & ~hit & (g < 0)
-        outside[up], g_out[up] = x[up], g[up]
-        g_in[up & (side_kept == 1)] *= 0.5
-        side_kept[up] = 1
-        inside[down], g_in[down] = x[down], g[down]
-        warm[down] = th[down]
-        g_out[down & (side_kept == -1)] *= 0.5
-        side_kept[down] = -1
-    done = state == 1
-    root[done] = 0.5 * (inside[done] + outside[done])
+        down = active & ok & (g < 0)
+        warm[down] = th[down]  # warm-start the next point from the nearest inside one
+        return g, ok | ~active
+
+    root, code = illinois_roots(evaluate, inside, g_in, outside, g_out, ROOT_TOL, MAX_ROOT_ITER, active=bracketed)
+    state[bracketed & (code == 2)] = 3
     rows = []
     for i, name in enumerate(names):
         bounds, notes = [], []
         for s, label in enumerate(("lower", "upper")):
             lane = 2 * i + s
-            if state[lane] in (1, 4):
-                bounds.append(float(theta_hat[lane] + d_a[lane] * root[lane]))
+            if state[lane] == 1:
+                j = which_a[lane]
+                bounds.append(float(sc.factor[j] * (theta_hat[lane] + d_a[lane] * root[lane]) + sc.shift[j]))
             elif state[lane] == 2:
                 bounds.append(float(-np.inf if s == 0 else np.inf))
                 notes.append(f"open {label}: the profile log-likelihood stays within qchisq({level:g}, 1)/2 of its "

@@ -8,7 +8,7 @@ quantile residuals.
 
 the posterior mean of the row's precision: for the t model ``E[1/q | r_i]``,
 ``q = v_i + sigma_i^2 / lambda``, over the posterior of the gamma mixing variable ``lambda``
-(computed with the marginal's own quadrature, :mod:`drmpy.families.student_marginal`); for the
+(:func:`drmpy.families.student_marginal.posterior_precision_mean`, with the marginal's own quadrature); for the
 mixture ``(1 - pi_i) / (v_i + sigma_i^2) + pi_i / (v_i + sigma_out^2)`` with ``pi_i`` the
 posterior outlier probability.  So at the estimates ``mu_hat`` solves the weighted
 least-squares equations with these weights (for ``mu ~ 1``: ``mu_hat = sum w_i y_i / sum w_i``):
@@ -26,14 +26,13 @@ from the lower tail of ``-r_i`` (no loss to ``1 - F``).
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import special
 
 from ..errors import DrmError
 
-__all__ = ["robust_weights", "quantile_residuals", "student_precision_mean"]
+__all__ = ["robust_weights", "quantile_residuals"]
 
 
 def _require_robust_without_groups(fit, what: str) -> None:
@@ -43,30 +42,6 @@ def _require_robust_without_groups(fit, what: str) -> None:
     if fit.design.random:
         raise DrmError(f"{what} of a {family!r} model with a (1|group) effect is not defined at fixed estimates "
                        "(it depends on the group effects); drop the random-effect term.")
-
-
-def student_precision_mean(r, v, sigma, nu) -> np.ndarray:
-    """``E[1 / (v + sigma^2 / lambda) | r]`` elementwise: the posterior mean precision of a row
-    of the t model (``lambda`` the gamma mixing variable), by the fine quadrature of
-    :func:`drmpy.families.student_marginal.student_normal_logpdf` (posterior weights of its
-    nodes).  ``nu = inf``: ``1 / (v + sigma^2)``."""
-    from ..families.student_marginal import FINE_NODES, _log_integrand, quadrature_window
-
-    shape = np.broadcast(*(np.asarray(a) for a in (r, v, sigma, nu))).shape
-    r, v, sigma, nu = (np.broadcast_to(np.asarray(a, dtype=np.float64), shape).reshape(-1) for a in (r, v, sigma, nu))
-    normal = ~np.isfinite(nu)
-    out = 1.0 / (v + sigma**2)
-    if np.all(normal):
-        return out.reshape(shape)
-    rf, vf, sf, nf = (jnp.asarray(a[~normal]) for a in (r, v, sigma, nu))
-    lo, hi = quadrature_window(rf, vf, sf, nf)
-    t = lo[:, None] + (hi - lo)[:, None] * jnp.linspace(0.0, 1.0, FINE_NODES, dtype=jnp.float64)
-    g = _log_integrand(t, rf[:, None], vf[:, None], sf[:, None], nf[:, None])
-    p = jnp.exp(g - jnp.max(g, axis=1, keepdims=True))
-    q = vf[:, None] + sf[:, None] ** 2 * jnp.exp(-t)
-    out = out.copy()
-    out[~normal] = np.asarray(jnp.sum(p / q, axis=1) / jnp.sum(p, axis=1))
-    return out.reshape(shape)
 
 
 def _row_values(fit) -> dict[str, np.ndarray]:
@@ -86,12 +61,14 @@ def robust_weights(fit) -> pd.Series:
     """Percentage weight of each retained row in the robust fit's estimate of ``mu`` (sums to
     100): ``100 w_i / sum(w)``, ``w_i`` the posterior mean precision (module docstring),
     times the likelihood weight ``a_i`` of ``drm.fit(weights=)`` when given."""
+    from ..families.student_marginal import posterior_precision_mean
+
     _require_robust_without_groups(fit, "robust_weights()")
     values = _row_values(fit)
     v = np.asarray(fit.design.known_v.diag, dtype=np.float64)
     r = np.asarray(fit.design.y, dtype=np.float64) - values["mu"]
     if fit.family.name == "student":
-        w = student_precision_mean(r, v, values["sigma"], values["nu"])
+        w = posterior_precision_mean(r, v, values["sigma"], values["nu"])
     else:
         pi = fit.outlier_probabilities().to_numpy(dtype=np.float64)
         w = (1.0 - pi) / (v + values["sigma"] ** 2) + pi / (v + values["sigma_out"] ** 2)

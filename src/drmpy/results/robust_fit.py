@@ -15,7 +15,7 @@ wrong numbers.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ class RobustFit(DrmFit):
     _robust: RobustRaw
 
     def __init__(self, design, raw: RobustRaw, method: str, control, family, data: Any = None, env: Any = None) -> None:
-        super().__init__(design, cast(Any, raw), method, control, None, data=data, env=env)
+        super().__init__(design, raw, method, control, None, data=data, env=env)
         self._store(_family=family, _robust=raw)
 
     # ------------------------------------------------------------------ the family
@@ -65,15 +65,6 @@ class RobustFit(DrmFit):
     def normal_loglik(self) -> float:
         """Log-likelihood of the normal (Gaussian, ML) model with the same formulas (student())."""
         return float(self._robust.normal_loglik) if self._robust.normal_loglik is not None else float("nan")
-
-    @property
-    def structure(self) -> str:
-        return "robust"
-
-    @property
-    def n_location(self) -> int:
-        """Number of location (mu) coefficients: the first entries of ``theta``."""
-        return int(self._design.fixed["mu"].matrix.shape[1])
 
     @cached_property
     def _names(self) -> list[str]:
@@ -302,6 +293,9 @@ class RobustFit(DrmFit):
                     "(the model does not order them, as in metaplus).")
             else:
                 row("mixture_labels", "ok", "sigma_out>=sigma", "The outlier component has the larger SD.")
+        from .checks import _dropped_rows_row
+
+        _dropped_rows_row(self._design, rows)  # the Gaussian fit's rule and words (drmpy.model.rows)
         if self.normal_loglik == self.normal_loglik and not raw.at_boundary:
             row("versus_normal", "ok", round(self.loglik - self.normal_loglik, 6),
                 "logLik gain over the normal model with the same formulas.")
@@ -331,9 +325,11 @@ class RobustSummary:
     @classmethod
     def from_fit(cls, fit: RobustFit) -> "RobustSummary":
         table = tidy_table(fit, 0.95)
+        n_dropped = fit.design.n_dropped
+        dropped = f"; {n_dropped} row(s) dropped" if n_dropped else ""  # as the Gaussian summary
         lines = [f"drmpy fit: {fit.family!r} random effects with known V, {fit.method}",
                  f"formula: {formula_line(fit.formula)}",
-                 f"nobs = {fit.nobs}; df = {fit.df}", "", table_text(table.set_index(["dpar", "term"])), ""]
+                 f"nobs = {fit.nobs}{dropped}; df = {fit.df}", "", table_text(table.set_index(["dpar", "term"])), ""]
         if fit.at_boundary:
             lines.append("nu at its boundary 1/nu = 0: the t model collapses to the normal model.")
         elif fit.normal_loglik == fit.normal_loglik:
