@@ -26,18 +26,13 @@ def quad_student_cdf(x: float, s: float, sigma: float, nu: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def cdp():
-    return drm.datasets.cdp()
+def t_fit(cdp_t):
+    return cdp_t  # tests/robust/conftest.py
 
 
 @pytest.fixture(scope="module")
-def t_fit(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.student())
-
-
-@pytest.fixture(scope="module")
-def mix_fit(cdp):
-    return drm.fit(FORMULA, cdp, family=drm.normal_mixture())
+def mix_fit(cdp_mix):
+    return cdp_mix
 
 
 # ---------------------------------------------------------------- distributions
