@@ -104,14 +104,136 @@ def quadrature_window(r, v, sigma, nu):
     return lo, hi
 
 
-def student_normal_logpdf(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.Array) -> jax.Array:
-    """``log f(r)`` of ``r = u + e``, ``u ~ t_nu(0, sigma)`` (scale sigma), ``e ~ N(0, v)``,
-    elementwise over broadcast arrays (float64).  ``v = 0`` gives the t log-density itself."""
-    r, v, sigma, nu = jnp.broadcast_arrays(*(jnp.asarray(x, dtype=jnp.float64) for x in (r, v, sigma, nu)))
+def _fine_rule(r, v, sigma, nu):
+    """Nodes ``t`` (last axis) of the fine trapezoid over each element's window, and its step."""
     lo, hi = quadrature_window(r, v, sigma, nu)
     u = jnp.linspace(0.0, 1.0, FINE_NODES, dtype=jnp.float64)
     h = (hi - lo) / (FINE_NODES - 1)
-    t = lo[..., None] + (hi - lo)[..., None] * u
+    return lo[..., None] + (hi - lo)[..., None] * u, h
+
+
+def _trapezoid_logpdf(r, v, sigma, nu):
+    """The fine trapezoid's ``log f`` on broadcast float64 arrays, by plain JAX operations."""
+    t, h = _fine_rule(r, v, sigma, nu)
     vals = _log_integrand(t, r[..., None], v[..., None], sigma[..., None], nu[..., None])
     # trapezoid: the end nodes lie beyond the window's mass, their half weights do not matter
     return jax.scipy.special.logsumexp(vals, axis=-1) + jnp.log(h)
+
+
+def _student_normal_logpdf_plain(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.Array) -> jax.Array:
+    """:func:`student_normal_logpdf` without its derivative rule: JAX differentiates the
+    trapezoid itself (the reference the closed-form derivatives are tested against)."""
+    r, v, sigma, nu = jnp.broadcast_arrays(*(jnp.asarray(x, dtype=jnp.float64) for x in (r, v, sigma, nu)))
+    return _trapezoid_logpdf(r, v, sigma, nu)
+
+
+def _stirling_gap_derivatives(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """First and second derivatives of :func:`_stirling_gap` in ``a`` (elementwise)."""
+
+    def first(x):
+        return jax.jvp(_stirling_gap, (x,), (jnp.ones_like(x),))[1]
+
+    return jax.jvp(first, (a,), (jnp.ones_like(a),))
+
+
+def _moments(r, v, sigma, nu, hessian: bool):
+    """``log f`` and its gradient in ``(r, v, sigma, nu)`` (and, if ``hessian``, the Hessian as
+    a dict keyed by pairs of names), as posterior moments over the fine nodes.
+
+    The window does not move with the parameters (to the rule's error), so with
+    ``p_j = exp(g_j) / sum exp(g)`` over the nodes, ``d log f = E[dg]`` and
+    ``d2 log f = E[d2 g] + Cov(dg, dg)``.  Per node, with ``x = sigma^2 exp(-t)``,
+    ``q = v + x`` and ``a = nu / 2``, ``g`` depends on ``r, v, sigma`` through ``q`` and on
+    ``nu`` through ``C(a) - a E(t)`` (``C`` = :func:`_stirling_gap`, ``E`` = :func:`_expm1_minus`):
+    ``g_r = -r/q``, ``g_q = (r^2/q - 1)/(2q)``, ``g_v = g_q``, ``g_sigma = k g_q`` with
+    ``k = 2x/sigma``, ``g_nu = (C'(a) - E(t))/2``; ``g_rr = -1/q``, ``g_rq = r/q^2``,
+    ``g_qq = (1/2 - r^2/q)/q^2``, ``g_rv = g_rq``, ``g_vv = g_qq``, ``g_r sigma = k g_rq``,
+    ``g_v sigma = k g_qq``, ``g_sigma sigma = (k/sigma) g_q + k^2 g_qq``,
+    ``g_nu nu = C''(a)/4``, and no node mixes ``nu`` with the others.
+    """
+    t, h = _fine_rule(r, v, sigma, nu)
+    r_, v_, sigma_, nu_ = r[..., None], v[..., None], sigma[..., None], nu[..., None]
+    vals = _log_integrand(t, r_, v_, sigma_, nu_)
+    log_sum = jax.scipy.special.logsumexp(vals, axis=-1)
+    value = log_sum + jnp.log(h)
+    p = jnp.exp(vals - log_sum[..., None])
+
+    def mean(a):
+        return jnp.sum(p * a, axis=-1)
+
+    x = sigma_ * sigma_ * jnp.exp(-t)
+    w = 1.0 / (v_ + x)
+    k = 2.0 * x / sigma_
+    g_q = 0.5 * w * (r_ * r_ * w - 1.0)
+    first = {"r": -r_ * w, "v": g_q, "sigma": k * g_q}
+    grads = {name: mean(g) for name, g in first.items()}
+    a = 0.5 * nu
+    c1, c2 = _stirling_gap_derivatives(a)
+    e_t = _expm1_minus(t)
+    mean_e = mean(e_t)
+    grads["nu"] = 0.5 * (c1 - mean_e)
+    if not hessian:
+        return value, grads, None
+    centred = {name: g - grads[name][..., None] for name, g in first.items()}
+    centred["nu"] = -0.5 * (e_t - mean_e[..., None])  # g_nu less its mean (C'(a) cancels)
+    g_rq = r_ * w * w
+    g_qq = w * w * (0.5 - r_ * r_ * w)
+    second = {("r", "r"): -w, ("r", "v"): g_rq, ("r", "sigma"): k * g_rq, ("v", "v"): g_qq,
+              ("v", "sigma"): k * g_qq, ("sigma", "sigma"): k / sigma_ * g_q + k * k * g_qq}
+    hess = {}
+    names = ("r", "v", "sigma", "nu")
+    for i, a_name in enumerate(names):
+        for b_name in names[i:]:
+            cov = mean(centred[a_name] * centred[b_name])
+            if (a_name, b_name) in second:
+                cov = cov + mean(second[a_name, b_name])
+            hess[a_name, b_name] = cov
+    hess["nu", "nu"] = hess["nu", "nu"] + 0.25 * c2
+    return value, grads, hess
+
+
+_NAMES = ("r", "v", "sigma", "nu")
+
+
+@jax.custom_jvp
+def _value_and_gradient(r, v, sigma, nu):
+    """``log f`` and its gradient ``(d/dr, d/dv, d/dsigma, d/dnu)`` on broadcast float64 arrays;
+    its derivative rule is the closed-form Hessian (:func:`_moments`)."""
+    value, grads, _ = _moments(r, v, sigma, nu, hessian=False)
+    return value, tuple(grads[n] for n in _NAMES)
+
+
+@_value_and_gradient.defjvp
+def _value_and_gradient_jvp(primals, tangents):
+    value, grads, hess = _moments(*primals, hessian=True)
+    assert hess is not None
+    grad = tuple(grads[n] for n in _NAMES)
+
+    def entry(a, b):
+        return hess[(a, b)] if (a, b) in hess else hess[(b, a)]
+
+    d_value = sum(g * dx for g, dx in zip(grad, tangents))
+    d_grad = tuple(sum(entry(a, b) * dx for b, dx in zip(_NAMES, tangents)) for a in _NAMES)
+    return (value, grad), (d_value, d_grad)
+
+
+@jax.custom_jvp
+def _logpdf(r, v, sigma, nu):
+    return _trapezoid_logpdf(r, v, sigma, nu)
+
+
+@_logpdf.defjvp
+def _logpdf_jvp(primals, tangents):
+    value, grad = _value_and_gradient(*primals)
+    return value, sum(g * dx for g, dx in zip(grad, tangents))
+
+
+def student_normal_logpdf(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.Array) -> jax.Array:
+    """``log f(r)`` of ``r = u + e``, ``u ~ t_nu(0, sigma)`` (scale sigma), ``e ~ N(0, v)``,
+    elementwise over broadcast arrays (float64).  ``v = 0`` gives the t log-density itself.
+
+    Derivatives (in all four arguments, any order) are the trapezoid's own, from closed forms:
+    first and second derivatives are posterior moments over the fine nodes (:func:`_moments`),
+    one pass over the nodes for value, gradient and Hessian; higher ones differentiate those."""
+    r, v, sigma, nu = jnp.broadcast_arrays(*(jnp.asarray(x, dtype=jnp.float64) for x in (r, v, sigma, nu)))
+    return _logpdf(r, v, sigma, nu)
