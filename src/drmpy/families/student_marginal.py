@@ -34,11 +34,13 @@ against ``scipy.integrate.quad`` (tests/robust/test_student_marginal.py): larges
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = ["student_normal_logpdf", "log_gamma_mixing", "quadrature_window", "FINE_NODES"]
 
@@ -136,9 +138,13 @@ def _stirling_gap_derivatives(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jax.jvp(first, (a,), (jnp.ones_like(a),))
 
 
-def _moments(r, v, sigma, nu, hessian: bool):
-    """``log f`` and its gradient in ``(r, v, sigma, nu)`` (and, if ``hessian``, the Hessian as
-    a dict keyed by pairs of names), as posterior moments over the fine nodes.
+_NAMES = ("r", "v", "sigma", "nu")
+
+
+def _moments(r, v, sigma, nu, first: tuple[str, ...], pairs: tuple[tuple[str, str], ...]):
+    """``log f``, its derivatives in the arguments named in ``first`` (a dict by name) and the
+    second derivatives named in ``pairs`` (a dict by pair; both names of a pair in ``first``),
+    as posterior moments over the fine nodes, on broadcast float64 arrays.
 
     The window does not move with the parameters (to the rule's error), so with
     ``p_j = exp(g_j) / sum exp(g)`` over the nodes, ``d log f = E[dg]`` and
@@ -149,7 +155,8 @@ def _moments(r, v, sigma, nu, hessian: bool):
     ``k = 2x/sigma``, ``g_nu = (C'(a) - E(t))/2``; ``g_rr = -1/q``, ``g_rq = r/q^2``,
     ``g_qq = (1/2 - r^2/q)/q^2``, ``g_rv = g_rq``, ``g_vv = g_qq``, ``g_r sigma = k g_rq``,
     ``g_v sigma = k g_qq``, ``g_sigma sigma = (k/sigma) g_q + k^2 g_qq``,
-    ``g_nu nu = C''(a)/4``, and no node mixes ``nu`` with the others.
+    ``g_nu nu = C''(a)/4``, and no node mixes ``nu`` with the others.  Only the requested
+    moments are formed (each one reduction over the nodes).
     """
     t, h = _fine_rule(r, v, sigma, nu)
     r_, v_, sigma_, nu_ = r[..., None], v[..., None], sigma[..., None], nu[..., None]
@@ -158,63 +165,64 @@ def _moments(r, v, sigma, nu, hessian: bool):
     value = log_sum + jnp.log(h)
     p = jnp.exp(vals - log_sum[..., None])
 
-    def mean(a):
-        return jnp.sum(p * a, axis=-1)
+    def mean(node_values):
+        return jnp.sum(p * node_values, axis=-1)
 
+    # per-node derivatives (all written out; XLA drops those no requested moment uses)
     x = sigma_ * sigma_ * jnp.exp(-t)
     w = 1.0 / (v_ + x)
     k = 2.0 * x / sigma_
     g_q = 0.5 * w * (r_ * r_ * w - 1.0)
-    first = {"r": -r_ * w, "v": g_q, "sigma": k * g_q}
-    grads = {name: mean(g) for name, g in first.items()}
-    a = 0.5 * nu
-    c1, c2 = _stirling_gap_derivatives(a)
-    e_t = _expm1_minus(t)
-    mean_e = mean(e_t)
-    grads["nu"] = 0.5 * (c1 - mean_e)
-    if not hessian:
-        return value, grads, None
-    centred = {name: g - grads[name][..., None] for name, g in first.items()}
-    centred["nu"] = -0.5 * (e_t - mean_e[..., None])  # g_nu less its mean (C'(a) cancels)
     g_rq = r_ * w * w
     g_qq = w * w * (0.5 - r_ * r_ * w)
-    second = {("r", "r"): -w, ("r", "v"): g_rq, ("r", "sigma"): k * g_rq, ("v", "v"): g_qq,
-              ("v", "sigma"): k * g_qq, ("sigma", "sigma"): k / sigma_ * g_q + k * k * g_qq}
+    # g_nu less its node-free part C'(a)/2, which is added to the mean and cancels in covariances
+    node_first = {"r": -r_ * w, "v": g_q, "sigma": k * g_q, "nu": -0.5 * _expm1_minus(t)}
+    node_second = {("r", "r"): -w, ("r", "v"): g_rq, ("r", "sigma"): k * g_rq, ("v", "v"): g_qq,
+                   ("v", "sigma"): k * g_qq, ("sigma", "sigma"): k / sigma_ * g_q + k * k * g_qq}
+    node_means = {n: mean(node_first[n]) for n in first}
+    c1, c2 = _stirling_gap_derivatives(0.5 * nu)
+    grads = {n: node_means[n] + 0.5 * c1 if n == "nu" else node_means[n] for n in first}
+    centred = {n: node_first[n] - node_means[n][..., None] for n in first}
     hess = {}
-    names = ("r", "v", "sigma", "nu")
-    for i, a_name in enumerate(names):
-        for b_name in names[i:]:
-            cov = mean(centred[a_name] * centred[b_name])
-            if (a_name, b_name) in second:
-                cov = cov + mean(second[a_name, b_name])
-            hess[a_name, b_name] = cov
-    hess["nu", "nu"] = hess["nu", "nu"] + 0.25 * c2
+    for a, b in pairs:
+        curvature = node_second.get((a, b))
+        hess[a, b] = mean(centred[a] * centred[b] if curvature is None else centred[a] * centred[b] + curvature)
+    if ("nu", "nu") in hess:
+        hess["nu", "nu"] = hess["nu", "nu"] + 0.25 * c2
     return value, grads, hess
 
 
-_NAMES = ("r", "v", "sigma", "nu")
+def _moving(tangents) -> tuple[str, ...]:
+    """Names of the arguments whose tangent is not a symbolic zero (in ``_NAMES`` order)."""
+    return tuple(n for n, dx in zip(_NAMES, tangents) if not isinstance(dx, SymbolicZero))
 
 
-@jax.custom_jvp
-def _value_and_gradient(r, v, sigma, nu):
-    """``log f`` and its gradient ``(d/dr, d/dv, d/dsigma, d/dnu)`` on broadcast float64 arrays;
-    its derivative rule is the closed-form Hessian (:func:`_moments`)."""
-    value, grads, _ = _moments(r, v, sigma, nu, hessian=False)
-    return value, tuple(grads[n] for n in _NAMES)
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if _NAMES.index(a) <= _NAMES.index(b) else (b, a)
 
 
-@_value_and_gradient.defjvp
-def _value_and_gradient_jvp(primals, tangents):
-    value, grads, hess = _moments(*primals, hessian=True)
-    assert hess is not None
-    grad = tuple(grads[n] for n in _NAMES)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _value_and_gradient(active: tuple[str, ...], r, v, sigma, nu):
+    """``log f`` and its derivatives in the arguments named in ``active`` (a tuple in that
+    order), on broadcast float64 arrays; its derivative rule is the closed-form Hessian."""
+    value, grads, _ = _moments(r, v, sigma, nu, active, ())
+    return value, tuple(grads[n] for n in active)
 
-    def entry(a, b):
-        return hess[(a, b)] if (a, b) in hess else hess[(b, a)]
 
-    d_value = sum(g * dx for g, dx in zip(grad, tangents))
-    d_grad = tuple(sum(entry(a, b) * dx for b, dx in zip(_NAMES, tangents)) for a in _NAMES)
-    return (value, grad), (d_value, d_grad)
+def _value_and_gradient_jvp(active, primals, tangents):
+    moving = _moving(tangents)
+    first = tuple(n for n in _NAMES if n in active or n in moving)
+    pairs = tuple(sorted({_pair(a, b) for a in active for b in moving}, key=lambda ab: (
+        _NAMES.index(ab[0]), _NAMES.index(ab[1]))))
+    value, grads, hess = _moments(*primals, first, pairs)
+    dx = dict(zip(_NAMES, tangents))
+    zero = jnp.zeros_like(value)
+    d_value = sum((grads[b] * dx[b] for b in moving), zero)
+    d_grad = tuple(sum((hess[_pair(a, b)] * dx[b] for b in moving), zero) for a in active)
+    return (value, tuple(grads[n] for n in active)), (d_value, d_grad)
+
+
+_value_and_gradient.defjvp(_value_and_gradient_jvp, symbolic_zeros=True)
 
 
 @jax.custom_jvp
@@ -222,10 +230,14 @@ def _logpdf(r, v, sigma, nu):
     return _trapezoid_logpdf(r, v, sigma, nu)
 
 
-@_logpdf.defjvp
 def _logpdf_jvp(primals, tangents):
-    value, grad = _value_and_gradient(*primals)
-    return value, sum(g * dx for g, dx in zip(grad, tangents))
+    moving = _moving(tangents)
+    value, grad = _value_and_gradient(moving, *primals)
+    dx = dict(zip(_NAMES, tangents))
+    return value, sum((g * dx[n] for n, g in zip(moving, grad)), jnp.zeros_like(value))
+
+
+_logpdf.defjvp(_logpdf_jvp, symbolic_zeros=True)
 
 
 def student_normal_logpdf(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.Array) -> jax.Array:
@@ -234,6 +246,8 @@ def student_normal_logpdf(r: jax.Array, v: jax.Array, sigma: jax.Array, nu: jax.
 
     Derivatives (in all four arguments, any order) are the trapezoid's own, from closed forms:
     first and second derivatives are posterior moments over the fine nodes (:func:`_moments`),
-    one pass over the nodes for value, gradient and Hessian; higher ones differentiate those."""
+    one pass over the nodes for value, gradient and Hessian, for the arguments being
+    differentiated only (symbolic zero tangents, e.g. of ``v`` in a fit, cost nothing); higher
+    derivatives differentiate those closed forms."""
     r, v, sigma, nu = jnp.broadcast_arrays(*(jnp.asarray(x, dtype=jnp.float64) for x in (r, v, sigma, nu)))
     return _logpdf(r, v, sigma, nu)
