@@ -212,3 +212,28 @@ def test_derivatives_match_finite_differences():
             fd_hess[i] = (np.asarray(grad(jnp.asarray(x + e))) - np.asarray(grad(jnp.asarray(x - e)))) / (2 * step[i])
         np.testing.assert_allclose(np.asarray(grad(jnp.asarray(x))), fd_grad, rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(np.asarray(hess(jnp.asarray(x))), fd_hess, rtol=1e-6, atol=1e-7)
+
+
+def test_second_derivatives_with_different_inner_and_outer_arguments():
+    """The rule forms moments only for arguments being differentiated: an outer derivative in an
+    argument the inner one left alone (d/dv of d/dr, d/dnu of d/dsigma, d/dr of d/dnu) must still
+    be the trapezoid's own."""
+    r, v, sigma, nu = 0.9, 0.3, 0.5, 3.0
+
+    def mixed(logpdf, inner, outer):
+        def inner_derivative(x_outer):
+            args = [r, v, sigma, nu]
+            args[outer] = x_outer
+
+            def f(x_inner):
+                args_in = list(args)
+                args_in[inner] = x_inner
+                return logpdf(*args_in)
+            return jax.grad(f)(jnp.float64([r, v, sigma, nu][inner]))
+        x0 = jnp.float64([r, v, sigma, nu][outer])
+        return float(jax.jit(jax.grad(inner_derivative))(x0)), float(jax.jit(jax.jacfwd(inner_derivative))(x0))
+
+    for inner, outer in ((0, 1), (2, 3), (3, 0), (1, 2)):
+        want, _ = mixed(_student_normal_logpdf_plain, inner, outer)
+        for got in mixed(student_normal_logpdf, inner, outer):
+            np.testing.assert_allclose(got, want, rtol=1e-10, err_msg=f"d/d{outer} d/d{inner}")
