@@ -25,7 +25,12 @@ The rule adapts to each row without changing shape (vectorised, fixed node count
    (log-sum-exp, so no underflow).
 
 The window is a function of the parameters through ``stop_gradient``: the integral does not
-depend on it (to the rule's error), and derivatives come from the fine rule alone.  Measured
+depend on it (to the rule's error), and derivatives come from the fine rule alone.  They are
+the fine rule's exact derivatives, in closed form (a ``custom_jvp`` whose rule has a
+``custom_jvp`` of its own): first and second derivatives are posterior moments over the fine
+nodes (:func:`_moments`), formed in one pass and only for the arguments being differentiated;
+automatic differentiation of the log-sum-exp gives the same numbers (to 1e-8 or better, tested)
+at several passes' cost.  Measured
 against ``scipy.integrate.quad`` (tests/robust/test_student_marginal.py): largest relative error
 5.8e-12 (median 1e-14) over 420 points with nu in [0.3, 1e6], sigma/sqrt(v) in [1e-3, 1e3] and
 |r| up to 25 total SDs (benchmarks/student_quadrature_accuracy.out; 512 fine nodes: 2.1e-12,
