@@ -214,7 +214,11 @@ def _moments_in_chunks(r, v, sigma, nu, first: tuple[str, ...], pairs: tuple[tup
         pad = jnp.broadcast_to(flat[:1], (n_chunks * MOMENT_CHUNK - size,))  # a real element: finite
         return jnp.concatenate([flat, pad]).reshape(n_chunks, MOMENT_CHUNK)
 
-    out = jax.lax.map(lambda xs: _moments(*xs, first, pairs), tuple(chunks(x) for x in (r, v, sigma, nu)))
+    def one_chunk(xs):
+        r_c, v_c, sigma_c, nu_c = xs
+        return _moments(r_c, v_c, sigma_c, nu_c, first, pairs)
+
+    out = jax.lax.map(one_chunk, (chunks(r), chunks(v), chunks(sigma), chunks(nu)))
     return jax.tree_util.tree_map(lambda y: y.reshape(-1)[:size].reshape(shape), out)
 
 
