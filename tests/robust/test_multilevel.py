@@ -104,3 +104,42 @@ def test_multilevel_t_fit_beats_or_equals_the_normal_fit():
         t_fit.ranef()
     with pytest.raises(drm.DrmError, match="outlier_probabilities\\(\\) is for family normal_mixture"):
         t_fit.outlier_probabilities()
+
+
+def test_outlier_probabilities_with_a_study_effect_match_quad(small):
+    """P(row i from the outlier component | all rows of its study), at the estimates: the ratio
+    of two quad integrals over the study effect b (numerator: row i's outlier component in
+    place of its mixture density)."""
+    fit = drm.fit(FORMULA, small, family=drm.normal_mixture())
+    assert fit.converged
+    got = fit.outlier_probabilities()
+    values = {d: fit.dpar_values(d).to_numpy() for d in ("mu", "sigma", "sigma_out", "p_out")}
+    tau = float(fit.sd("study").iloc[0, 0])
+    r = small["yi"].to_numpy() - values["mu"]
+    v = small["vi"].to_numpy()
+    s, so, p = values["sigma"], values["sigma_out"], values["p_out"]
+
+    def main(i, x):
+        return (1 - p[i]) * stats.norm.pdf(x, scale=np.sqrt(v[i] + s[i] ** 2))
+
+    def out(i, x):
+        return p[i] * stats.norm.pdf(x, scale=np.sqrt(v[i] + so[i] ** 2))
+
+    want = np.empty(len(small))
+    for _, rows in small.groupby("study", sort=False):
+        idx = rows.index.to_numpy()
+        edges = [-np.inf, *sorted({-8 * tau, 0.0, 8 * tau, *r[idx]}), np.inf]
+
+        def integral(f):
+            return sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-11, limit=200)[0]
+                       for a, b in zip(edges[:-1], edges[1:]) if a < b)
+
+        def joint(b, swap=None):
+            dens = [out(j, r[j] - b) if j == swap else main(j, r[j] - b) + out(j, r[j] - b) for j in idx]
+            return stats.norm.pdf(b, scale=tau) * np.prod(dens)
+
+        total = integral(joint)
+        for i in idx:
+            want[i] = integral(lambda b, i=i: joint(b, swap=i)) / total
+    np.testing.assert_allclose(got.to_numpy(), want, rtol=1e-7, atol=1e-12)
+    assert got.idxmax() == 4  # the 1.90 in study b

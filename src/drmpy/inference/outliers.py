@@ -17,19 +17,34 @@ __all__ = ["outlier_probabilities", "lrt_normal"]
 def outlier_probabilities(fit) -> pd.Series:
     """Posterior probability that row i's random effect comes from the outlier component of a
     ``normal_mixture()`` fit, at the estimates: ``p N(r_i; 0, v_i + sigma_out^2) / f(r_i)``,
-    ``r_i = y_i - mu_i`` (metaplus's ``outlierProbs``).  Models without ``(1|group)`` only."""
+    ``r_i = y_i - mu_i`` (metaplus's ``outlierProbs``).  With a ``(1|g)`` effect ``b_g`` the
+    probability is given all rows of the group, ``E[P(outlier | r_i - b_g) | y_g]``, the
+    expectation over the posterior of ``b_g`` by the likelihood's own quadrature
+    (:func:`drmpy.robust.likelihood.group_posterior_nodes`)."""
     family = getattr(fit, "family", None)
     if family is None or family.name != "normal_mixture":
         raise DrmError(f"outlier_probabilities() is for family normal_mixture(); this fit's family is "
                        f"{family!r}.")
     if fit.design.random:
-        raise DrmError("outlier_probabilities(): a normal_mixture() model with a (1|group) effect has no "
-                       "per-row outlier probability at fixed estimates (it depends on the group effect); "
-                       "drop the random-effect term.")
+        return _group_outlier_probabilities(fit)
     values = {d: jnp.asarray(fit.dpar_values(d).to_numpy()) for d in ("mu", "sigma", "sigma_out", "p_out")}
     r = jnp.asarray(fit.design.y) - values["mu"]
     comps = mixture_components(r, jnp.asarray(fit.design.known_v.diag), values["sigma"], values)
     return pd.Series(np.asarray(comps.outlier_probability()), index=fit.design.row_labels, name="outlier_probability")
+
+
+def _group_outlier_probabilities(fit) -> pd.Series:
+    from ..robust.likelihood import group_posterior_nodes
+    from ..robust.program import prepare_robust
+
+    arrays, layout = prepare_robust(fit.design, fit.family)
+    b, weights, r, sigma, extra = group_posterior_nodes(jnp.asarray(fit.theta, dtype=jnp.float64), arrays,
+                                                        layout, fit.family)
+    group = arrays.group
+    comps = mixture_components(r[None, :] - b[:, group], arrays.v[None, :], sigma[None, :],
+                               {k: e[None, :] for k, e in extra.items()})  # (K, n)
+    probability = jnp.sum(weights[:, group] * comps.outlier_probability(), axis=0)
+    return pd.Series(np.asarray(probability), index=fit.design.row_labels, name="outlier_probability")
 
 
 def lrt_normal(fit) -> pd.Series:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..families.base import Family, inverse_link
 
-__all__ = ["Layout", "RobustArrays", "negative_loglik", "row_parameters", "B_NODES"]
+__all__ = ["Layout", "RobustArrays", "negative_loglik", "row_parameters", "group_posterior_nodes", "B_NODES"]
 
 # The integrand over b can be two-humped (a study holding an outlier: a hump where the outlier's
 # own density peaks, far from the mode) and its tails are those of the t.  Gauss-Hermite at the
@@ -119,8 +119,9 @@ def group_modes(r, v, sigma, extra, group, tau, family: Family, n_groups: int):
     return b, scale
 
 
-def _group_loglik(r, v, sigma, extra, group, tau, family: Family, n_groups: int):
-    """Sum over groups of log L_j: trapezoid in z with ``b = mode + scale sinh(z)``."""
+def _group_terms(r, v, sigma, extra, group, tau, family: Family, n_groups: int):
+    """The trapezoid in z with ``b = mode + scale sinh(z)`` for every group: nodes ``b``
+    (K, groups) and the log of (rule weight x prior x the group's rows' densities) at each."""
     mode, scale = group_modes(r, v, sigma, extra, group, tau, family, n_groups)
     reach = jax.lax.stop_gradient(jnp.abs(mode) + PRIOR_REACH * tau)
     z_max = jnp.arcsinh(reach / scale)  # the nodes reach mode +- reach
@@ -132,7 +133,27 @@ def _group_loglik(r, v, sigma, extra, group, tau, family: Family, n_groups: int)
                        {k: e[None, :] for k, e in extra.items()})  # (K, n)
     per_group = jax.vmap(lambda row: jax.ops.segment_sum(row, group, n_groups))(rows)
     prior = -_LOG_SQRT_2PI - jnp.log(tau)[None, :] - 0.5 * (b / tau[None, :]) ** 2
-    return jnp.sum(jax.scipy.special.logsumexp(log_weight + prior + per_group, axis=0))
+    return b, log_weight + prior + per_group
+
+
+def _group_loglik(r, v, sigma, extra, group, tau, family: Family, n_groups: int):
+    """Sum over groups of log L_j (:func:`_group_terms`)."""
+    _, terms = _group_terms(r, v, sigma, extra, group, tau, family, n_groups)
+    return jnp.sum(jax.scipy.special.logsumexp(terms, axis=0))
+
+
+def group_posterior_nodes(theta: jax.Array, arrays: RobustArrays, layout: Layout, family: Family):
+    """For a model with ``(1|g)``: the quadrature nodes of each group's effect ``b`` (K, groups),
+    their normalised posterior weights ``p(b_k | y_g)`` at ``theta`` (K, groups; each column
+    sums to 1), and the rows' residuals ``r = y - mu`` and parameters (sigma, extras), so that
+    posterior expectations of row quantities are weighted sums over the nodes."""
+    mu, sigma, extra = row_parameters(theta, arrays, layout, family)
+    r = arrays.y - mu
+    start, stop = layout.sd_slice
+    tau = jnp.exp(arrays.sd_design @ theta[start:stop])
+    b, terms = _group_terms(r, arrays.v, sigma, extra, arrays.group, tau, family, layout.n_groups)
+    weights = jnp.exp(terms - jax.scipy.special.logsumexp(terms, axis=0, keepdims=True))
+    return b, weights, r, sigma, extra
 
 
 def loglik(theta: jax.Array, arrays: RobustArrays, layout: Layout, family: Family) -> jax.Array:
