@@ -147,6 +147,8 @@ def group_posterior_nodes(theta: jax.Array, arrays: RobustArrays, layout: Layout
     their normalised posterior weights ``p(b_k | y_g)`` at ``theta`` (K, groups; each column
     sums to 1), and the rows' residuals ``r = y - mu`` and parameters (sigma, extras), so that
     posterior expectations of row quantities are weighted sums over the nodes."""
+    if layout.sd_slice is None:
+        raise ValueError("group_posterior_nodes: the model has no (1|g) effect")
     mu, sigma, extra = row_parameters(theta, arrays, layout, family)
     r = arrays.y - mu
     start, stop = layout.sd_slice
