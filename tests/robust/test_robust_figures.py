@@ -260,3 +260,11 @@ def test_keyword_sigma_formula_fits_the_robust_and_normal_models():
     normal = drm.fit(formula, data, method="ML")
     np.testing.assert_allclose(fit.normal_theta, normal.params.to_numpy(), rtol=1e-5, atol=1e-7)
     assert list(fit.params.index) == ["mu:(Intercept)", "sigma:(Intercept)", "sigma:x", "nu:(Intercept)"]
+
+
+def test_check_names_an_sd_at_its_zero_boundary(t_fit, mix_fit):
+    """cdp: the mixture's main component has sigma -> 0 (metaplus: tau2 = 0), the t's scale
+    (0.0067, SE of its log 4.1) is small but estimated; the Gaussian fit's scale-free rule."""
+    mix = mix_fit.check().set_index("check")
+    assert mix.loc["boundary", "status"] == "note" and mix.loc["boundary", "message"].startswith("sigma ran toward")
+    assert t_fit.check().set_index("check").loc["boundary", "status"] == "ok"

@@ -255,6 +255,42 @@ class RobustFit(DrmFit):
             self._gaussian_only(f"summary(test={test!r})")
         return RobustSummary.from_fit(self)
 
+    def _sd_components(self):
+        """The SDs of the robust model (sigma; sigma_out; a (1|g) SD), each with the typical SD
+        of the other variance of its rows (known v and the other components), for the
+        scale-free zero-boundary rule of :mod:`drmpy.results.boundary`.  For the t model sigma
+        is the scale; its variance ``sigma^2 nu / (nu - 2)`` is not used (infinite for nu <= 2)."""
+        from .boundary import SdComponent, _linear_predictor, _median_sd
+
+        design, theta = self._design, np.asarray(self._raw.theta, dtype=np.float64)
+        vcov = np.asarray(self._raw.vcov, dtype=np.float64)
+        v = np.asarray(design.known_v.diag, dtype=np.float64)
+        starts = {}
+        pos = 0
+        for d in self._family.dpars:
+            width = design.fixed[d].matrix.shape[1]
+            starts[d] = (pos, width)
+            pos += width
+        parts = []  # (name, group, eta, se, per-row variance)
+        for d in ("sigma", "sigma_out"):
+            if d in starts and d in self._family.dpars:
+                a, k = starts[d]
+                eta, se = _linear_predictor(design.fixed[d].matrix, theta[a:a + k], vcov[a:a + k, a:a + k])
+                parts.append((d, None, eta, se, np.exp(2 * eta)))
+        for rd in design.random:
+            W = rd.sd_designs[0].matrix
+            k = W.shape[1]
+            eta, se = _linear_predictor(W, theta[pos:pos + k], vcov[pos:pos + k, pos:pos + k])
+            parts.append((f"sd({rd.group})", rd.group, eta, se, np.exp(2 * eta)[rd.level_index]))
+            pos += k
+        out = []
+        for i, (name, group, eta, se, _) in enumerate(parts):
+            # the mixture's two components are alternatives for a row, not added variances
+            others = v + sum(p[4] for j, p in enumerate(parts)
+                             if j != i and {name, p[0]} != {"sigma", "sigma_out"})
+            out.append(SdComponent(name, group, eta, se, _median_sd(others)))
+        return out
+
     def check(self) -> pd.DataFrame:
         """Convergence, Hessian and boundary diagnostics of the robust fit."""
         raw = self._robust
@@ -293,8 +329,11 @@ class RobustFit(DrmFit):
                     "(the model does not order them, as in metaplus).")
             else:
                 row("mixture_labels", "ok", "sigma_out>=sigma", "The outlier component has the larger SD.")
-        from .checks import _dropped_rows_row
+        from .checks import _boundary_result, _dropped_rows_row
 
+        if not raw.at_boundary:
+            flagged = [c.name for c in self._sd_components() if c.at_boundary]
+            _boundary_result(rows, flagged, f"min_sigma={self.dpar_values('sigma').min():.3g}", "")
         _dropped_rows_row(self._design, rows)  # the Gaussian fit's rule and words (drmpy.model.rows)
         if self.normal_loglik == self.normal_loglik and not raw.at_boundary:
             row("versus_normal", "ok", round(self.loglik - self.normal_loglik, 6),
