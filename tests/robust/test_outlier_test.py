@@ -242,6 +242,18 @@ def test_profile_mu_matches_metaplus_cdp(cdp_t_profile, cdp_mix_profile):
     assert m["lower"] < 0.056296 and m["status"] == "ok"
 
 
+def test_profile_mu_matches_an_independent_scipy_profile(cdp, cdp_t_profile, cdp_mix_profile):
+    """tests/reference_extra/robust/profile_reference.json: the mu intervals by scipy optimisers
+    and brentq on likelihoods written without drmpy (the t marginal by a fine tan-substitution
+    grid, within 2e-13 of quad), for the normal (ML), mixture and t models."""
+    ref = json.loads((REFERENCE.parent / "profile_reference.json").read_text())["mu"]
+    normal = drm.fit(FORMULA, cdp, method="ML").conf_int(method="profile", params="mu:(Intercept)")
+    for got, model in ((normal, "normal"), (cdp_mix_profile, "normal_mixture"), (cdp_t_profile, "student")):
+        row = got.loc["mu:(Intercept)"]
+        assert row["lower"] == pytest.approx(ref[model]["lower"], abs=2e-6), model
+        assert row["upper"] == pytest.approx(ref[model]["upper"], abs=2e-6), model
+
+
 def test_profile_response_scale_and_curve(cdp_t, cdp_t_profile):
     resp = cdp_t.conf_int(method="profile", params="nu:(Intercept)", scale="response")
     link = cdp_t_profile.loc["nu:(Intercept)"]
