@@ -268,3 +268,13 @@ def test_check_names_an_sd_at_its_zero_boundary(t_fit, mix_fit):
     mix = mix_fit.check().set_index("check")
     assert mix.loc["boundary", "status"] == "note" and mix.loc["boundary", "message"].startswith("sigma ran toward")
     assert t_fit.check().set_index("check").loc["boundary", "status"] == "ok"
+
+
+def test_gaussian_variance_summaries_refuse_robust_fits(mix_fit):
+    """Called as module functions (not the fit's methods, which refuse too), the heterogeneity
+    summaries would read the Gaussian parameter layout: they refuse."""
+    from drmpy.heterogeneity import statistics
+
+    for call in (statistics.row_variances, statistics.i2, statistics.h2, statistics.variance_components):
+        with pytest.raises(drm.DrmError, match="normal_mixture"):
+            call(mix_fit)

@@ -48,6 +48,7 @@ class SamplingGLS(NamedTuple):
 def _univariate(fit, what: str):
     from ..results.bivariate import BivariateFit
 
+    _gaussian(fit, what)
     if isinstance(fit, BivariateFit):
         raise DrmError(
             f"{what} is defined for univariate fits; this is a bivariate fit (mu1, mu2). "
@@ -210,6 +211,17 @@ def typical_sampling_variance(fit) -> float:
     return g.df / g.trace_P
 
 
+def _gaussian(fit, what: str) -> None:
+    """Refuse a robust fit (``student()``, ``normal_mixture()``): these summaries add normal
+    variances, and its parameter vector is not the Gaussian model's (the family's extra
+    parameters sit between sigma and the random-effect SDs)."""
+    from ..results.robust_fit import RobustFit
+
+    if isinstance(fit, RobustFit):
+        raise DrmError(f"{what} assumes a Gaussian random-effects model; this fit's family is {fit.family!r}, "
+                       "for which drmpy does not compute it.")
+
+
 def row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per retained row, the fitted variance of each component: ``sigma`` (sigma_i^2; absent
     under ``sigma ~ 0``), then
@@ -219,6 +231,7 @@ def row_variances(fit, theta: np.ndarray | None = None) -> dict[str, np.ndarray]
     the fit's own estimates by default."""
     from ..results.random_effects import term_params, level_sds
 
+    _gaussian(fit, "row_variances()")
     design = fit.design
     theta = fit.theta if theta is None else np.asarray(theta, dtype=np.float64)
     # sigma ~ 0 (common effect): no row-level component at all, rather than a row of zeros
