@@ -58,7 +58,7 @@ def test_batch_starts_are_the_fit_starts(family):
     design = build_design(robust_formula(formula, family), data)
     theta = fit.params.to_numpy()
     expected = np.stack(start_values(design, family, NormalReference(theta, None, 0.0, True)))
-    got = batch_starts(jnp.asarray(theta), jnp.asarray(design.known_v.diag), start_plan(design, family), family, 2, 2)
+    got = batch_starts(jnp.asarray(theta), jnp.asarray(design.known_v.diag), start_plan(*prepare_robust(design, family), family), family, 2, 2)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=1e-12)
 
 

@@ -168,7 +168,7 @@ def run_refits(fit, Y: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:
     family = fit.family
     arrays, layout, scale = prepare_scaled(fit.design, family)
     Y, V = np.asarray(Y, dtype=np.float64) / scale.c, np.asarray(V, dtype=np.float64) / scale.c**2
-    plan = start_plan(fit.design, family)
+    plan = start_plan(arrays, layout, family)
     ctrl = fit.control
     max_iter, gtol = int(ctrl.max_iter), float(ctrl.gtol)
     normal_scale = scale.take(normal_positions(layout))

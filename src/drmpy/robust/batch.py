@@ -40,7 +40,6 @@ from ..engine.small_linalg import jacobi_eigh
 from ..families.base import Family
 from ..families.student_marginal import FINE_NODES
 from ..families.gaussian import Gaussian
-from ..model.design import ModelDesign
 from .likelihood import Layout, RobustArrays, loglik
 from .student_derivatives import student_row_derivatives
 
@@ -79,10 +78,12 @@ def _unit_coefficients(X: np.ndarray) -> np.ndarray:
     return coef
 
 
-def start_plan(design: ModelDesign, family: Family) -> StartPlan:
-    """The arrays of :class:`StartPlan` for ``design``."""
-    Xs = design.fixed["sigma"].matrix
-    return StartPlan(tuple(jnp.asarray(_unit_coefficients(design.fixed[d].matrix), dtype=jnp.float64)
+def start_plan(arrays: RobustArrays, layout: Layout, family: Family) -> StartPlan:
+    """The arrays of :class:`StartPlan` for the designs in ``arrays`` (the optimiser's, as
+    :func:`drmpy.robust.program.prepare_scaled` gives them: the starts are formed in its units)."""
+    designs = {name: np.asarray(X) for (name, _, _), X in zip(layout.blocks, arrays.designs)}
+    Xs = designs["sigma"]
+    return StartPlan(tuple(jnp.asarray(_unit_coefficients(designs[d]), dtype=jnp.float64)
                            for d in family.estimated_extra_dpars),
                      jnp.asarray(_unit_coefficients(Xs), dtype=jnp.float64),
                      jnp.asarray(Xs.mean(axis=0), dtype=jnp.float64))

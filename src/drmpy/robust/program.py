@@ -17,6 +17,8 @@ crawled on curvatures of order 1/v = 1e12 and stopped at the iteration limit).
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import math
 from dataclasses import dataclass, field
@@ -240,15 +242,49 @@ def response_scale(design: ModelDesign, layout: Layout, y: np.ndarray, v: np.nda
 
 
 def prepare_scaled(design: ModelDesign, family: Family) -> tuple[RobustArrays, Layout, ResponseScale]:
-    """:func:`prepare_robust` in the optimiser's units: arrays with ``y / c`` and ``v / c^2``,
-    the layout, and the map back (:class:`ResponseScale`)."""
+    """:func:`prepare_robust` in the optimiser's units: arrays with ``y / c``, ``v / c^2`` and
+    each design column divided by a power of two near its root mean square, the layout, and
+    the map back (:class:`ResponseScale`, whose ``factor`` includes the column scales)."""
     arrays, layout = prepare_robust(design, family)
     y, v, w = (np.asarray(a) for a in (arrays.y, arrays.v, arrays.w))
     scale = response_scale(design, layout, y, v, w)
     if scale.c != 1.0:
         arrays = arrays._replace(y=jnp.asarray(y / scale.c, dtype=jnp.float64),
                                  v=jnp.asarray(v / scale.c**2, dtype=jnp.float64))
+    # design columns far from unit size brought near 1 (a predictor in units of 1e-6 gives the
+    # trust region curvatures of 1e12 along its coefficient): X_j / s_j with s_j a power of two
+    # (exact), theta_user_j = theta_internal_j / s_j
+    designs = [np.asarray(X, dtype=np.float64) for X in arrays.designs]
+    sd_design = np.asarray(arrays.sd_design, dtype=np.float64)
+    column = np.ones(len(scale.factor))
+    for i, (_, start, stop) in enumerate(layout.blocks):
+        column[start:stop] = _column_scales(designs[i])
+        designs[i] = designs[i] / column[start:stop]
+    if layout.sd_slice is not None:
+        start, stop = layout.sd_slice
+        column[start:stop] = _column_scales(sd_design)
+        sd_design = sd_design / column[start:stop]
+    if np.any(column != 1.0):
+        arrays = arrays._replace(designs=tuple(jnp.asarray(X, dtype=jnp.float64) for X in designs),
+                                 sd_design=jnp.asarray(sd_design, dtype=jnp.float64))
+        scale = dataclasses.replace(scale, factor=scale.factor / column)
     return arrays, layout, scale
+
+
+# columns whose root mean square is within this factor of 1 are left as they are: the
+# optimiser copes with them, and rescaling them changes its path, which for the normal mixture
+# can end in the label-swapped optimum (same likelihood, sigma and sigma_out exchanged)
+COLUMN_UNIT_RANGE = 16.0
+
+
+def _column_scales(X: np.ndarray) -> np.ndarray:
+    """Per column, 1 when its root mean square is within ``COLUMN_UNIT_RANGE`` of 1, else the
+    power of two nearest it (exact division)."""
+    rms = np.sqrt(np.mean(X * X, axis=0)) if X.shape[0] else np.ones(X.shape[1])
+    out = np.ones(X.shape[1])
+    far = np.isfinite(rms) & (rms > 0) & ((rms > COLUMN_UNIT_RANGE) | (rms < 1.0 / COLUMN_UNIT_RANGE))
+    out[far] = 2.0 ** np.round(np.log2(rms[far]))
+    return out
 
 
 def normal_positions(layout: Layout) -> np.ndarray:
