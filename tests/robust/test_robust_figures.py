@@ -278,3 +278,22 @@ def test_gaussian_variance_summaries_refuse_robust_fits(mix_fit):
     for call in (statistics.row_variances, statistics.i2, statistics.h2, statistics.variance_components):
         with pytest.raises(drm.DrmError, match="normal_mixture"):
             call(mix_fit)
+
+
+def test_fixed_nu_is_a_row_parameter_for_new_data_too(cdp):
+    """student(nu=4): predict(dpar='nu') on new rows gives 4 (as dpar_values on the fitted ones),
+    and the prediction interval is the t_4 convolution's quantile (quad)."""
+    fit = drm.fit(FORMULA, cdp, family=drm.student(nu=4))
+    new = pd.DataFrame(index=[7, 8])
+    assert fit.predict(new, dpar="nu").tolist() == [4.0, 4.0]
+    assert fit.predict(new, dpar="nu", type="link").tolist() == pytest.approx([np.log(4.0)] * 2)
+    pi = fit.predict(new, interval="prediction").iloc[0]
+    sigma = float(fit.dpar_values("sigma").iloc[0])
+    assert quad_student_cdf(pi["upper"] - pi["estimate"], pi["se"], sigma, 4.0) == pytest.approx(0.975, abs=1e-10)
+
+
+def test_marginal_means_over_another_factor_are_refused(cdp):
+    data = cdp.assign(g=["a", "b"] * 5, h=["u"] * 5 + ["w"] * 5)
+    fit = drm.fit("yi ~ g + h + meta_V(V = vi)", data, family=drm.normal_mixture())
+    with pytest.raises(drm.DrmError, match="reference grid assumes normal random effects"):
+        drm.plots.orchard_table(fit, "g", data=data)

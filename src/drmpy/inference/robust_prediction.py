@@ -191,15 +191,6 @@ class _GaussianView:
         self.new_design_matrix = fit.new_design_matrix
 
 
-def _row_parameter(fit, dpar: str, newdata, n: int) -> np.ndarray:
-    """A row-level parameter of the robust family per predicted row (response scale); a fixed
-    one (``student(nu=4)``) at its value."""
-    fixed = fit.family.fixed_values
-    if dpar in fixed:
-        return np.full(n, float(fixed[dpar]))
-    return np.asarray(fit.predict(newdata, dpar=dpar), dtype=np.float64)
-
-
 def robust_predict_interval(fit, newdata: Any = None, interval: str = "confidence", level: float = 0.95,
                             vi: Any = None, test: str = "z", vcov: str = "observed") -> pd.DataFrame:
     """Estimate, SE and a confidence or prediction interval of ``mu`` per row of a robust fit
@@ -234,12 +225,16 @@ def robust_predict_interval(fit, newdata: Any = None, interval: str = "confidenc
         normal_var = normal_var + _random_variance_new(_GaussianView(fit), frame, n)
     if vi is not None:
         normal_var = normal_var + _new_sampling_variance(vi, frame, n)
-    sigma = _row_parameter(fit, "sigma", frame, n)
+
+    def row_parameter(dpar: str) -> np.ndarray:
+        """The parameter per predicted row, response scale (a fixed one at its value)."""
+        return np.asarray(fit.predict(frame, dpar=dpar), dtype=np.float64)
+
+    sigma = row_parameter("sigma")
     if fit.family.name == "student":
-        half = student_half_width(normal_var, sigma, _row_parameter(fit, "nu", frame, n), level)
+        half = student_half_width(normal_var, sigma, row_parameter("nu"), level)
     elif fit.family.name == "normal_mixture":
-        half = mixture_half_width(normal_var, sigma, _row_parameter(fit, "sigma_out", frame, n),
-                                  _row_parameter(fit, "p_out", frame, n), level)
+        half = mixture_half_width(normal_var, sigma, row_parameter("sigma_out"), row_parameter("p_out"), level)
     else:
         raise DrmError(f"predict(interval='prediction') is not defined for family {fit.family!r}.")
     estimate = conf["estimate"].to_numpy()

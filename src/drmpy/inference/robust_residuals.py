@@ -45,16 +45,8 @@ def _require_robust_without_groups(fit, what: str) -> None:
 
 
 def _row_values(fit) -> dict[str, np.ndarray]:
-    values = {d: fit.dpar_values(d).to_numpy(dtype=np.float64) for d in ("mu", "sigma")}
-    family = fit.family
-    if family.name == "student":
-        fixed = family.fixed_values
-        values["nu"] = (np.full(fit.nobs, float(fixed["nu"])) if "nu" in fixed
-                        else fit.dpar_values("nu").to_numpy(dtype=np.float64))
-    else:
-        values["sigma_out"] = fit.dpar_values("sigma_out").to_numpy(dtype=np.float64)
-        values["p_out"] = fit.dpar_values("p_out").to_numpy(dtype=np.float64)
-    return values
+    """Every row-level parameter of the family per retained row (a fixed nu included)."""
+    return {d: fit.dpar_values(d).to_numpy(dtype=np.float64) for d in ("mu", "sigma", *fit.family.extra_dpars)}
 
 
 def robust_weights(fit) -> pd.Series:

@@ -120,8 +120,6 @@ def robust_heterogeneity_text(fit: Any, digits: int = 2) -> str:
     family = fit.family
 
     def mean_of(dpar: str) -> float:
-        if dpar in family.fixed_values:
-            return float(family.fixed_values[dpar])
         return float(np.mean(fit.dpar_values(dpar).to_numpy(dtype=np.float64)))
 
     def modelled(dpar: str) -> str:

@@ -108,6 +108,12 @@ def marginal_means(fit: Any, settings: pd.DataFrame, *, level: float = 0.95, tes
     settings = settings.reset_index(drop=True) if settings.index.has_duplicates else settings
     grid, weights = _reference_grid(fit, list(settings.columns))
     m = len(grid)
+    from ..results.robust_fit import RobustFit
+
+    if m > 1 and isinstance(fit, RobustFit):  # refused before any interval is computed
+        raise DrmError(f"marginal means over other predictors of a {fit.family!r} fit: averaging prediction "
+                       "intervals over a reference grid assumes normal random effects; give every predictor of "
+                       "the mu, sigma and family formulas a value (one row per setting).")
     # every setting crossed with the grid: block s holds rows s*m .. s*m + m - 1
     rows = settings.loc[settings.index.repeat(m)].reset_index(drop=True)
     tiled = pd.concat([grid] * len(settings), ignore_index=True)
@@ -126,12 +132,6 @@ def marginal_means(fit: Any, settings: pd.DataFrame, *, level: float = 0.95, tes
         q = _quantile(fit, level, test)
         out["pred_sd"] = (out["pred_high"] - out["pred_low"]) / (2.0 * q)
         return out
-    from ..results.robust_fit import RobustFit
-
-    if isinstance(fit, RobustFit):
-        raise DrmError(f"marginal means over other predictors of a {fit.family!r} fit: averaging prediction "
-                       "intervals over a reference grid assumes normal random effects; give every predictor of "
-                       "the mu, sigma and family formulas a value (one row per setting).")
     q = _quantile(fit, level, test)
     se_row = conf["se"].to_numpy()
     heterogeneity = ((pred["upper"].to_numpy() - pred["lower"].to_numpy()) / (2.0 * q)) ** 2 - se_row**2

@@ -115,7 +115,13 @@ class RobustFit(DrmFit):
                 _link(self._family.link(dpar), self.dpar_values(dpar).to_numpy()),
                 index=self._design.row_labels, name=dpar)
         from ..families import inverse_link_numpy
+        from ..model import frames
 
+        fixed = self._family.fixed_values
+        if dpar in fixed:  # student(nu=4): the same value on every new row, as dpar_values gives
+            index = frames.as_pandas(newdata, []).index
+            value = float(fixed[dpar]) if type == "response" else float(_link(self._family.link(dpar), np.array([fixed[dpar]]))[0])
+            return pd.Series(np.full(len(index), value), index=index, name=dpar)
         if dpar not in self._family.dpars:
             raise DrmError(f"predict(dpar=...): {dpar!r} is not an estimated parameter of {self._family!r}.")
         X = self.new_design_matrix(dpar, newdata)

@@ -16,23 +16,19 @@ import pandas as pd
 __all__ = ["robust_draws", "simulate_robust"]
 
 
-def _row_parameter(fit, dpar: str) -> np.ndarray:
-    fixed = fit.family.fixed_values
-    if dpar in fixed:
-        return np.full(fit.nobs, float(fixed[dpar]))
-    return fit.dpar_values(dpar).to_numpy(dtype=np.float64)
+def _dpar(fit, dpar: str) -> np.ndarray:
+    return fit.dpar_values(dpar).to_numpy(dtype=np.float64)  # a fixed nu included
 
 
 def robust_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
     """(n, nsim) responses for the retained rows, in the fit's row order (module docstring)."""
     design = fit.design
     n = design.nobs
-    mu = design.fixed["mu"].matrix @ np.asarray(fit.theta[: fit.n_location], dtype=np.float64)
-    out = np.repeat(mu[:, None], nsim, axis=1)
+    out = np.repeat(_dpar(fit, "mu")[:, None], nsim, axis=1)
     out += np.sqrt(np.asarray(design.known_v.diag, dtype=np.float64))[:, None] * rng.standard_normal((n, nsim))
-    sigma = _row_parameter(fit, "sigma")
+    sigma = _dpar(fit, "sigma")
     if fit.family.name == "student":
-        nu = _row_parameter(fit, "nu")
+        nu = _dpar(fit, "nu")
         finite = np.isfinite(nu)
         z = rng.standard_normal((n, nsim))
         # T = Z / sqrt(W / nu), W ~ chi2(nu); the normal draw where nu is infinite (the boundary)
@@ -40,8 +36,8 @@ def robust_draws(fit, nsim: int, rng: np.random.Generator) -> np.ndarray:
         scale = np.where(finite[:, None], np.sqrt(np.where(finite, nu, 1.0)[:, None] / w), 1.0)
         out += sigma[:, None] * z * scale
     elif fit.family.name == "normal_mixture":
-        outlier = rng.random((n, nsim)) < _row_parameter(fit, "p_out")[:, None]
-        sd = np.where(outlier, _row_parameter(fit, "sigma_out")[:, None], sigma[:, None])
+        outlier = rng.random((n, nsim)) < _dpar(fit, "p_out")[:, None]
+        sd = np.where(outlier, _dpar(fit, "sigma_out")[:, None], sigma[:, None])
         out += sd * rng.standard_normal((n, nsim))
     else:  # pragma: no cover - RobustFit only holds the two families
         raise NotImplementedError(fit.family)
