@@ -279,7 +279,7 @@ class RobustFit(DrmFit):
             pos += width
         parts = []  # (name, group, eta, se, per-row variance)
         for d in ("sigma", "sigma_out"):
-            if d in starts and d in self._family.dpars:
+            if d in starts:
                 a, k = starts[d]
                 eta, se = _linear_predictor(design.fixed[d].matrix, theta[a:a + k], vcov[a:a + k, a:a + k])
                 parts.append((d, None, eta, se, np.exp(2 * eta)))
